@@ -1,0 +1,66 @@
+"""The `lmforge` command: one verb per stage. Thin: each verb lives in lmforge.commands.<module>.
+
+A command module provides `add_arguments(parser)` and `main(args, overrides) -> int | None`,
+and must be cheap to import (torch and friends are imported inside `main`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from lmforge import __version__
+from lmforge.errors import LmforgeError
+
+# verb, module under lmforge.commands, one line of help. Only verbs that exist are listed.
+VERBS: list[tuple[str, str, str]] = [
+    ("run", "run", "run a recipe's stages in order, skipping the ones already done"),
+]
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, object]]:
+    parser = argparse.ArgumentParser(
+        prog="lmforge",
+        description="Build a language model from scratch: data, tokenizer, pretraining, "
+        "post-training, evaluation, serving, export. `lmforge VERB --help` for each verb.",
+    )
+    parser.add_argument("--version", action="version", version=f"lmforge {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB", title="verbs")
+    modules: dict[str, object] = {}
+    for verb, module_name, help_line in VERBS:
+        module = importlib.import_module(f"lmforge.commands.{module_name}")
+        p = sub.add_parser(
+            verb,
+            help=help_line,
+            description=(module.__doc__ or help_line).strip(),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
+        module.add_arguments(p)
+        p.set_defaults(_module=module, _accepts_overrides=getattr(module, "ACCEPTS_OVERRIDES", False))
+        modules[verb] = module
+    return parser, modules
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser, _ = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if args.verb is None:
+        parser.print_help()
+        return 0
+    if extra and not args._accepts_overrides:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    try:
+        rc = args._module.main(args, extra)
+        return int(rc or 0)
+    except LmforgeError as e:
+        if getattr(args, "debug", False):
+            raise
+        print(f"lmforge {args.verb}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"lmforge {args.verb}: interrupted", file=sys.stderr)
+        return 130

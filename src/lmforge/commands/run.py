@@ -1,0 +1,35 @@
+"""Run a recipe's stages in order (data, tokenizer, tokenize, pretrain, sft, dpo, eval, report).
+
+Each stage writes a completion marker holding the hash of its config and of the stages before
+it: a second `lmforge run` skips finished stages, and changing a stage's settings re-runs that
+stage and every stage after it. The resolved recipe is written to RUN_DIR/config.yaml.
+
+examples:
+  lmforge run recipes/shakespeare.yaml
+  lmforge run shakespeare --stages pretrain --train.max_steps 500
+  lmforge run shakespeare --force --model.n_layer 4
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from lmforge.commands._common import add_recipe_argument
+
+ACCEPTS_OVERRIDES = True
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--stages", default="", help="comma-separated stages to run (default: the recipe's `stages`)")
+    p.add_argument("--force", action="store_true", help="re-run the selected stages even if finished")
+    add_recipe_argument(p, ["name", "seed", "run_dir", "stages"])
+
+
+def main(args: argparse.Namespace, overrides: list[str]) -> int:
+    from lmforge.config import load_recipe
+    from lmforge.run import run_recipe
+
+    recipe = load_recipe(args.recipe, overrides)
+    only = [s.strip() for s in args.stages.split(",") if s.strip()] or None
+    run_recipe(recipe, only=only, force=args.force)
+    return 0

@@ -1,0 +1,299 @@
+"""Recipes: dataclass configs, YAML loading, dotted overrides, validation.
+
+A recipe is one YAML file whose top-level sections map onto the dataclasses below. Every
+subsystem owns the dataclass of its section (``lmforge.model.config.ModelConfig`` and so on);
+this module only composes them, loads YAML, applies ``--section.key value`` overrides and
+validates: an unknown key or a wrong type is an `LmforgeError` naming the key and the file
+and suggesting the nearest valid key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+from lmforge.data.config import DataConfig
+from lmforge.errors import LmforgeError
+from lmforge.eval.config import EvalConfig
+from lmforge.model.config import ModelConfig
+from lmforge.posttrain.config import DPOConfig, RewardConfig, RLConfig, SFTConfig
+from lmforge.tokenizer.config import TokenizerConfig
+from lmforge.train.config import ParallelConfig, TrainConfig
+
+
+@dataclass
+class Recipe:
+    """A whole run: every stage's settings. Sections default to sensible values."""
+
+    name: str = "run"
+    seed: int = 1337
+    run_dir: str = ""  # default: runs/<name>
+    stages: list[str] = field(default_factory=lambda: ["data", "tokenizer", "tokenize", "pretrain"])
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    dpo: DPOConfig = field(default_factory=DPOConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    rl: RLConfig = field(default_factory=RLConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    @property
+    def run_path(self) -> Path:
+        return Path(self.run_dir or f"runs/{self.name}")
+
+
+# ---------------------------------------------------------------------------- loading
+
+
+def load_recipe(path: str | Path | None, overrides: list[str] | dict | None = None) -> Recipe:
+    """Read a recipe file (or none: all defaults), apply overrides, validate, return it."""
+    source = str(path) if path else "<defaults>"
+    raw: dict = {}
+    if path:
+        raw = read_yaml(resolve_recipe_path(path))
+    if isinstance(overrides, dict):
+        for key, value in overrides.items():
+            set_dotted(raw, key, value, source="override")
+    else:
+        for key, value in parse_overrides(overrides or []):
+            set_dotted(raw, key, value, source="command line")
+    return from_dict(Recipe, raw, where="", source=source)
+
+
+def resolve_recipe_path(path: str | Path) -> Path:
+    p = Path(path)
+    if p.exists():
+        return p
+    for candidate in (Path("recipes") / p, Path("recipes") / f"{p}.yaml"):
+        if candidate.exists():
+            return candidate
+    raise LmforgeError(f"recipe {path}: file not found (looked in . and recipes/)")
+
+
+def read_yaml(path: Path) -> dict:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise LmforgeError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise LmforgeError(f"{path}:{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise LmforgeError(f"{path}: a recipe must be a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def parse_overrides(args: list[str]) -> list[tuple[str, Any]]:
+    """`['--train.lr', '3e-4', '--model.n_layer=4']` -> [('train.lr', 3e-4), ('model.n_layer', 4)]."""
+    out: list[tuple[str, Any]] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--") or len(arg) == 2:
+            raise LmforgeError(f"unexpected argument {arg!r}: overrides look like --section.key VALUE")
+        key = arg[2:]
+        if "=" in key:
+            key, text = key.split("=", 1)
+            i += 1
+        else:
+            if i + 1 >= len(args):
+                raise LmforgeError(f"override --{key} needs a value")
+            text = args[i + 1]
+            i += 2
+        out.append((key.replace("-", "_"), parse_scalar(text)))
+    return out
+
+
+def parse_scalar(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def set_dotted(raw: dict, key: str, value: Any, source: str) -> None:
+    parts = key.split(".")
+    node = raw
+    for part in parts[:-1]:
+        nxt = node.setdefault(part, {})
+        if not isinstance(nxt, dict):
+            raise LmforgeError(f"{source}: cannot set {key}: {part} is not a section")
+        node = nxt
+    node[parts[-1]] = value
+
+
+# ---------------------------------------------------------------------------- validation
+
+
+def from_dict(cls: type, data: Any, where: str, source: str) -> Any:
+    """Build dataclass `cls` from plain data, checking keys and types recursively."""
+    label = where or "the recipe"
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise LmforgeError(f"{source}: {label} must be a mapping, got {type(data).__name__} {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.init]
+    kwargs = {}
+    for key, value in data.items():
+        dotted = f"{where}.{key}" if where else str(key)
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.5)
+            hint = f"; did you mean {(where + '.' if where else '') + close[0]!r}?" if close else ""
+            valid = ", ".join(names)
+            raise LmforgeError(f"{source}: unknown key {dotted!r}{hint} (valid keys under {label}: {valid})")
+        kwargs[key] = coerce(hints[key], value, dotted, source)
+    try:
+        obj = cls(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise LmforgeError(f"{source}: {label}: {e}") from None
+    validate = getattr(obj, "validate", None)
+    if callable(validate):
+        try:
+            validate()
+        except (ValueError, AssertionError) as e:
+            raise LmforgeError(f"{source}: {label}: {e}") from None
+    return obj
+
+
+def coerce(tp: Any, value: Any, key: str, source: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+
+    def fail(expected: str) -> LmforgeError:
+        return LmforgeError(f"{source}: {key} must be {expected}, got {type(value).__name__} {value!r}")
+
+    if tp is Any:
+        return value
+    if origin is Union or (hasattr(types, "UnionType") and isinstance(tp, types.UnionType)):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return coerce(arg, value, key, source)
+            except LmforgeError as e:
+                errors.append(str(e))
+        raise fail(" or ".join(_type_name(a) for a in args))
+    if origin is Literal:
+        if value not in args:
+            close = difflib.get_close_matches(str(value), [str(a) for a in args], n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise LmforgeError(f"{source}: {key} must be one of {list(args)}, got {value!r}{hint}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, key, source)
+    if origin in (list, tuple):
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool) and origin is list:
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise fail("a list")
+        item_t = args[0] if args else Any
+        items = [coerce(item_t, v, f"{key}[{i}]", source) for i, v in enumerate(value)]
+        return items if origin is list else tuple(items)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise fail("a mapping")
+        vt = args[1] if len(args) == 2 else Any
+        return {k: coerce(vt, v, f"{key}.{k}", source) for k, v in value.items()}
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise fail("true or false")
+    if tp is int:
+        if isinstance(value, bool):
+            raise fail("an integer")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                f = float(value.replace("_", ""))
+                if f.is_integer():
+                    return int(f)
+            except ValueError:
+                pass
+        raise fail("an integer")
+    if tp is float:
+        if isinstance(value, bool):
+            raise fail("a number")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise fail("a number")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise fail("a string")
+    return value
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+# ---------------------------------------------------------------------------- output
+
+
+def to_dict(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    return obj
+
+
+def dump_yaml(obj: Any) -> str:
+    return yaml.safe_dump(to_dict(obj), sort_keys=False, allow_unicode=True)
+
+
+def config_hash(obj: Any) -> str:
+    blob = json.dumps(to_dict(obj), sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def describe_fields(cls: type, prefix: str) -> list[tuple[str, Any, str]]:
+    """Flatten a section dataclass into (dotted key, default, comment) rows for `--help`."""
+    rows = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}.{f.name}" if prefix else f.name
+        if dataclasses.is_dataclass(hints[f.name]):
+            rows.extend(describe_fields(hints[f.name], key))
+            continue
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+            default = f.default_factory()  # type: ignore[misc]
+        else:
+            default = None
+        rows.append((key, default, f.metadata.get("help", "")))
+    return rows

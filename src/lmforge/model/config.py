@@ -1,0 +1,126 @@
+"""ModelConfig, the preset table and the size arithmetic (parameters, FLOPs per token).
+
+Torch-free on purpose: `lmforge plan` and `--help` use it without importing torch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+# name: (n_layer, d_model, n_head, n_kv_head, d_ff, max_seq_len, lr, batch_tokens)
+PRESETS: dict[str, tuple[int, int, int, int, int, int, float, int]] = {
+    "tiny": (4, 128, 4, 4, 384, 256, 3e-3, 16_384),
+    "mini": (6, 256, 8, 8, 768, 256, 2e-3, 32_768),
+    "small": (8, 512, 8, 8, 1536, 1024, 1e-3, 131_072),
+    "124m": (12, 768, 12, 12, 2048, 1024, 6e-4, 524_288),
+    "350m": (24, 1024, 16, 16, 2816, 2048, 3e-4, 524_288),
+    "1b": (16, 2048, 32, 8, 8192, 2048, 3e-4, 1_048_576),
+    "3b": (28, 3072, 24, 8, 8192, 4096, 3e-4, 2_097_152),
+    "8b": (32, 4096, 32, 8, 14336, 8192, 3e-4, 4_194_304),
+    "70b": (80, 8192, 64, 8, 28672, 8192, 1.5e-4, 16_777_216),
+}
+
+
+@dataclass
+class ModelConfig:
+    """A decoder-only transformer. `arch: llama` (RMSNorm, RoPE, SwiGLU, no biases) or
+    `arch: gpt2` (LayerNorm, learned positions, GELU, biases).
+
+    Size it one of three ways: a `preset` name from PRESETS (sets n_layer, d_model, n_head,
+    n_kv_head, d_ff; the context stays `max_seq_len`), a `depth` (d_model = 64·depth, heads of
+    64 dims; the nanochat dial), or the individual fields. `vocab_size: 0` means
+    "take it from the tokenizer"; `n_kv_head: 0` means n_head (no GQA); `d_ff: 0` derives
+    the MLP width (SwiGLU 8/3·d rounded to 64; GELU 4·d).
+    """
+
+    arch: Literal["llama", "gpt2"] = "llama"
+    preset: str = ""
+    depth: int = 0
+    vocab_size: int = 0
+    n_layer: int = 6
+    d_model: int = 256
+    n_head: int = 8
+    n_kv_head: int = 0
+    d_ff: int = 0
+    max_seq_len: int = 256
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    tie_embeddings: bool = True
+    dropout: float = 0.0
+    init_std: float = 0.02
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.preset:
+            if self.preset not in PRESETS:
+                import difflib
+
+                close = difflib.get_close_matches(self.preset, list(PRESETS), n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise ValueError(f"unknown preset {self.preset!r}{hint} (presets: {', '.join(PRESETS)})")
+            n_layer, d_model, n_head, n_kv, d_ff, _, _, _ = PRESETS[self.preset]
+            self.n_layer, self.d_model, self.n_head, self.n_kv_head, self.d_ff = n_layer, d_model, n_head, n_kv, d_ff
+        elif self.depth > 0:
+            self.n_layer = self.depth
+            self.d_model = 64 * self.depth
+            self.n_head = max(1, self.d_model // 64)
+        if self.n_kv_head == 0:
+            self.n_kv_head = self.n_head
+        if self.d_ff == 0:
+            if self.arch == "llama":
+                self.d_ff = 64 * math.ceil(8 * self.d_model / 3 / 64)
+            else:
+                self.d_ff = 4 * self.d_model
+
+    def validate(self) -> None:
+        if self.d_model % self.n_head:
+            raise ValueError(f"d_model {self.d_model} is not divisible by n_head {self.n_head}")
+        if self.n_head % self.n_kv_head:
+            raise ValueError(f"n_head {self.n_head} is not divisible by n_kv_head {self.n_kv_head}")
+        if self.arch == "llama" and self.head_dim % 2:
+            raise ValueError(f"head_dim {self.head_dim} must be even for rotary embeddings")
+        for name in ("n_layer", "d_model", "n_head", "max_seq_len"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError("dropout must be in [0, 1)")
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_head
+
+
+def num_params(cfg: ModelConfig, include_embedding: bool = True) -> int:
+    """Exact parameter count of `Transformer(cfg)` (vocab_size must be set)."""
+    d, L, V, hd = cfg.d_model, cfg.n_layer, cfg.vocab_size, cfg.head_dim
+    bias = cfg.arch == "gpt2"
+    attn = d * (cfg.n_head * hd) + 2 * d * (cfg.n_kv_head * hd) + (cfg.n_head * hd) * d
+    if bias:
+        attn += cfg.n_head * hd + 2 * cfg.n_kv_head * hd + d
+    if cfg.arch == "llama":
+        mlp = 3 * d * cfg.d_ff
+        norms = 2 * d
+    else:
+        mlp = 2 * d * cfg.d_ff + cfg.d_ff + d
+        norms = 4 * d
+    total = L * (attn + mlp + norms) + (d if cfg.arch == "llama" else 2 * d)
+    if include_embedding:
+        total += V * d
+        if not cfg.tie_embeddings:
+            total += V * d
+        if cfg.arch == "gpt2":
+            total += cfg.max_seq_len * d
+    elif not cfg.tie_embeddings:
+        total += V * d  # the LM head is a matmul, counted as compute
+    return total
+
+
+def flops_per_token(cfg: ModelConfig, seq_len: int | None = None) -> float:
+    """Training FLOPs per token: 6·N (non-embedding params + LM head) + 12·L·H·Q·T attention term."""
+    T = seq_len or cfg.max_seq_len
+    n = num_params(cfg, include_embedding=False)
+    if cfg.tie_embeddings:
+        n += cfg.vocab_size * cfg.d_model  # tied head still costs a matmul
+    return 6 * n + 12 * cfg.n_layer * cfg.n_head * cfg.head_dim * T

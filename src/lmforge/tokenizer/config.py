@@ -1,0 +1,18 @@
+"""The `tokenizer` recipe section: BPE training and tokenization into shards."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class TokenizerConfig:
+    vocab_size: int = 8192
+    pattern: str = "gpt4"  # a name (gpt4, gpt2, cl100k, nanochat) or a literal regex
+    special_tokens: list[str] = field(
+        default_factory=lambda: ["<|bos|>", "<|eos|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
+    )
+    inputs: list[str] = field(default_factory=list)  # empty: the data stage's output
+    max_chars: int = 0  # 0: train on everything
+    val_fraction: float = 0.05  # documents held out into the val shard
+    workers: int = 0  # 0: os.cpu_count()

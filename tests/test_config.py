@@ -1,0 +1,81 @@
+import pytest
+
+from lmforge.config import Recipe, config_hash, dump_yaml, load_recipe, parse_overrides
+from lmforge.errors import LmforgeError
+
+
+def write(tmp_path, text):
+    p = tmp_path / "r.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_defaults_and_yaml_roundtrip(tmp_path):
+    r = load_recipe(None)
+    assert isinstance(r, Recipe)
+    again = load_recipe(write(tmp_path, dump_yaml(r)))
+    assert config_hash(again) == config_hash(r)
+
+
+def test_dotted_overrides_apply_and_parse_types(tmp_path):
+    p = write(tmp_path, "train:\n  lr: 1.0e-3\n")
+    r = load_recipe(p, ["--train.lr", "3e-4", "--model.n_layer=4", "--train.compile", "true"])
+    assert r.train.lr == pytest.approx(3e-4)
+    assert r.model.n_layer == 4
+    assert r.train.compile is True
+
+
+def test_unknown_key_names_file_and_suggests(tmp_path):
+    p = write(tmp_path, "train:\n  lrr: 1.0\n")
+    with pytest.raises(LmforgeError) as e:
+        load_recipe(p)
+    msg = str(e.value)
+    assert str(p) in msg and "train.lrr" in msg and "train.lr" in msg
+
+
+def test_unknown_override_is_error():
+    with pytest.raises(LmforgeError, match="did you mean 'model.n_layer'"):
+        load_recipe(None, ["--model.n_layers", "3"])
+
+
+def test_wrong_type_names_key(tmp_path):
+    p = write(tmp_path, "model:\n  n_layer: lots\n")
+    with pytest.raises(LmforgeError, match="model.n_layer must be an integer"):
+        load_recipe(p)
+
+
+def test_literal_choice_checked(tmp_path):
+    with pytest.raises(LmforgeError, match="train.schedule must be one of"):
+        load_recipe(None, ["--train.schedule", "cosin"])
+
+
+def test_invalid_yaml_reports_line(tmp_path):
+    p = write(tmp_path, "train:\n  lr: [1,\n")
+    with pytest.raises(LmforgeError, match="not valid YAML"):
+        load_recipe(p)
+
+
+def test_override_syntax_errors():
+    with pytest.raises(LmforgeError):
+        parse_overrides(["train.lr", "1"])
+    with pytest.raises(LmforgeError, match="needs a value"):
+        parse_overrides(["--train.lr"])
+
+
+def test_model_validation_surfaces_as_error():
+    with pytest.raises(LmforgeError, match="not divisible"):
+        load_recipe(None, ["--model.d_model", "100", "--model.n_head", "3"])
+
+
+def test_presets_and_depth():
+    r = load_recipe(None, ["--model.preset", "124m"])
+    assert (r.model.n_layer, r.model.d_model, r.model.n_head) == (12, 768, 12)
+    r = load_recipe(None, ["--model.depth", "4"])
+    assert (r.model.n_layer, r.model.d_model, r.model.n_head) == (4, 256, 4)
+    with pytest.raises(LmforgeError, match="unknown preset"):
+        load_recipe(None, ["--model.preset", "124"])
+
+
+def test_recipe_file_loads():
+    r = load_recipe("recipes/shakespeare.yaml")
+    assert r.name == "shakespeare"
