@@ -1,0 +1,237 @@
+"""The decoder-only transformer, readable end to end.
+
+Two families from one config (`ModelConfig.arch`):
+  llama: token embedding -> [RMSNorm -> attention (RoPE, grouped-query KV heads) -> +residual
+         -> RMSNorm -> SwiGLU MLP -> +residual] x n_layer -> RMSNorm -> LM head. No biases.
+  gpt2:  token + learned position embeddings, LayerNorm, GELU MLP, biases everywhere.
+
+Attention goes through `F.scaled_dot_product_attention` (flash / memory-efficient kernels on GPU).
+Rotary embeddings use the "rotate half" layout of Hugging Face's Llama, so exported weights load
+there unchanged. Layers live in a ModuleDict keyed "0".."L-1" and the embedding, final norm and
+head may be None: pipeline parallelism (lmforge.parallel) deletes the parts a stage does not own
+and the remaining names (and so checkpoints) stay stable. Parallel plans, losses, the training loop
+and the checkpoint format live elsewhere; this file only computes logits.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from lmforge.model.config import ModelConfig
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * xf.to(x.dtype)
+
+
+def make_norm(cfg: ModelConfig) -> nn.Module:
+    if cfg.arch == "llama":
+        return RMSNorm(cfg.d_model, cfg.norm_eps)
+    return nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def rope_cos_sin(inv_freq: torch.Tensor, positions: torch.Tensor, dtype: torch.dtype):
+    """cos/sin of shape [B, 1, T, head_dim] for integer positions [B, T]."""
+    freqs = positions[:, :, None].float() * inv_freq[None, None, :].float()
+    emb = torch.cat((freqs, freqs), dim=-1)[:, None]
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+class KVCache:
+    """Keys and values of every layer for `batch_size` sequences of up to `max_len` tokens."""
+
+    def __init__(self, cfg: ModelConfig, batch_size: int, max_len: int, device=None, dtype=torch.float32):
+        shape = (cfg.n_layer, batch_size, cfg.n_kv_head, max_len, cfg.head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.max_len = max_len
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor, start_pos: int):
+        """Store k, v [B, H_kv, T, D] at positions start_pos.. and return all keys/values so far."""
+        end = start_pos + k.shape[2]
+        if end > self.max_len:
+            raise ValueError(f"KV cache holds {self.max_len} positions; asked for {end}")
+        self.k[layer, :, :, start_pos:end] = k
+        self.v[layer, :, :, start_pos:end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int):
+        super().__init__()
+        bias = cfg.arch == "gpt2"
+        self.layer, self.n_head, self.n_kv_head, self.head_dim = layer, cfg.n_head, cfg.n_kv_head, cfg.head_dim
+        self.dropout = cfg.dropout
+        self.wq = nn.Linear(cfg.d_model, cfg.n_head * cfg.head_dim, bias=bias)
+        self.wk = nn.Linear(cfg.d_model, cfg.n_kv_head * cfg.head_dim, bias=bias)
+        self.wv = nn.Linear(cfg.d_model, cfg.n_kv_head * cfg.head_dim, bias=bias)
+        self.wo = nn.Linear(cfg.n_head * cfg.head_dim, cfg.d_model, bias=bias)
+
+    def forward(self, x, rope=None, cache: KVCache | None = None, start_pos: int = 0, attn_mask=None):
+        B, T, _ = x.shape
+        # -1 instead of the head count: under tensor parallelism each rank holds a slice of the heads.
+        q = self.wq(x).view(B, T, -1, self.head_dim).transpose(1, 2)
+        k = self.wk(x).view(B, T, -1, self.head_dim).transpose(1, 2)
+        v = self.wv(x).view(B, T, -1, self.head_dim).transpose(1, 2)
+        if rope is not None:
+            cos, sin = rope
+            q = q * cos + rotate_half(q) * sin
+            k = k * cos + rotate_half(k) * sin
+        if cache is not None:
+            k, v = cache.update(self.layer, k, v, start_pos)
+        S = k.shape[2]
+        is_causal = attn_mask is None and T > 1 and S == T
+        if attn_mask is None and T > 1 and S > T:  # a chunk appended after cached tokens
+            attn_mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(diagonal=S - T)
+        y = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=attn_mask,
+            is_causal=is_causal,
+            dropout_p=self.dropout if self.training else 0.0,
+            enable_gqa=q.shape[1] != k.shape[1],
+        )
+        y = y.transpose(1, 2).reshape(B, T, -1)
+        return F.dropout(self.wo(y), self.dropout, self.training)
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.w1 = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)  # gate
+        self.w3 = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)  # up
+        self.w2 = nn.Linear(cfg.d_ff, cfg.d_model, bias=False)  # down
+        self.dropout = cfg.dropout
+
+    def forward(self, x):
+        return F.dropout(self.w2(F.silu(self.w1(x)) * self.w3(x)), self.dropout, self.training)
+
+
+class GeluMLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.fc = nn.Linear(cfg.d_model, cfg.d_ff)
+        self.proj = nn.Linear(cfg.d_ff, cfg.d_model)
+        self.dropout = cfg.dropout
+
+    def forward(self, x):
+        return F.dropout(self.proj(F.gelu(self.fc(x), approximate="tanh")), self.dropout, self.training)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int):
+        super().__init__()
+        self.attn_norm = make_norm(cfg)
+        self.attn = Attention(cfg, layer)
+        self.mlp_norm = make_norm(cfg)
+        self.mlp = SwiGLU(cfg) if cfg.arch == "llama" else GeluMLP(cfg)
+
+    def forward(self, x, rope=None, cache=None, start_pos=0, attn_mask=None):
+        x = x + self.attn(self.attn_norm(x), rope, cache, start_pos, attn_mask)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        if cfg.vocab_size <= 0:
+            raise ValueError("ModelConfig.vocab_size must be set (from the tokenizer) before building the model")
+        self.cfg = cfg
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.pos_emb = nn.Embedding(cfg.max_seq_len, cfg.d_model) if cfg.arch == "gpt2" else None
+        self.layers = nn.ModuleDict({str(i): Block(cfg, i) for i in range(cfg.n_layer)})
+        self.norm = make_norm(cfg)
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.tok_emb.weight
+        if cfg.arch == "llama":
+            inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, cfg.head_dim, 2, dtype=torch.float32) / cfg.head_dim))
+            self.register_buffer("inv_freq", inv_freq, persistent=False)
+        else:
+            self.inv_freq = None
+        self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """Normal(0, init_std) weights; residual output projections scaled by 1/sqrt(2·n_layer)
+        so the residual stream's variance stays flat with depth (GPT-2); norms one, biases zero."""
+        std = self.cfg.init_std
+        for name, module in self.named_modules():
+            if isinstance(module, nn.Linear):
+                scaled = name.endswith(("attn.wo", "mlp.w2", "mlp.proj"))
+                nn.init.normal_(module.weight, 0.0, std / math.sqrt(2 * self.cfg.n_layer) if scaled else std)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, 0.0, std)
+            elif isinstance(module, (RMSNorm, nn.LayerNorm)):
+                nn.init.ones_(module.weight)
+                if getattr(module, "bias", None) is not None:
+                    nn.init.zeros_(module.bias)
+        if self.inv_freq is not None:
+            cfg = self.cfg
+            self.inv_freq.copy_(
+                1.0 / (cfg.rope_theta ** (torch.arange(0, cfg.head_dim, 2, dtype=torch.float32) / cfg.head_dim))
+            )
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        cache: KVCache | None = None,
+        start_pos: int = 0,
+        positions: torch.Tensor | None = None,
+        attn_mask: torch.Tensor | None = None,
+        return_hidden: bool = False,
+    ) -> torch.Tensor:
+        """Logits [B, T, vocab] for token ids [B, T] (or the hidden states, with return_hidden).
+
+        `cache`/`start_pos` continue a sequence whose first start_pos tokens are cached.
+        `positions` [B, T] and a boolean `attn_mask` [B, 1, T, S] (True = attend) serve batches
+        of left-padded prompts. Under pipeline parallelism `idx` is the previous stage's output.
+        """
+        B, T = idx.shape[:2]
+        if positions is None:
+            positions = torch.arange(start_pos, start_pos + T, device=idx.device).expand(B, T)
+        h = self.tok_emb(idx) if self.tok_emb is not None else idx
+        if self.pos_emb is not None:
+            h = h + self.pos_emb(positions)
+        h = F.dropout(h, self.cfg.dropout, self.training)
+        rope = rope_cos_sin(self.inv_freq, positions, h.dtype) if self.inv_freq is not None else None
+        for block in self.layers.values():
+            h = block(h, rope, cache, start_pos, attn_mask)
+        if self.norm is not None:
+            h = self.norm(h)
+        if return_hidden or self.lm_head is None:
+            return h
+        return self.lm_head(h)
+
+    def new_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
+        p = next(self.parameters())
+        return KVCache(self.cfg, batch_size, max_len or self.cfg.max_seq_len, p.device, p.dtype)
+
+    def num_params(self, include_embedding: bool = True) -> int:
+        seen, total = set(), 0
+        for name, p in self.named_parameters():
+            if id(p) in seen or (not include_embedding and name.startswith(("tok_emb", "pos_emb"))):
+                continue
+            seen.add(id(p))
+            total += p.numel()
+        return total
