@@ -1,0 +1,125 @@
+"""The Document record and its on-disk form: jsonl.zst shards of {"id", "text", "source", "metadata"}.
+
+Shards are written atomically (temp name, fsync, rename), so a reader never sees a torn shard.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lmforge.errors import LmforgeError
+from lmforge.fileio import atomic_write
+
+SHARD_SUFFIX = ".jsonl.zst"
+
+
+@dataclass
+class Document:
+    """One document: a stable id, its text, where it came from, and free-form metadata."""
+
+    id: str
+    text: str
+    source: str = ""
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def to_record(self) -> dict[str, Any]:
+        return {"id": self.id, "text": self.text, "source": self.source, "metadata": self.metadata}
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> Document:
+        return cls(
+            id=str(record["id"]),
+            text=record["text"],
+            source=str(record.get("source", "")),
+            metadata=dict(record.get("metadata") or {}),
+        )
+
+
+def encode_record(record: dict[str, Any]) -> bytes:
+    """One JSONL line (UTF-8, keys in a fixed order, no ASCII escaping, trailing newline)."""
+    return (json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
+
+
+def write_documents(path: str | os.PathLike, docs: Iterable[Document], level: int = 3) -> int:
+    """Write `docs` to a jsonl.zst shard atomically; returns the number written."""
+    return write_records(path, (d.to_record() for d in docs), level=level)
+
+
+def write_records(path: str | os.PathLike, records: Iterable[dict[str, Any]], level: int = 3) -> int:
+    """Write plain dict records to a jsonl.zst file atomically; returns the number written."""
+    import zstandard
+
+    n = 0
+    with atomic_write(path, "wb") as raw:
+        cctx = zstandard.ZstdCompressor(level=level)
+        with cctx.stream_writer(raw, closefd=False) as zf:
+            for record in records:
+                zf.write(encode_record(record))
+                n += 1
+    return n
+
+
+def iter_records(path: str | os.PathLike) -> Iterator[dict[str, Any]]:
+    """Records of a jsonl.zst (or plain .jsonl) file; a bad line raises LmforgeError naming file and line."""
+    path = Path(path)
+    with open_text_lines(path) as lines:
+        for lineno, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise LmforgeError(f"{path}: line {lineno}: not valid JSON ({e.msg})") from None
+            if not isinstance(record, dict):
+                raise LmforgeError(f"{path}: line {lineno}: expected a JSON object, got {type(record).__name__}")
+            yield record
+
+
+def read_documents(path: str | os.PathLike) -> Iterator[Document]:
+    """Documents of one shard written by `write_documents`."""
+    for i, record in enumerate(iter_records(path)):
+        if "id" not in record or not isinstance(record.get("text"), str):
+            raise LmforgeError(f"{path}: record {i + 1}: expected keys 'id' and 'text' (a string)")
+        yield Document.from_record(record)
+
+
+def list_shards(folder: str | os.PathLike) -> list[Path]:
+    """The jsonl.zst shards of a folder, in name order (hidden temp files excluded)."""
+    return sorted(p for p in Path(folder).glob(f"*{SHARD_SUFFIX}") if not p.name.startswith("."))
+
+
+class open_text_lines:
+    """Context manager yielding an iterator of decoded lines of a .zst, .gz or plain file."""
+
+    def __init__(self, path: Path, errors: str = "strict"):
+        self.path = path
+        self.errors = errors
+        self._stack: list[Any] = []
+
+    def __enter__(self) -> Iterator[str]:
+        raw = open(self.path, "rb")
+        self._stack.append(raw)
+        name = self.path.name
+        if name.endswith(".zst"):
+            import zstandard
+
+            stream: Any = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
+            self._stack.append(stream)
+        elif name.endswith(".gz"):
+            import gzip
+
+            stream = gzip.GzipFile(fileobj=raw)
+            self._stack.append(stream)
+        else:
+            stream = raw
+        return iter(io.TextIOWrapper(stream, encoding="utf-8", errors=self.errors, newline="\n"))
+
+    def __exit__(self, *exc: object) -> None:
+        for obj in reversed(self._stack):
+            obj.close()

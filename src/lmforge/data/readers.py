@@ -1,0 +1,354 @@
+"""Read raw sources into Documents: text, JSONL (.gz/.zst), Parquet, WARC, HTML folders, embedded corpora.
+
+A spec is a file, a folder (read recursively, known suffixes only), a glob, ``embedded:shakespeare``
+or ``hf:NAME[:SPLIT]`` (a Hugging Face dataset, when the ``datasets`` package is installed).
+`expand_inputs` turns specs into a sorted list of *units* (one file each); the pipeline makes
+its tasks over units. A record that cannot be read (invalid UTF-8, malformed JSON, a truncated
+archive, a WARC record without HTML, an empty file) is passed to `on_reject` with its source,
+position and reason; without a callback it raises `LmforgeError` naming the file and line.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lmforge.data.documents import Document
+from lmforge.data.embedded import EMBEDDED_PREFIX, embedded_documents
+from lmforge.errors import LmforgeError
+
+HF_PREFIX = "hf:"
+TEXT_SUFFIXES = (".txt", ".text", ".md")
+JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".json.gz", ".json.zst", ".ndjson")
+PARQUET_SUFFIXES = (".parquet",)
+WARC_SUFFIXES = (".warc", ".warc.gz")
+HTML_SUFFIXES = (".html", ".htm")
+KNOWN_SUFFIXES = TEXT_SUFFIXES + JSONL_SUFFIXES + PARQUET_SUFFIXES + WARC_SUFFIXES + HTML_SUFFIXES
+HTML_FLAG = "html"  # metadata key set on documents whose text is still HTML
+
+
+@dataclass
+class Reject:
+    """A record the reader could not turn into a document."""
+
+    source: str
+    position: str  # "line 12", "offset 3456", "row 7", "file"
+    reason: str
+    excerpt: str = ""
+
+    def to_record(self) -> dict[str, Any]:
+        return {"source": self.source, "position": self.position, "reason": self.reason, "excerpt": self.excerpt}
+
+
+OnReject = Callable[[Reject], None]
+
+
+def raise_reject(r: Reject) -> None:
+    raise LmforgeError(f"{r.source}: {r.position}: {r.reason}")
+
+
+def file_format(path: str) -> str | None:
+    name = path.lower()
+    for fmt, suffixes in (
+        ("jsonl", JSONL_SUFFIXES),
+        ("text", TEXT_SUFFIXES),
+        ("parquet", PARQUET_SUFFIXES),
+        ("warc", WARC_SUFFIXES),
+        ("html", HTML_SUFFIXES),
+    ):
+        if name.endswith(suffixes):
+            return fmt
+    return None
+
+
+def expand_inputs(specs: list[str]) -> list[str]:
+    """Specs -> sorted, de-duplicated units (file paths, embedded:NAME, hf:NAME)."""
+    units: list[str] = []
+    for spec in specs:
+        if spec.startswith((EMBEDDED_PREFIX, HF_PREFIX)):
+            units.append(spec)
+            continue
+        if any(ch in spec for ch in "*?["):
+            matches = sorted(glob.glob(spec, recursive=True))
+            files = [m for m in matches if os.path.isfile(m) and file_format(m) and not _hidden(m)]
+            if not files:
+                raise LmforgeError(f"input {spec!r}: the pattern matches no readable file ({', '.join(KNOWN_SUFFIXES)})")
+            units.extend(files)
+        elif os.path.isdir(spec):
+            files = sorted(
+                str(p) for p in Path(spec).rglob("*") if p.is_file() and file_format(p.name) and not _hidden(p)
+            )
+            if not files:
+                raise LmforgeError(f"input folder {spec}: no files with a known suffix ({', '.join(KNOWN_SUFFIXES)})")
+            units.extend(files)
+        elif os.path.isfile(spec):
+            if file_format(spec) is None:
+                raise LmforgeError(f"input {spec}: unknown file type (expected one of {', '.join(KNOWN_SUFFIXES)})")
+            units.append(spec)
+        else:
+            raise LmforgeError(f"input {spec!r}: no such file, folder or glob match")
+    return sorted(dict.fromkeys(units))
+
+
+def _hidden(path: str | Path) -> bool:
+    return any(part.startswith(".") and part not in (".", "..") for part in Path(path).parts[-1:])
+
+
+def read_inputs(
+    specs: list[str],
+    text_field: str = "text",
+    on_reject: OnReject | None = None,
+    extract: bool = True,
+) -> Iterator[Document]:
+    """Documents of every spec, in a deterministic order. HTML is turned into text when `extract`."""
+    for unit in expand_inputs(specs):
+        yield from read_unit(unit, text_field=text_field, on_reject=on_reject, extract=extract)
+
+
+def read_unit(
+    unit: str,
+    text_field: str = "text",
+    on_reject: OnReject | None = None,
+    extract: bool = True,
+) -> Iterator[Document]:
+    """Documents of one unit from `expand_inputs`."""
+    reject = on_reject or raise_reject
+    if unit.startswith(EMBEDDED_PREFIX):
+        name = unit[len(EMBEDDED_PREFIX) :]
+        for doc_id, text in embedded_documents(name):
+            yield Document(id=doc_id, text=text, source=unit)
+        return
+    if unit.startswith(HF_PREFIX):
+        yield from _read_hf(unit, text_field, reject)
+        return
+    fmt = file_format(unit)
+    try:
+        if os.path.getsize(unit) == 0:
+            reject(Reject(unit, "file", "empty file"))
+            return
+    except OSError as e:
+        reject(Reject(unit, "file", f"cannot read: {e.strerror}"))
+        return
+    readers = {"text": _read_text, "jsonl": _read_jsonl, "parquet": _read_parquet, "warc": _read_warc, "html": _read_html}
+    docs = readers[fmt](unit, text_field, reject)  # type: ignore[index]
+    if not extract:
+        yield from docs
+        return
+    from lmforge.data.extract import extract_documents
+
+    yield from extract_documents(docs, on_reject=reject)
+
+
+# ---------------------------------------------------------------------------- formats
+
+
+def _decode(data: bytes, source: str, position: str, reject: OnReject) -> str | None:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        excerpt = data[max(0, e.start - 20) : e.start + 20].decode("utf-8", "replace")
+        reject(Reject(source, position, f"invalid UTF-8 ({e.reason} at byte {e.start})", excerpt))
+        return None
+
+
+def _read_text(path: str, text_field: str, reject: OnReject) -> Iterator[Document]:
+    with open(path, "rb") as f:
+        data = f.read()
+    text = _decode(data, path, "file", reject)
+    if text is not None:
+        yield Document(id=path, text=text, source=path)
+
+
+def _read_html(path: str, text_field: str, reject: OnReject) -> Iterator[Document]:
+    with open(path, "rb") as f:
+        data = f.read()
+    yield Document(id=path, text=decode_html(data), source=path, metadata={HTML_FLAG: True})
+
+
+def decode_html(data: bytes, charset: str | None = None) -> str:
+    """HTML bytes -> str: UTF-8, else the declared charset, else cp1252 with replacement (never fails)."""
+    for enc in ("utf-8", charset):
+        if enc:
+            try:
+                return data.decode(enc)
+            except (UnicodeDecodeError, LookupError):
+                continue
+    return data.decode("cp1252", errors="replace")
+
+
+def _binary_lines(path: str) -> Iterator[bytes]:
+    """Raw lines of a plain, .gz or .zst file; a truncated archive raises EOFError after its last full line."""
+    with open(path, "rb") as raw:
+        if path.endswith(".zst"):
+            yield from _split_lines(_zstd_chunks(raw))
+        elif path.endswith(".gz"):
+            import gzip
+
+            with gzip.GzipFile(fileobj=raw) as gz:
+                yield from gz
+        else:
+            yield from raw
+
+
+def _zstd_chunks(raw: Any, size: int = 1 << 20) -> Iterator[bytes]:
+    """Decompressed chunks of a (multi-frame) zstd stream, as soon as they decode; EOFError if truncated."""
+    import zstandard
+
+    dctx = zstandard.ZstdDecompressor()
+    obj = dctx.decompressobj()
+    while chunk := raw.read(size):
+        while chunk:
+            out = obj.decompress(chunk)
+            if out:
+                yield out
+            chunk = obj.unused_data if obj.eof else b""
+            if obj.eof and chunk:
+                obj = dctx.decompressobj()
+    if not obj.eof:
+        raise EOFError("zstd stream ended in the middle of a frame (truncated file)")
+
+
+def _split_lines(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    pending: list[bytes] = []
+    for chunk in chunks:
+        start = 0
+        while (nl := chunk.find(b"\n", start)) >= 0:
+            pending.append(chunk[start : nl + 1])
+            yield b"".join(pending)
+            pending.clear()
+            start = nl + 1
+        if start < len(chunk):
+            pending.append(chunk[start:])
+    if pending:
+        yield b"".join(pending)
+
+
+def _read_jsonl(path: str, text_field: str, reject: OnReject) -> Iterator[Document]:
+    lineno = 0
+    try:
+        for lineno, line in enumerate(_binary_lines(path), 1):  # noqa: B007
+            if not line.strip():
+                continue
+            pos = f"line {lineno}"
+            text_line = _decode(line, path, pos, reject)
+            if text_line is None:
+                continue
+            try:
+                record = json.loads(text_line)
+            except json.JSONDecodeError as e:
+                reject(Reject(path, pos, f"malformed JSON ({e.msg} at column {e.colno})", text_line[:200]))
+                continue
+            if not isinstance(record, dict):
+                reject(Reject(path, pos, f"expected a JSON object, got {type(record).__name__}", text_line[:200]))
+                continue
+            text = record.get(text_field)
+            if not isinstance(text, str):
+                found = "missing" if text is None else type(text).__name__
+                reject(Reject(path, pos, f"text field {text_field!r} is {found} (expected a string)", text_line[:200]))
+                continue
+            yield _jsonl_document(record, text_field, text, path, lineno)
+    except (EOFError, OSError, ValueError) as e:
+        reject(Reject(path, f"line {lineno + 1}", f"truncated or corrupt archive: {e}"))
+
+
+def _jsonl_document(record: dict, text_field: str, text: str, path: str, lineno: int) -> Document:
+    """Our own shards carry id/source/metadata; for other JSONL, extra fields become metadata."""
+    metadata = dict(record["metadata"]) if isinstance(record.get("metadata"), dict) else {}
+    for key, value in record.items():
+        if key not in (text_field, "id", "source", "metadata"):
+            metadata[key] = value
+    doc_id = record.get("id")
+    return Document(
+        id=str(doc_id) if doc_id is not None else f"{path}#{lineno}",
+        text=text,
+        source=str(record.get("source") or path),
+        metadata=metadata,
+    )
+
+
+def _read_parquet(path: str, text_field: str, reject: OnReject) -> Iterator[Document]:
+    import pyarrow.parquet as pq
+
+    row = 0
+    try:
+        pf = pq.ParquetFile(path)
+        if text_field not in pf.schema_arrow.names:
+            reject(Reject(path, "file", f"no column {text_field!r} (columns: {', '.join(pf.schema_arrow.names)})"))
+            return
+        for batch in pf.iter_batches(batch_size=1024):
+            for record in batch.to_pylist():
+                row += 1
+                text = record.get(text_field)
+                if not isinstance(text, str):
+                    reject(Reject(path, f"row {row}", f"column {text_field!r} is not a string"))
+                    continue
+                yield _jsonl_document(_json_safe(record), text_field, text, path, row)
+    except (OSError, ValueError) as e:  # pyarrow errors subclass these
+        reject(Reject(path, f"row {row + 1}", f"unreadable parquet: {e}"))
+
+
+def _json_safe(record: dict) -> dict:
+    return {k: v if isinstance(v, (str, int, float, bool, type(None), dict, list)) else str(v) for k, v in record.items()}
+
+
+def _read_warc(path: str, text_field: str, reject: OnReject) -> Iterator[Document]:
+    from warcio.archiveiterator import ArchiveIterator
+
+    offset = 0
+    try:
+        with open(path, "rb") as f:
+            it = ArchiveIterator(f)
+            for record in it:
+                offset = it.get_record_offset()
+                if record.rec_type != "response":
+                    continue
+                url = record.rec_headers.get_header("WARC-Target-URI") or ""
+                rec_id = record.rec_headers.get_header("WARC-Record-ID") or f"{path}@{offset}"
+                ctype = record.http_headers.get_header("Content-Type", "") if record.http_headers else ""
+                body = record.content_stream().read()
+                pos = f"offset {offset}"
+                if "html" not in ctype.lower() and not _looks_like_html(body):
+                    reject(Reject(path, pos, f"response record without HTML (Content-Type {ctype or 'missing'!r})", url))
+                    continue
+                charset = _charset(ctype)
+                yield Document(
+                    id=rec_id,
+                    text=decode_html(body, charset),
+                    source=path,
+                    metadata={HTML_FLAG: True, "url": url, "warc_offset": offset},
+                )
+    except Exception as e:  # warcio raises assorted errors on truncated/corrupt archives
+        reject(Reject(path, f"offset {offset}", f"truncated or corrupt WARC: {type(e).__name__}: {e}"))
+
+
+def _looks_like_html(body: bytes) -> bool:
+    head = body[:1024].lstrip().lower()
+    return head.startswith((b"<!doctype html", b"<html")) or b"<body" in head
+
+
+def _charset(content_type: str) -> str | None:
+    for part in content_type.split(";"):
+        key, _, value = part.strip().partition("=")
+        if key.lower() == "charset" and value:
+            return value.strip("\"' ")
+    return None
+
+
+def _read_hf(unit: str, text_field: str, reject: OnReject) -> Iterator[Document]:
+    try:
+        import datasets  # type: ignore[import-not-found]
+    except ImportError:
+        raise LmforgeError(f"input {unit}: Hugging Face datasets need the `datasets` package (pip install datasets)") from None
+    name, _, split = unit[len(HF_PREFIX) :].partition(":")
+    ds = datasets.load_dataset(name, split=split or "train")
+    for i, record in enumerate(ds):
+        text = record.get(text_field)
+        if not isinstance(text, str):
+            reject(Reject(unit, f"row {i + 1}", f"field {text_field!r} is not a string"))
+            continue
+        yield _jsonl_document(_json_safe(dict(record)), text_field, text, unit, i + 1)
