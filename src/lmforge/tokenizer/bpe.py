@@ -1,0 +1,207 @@
+"""Byte-level BPE: training (our own implementation) and the pure-Python reference encoder.
+
+Representation. A chunk (one regex match) is held as a *symbol string*: one character per
+token, ``chr(token_id)``. A chunk's UTF-8 bytes decoded as latin-1 give its initial symbols
+(ids 0-255 = bytes) at C speed; merge number ``i`` creates id ``256 + i``. Merging the pair
+``p`` (a two-character string) in a chunk is then ``chunk.replace(p, chr(new_id))``, which scans
+left to right without overlaps, exactly the BPE merge rule, and comparing two pair strings
+compares ``(left id, right id)``.
+
+Training (`learn_merges`):
+  1. chunk counting, streaming and parallel (`count_chunks`): texts go in batches to worker
+     processes, each returns ``{chunk: count}``; memory grows with the number of distinct
+     chunks, not with the corpus;
+  2. every distinct chunk is kept once with its count; ``pair -> count`` and
+     ``pair -> chunk indices`` indexes are built once;
+  3. each merge rewrites only the chunks that contain the pair and updates the pair counts of
+     those chunks; the most frequent pair comes from a lazy max-heap (a stale entry is an upper
+     bound of its count and is re-pushed when popped).
+
+Tie-break (documented, deterministic): among equally frequent pairs the one with the smaller
+``(left id, right id)`` wins, the rule of HF tokenizers' BpeTrainer and rustbpe. A pair whose
+merged bytes already exist as a token is never merged, so every token has distinct bytes (a
+tiktoken rank table needs that); this almost never happens on real text.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import multiprocessing
+import os
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator
+from operator import add
+
+from lmforge.tokenizer.patterns import compile_pattern
+
+
+def symbols(chunk: str) -> str:
+    """A text chunk -> its symbol string (one char per UTF-8 byte, ``chr(byte)``)."""
+    try:
+        data = chunk.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates: replace them, as tiktoken does
+        data = chunk.encode("utf-16", "surrogatepass").decode("utf-16", "replace").encode("utf-8")
+    return data.decode("latin-1")
+
+
+def _count_batch(job: tuple[list[str], str]) -> dict[str, int]:
+    texts, pattern = job
+    findall = compile_pattern(pattern).findall
+    counter: Counter[str] = Counter()
+    for text in texts:
+        counter.update(findall(text))
+    return {symbols(chunk): n for chunk, n in counter.items()}
+
+
+def _batches(texts: Iterable[str], batch_chars: int, max_chars: int) -> Iterator[list[str]]:
+    batch: list[str] = []
+    size = total = 0
+    for text in texts:
+        if max_chars and total + len(text) > max_chars:
+            text = text[: max_chars - total]
+        if text:
+            batch.append(text)
+            size += len(text)
+            total += len(text)
+        if size >= batch_chars:
+            yield batch
+            batch, size = [], 0
+        if max_chars and total >= max_chars:
+            break
+    if batch:
+        yield batch
+
+
+def count_chunks(
+    texts: Iterable[str],
+    pattern: str,
+    workers: int = 0,
+    batch_chars: int = 1 << 20,
+    max_chars: int = 0,
+) -> tuple[dict[str, int], int]:
+    """Split every text with `pattern` and count distinct chunks (as symbol strings).
+
+    Returns ``(counts, n_chars)``. Documents are never cut (a cut could change the split), so a
+    batch holds whole documents; `max_chars` > 0 stops after that many characters.
+    """
+    workers = workers or os.cpu_count() or 1
+    counts: dict[str, int] = defaultdict(int)
+    n_chars = 0
+
+    def merge(part: dict[str, int]) -> None:
+        for chunk, n in part.items():
+            counts[chunk] += n
+
+    jobs = ((batch, pattern) for batch in _batches(texts, batch_chars, max_chars))
+    if workers == 1:
+        for job in jobs:
+            n_chars += sum(map(len, job[0]))
+            merge(_count_batch(job))
+        return dict(counts), n_chars
+
+    def tracked() -> Iterator[tuple[list[str], str]]:
+        nonlocal n_chars
+        for job in jobs:
+            n_chars += sum(map(len, job[0]))
+            yield job
+
+    with multiprocessing.get_context("fork" if os.name == "posix" else "spawn").Pool(workers) as pool:
+        for part in pool.imap(_count_batch, tracked()):
+            merge(part)
+    return dict(counts), n_chars
+
+
+def learn_merges(chunk_counts: dict[str, int], n_merges: int, progress: bool = True) -> list[tuple[int, int]]:
+    """The BPE merge loop over distinct chunks; returns merges ``(left id, right id)`` in order."""
+    from tqdm import tqdm
+
+    words = sorted(w for w in chunk_counts if len(w) > 1)
+    freqs = [chunk_counts[w] for w in words]
+    pair_counts: dict[str, int] = defaultdict(int)
+    where: dict[str, list[int]] = defaultdict(list)  # may hold stale or repeated indices
+    for i, word in enumerate(words):
+        f = freqs[i]
+        for pair in map(add, word, word[1:]):
+            pair_counts[pair] += f
+            where[pair].append(i)
+    heap = [(-n, pair) for pair, n in pair_counts.items()]
+    heapq.heapify(heap)
+
+    vocab = [bytes([b]) for b in range(256)]
+    known = set(vocab)
+    merges: list[tuple[int, int]] = []
+    bar = tqdm(total=n_merges, unit="merge", desc="bpe merges", disable=not progress, mininterval=0.5)
+    while len(merges) < n_merges and heap:
+        neg, pair = heapq.heappop(heap)
+        n = pair_counts.get(pair, 0)
+        if n <= 0:
+            continue
+        if n != -neg:
+            heapq.heappush(heap, (-n, pair))
+            continue
+        left, right = ord(pair[0]), ord(pair[1])
+        new_bytes = vocab[left] + vocab[right]
+        del pair_counts[pair]
+        if new_bytes in known:
+            continue
+        new = chr(256 + len(merges))
+        merges.append((left, right))
+        vocab.append(new_bytes)
+        known.add(new_bytes)
+        fresh: set[str] = set()
+        for i in where.pop(pair):
+            word = words[i]
+            if pair not in word:
+                continue
+            merged = word.replace(pair, new)
+            f = freqs[i]
+            for p in map(add, word, word[1:]):
+                pair_counts[p] -= f
+            for p in map(add, merged, merged[1:]):
+                pair_counts[p] += f
+                if new in p:
+                    where[p].append(i)
+                    fresh.add(p)
+            words[i] = merged
+        pair_counts.pop(pair, None)
+        for p in sorted(fresh):
+            heapq.heappush(heap, (-pair_counts[p], p))
+        bar.update(1)
+    bar.close()
+    return merges
+
+
+# ---------------------------------------------------------------------------- reference encoder
+
+
+def encode_symbols(chunk: str, ranks: dict[str, int]) -> str:
+    """BPE-encode one symbol string: repeatedly merge the pair with the lowest merge rank."""
+    rank = ranks.get
+    inf = len(ranks) + 1
+    while len(chunk) > 1:
+        best = min(map(add, chunk, chunk[1:]), key=lambda p: rank(p, inf))
+        r = rank(best)
+        if r is None:
+            break
+        chunk = chunk.replace(best, chr(256 + r))
+    return chunk
+
+
+def merge_ranks(merges: list[tuple[int, int]]) -> dict[str, int]:
+    """Merges -> ``{pair symbol string: merge index}`` for `encode_symbols`."""
+    return {chr(a) + chr(b): i for i, (a, b) in enumerate(merges)}
+
+
+def vocab_bytes(merges: list[tuple[int, int]]) -> list[bytes]:
+    """The bytes of every non-special token id: 0-255, then one per merge."""
+    vocab = [bytes([b]) for b in range(256)]
+    for a, b in merges:
+        vocab.append(vocab[a] + vocab[b])
+    return vocab
+
+
+def chunked(items: Iterable, size: int) -> Iterator[list]:
+    it = iter(items)
+    while batch := list(itertools.islice(it, size)):
+        yield batch
