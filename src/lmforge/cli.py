@@ -16,6 +16,8 @@ from lmforge.errors import LmforgeError
 # verb, module under lmforge.commands, one line of help. Only verbs that exist are listed.
 VERBS: list[tuple[str, str, str]] = [
     ("run", "run", "run a recipe's stages in order, skipping the ones already done"),
+    ("tokenizer", "tokenizer", "train a byte-level BPE tokenizer; encode / decode text with one"),
+    ("tokenize", "tokenize", "tokenize documents into train/val token shards (memmap) + meta.json"),
 ]
 
 

@@ -13,6 +13,16 @@ class TokenizerConfig:
         default_factory=lambda: ["<|bos|>", "<|eos|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
     )
     inputs: list[str] = field(default_factory=list)  # empty: the data stage's output
+    text_field: str = "text"  # the text key of .jsonl / parquet inputs
     max_chars: int = 0  # 0: train on everything
     val_fraction: float = 0.05  # documents held out into the val shard
     workers: int = 0  # 0: os.cpu_count()
+
+    def validate(self) -> None:
+        if self.vocab_size < 256 + len(self.special_tokens):
+            raise ValueError(
+                f"vocab_size {self.vocab_size} is too small: at least 256 bytes + "
+                f"{len(self.special_tokens)} special tokens = {256 + len(self.special_tokens)}"
+            )
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
