@@ -65,6 +65,36 @@ def write_records(path: str | os.PathLike, records: Iterable[dict[str, Any]], le
     return n
 
 
+class ShardWriter:
+    """Stream records into a jsonl.zst file that appears (atomically) only when closed cleanly."""
+
+    def __init__(self, path: str | os.PathLike, level: int = 3):
+        self.path = Path(path)
+        self.level = level
+        self.count = 0
+        self._ctx: Any = None
+
+    def __enter__(self) -> ShardWriter:
+        import zstandard
+
+        self._ctx = atomic_write(self.path, "wb")
+        raw = self._ctx.__enter__()
+        self._zf = zstandard.ZstdCompressor(level=self.level).stream_writer(raw, closefd=False)
+        return self
+
+    def write(self, record: dict[str, Any] | Document) -> None:
+        if isinstance(record, Document):
+            record = record.to_record()
+        self._zf.write(encode_record(record))
+        self.count += 1
+
+    def __exit__(self, *exc: Any) -> None:
+        try:
+            self._zf.close()
+        finally:
+            self._ctx.__exit__(*exc)
+
+
 def iter_records(path: str | os.PathLike) -> Iterator[dict[str, Any]]:
     """Records of a jsonl.zst (or plain .jsonl) file; a bad line raises LmforgeError naming file and line."""
     path = Path(path)

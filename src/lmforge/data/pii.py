@@ -1,0 +1,40 @@
+"""PII masking: e-mail and IP addresses replaced with placeholders."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+
+from lmforge.data.config import PIIConfig
+from lmforge.data.documents import Document
+
+EMAIL = re.compile(r"\b[A-Za-z0-9._%+-]+@(?:[A-Za-z0-9-]+\.)+[A-Za-z]{2,}\b")
+_OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
+IPV4 = re.compile(rf"(?<![\d.]){_OCTET}(?:\.{_OCTET}){{3}}(?![\d.]*\d)")
+IPV6 = re.compile(r"(?<![:\w])(?:[0-9A-Fa-f]{1,4}:){7}[0-9A-Fa-f]{1,4}(?![:\w])|"
+                  r"(?<![:\w])(?:[0-9A-Fa-f]{1,4}:){1,6}:(?:[0-9A-Fa-f]{1,4}(?::[0-9A-Fa-f]{1,4}){0,5})?(?![:\w])")
+
+
+def mask_pii(text: str, cfg: PIIConfig, counters: Counter | None = None) -> str:
+    if cfg.email:
+        text, n = EMAIL.subn(cfg.email_placeholder, text)
+        if counters is not None and n:
+            counters["emails_masked"] += n
+    if cfg.ip:
+        text, n4 = IPV4.subn(cfg.ip_placeholder, text)
+        text, n6 = IPV6.subn(cfg.ip_placeholder, text)
+        if counters is not None and n4 + n6:
+            counters["ips_masked"] += n4 + n6
+    return text
+
+
+class PIIStep:
+    name = "pii"
+
+    def __init__(self, cfg: PIIConfig):
+        self.cfg = cfg
+        self.counters: Counter = Counter()
+
+    def __call__(self, doc: Document) -> Document | str:
+        doc.text = mask_pii(doc.text, self.cfg, self.counters)
+        return doc
