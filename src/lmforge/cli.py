@@ -16,8 +16,11 @@ from lmforge.errors import LmforgeError
 # verb, module under lmforge.commands, one line of help. Only verbs that exist are listed.
 VERBS: list[tuple[str, str, str]] = [
     ("run", "run", "run a recipe's stages in order, skipping the ones already done"),
+    ("data", "data", "raw text / web crawls -> clean, filtered, deduplicated documents"),
     ("tokenizer", "tokenizer", "train a byte-level BPE tokenizer; encode / decode text with one"),
     ("tokenize", "tokenize", "tokenize documents into train/val token shards (memmap) + meta.json"),
+    ("export", "export", "export a checkpoint as a Hugging Face model directory or a GGUF file"),
+    ("import", "import_", "import a local Hugging Face Llama / GPT-2 checkpoint as an lmforge checkpoint"),
 ]
 
 

@@ -304,13 +304,13 @@ def _read_warc(path: str, text_field: str, reject: OnReject) -> Iterator[Documen
         with open(path, "rb") as f:
             it = ArchiveIterator(f)
             for record in it:
-                offset = it.get_record_offset()
                 if record.rec_type != "response":
                     continue
+                body = record.content_stream().read()  # before get_record_offset, which consumes the record
+                offset = it.get_record_offset()
                 url = record.rec_headers.get_header("WARC-Target-URI") or ""
                 rec_id = record.rec_headers.get_header("WARC-Record-ID") or f"{path}@{offset}"
                 ctype = record.http_headers.get_header("Content-Type", "") if record.http_headers else ""
-                body = record.content_stream().read()
                 pos = f"offset {offset}"
                 if "html" not in ctype.lower() and not _looks_like_html(body):
                     reject(Reject(path, pos, f"response record without HTML (Content-Type {ctype or 'missing'!r})", url))

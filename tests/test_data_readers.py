@@ -1,0 +1,141 @@
+"""Readers: every source format, and bad input that must be rejected (never crash, never lose silently)."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+
+import pytest
+
+from lmforge.data.documents import Document, ShardWriter, list_shards, read_documents, write_documents
+from lmforge.data.readers import expand_inputs, read_inputs
+from lmforge.errors import LmforgeError
+
+ARTICLE = """<html><head><title>Rivers</title></head><body>
+<nav><a href="/">Home</a> | <a href="/about">About</a> | <a href="/contact">Contact</a></nav>
+<div id="cookie-banner">We use cookies to improve your experience. Accept all cookies.</div>
+<article><h1>The history of rivers</h1>
+<p>Rivers have shaped the growth of human settlements for thousands of years, providing water,
+food and a means of transport to the people who lived along their banks.</p>
+<p>The great civilisations of the ancient world grew up beside rivers such as the Nile, the Tigris
+and the Euphrates, whose floods brought fertile soil to the surrounding plains every year.</p>
+<p>Today rivers remain important for agriculture, industry and recreation, and many cities still
+depend on them for their drinking water and for the energy produced by dams.</p>
+</article>
+<footer>Copyright 2024 Example Corp. All rights reserved. Privacy policy. Terms of use.</footer>
+</body></html>"""
+
+
+def write_warc(path, records):
+    """records: (url, content_type, body bytes)."""
+    from warcio.statusandheaders import StatusAndHeaders
+    from warcio.warcwriter import WARCWriter
+
+    with open(path, "wb") as f:
+        writer = WARCWriter(f, gzip=str(path).endswith(".gz"))
+        for url, ctype, body in records:
+            headers = StatusAndHeaders("200 OK", [("Content-Type", ctype)], protocol="HTTP/1.1")
+            writer.write_record(writer.create_warc_record(url, "response", payload=io.BytesIO(body),
+                                                          http_headers=headers))
+
+
+def collect(specs, **kw):
+    rejects = []
+    docs = list(read_inputs([str(s) for s in specs], on_reject=rejects.append, **kw))
+    return docs, rejects
+
+
+def test_shards_roundtrip(tmp_path):
+    docs = [Document(f"d{i}", f"text {i} ünïcode", "src", {"k": i}) for i in range(5)]
+    assert write_documents(tmp_path / "a.jsonl.zst", docs) == 5
+    assert list(read_documents(tmp_path / "a.jsonl.zst")) == docs
+    with ShardWriter(tmp_path / "b.jsonl.zst") as w:
+        w.write(docs[0])
+    assert [p.name for p in list_shards(tmp_path)] == ["a.jsonl.zst", "b.jsonl.zst"]
+    # a folder of shards reads back through read_inputs with ids, sources and metadata intact
+    back, rejects = collect([tmp_path])
+    assert back == docs + docs[:1] and not rejects
+
+
+def test_formats(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import zstandard
+
+    (tmp_path / "a.txt").write_text("plain text file\n")
+    lines = "".join(json.dumps({"body": f"json {i}", "url": f"http://x/{i}"}) + "\n" for i in range(3))
+    (tmp_path / "b.jsonl").write_text(lines)
+    (tmp_path / "c.jsonl.gz").write_bytes(gzip.compress(lines.encode()))
+    (tmp_path / "d.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(lines.encode()))
+    pq.write_table(pa.table({"body": ["pq one", "pq two"], "n": [1, 2]}), tmp_path / "e.parquet")
+    docs, rejects = collect([tmp_path / "b.jsonl", tmp_path / "c.jsonl.gz", tmp_path / "d.jsonl.zst",
+                             tmp_path / "e.parquet"], text_field="body")
+    assert not rejects
+    assert [d.text for d in docs] == ["json 0", "json 1", "json 2"] * 3 + ["pq one", "pq two"]
+    assert docs[0].metadata["url"] == "http://x/0" and docs[0].id.endswith("b.jsonl#1")
+    assert docs[-1].metadata["n"] == 2
+    docs, _ = collect([tmp_path / "*.txt"])
+    assert [d.text for d in docs] == ["plain text file\n"]
+
+
+def test_warc_and_html_extraction(tmp_path):
+    write_warc(tmp_path / "crawl.warc.gz", [
+        ("http://example.com/rivers", "text/html; charset=utf-8", ARTICLE.encode()),
+        ("http://example.com/logo.png", "image/png", b"\x89PNG\r\n\x1a\n\x00\x00"),
+    ])
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "page.html").write_text(ARTICLE)
+    docs, rejects = collect([tmp_path / "crawl.warc.gz", tmp_path / "site"])
+    assert len(docs) == 2
+    for d in docs:
+        assert "civilisations of the ancient world" in d.text
+        assert "Accept all cookies" not in d.text and "All rights reserved" not in d.text and "Contact" not in d.text
+    assert docs[0].metadata["url"] == "http://example.com/rivers"
+    assert len(rejects) == 1 and "without HTML" in rejects[0].reason and rejects[0].position.startswith("offset")
+    raw, _ = collect([tmp_path / "crawl.warc.gz"], extract=False)
+    assert raw[0].metadata["html"] is True and "<nav>" in raw[0].text
+
+
+def test_embedded():
+    docs, _ = collect(["embedded:shakespeare"])
+    assert len(docs) >= 37 and all(d.source == "embedded:shakespeare" for d in docs)
+
+
+def test_bad_input_is_rejected_with_position(tmp_path):
+    import zstandard
+
+    good = "".join(json.dumps({"text": f"line {i} {i * 2654435761 % 10**9}"}) + "\n" for i in range(20000))
+    (tmp_path / "bad.jsonl").write_bytes(
+        b'{"text": "ok one"}\n{"text": broken\n' + '{"text": "caf\u00e9"}\n'.encode("latin-1")
+        + b'[1, 2]\n{"other": 1}\n{"text": "ok two"}\n'
+    )
+    (tmp_path / "trunc.jsonl.gz").write_bytes(gzip.compress(good.encode())[:20000])
+    z = zstandard.ZstdCompressor().compress(good.encode())
+    (tmp_path / "trunc.jsonl.zst").write_bytes(z[: len(z) // 2])
+    (tmp_path / "empty.txt").write_bytes(b"")
+    (tmp_path / "latin.txt").write_bytes("caf\u00e9".encode("latin-1"))
+    docs, rejects = collect([tmp_path / "bad.jsonl"])
+    assert [d.text for d in docs] == ["ok one", "ok two"]
+    assert [(r.position, r.reason.split(" (")[0]) for r in rejects] == [
+        ("line 2", "malformed JSON"), ("line 3", "invalid UTF-8"), ("line 4", "expected a JSON object, got list"),
+        ("line 5", "text field 'text' is missing"),
+    ]
+    for name in ("trunc.jsonl.gz", "trunc.jsonl.zst"):
+        docs, rejects = collect([tmp_path / name])
+        assert 0 < len(docs) < 20000 and len(rejects) == 1
+        assert "truncated" in rejects[0].reason and rejects[0].position == f"line {len(docs) + 1}"
+    docs, rejects = collect([tmp_path / "empty.txt", tmp_path / "latin.txt"])
+    assert docs == [] and [r.reason.split(" (")[0] for r in rejects] == ["empty file", "invalid UTF-8"]
+    with pytest.raises(LmforgeError, match=r"bad.jsonl: line 2: malformed JSON"):
+        list(read_inputs([str(tmp_path / "bad.jsonl")]))
+
+
+def test_spec_errors(tmp_path):
+    with pytest.raises(LmforgeError, match="no such file"):
+        expand_inputs([str(tmp_path / "missing.jsonl")])
+    (tmp_path / "x.bin").write_bytes(b"1")
+    with pytest.raises(LmforgeError, match="unknown file type"):
+        expand_inputs([str(tmp_path / "x.bin")])
+    with pytest.raises(LmforgeError, match="matches no readable file"):
+        expand_inputs([str(tmp_path / "*.jsonl")])
