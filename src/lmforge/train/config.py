@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 
@@ -37,6 +37,26 @@ class TrainConfig:
     wandb: bool = False
     spike_factor: float = 5.0  # a loss above spike_factor x its running mean is a spike
     max_bad_steps: int = 3  # consecutive bad steps before a rollback to the last checkpoint
+    max_rollbacks: int = 5  # give up (error) after this many rollbacks
+    grad_accum: int = 0  # 0: batch_tokens / (micro_batch * seq_len * dp_size), which must be an integer
+    resume: Literal["auto", "always", "never"] = "auto"  # auto: resume when out_dir has a matching checkpoint
+    peak_flops: float = 0.0  # MFU denominator; 0: the device's bf16 peak from the table (CPU: measured)
+    samples: int = 3  # sample generations printed at the end of the pretrain stage (0: none)
+    sample_tokens: int = 64
+    sample_prompts: list[str] = field(default_factory=lambda: ["The ", "O, ", "What "])
+
+    def validate(self) -> None:
+        for name in ("micro_batch", "seq_len", "batch_tokens"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
+        if self.max_steps < 0 or self.max_minutes < 0:
+            raise ValueError("max_steps and max_minutes must be >= 0")
+        if self.keep_last < 1:
+            raise ValueError("keep_last must be >= 1")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ValueError("min_lr_ratio must be in [0, 1]")
+        if not 0.0 < self.decay_fraction <= 1.0:
+            raise ValueError("decay_fraction must be in (0, 1]")
 
 
 @dataclass

@@ -1,0 +1,261 @@
+"""Checkpoints: one self-contained directory per step, written atomically.
+
+Layout of `<run_dir>/<stage>/checkpoints/step_NNNNNN/`:
+
+    model.safetensors   the plain Transformer state dict (a tied lm_head is stored once, as tok_emb)
+    config.json         {"model": ModelConfig, "stage", "step", "tokenizer_hash", "arch_extra"}
+    tokenizer/          a full copy of the tokenizer: a checkpoint loads without its run directory
+    state.json          (training checkpoints) step, loader, guard, config hash, val loss
+    optimizer.pt        (training checkpoints) optimizer state + RNG states (loaded weights_only)
+
+A checkpoint is written into a temp directory beside its final name and published with
+`atomic_rename_dir`, so a killed process leaves either the old set of checkpoints or the new
+one, never a torn directory. `checkpoints/best.json` names the best step by validation loss;
+pruning keeps the last K and that one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from lmforge.errors import LmforgeError
+from lmforge.fileio import atomic_rename_dir, atomic_write_json, read_json
+
+STAGE_ORDER = ("pretrain", "sft", "dpo", "rl")  # load_model on a run dir picks the last one with checkpoints
+STEP_RE = re.compile(r"^step_(\d+)$")
+WEIGHTS = "model.safetensors"
+
+
+# ---------------------------------------------------------------------------- finding checkpoints
+
+
+def step_dir_name(step: int) -> str:
+    return f"step_{step:06d}"
+
+
+def list_checkpoints(ckpt_root: Path) -> list[tuple[int, Path]]:
+    """(step, dir) of the complete checkpoints under a `checkpoints/` folder, oldest first."""
+    if not ckpt_root.is_dir():
+        return []
+    out = []
+    for d in ckpt_root.iterdir():
+        m = STEP_RE.match(d.name)
+        if m and d.is_dir() and (d / WEIGHTS).exists() and (d / "config.json").exists():
+            out.append((int(m.group(1)), d))
+    return sorted(out)
+
+
+def is_checkpoint(path: Path) -> bool:
+    return (path / "config.json").exists() and (path / WEIGHTS).exists()
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint dir, a stage dir (its latest checkpoint) or a run dir (the latest checkpoint
+    of the last stage that has any, in the order pretrain < sft < dpo < rl) -> the checkpoint dir."""
+    p = Path(path)
+    if not p.exists():
+        raise LmforgeError(f"{p}: no such checkpoint, stage or run directory")
+    if is_checkpoint(p):
+        return p
+    if (p / "config.json").exists() or (p / WEIGHTS).exists():
+        missing = WEIGHTS if not (p / WEIGHTS).exists() else "config.json"
+        raise LmforgeError(f"{p}: incomplete checkpoint ({missing} is missing)")
+    for root in (p / "checkpoints", p):
+        found = list_checkpoints(root)
+        if found:
+            return found[-1][1]
+    for stage in reversed(STAGE_ORDER):
+        found = list_checkpoints(p / stage / "checkpoints")
+        if found:
+            return found[-1][1]
+    raise LmforgeError(
+        f"{p}: no checkpoint found (expected a step_NNNNNN directory with {WEIGHTS} and config.json, "
+        f"a stage directory holding checkpoints/, or a run directory with one of {', '.join(STAGE_ORDER)})"
+    )
+
+
+# ---------------------------------------------------------------------------- weights
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The plain Transformer under torch.compile / DDP wrappers."""
+    while True:
+        inner = getattr(model, "_orig_mod", None) or getattr(model, "module", None)
+        if inner is None or not isinstance(inner, torch.nn.Module):
+            return model
+        model = inner
+
+
+def model_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict with a tied lm_head stored once and every tensor contiguous on CPU."""
+    model = unwrap(model)
+    sd = model.state_dict()
+    if getattr(getattr(model, "cfg", None), "tie_embeddings", False):
+        sd.pop("lm_head.weight", None)
+    return {k: v.detach().to("cpu").contiguous() for k, v in sd.items()}
+
+
+def load_weights(model: torch.nn.Module, path: Path) -> None:
+    try:
+        sd = load_file(str(path))
+    except Exception as e:  # safetensors raises its own error types for torn / foreign files
+        raise LmforgeError(f"{path}: cannot read weights ({e})") from None
+    model = unwrap(model)
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    tied = getattr(getattr(model, "cfg", None), "tie_embeddings", False)
+    missing = [k for k in missing if not (tied and k == "lm_head.weight")]
+    if missing or unexpected:
+        raise LmforgeError(
+            f"{path}: weights do not match the model config (missing: {missing[:5]}, unexpected: {unexpected[:5]})"
+        )
+
+
+def model_config_dict(cfg: Any) -> dict:
+    """ModelConfig as a dict with the size fields resolved (no preset / depth to re-apply)."""
+    d = dataclasses.asdict(cfg)
+    d["preset"], d["depth"] = "", 0
+    return d
+
+
+# ---------------------------------------------------------------------------- saving
+
+
+def write_checkpoint(
+    ckpt_root: Path,
+    step: int,
+    model: torch.nn.Module,
+    tokenizer: Any,
+    *,
+    stage: str,
+    extra: dict | None = None,
+    train_state: dict | None = None,
+    optimizer_state: dict | None = None,
+) -> Path:
+    """Write `ckpt_root/step_NNNNNN` atomically and return it."""
+    model = unwrap(model)
+    ckpt_root.mkdir(parents=True, exist_ok=True)
+    final = ckpt_root / step_dir_name(step)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=ckpt_root))
+    try:
+        save_file(model_state_dict(model), str(tmp / WEIGHTS), metadata={"format": "pt"})
+        config = {
+            "model": model_config_dict(model.cfg),
+            "stage": stage,
+            "step": step,
+            "tokenizer_hash": getattr(tokenizer, "hash", None),
+            "arch_extra": dict(extra or {}),
+        }
+        atomic_write_json(tmp / "config.json", config)
+        if tokenizer is not None:
+            tokenizer.save(tmp / "tokenizer")
+        if optimizer_state is not None:
+            torch.save(optimizer_state, tmp / "optimizer.pt")
+        if train_state is not None:
+            atomic_write_json(tmp / "state.json", train_state)
+        atomic_rename_dir(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def save_model_checkpoint(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    out_dir: str | Path,
+    stage: str = "import",
+    step: int = 0,
+    extra: dict | None = None,
+) -> Path:
+    """A weights-only checkpoint at exactly `out_dir` (for imports, merges, exports back in)."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp_root = Path(tempfile.mkdtemp(prefix=f".tmp-{out_dir.name}-", dir=out_dir.parent))
+    try:
+        written = write_checkpoint(tmp_root, step, model, tokenizer, stage=stage, extra=extra)
+        atomic_rename_dir(written, out_dir)
+    finally:
+        shutil.rmtree(tmp_root, ignore_errors=True)
+    return out_dir
+
+
+def prune_checkpoints(ckpt_root: Path, keep_last: int) -> None:
+    """Delete all but the last `keep_last` checkpoints and the best one (best.json)."""
+    best = None
+    if (ckpt_root / "best.json").exists():
+        best = read_json(ckpt_root / "best.json").get("step")
+    found = list_checkpoints(ckpt_root)
+    for step, d in found[:-keep_last] if keep_last > 0 else found:
+        if step != best:
+            shutil.rmtree(d, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------- loading
+
+
+def read_checkpoint_config(ckpt: Path) -> dict:
+    cfg = read_json(ckpt / "config.json")
+    if not isinstance(cfg, dict) or "model" not in cfg:
+        raise LmforgeError(f"{ckpt / 'config.json'}: not an lmforge checkpoint config (no 'model' key)")
+    return cfg
+
+
+def build_model_config(ckpt: Path, data: dict):
+    from lmforge.config import from_dict
+    from lmforge.model.config import ModelConfig
+
+    return from_dict(ModelConfig, data, where="model", source=str(ckpt / "config.json"))
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None):
+    """(Transformer in eval mode, Tokenizer) from a checkpoint, stage or run directory."""
+    from lmforge.model.transformer import Transformer
+    from lmforge.tokenizer import Tokenizer
+
+    ckpt = resolve_checkpoint(path)
+    cfg_json = read_checkpoint_config(ckpt)
+    model_cfg = build_model_config(ckpt, cfg_json["model"])
+    if not (ckpt / "tokenizer").is_dir():
+        raise LmforgeError(f"{ckpt}: checkpoint has no tokenizer/ directory")
+    tokenizer = Tokenizer.load(ckpt / "tokenizer")
+    want = cfg_json.get("tokenizer_hash")
+    if want and tokenizer.hash != want:
+        raise LmforgeError(f"{ckpt}: tokenizer/ has hash {tokenizer.hash} but the weights were trained with {want}")
+    model = _build(Transformer, model_cfg)
+    load_weights(model, ckpt / WEIGHTS)
+    model = model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
+    return model.eval(), tokenizer
+
+
+def _build(cls, cfg):
+    """Build without paying for a random init (the weights are overwritten right away)."""
+    init = cls.init_weights
+    try:
+        cls.init_weights = lambda self: None
+        model = cls(cfg)
+    finally:
+        cls.init_weights = init
+    if model.inv_freq is not None:  # the rotary buffer is not in the state dict: compute it
+        hd = cfg.head_dim
+        model.inv_freq.copy_(1.0 / (cfg.rope_theta ** (torch.arange(0, hd, 2, dtype=torch.float32) / hd)))
+    return model
+
+
+def load_training_state(ckpt: Path) -> tuple[dict, dict]:
+    """(state.json, optimizer.pt contents) of a resumable checkpoint."""
+    if not (ckpt / "state.json").exists() or not (ckpt / "optimizer.pt").exists():
+        raise LmforgeError(f"{ckpt}: not a resumable checkpoint (state.json / optimizer.pt missing)")
+    state = read_json(ckpt / "state.json")
+    try:
+        opt = torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise LmforgeError(f"{ckpt / 'optimizer.pt'}: cannot read optimizer state ({e})") from None
+    return state, opt

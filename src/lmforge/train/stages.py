@@ -1,0 +1,80 @@
+"""The pretrain stage: tokenizer + token shards of a run directory -> RUN_DIR/pretrain/checkpoints.
+
+Called by `lmforge run` (stage "pretrain") and by `lmforge pretrain`. Reads RUN_DIR/tokenizer
+and RUN_DIR/tokens/{train,val}.bin, sizes the model's vocabulary from the tokenizer, trains
+with the one Trainer, then prints the validation bits per byte and a few samples.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+from pathlib import Path
+
+from lmforge.config import Recipe
+from lmforge.errors import LmforgeError
+
+
+def build_model(recipe: Recipe, vocab_size: int, seed: int):
+    """A freshly initialised Transformer for the recipe's model section (seeded)."""
+    import torch
+
+    from lmforge.model.transformer import Transformer
+
+    model_cfg = dataclasses.replace(recipe.model, vocab_size=vocab_size)
+    if recipe.train.seq_len > model_cfg.max_seq_len:
+        raise LmforgeError(
+            f"train.seq_len {recipe.train.seq_len} exceeds model.max_seq_len {model_cfg.max_seq_len}; "
+            "raise model.max_seq_len or lower train.seq_len"
+        )
+    torch.manual_seed(seed)
+    return Transformer(model_cfg), model_cfg
+
+
+def pretrain_stage(recipe: Recipe, run_dir: Path) -> dict:
+    import torch
+
+    from lmforge.shards import check_tokenizer, load_tokens
+    from lmforge.tokenizer import Tokenizer
+    from lmforge.train.data import PretrainLoader, val_batches
+    from lmforge.train.objectives import CausalLMObjective
+    from lmforge.train.trainer import Trainer, sample_texts
+
+    run_dir = Path(run_dir)
+    tok_dir, tokens_dir = run_dir / "tokenizer", run_dir / "tokens"
+    for needed, stage in ((tok_dir, "tokenizer"), (tokens_dir, "tokenize")):
+        if not needed.exists():
+            raise LmforgeError(f"{needed} not found: run the {stage} stage first (lmforge run RECIPE --stages {stage})")
+    tokenizer = Tokenizer.load(tok_dir)
+    check_tokenizer(tokens_dir, tokenizer)
+    train_tokens = load_tokens(tokens_dir, "train")
+    val_tokens = load_tokens(tokens_dir, "val")
+    cfg = recipe.train
+    from lmforge.parallel import setup_distributed
+
+    ctx = setup_distributed(recipe.parallel, cfg.device)
+    model, model_cfg = build_model(recipe, tokenizer.vocab_size, recipe.seed)
+    if cfg.init_from:
+        from lmforge.train.checkpoint import load_weights, resolve_checkpoint
+
+        load_weights(model, resolve_checkpoint(cfg.init_from) / "model.safetensors")
+    loader = PretrainLoader(train_tokens, cfg.micro_batch, cfg.seq_len, recipe.seed, ctx.dp_rank, ctx.dp_size)
+    val_fn = functools.partial(val_batches, val_tokens, cfg.micro_batch, cfg.seq_len, cfg.eval_tokens,
+                               ctx.dp_rank, ctx.dp_size)
+    torch.manual_seed(recipe.seed)
+    trainer = Trainer(
+        model, CausalLMObjective(), loader, cfg, run_dir / "pretrain", val_loader_fn=val_fn, tokenizer=tokenizer,
+        seed=recipe.seed, ctx=ctx, model_cfg=model_cfg, stage="pretrain", parallel_cfg=recipe.parallel,
+        run_name=recipe.name,
+    )
+    result = trainer.fit()
+    if ctx.is_main:
+        summary = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in result.items())
+        print(f"[lmforge] pretrain finished: {summary}", flush=True)
+        if "val_bpb" in result:
+            print(f"[lmforge] validation bits per byte: {result['val_bpb']:.4f}", flush=True)
+        samples = sample_texts(trainer.raw_model, tokenizer, cfg, seed=recipe.seed) if cfg.samples > 0 else []
+        for prompt, text in samples:
+            print(f"[lmforge] sample: {json.dumps(prompt + text)}", flush=True)
+    return result
