@@ -19,6 +19,7 @@ VERBS: list[tuple[str, str, str]] = [
     ("data", "data", "raw text / web crawls -> clean, filtered, deduplicated documents"),
     ("tokenizer", "tokenizer", "train a byte-level BPE tokenizer; encode / decode text with one"),
     ("tokenize", "tokenize", "tokenize documents into train/val token shards (memmap) + meta.json"),
+    ("pretrain", "pretrain", "pretrain a model on a recipe's token shards (resumable, time-budgeted)"),
     ("export", "export", "export a checkpoint as a Hugging Face model directory or a GGUF file"),
     ("import", "import_", "import a local Hugging Face Llama / GPT-2 checkpoint as an lmforge checkpoint"),
 ]
