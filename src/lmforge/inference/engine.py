@@ -114,11 +114,11 @@ class _Row:
         if token in self.stop_ids:
             return self._finish("stop")
         delta, stopped = self.matcher.feed(self.detok.push(token))
+        self.text.append(delta)
         if stopped:
             self.finish_reason = "stop"
         elif len(self.ids) >= self.budget:
             return delta + self._finish("length")
-        self.text.append(delta)
         return delta
 
     def _finish(self, reason: str) -> str:
