@@ -20,6 +20,8 @@ VERBS: list[tuple[str, str, str]] = [
     ("tokenizer", "tokenizer", "train a byte-level BPE tokenizer; encode / decode text with one"),
     ("tokenize", "tokenize", "tokenize documents into train/val token shards (memmap) + meta.json"),
     ("pretrain", "pretrain", "pretrain a model on a recipe's token shards (resumable, time-budgeted)"),
+    ("generate", "generate", "generate text from a prompt (or a file of prompts) with a trained model"),
+    ("chat", "chat", "chat with a model in the terminal (history, system prompt, streamed replies)"),
     ("export", "export", "export a checkpoint as a Hugging Face model directory or a GGUF file"),
     ("import", "import_", "import a local Hugging Face Llama / GPT-2 checkpoint as an lmforge checkpoint"),
 ]

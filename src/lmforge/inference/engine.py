@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
+from tqdm import tqdm
 
 from lmforge.errors import LmforgeError
 from lmforge.inference.sampling import SamplingParams, make_generators, sample_next
@@ -179,18 +180,25 @@ class Engine:
         return ([eos] if eos is not None else []) + self.tokenizer.encode_ordinary(text)
 
     def generate(
-        self, prompts: list[list[int]] | list[str], params: SamplingParams | None = None
+        self,
+        prompts: list[list[int]] | list[str],
+        params: SamplingParams | None = None,
+        progress: bool = False,
     ) -> list[Completion]:
-        """Completions for token-id prompts (or text prompts, encoded with `encode_prompt`), batched."""
+        """Completions for token-id prompts (or text prompts, encoded with `encode_prompt`), batched.
+
+        `progress` shows a bar over the prompts (on stderr)."""
         params = params or SamplingParams()
         prompts = [self.encode_prompt(p) if isinstance(p, str) else list(p) for p in prompts]
         rows = self._rows(prompts, params, self._stops(params))
         seeds = self._seeds(params, len(rows))
         order = sorted(range(len(rows)), key=lambda i: len(rows[i].prompt))
-        for start in range(0, len(order), self.max_batch_size):
-            batch = [rows[i] for i in order[start : start + self.max_batch_size]]
-            for _ in self._decode(batch, params, seeds):
-                pass
+        with tqdm(total=len(rows), unit="prompt", disable=not progress, desc="generate") as bar:
+            for start in range(0, len(order), self.max_batch_size):
+                batch = [rows[i] for i in order[start : start + self.max_batch_size]]
+                for _ in self._decode(batch, params, seeds):
+                    pass
+                bar.update(len(batch))
         return [r.completion() for r in rows]
 
     def stream(self, prompt_ids: list[int] | str, params: SamplingParams | None = None) -> TextStream:
