@@ -1,0 +1,474 @@
+"""Hugging Face interop: export an lmforge model as a transformers checkpoint, import one back.
+
+Export writes what `AutoModelForCausalLM.from_pretrained(dir)` and `AutoTokenizer.from_pretrained(dir)`
+load with no custom code: `model.safetensors`, `config.json`, `generation_config.json` and the
+tokenizer files of `Tokenizer.save_hf` (tokenizer.json + tokenizer_config.json with the chat template).
+
+  arch llama -> LlamaForCausalLM. Names map 1:1 and our RoPE already uses HF's rotate-half layout,
+                so tensors are copied unchanged.
+  arch gpt2  -> GPT2LMHeadModel. GPT-2 stores linear layers as Conv1D ([in, out], the transpose of
+                nn.Linear) and fuses q, k, v into one `c_attn`; the mapping transposes and concatenates.
+
+Import (`load_hf`) is the inverse for a local LlamaForCausalLM (or GPT2LMHeadModel) directory:
+config.json is translated into a ModelConfig, features our transformer does not implement
+(rope scaling, attention/MLP biases, other activations) are refused with a message, weights are
+read from safetensors (single or sharded) or pytorch_model.bin (weights_only), and a byte-level
+BPE tokenizer.json becomes an lmforge Tokenizer.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lmforge.errors import LmforgeError
+from lmforge.fileio import atomic_rename_dir, atomic_write_json, read_json
+from lmforge.model.config import ModelConfig
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def _dtype(name: str | None, default: torch.dtype) -> torch.dtype:
+    if name in (None, "", "auto"):
+        return default
+    if name not in DTYPES:
+        raise LmforgeError(f"unknown dtype {name!r} (expected one of: {', '.join(DTYPES)})")
+    return DTYPES[name]
+
+
+# ---------------------------------------------------------------------------------------------
+# state-dict mapping
+
+
+def to_hf_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Our Transformer's parameters under transformers' names (a tied head is stored once)."""
+    cfg: ModelConfig = model.cfg
+    sd = {k: v.detach() for k, v in model.state_dict().items()}
+    out: dict[str, torch.Tensor] = {}
+    if cfg.arch == "llama":
+        out["model.embed_tokens.weight"] = sd["tok_emb.weight"]
+        for i in range(cfg.n_layer):
+            p, q = f"layers.{i}.", f"model.layers.{i}."
+            for ours, theirs in (
+                ("attn.wq", "self_attn.q_proj"),
+                ("attn.wk", "self_attn.k_proj"),
+                ("attn.wv", "self_attn.v_proj"),
+                ("attn.wo", "self_attn.o_proj"),
+                ("mlp.w1", "mlp.gate_proj"),
+                ("mlp.w3", "mlp.up_proj"),
+                ("mlp.w2", "mlp.down_proj"),
+                ("attn_norm", "input_layernorm"),
+                ("mlp_norm", "post_attention_layernorm"),
+            ):
+                out[q + theirs + ".weight"] = sd[p + ours + ".weight"]
+        out["model.norm.weight"] = sd["norm.weight"]
+    elif cfg.arch == "gpt2":
+        if cfg.n_kv_head != cfg.n_head:
+            raise LmforgeError("GPT-2 has no grouped-query attention: n_kv_head must equal n_head to export")
+        out["transformer.wte.weight"] = sd["tok_emb.weight"]
+        out["transformer.wpe.weight"] = sd["pos_emb.weight"]
+        for i in range(cfg.n_layer):
+            p, q = f"layers.{i}.", f"transformer.h.{i}."
+            for ours, theirs in (("attn_norm", "ln_1"), ("mlp_norm", "ln_2")):
+                out[q + theirs + ".weight"] = sd[p + ours + ".weight"]
+                out[q + theirs + ".bias"] = sd[p + ours + ".bias"]
+            qkv = [p + f"attn.{w}" for w in ("wq", "wk", "wv")]
+            out[q + "attn.c_attn.weight"] = torch.cat([sd[n + ".weight"] for n in qkv], 0).t()
+            out[q + "attn.c_attn.bias"] = torch.cat([sd[n + ".bias"] for n in qkv], 0)
+            for ours, theirs in (("attn.wo", "attn.c_proj"), ("mlp.fc", "mlp.c_fc"), ("mlp.proj", "mlp.c_proj")):
+                out[q + theirs + ".weight"] = sd[p + ours + ".weight"].t()
+                out[q + theirs + ".bias"] = sd[p + ours + ".bias"]
+        out["transformer.ln_f.weight"] = sd["norm.weight"]
+        out["transformer.ln_f.bias"] = sd["norm.bias"]
+    else:
+        raise LmforgeError(f"cannot export arch {cfg.arch!r} to Hugging Face (llama or gpt2)")
+    if not cfg.tie_embeddings:
+        out["lm_head.weight"] = sd["lm_head.weight"]
+    return {k: v.contiguous() for k, v in out.items()}
+
+
+def from_hf_state_dict(hf: dict[str, torch.Tensor], cfg: ModelConfig, source: str = "") -> dict[str, torch.Tensor]:
+    """transformers' names -> our Transformer's state dict (the inverse of `to_hf_state_dict`)."""
+    hf = {k.removeprefix("base_model."): v for k, v in hf.items()}
+
+    def get(name: str) -> torch.Tensor:
+        if name not in hf:
+            raise LmforgeError(f"{source}: weights have no tensor {name!r} (is this a {cfg.arch} checkpoint?)")
+        return hf[name]
+
+    sd: dict[str, torch.Tensor] = {}
+    if cfg.arch == "llama":
+        sd["tok_emb.weight"] = get("model.embed_tokens.weight")
+        for i in range(cfg.n_layer):
+            p, q = f"layers.{i}.", f"model.layers.{i}."
+            for ours, theirs in (
+                ("attn.wq", "self_attn.q_proj"),
+                ("attn.wk", "self_attn.k_proj"),
+                ("attn.wv", "self_attn.v_proj"),
+                ("attn.wo", "self_attn.o_proj"),
+                ("mlp.w1", "mlp.gate_proj"),
+                ("mlp.w3", "mlp.up_proj"),
+                ("mlp.w2", "mlp.down_proj"),
+                ("attn_norm", "input_layernorm"),
+                ("mlp_norm", "post_attention_layernorm"),
+            ):
+                sd[p + ours + ".weight"] = get(q + theirs + ".weight")
+        sd["norm.weight"] = get("model.norm.weight")
+    else:
+        sd["tok_emb.weight"] = get("transformer.wte.weight")
+        sd["pos_emb.weight"] = get("transformer.wpe.weight")
+        d = cfg.d_model
+        for i in range(cfg.n_layer):
+            p, q = f"layers.{i}.", f"transformer.h.{i}."
+            for ours, theirs in (("attn_norm", "ln_1"), ("mlp_norm", "ln_2")):
+                sd[p + ours + ".weight"] = get(q + theirs + ".weight")
+                sd[p + ours + ".bias"] = get(q + theirs + ".bias")
+            w = get(q + "attn.c_attn.weight").t()
+            b = get(q + "attn.c_attn.bias")
+            for j, name in enumerate(("wq", "wk", "wv")):
+                sd[p + f"attn.{name}.weight"] = w[j * d : (j + 1) * d]
+                sd[p + f"attn.{name}.bias"] = b[j * d : (j + 1) * d]
+            for ours, theirs in (("attn.wo", "attn.c_proj"), ("mlp.fc", "mlp.c_fc"), ("mlp.proj", "mlp.c_proj")):
+                sd[p + ours + ".weight"] = get(q + theirs + ".weight").t()
+                sd[p + ours + ".bias"] = get(q + theirs + ".bias")
+        sd["norm.weight"] = get("transformer.ln_f.weight")
+        sd["norm.bias"] = get("transformer.ln_f.bias")
+    sd["lm_head.weight"] = sd["tok_emb.weight"] if cfg.tie_embeddings else get("lm_head.weight")
+    return {k: v.contiguous() for k, v in sd.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# config.json
+
+
+def hf_config(cfg: ModelConfig, bos_id: int | None = None, eos_id: int | None = None, dtype: str = "float32") -> dict:
+    """The transformers config.json for a ModelConfig."""
+    common: dict[str, Any] = {
+        "vocab_size": cfg.vocab_size,
+        "bos_token_id": bos_id,
+        "eos_token_id": eos_id,
+        "tie_word_embeddings": cfg.tie_embeddings,
+        "initializer_range": cfg.init_std,
+        "torch_dtype": dtype,
+        "dtype": dtype,
+        "use_cache": True,
+    }
+    if cfg.arch == "llama":
+        return {
+            "architectures": ["LlamaForCausalLM"],
+            "model_type": "llama",
+            "hidden_size": cfg.d_model,
+            "intermediate_size": cfg.d_ff,
+            "num_hidden_layers": cfg.n_layer,
+            "num_attention_heads": cfg.n_head,
+            "num_key_value_heads": cfg.n_kv_head,
+            "head_dim": cfg.head_dim,
+            "max_position_embeddings": cfg.max_seq_len,
+            "rms_norm_eps": cfg.norm_eps,
+            "rope_theta": cfg.rope_theta,  # transformers 4.x
+            "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},  # 5.x
+            "rope_scaling": None,
+            "hidden_act": "silu",
+            "attention_bias": False,
+            "attention_dropout": 0.0,
+            "mlp_bias": False,
+            "pretraining_tp": 1,
+            **common,
+        }
+    if cfg.arch == "gpt2":
+        return {
+            "architectures": ["GPT2LMHeadModel"],
+            "model_type": "gpt2",
+            "n_embd": cfg.d_model,
+            "n_layer": cfg.n_layer,
+            "n_head": cfg.n_head,
+            "n_inner": cfg.d_ff,
+            "n_positions": cfg.max_seq_len,
+            "n_ctx": cfg.max_seq_len,
+            "activation_function": "gelu_new",  # the tanh approximation, as ours
+            "layer_norm_epsilon": cfg.norm_eps,
+            "resid_pdrop": 0.0,
+            "embd_pdrop": 0.0,
+            "attn_pdrop": 0.0,
+            "scale_attn_weights": True,
+            "scale_attn_by_inverse_layer_idx": False,
+            "reorder_and_upcast_attn": False,
+            **common,
+        }
+    raise LmforgeError(f"cannot export arch {cfg.arch!r} to Hugging Face (llama or gpt2)")
+
+
+def model_config_from_hf(hf: dict, source: str = "config.json", max_seq_len: int | None = None) -> ModelConfig:
+    """A transformers config.json (Llama or GPT-2) -> ModelConfig; unsupported features are refused."""
+    model_type = hf.get("model_type")
+
+    def need(key: str):
+        if key not in hf:
+            raise LmforgeError(f"{source}: missing key {key!r} for model_type {model_type!r}")
+        return hf[key]
+
+    def refuse(what: str):
+        raise LmforgeError(f"{source}: {what} is not supported by lmforge's transformer")
+
+    if model_type == "llama":
+        rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+        rope_type = rope.get("rope_type", rope.get("type", "default"))
+        if rope_type not in ("default", None):
+            refuse(f"rope scaling {rope_type!r}")
+        if hf.get("attention_bias") or hf.get("mlp_bias"):
+            refuse("attention/MLP biases")
+        if hf.get("hidden_act", "silu") != "silu":
+            refuse(f"hidden_act {hf['hidden_act']!r}")
+        n_head = need("num_attention_heads")
+        d_model = need("hidden_size")
+        if hf.get("head_dim") not in (None, d_model // n_head):
+            refuse(f"head_dim {hf['head_dim']} != hidden_size / num_attention_heads")
+        cfg = ModelConfig(
+            arch="llama",
+            vocab_size=need("vocab_size"),
+            n_layer=need("num_hidden_layers"),
+            d_model=d_model,
+            n_head=n_head,
+            n_kv_head=hf.get("num_key_value_heads") or n_head,
+            d_ff=need("intermediate_size"),
+            max_seq_len=max_seq_len or hf.get("max_position_embeddings", 2048),
+            rope_theta=float(rope.get("rope_theta", hf.get("rope_theta", 10000.0))),
+            norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+            tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+            init_std=float(hf.get("initializer_range", 0.02)),
+        )
+    elif model_type == "gpt2":
+        if hf.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
+            refuse(f"activation_function {hf['activation_function']!r}")
+        if hf.get("scale_attn_by_inverse_layer_idx") or not hf.get("scale_attn_weights", True):
+            refuse("non-standard GPT-2 attention scaling")
+        d_model = need("n_embd")
+        cfg = ModelConfig(
+            arch="gpt2",
+            vocab_size=need("vocab_size"),
+            n_layer=need("n_layer"),
+            d_model=d_model,
+            n_head=need("n_head"),
+            d_ff=hf.get("n_inner") or 4 * d_model,
+            max_seq_len=need("n_positions"),
+            norm_eps=float(hf.get("layer_norm_epsilon", 1e-5)),
+            tie_embeddings=bool(hf.get("tie_word_embeddings", True)),
+            init_std=float(hf.get("initializer_range", 0.02)),
+        )
+    else:
+        raise LmforgeError(f"{source}: model_type {model_type!r} is not supported (expected 'llama' or 'gpt2')")
+    try:
+        cfg.validate()
+    except ValueError as e:
+        raise LmforgeError(f"{source}: {e}") from None
+    return cfg
+
+
+# ---------------------------------------------------------------------------------------------
+# export
+
+
+def export_hf(model: torch.nn.Module, tokenizer, out_dir: str | os.PathLike, dtype: str | None = None) -> Path:
+    """Write `model` + `tokenizer` as a Hugging Face checkpoint directory (atomically)."""
+    from safetensors.torch import save_file
+
+    out_dir = Path(out_dir)
+    cfg: ModelConfig = model.cfg
+    if tokenizer is not None and tokenizer.vocab_size > cfg.vocab_size:
+        raise LmforgeError(f"tokenizer has {tokenizer.vocab_size} ids but the model only {cfg.vocab_size}")
+    target = _dtype(dtype, next(model.parameters()).dtype)
+    tensors = {k: v.to(target).cpu() for k, v in to_hf_state_dict(model).items()}
+    dtype_name = next(k for k, v in DTYPES.items() if v == target)
+    bos = getattr(tokenizer, "bos_id", None)
+    eos = getattr(tokenizer, "eos_id", None)
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
+    import shutil
+
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        atomic_write_json(tmp / "config.json", hf_config(cfg, bos, eos, dtype_name))
+        gen = {"bos_token_id": bos, "eos_token_id": _stop_ids(tokenizer), "pad_token_id": eos}
+        atomic_write_json(tmp / "generation_config.json", {k: v for k, v in gen.items() if v is not None})
+        if tokenizer is not None:
+            tokenizer.save_hf(tmp)
+        atomic_rename_dir(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def _stop_ids(tokenizer) -> list[int] | None:
+    """Ids that end a generation: <|eos|> and the chat turn end <|end|>, when the tokenizer has them."""
+    if tokenizer is None:
+        return None
+    ids = [tokenizer.special_ids[s] for s in ("<|eos|>", "<|end|>") if s in getattr(tokenizer, "special_ids", {})]
+    return ids or None
+
+
+# ---------------------------------------------------------------------------------------------
+# import
+
+
+def read_hf_weights(hf_dir: Path) -> dict[str, torch.Tensor]:
+    """All tensors of a local HF checkpoint: model.safetensors, sharded safetensors or pytorch_model.bin."""
+    from safetensors.torch import load_file
+
+    single = hf_dir / "model.safetensors"
+    index = hf_dir / "model.safetensors.index.json"
+    if single.exists():
+        files = [single]
+    elif index.exists():
+        files = [hf_dir / f for f in sorted(set(read_json(index)["weight_map"].values()))]
+    elif (hf_dir / "pytorch_model.bin").exists():
+        try:
+            return torch.load(hf_dir / "pytorch_model.bin", map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise LmforgeError(f"{hf_dir / 'pytorch_model.bin'}: cannot read weights ({e})") from None
+    else:
+        raise LmforgeError(f"{hf_dir}: no model.safetensors, model.safetensors.index.json or pytorch_model.bin")
+    out: dict[str, torch.Tensor] = {}
+    for f in files:
+        try:
+            out.update(load_file(str(f)))
+        except Exception as e:
+            raise LmforgeError(f"{f}: cannot read safetensors ({e})") from None
+    return out
+
+
+def load_hf(hf_dir: str | os.PathLike, dtype: str | None = None, max_seq_len: int | None = None):
+    """A local Hugging Face Llama/GPT-2 checkpoint -> (Transformer in eval mode, Tokenizer or None, report).
+
+    With a byte-level BPE tokenizer.json the tokenizer is converted (`tokenizer_from_hf`) and the
+    embedding / LM-head rows are reordered into lmforge's id layout (bytes 0-255, merges, specials),
+    so `model(our_ids)` gives the HF model's logits over `report["hf_ids"]` order. For a tokenizer
+    lmforge exported the layout is already ours and nothing moves. Without a usable tokenizer.json
+    the model keeps HF's ids and the tokenizer is None (report["tokenizer_error"] says why).
+    """
+    hf_dir = Path(hf_dir)
+    if not hf_dir.is_dir():
+        raise LmforgeError(f"{hf_dir}: not a directory")
+    cfg = model_config_from_hf(read_json(hf_dir / "config.json"), str(hf_dir / "config.json"), max_seq_len)
+    sd = from_hf_state_dict(read_hf_weights(hf_dir), cfg, str(hf_dir))
+    rows = sd["tok_emb.weight"].shape[0]
+    if rows != cfg.vocab_size:
+        raise LmforgeError(f"{hf_dir}: embedding has {rows} rows but config.json says vocab_size {cfg.vocab_size}")
+    if cfg.arch == "gpt2" and max_seq_len and max_seq_len != sd["pos_emb.weight"].shape[0]:
+        raise LmforgeError("GPT-2 has learned positions: max_seq_len cannot change its context")
+    report: dict[str, Any] = {"arch": cfg.arch, "vocab_size": cfg.vocab_size, "tokenizer_error": None}
+    tokenizer, order = None, None
+    if (hf_dir / "tokenizer.json").exists():
+        try:
+            tokenizer, hf_ids = tokenizer_from_hf(hf_dir / "tokenizer.json")
+        except LmforgeError as e:
+            report["tokenizer_error"] = str(e)
+        else:
+            if max(hf_ids) >= cfg.vocab_size:
+                raise LmforgeError(f"{hf_dir}: tokenizer.json has id {max(hf_ids)} but the model only {cfg.vocab_size} rows")
+            rest = sorted(set(range(cfg.vocab_size)) - set(hf_ids))
+            order = hf_ids + rest  # our id i is HF id order[i]; unused HF rows keep their order at the end
+            report["hf_ids"] = order
+            report["reordered"] = order != list(range(cfg.vocab_size))
+    else:
+        report["tokenizer_error"] = f"{hf_dir}: no tokenizer.json"
+    if order is not None and report["reordered"]:
+        index = torch.tensor(order)
+        sd["tok_emb.weight"] = sd["tok_emb.weight"][index]
+        sd["lm_head.weight"] = sd["tok_emb.weight"] if cfg.tie_embeddings else sd["lm_head.weight"][index]
+    model = _build_from_state_dict(cfg, sd, _dtype(dtype, torch.float32), str(hf_dir))
+    return model, tokenizer, report
+
+
+def _build_from_state_dict(cfg: ModelConfig, sd: dict[str, torch.Tensor], dtype: torch.dtype, source: str):
+    from lmforge.model.transformer import Transformer
+
+    with torch.device("meta"):  # no random init: every weight is overwritten
+        model = Transformer(cfg)
+    model = model.to_empty(device="cpu")
+    missing, unexpected = model.load_state_dict({k: v.to(dtype) for k, v in sd.items()}, strict=False)
+    if missing or unexpected:
+        raise LmforgeError(f"{source}: weights do not fit the model (missing {missing}, unexpected {unexpected})")
+    if cfg.tie_embeddings:
+        model.lm_head.weight = model.tok_emb.weight
+    if model.inv_freq is not None:  # a non-persistent buffer: to_empty left it uninitialised
+        hd = cfg.head_dim
+        model.inv_freq.copy_(1.0 / (cfg.rope_theta ** (torch.arange(0, hd, 2, dtype=torch.float32) / hd)))
+    return model.to(dtype).eval()
+
+
+# HF's ByteLevel pre-tokenizer regex (use_regex=true): GPT-2's, with literal contractions.
+HF_BYTELEVEL_REGEX = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+
+
+def tokenizer_from_hf(path: str | os.PathLike):
+    """A byte-level BPE tokenizer.json -> (lmforge Tokenizer, hf_ids) with hf_ids[our id] = HF id.
+
+    Supported: model BPE (no dropout, no byte_fallback, no continuing-subword prefix), no
+    normalizer, a ByteLevel pre-tokenizer without a prefix space, optionally after one Split regex.
+    Special (added) tokens become lmforge special tokens after the merges.
+    """
+    from lmforge.tokenizer import Tokenizer
+    from lmforge.tokenizer.tokenizer import bytes_to_unicode
+
+    path = Path(path)
+    data = read_json(path)
+
+    def refuse(why: str):
+        raise LmforgeError(f"{path}: {why}; lmforge converts byte-level BPE tokenizers only")
+
+    model = data.get("model") or {}
+    if model.get("type") != "BPE":
+        refuse(f"model type {model.get('type')!r} is not BPE")
+    if model.get("dropout") or model.get("byte_fallback") or model.get("continuing_subword_prefix"):
+        refuse("BPE dropout / byte_fallback / continuing_subword_prefix are set")
+    if data.get("normalizer"):
+        refuse(f"normalizer {data['normalizer'].get('type')!r} is set")
+    pre = data.get("pre_tokenizer") or {}
+    steps = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else [pre]
+    byte_level = [s for s in steps if s.get("type") == "ByteLevel"]
+    splits = [s for s in steps if s.get("type") == "Split"]
+    if len(byte_level) != 1 or len(splits) + 1 != len(steps) or len(splits) > 1:
+        refuse("the pre-tokenizer is not ByteLevel (optionally after one Split)")
+    if byte_level[0].get("add_prefix_space"):
+        refuse("the ByteLevel pre-tokenizer adds a prefix space")
+    if splits:
+        pattern = (splits[0].get("pattern") or {}).get("Regex")
+        if not pattern or splits[0].get("behavior") != "Isolated" or splits[0].get("invert"):
+            refuse("the Split pre-tokenizer is not an isolated regex split")
+        if byte_level[0].get("use_regex", True):
+            refuse("both a Split regex and ByteLevel's own regex are applied")
+    elif byte_level[0].get("use_regex", True):
+        pattern = HF_BYTELEVEL_REGEX
+    else:
+        refuse("no split regex at all")
+    char_to_byte = {c: b for b, c in bytes_to_unicode().items()}
+    vocab: dict[str, int] = model.get("vocab") or {}
+    try:
+        hf_ids = [vocab[chr_] for chr_ in (bytes_to_unicode()[b] for b in range(256))]
+    except KeyError:
+        refuse("the vocabulary lacks some of the 256 single bytes")
+    merges = []
+    ours: dict[str, int] = {bytes_to_unicode()[b]: b for b in range(256)}
+    for i, m in enumerate(model.get("merges") or []):
+        left, right = m.split(" ", 1) if isinstance(m, str) else m
+        if left not in ours or right not in ours or left + right not in vocab:
+            refuse(f"merge {i} ({left!r}, {right!r}) uses or makes a token that is not in the vocabulary")
+        if left + right in ours:
+            refuse(f"merge {i} makes the token {left + right!r} a second time")
+        merges.append((ours[left], ours[right]))
+        ours[left + right] = 256 + i
+        hf_ids.append(vocab[left + right])
+    if any(any(c not in char_to_byte for c in piece) for piece in ours):
+        refuse("a vocabulary entry is not in byte-level form")
+    added = data.get("added_tokens") or []
+    if any(not t.get("special") for t in added):
+        refuse("it has non-special added tokens (matched literally by HF, unknown to lmforge's encoder)")
+    specials = sorted(added, key=lambda t: t["id"])
+    hf_ids += [t["id"] for t in specials]
+    tok = Tokenizer(merges, pattern, [t["content"] for t in specials])
+    return tok, hf_ids
