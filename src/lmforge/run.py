@@ -34,6 +34,10 @@ STAGES: list[Stage] = [
     Stage("tokenizer", "lmforge.tokenizer.stage:train_stage", ("tokenizer",), "train the BPE tokenizer"),
     Stage("tokenize", "lmforge.shards:tokenize_stage", ("tokenizer",), "documents -> token shards"),
     Stage("pretrain", "lmforge.train.stages:pretrain_stage", ("model", "train", "parallel"), "pretrain"),
+    Stage("sft", "lmforge.posttrain.stages:sft_stage", ("sft",), "supervised fine-tuning (chat, prompt-masked loss)"),
+    Stage("dpo", "lmforge.posttrain.stages:dpo_stage", ("sft", "dpo"), "direct preference optimization"),
+    Stage("reward", "lmforge.posttrain.stages:reward_stage", ("sft", "reward"), "reward model (Bradley-Terry)"),
+    Stage("rl", "lmforge.posttrain.stages:rl_stage", ("sft", "rl"), "GRPO from a reward function or model"),
 ]
 
 STAGE_BY_NAME = {s.name: s for s in STAGES}

@@ -1,0 +1,65 @@
+"""The held-out demo measurements printed before and after each post-training stage.
+
+  which_play_acc   4-choice "which play is this passage from" (chance 25%): the choice whose
+                   reply (title + <|end|>) has the highest summed log-probability after the
+                   chat-rendered question wins
+  preference_acc   held-out pairs whose chosen completion has a higher summed log-probability
+                   than the rejected one (both + <|end|>, after the same prompt)
+Scoring is lmforge.eval.scoring.token_loglikelihoods (the one scorer) on pre-tokenized requests.
+"""
+
+from __future__ import annotations
+
+from lmforge.posttrain.chat_data import Preference
+from lmforge.posttrain.demo_tasks import MCItem
+
+
+def _reply(tokenizer, text: str) -> list[int]:
+    return tokenizer.encode_ordinary(text) + [tokenizer.special_ids["<|end|>"]]
+
+
+def _prompt(tokenizer, messages: list[dict]) -> list[int]:
+    return tokenizer.render_chat(messages, add_generation_prompt=True)[0]
+
+
+def which_play_accuracy(model, tokenizer, items: list[MCItem], batch_size: int = 32) -> float:
+    from lmforge.eval.scoring import token_loglikelihoods
+
+    requests = []
+    for item in items:
+        ctx = _prompt(tokenizer, item.messages)
+        requests += [(ctx, _reply(tokenizer, c)) for c in item.choices]
+    scores = token_loglikelihoods(model, requests, batch_size)
+    hits, k = 0, 0
+    for item in items:
+        lls = [ll for ll, _ in scores[k : k + len(item.choices)]]
+        k += len(item.choices)
+        hits += int(max(range(len(lls)), key=lls.__getitem__) == item.gold)
+    return hits / max(1, len(items))
+
+
+def preference_accuracy(model, tokenizer, pairs: list[Preference], batch_size: int = 32) -> float:
+    from lmforge.eval.scoring import token_loglikelihoods
+
+    requests = []
+    for p in pairs:
+        ctx = _prompt(tokenizer, p.messages)
+        requests += [(ctx, _reply(tokenizer, p.chosen)), (ctx, _reply(tokenizer, p.rejected))]
+    scores = token_loglikelihoods(model, requests, batch_size)
+    hits = sum(int(scores[2 * i][0] > scores[2 * i + 1][0]) for i in range(len(pairs)))
+    return hits / max(1, len(pairs))
+
+
+def demo_metrics(model, tokenizer, mc_items: list[MCItem], pairs: list[Preference]) -> dict[str, float]:
+    return {
+        "which_play_acc": which_play_accuracy(model, tokenizer, mc_items),
+        "preference_acc": preference_accuracy(model, tokenizer, pairs),
+    }
+
+
+def format_metrics(label: str, m: dict[str, float], n_mc: int, n_pairs: int) -> str:
+    return (
+        f"[lmforge] {label}: held-out which-play accuracy {100 * m['which_play_acc']:.1f}% "
+        f"({n_mc} questions, chance 25%), held-out preference accuracy {100 * m['preference_acc']:.1f}% "
+        f"({n_pairs} pairs)"
+    )

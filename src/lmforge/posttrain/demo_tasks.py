@@ -1,0 +1,205 @@
+"""The demo tasks: post-training data and held-out evaluation sets built from the plays.
+
+Every scene of every play goes either to training or to evaluation (`eval_scene_fraction`
+of each play's scenes, drawn from the seed), so nothing evaluated was post-trained on.
+From the training scenes come
+  - SFT conversations: "which play is this passage from" (4 titles offered, the answer is the
+    title), "who speaks these lines" and "continue this speech";
+  - preference pairs: a speech opening as the prompt, its true next line chosen, a line of
+    similar length from another play rejected;
+and from the evaluation scenes the same 4-choice questions (chance 25%) and preference pairs.
+Everything is deterministic given the seed and the DemoConfig.
+
+The pretraining corpus is the plays themselves, so the base model has read the held-out
+scenes as plain text; what is held out is the post-training signal (the questions and pairs).
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from lmforge.data.embedded import Play, Scene, Speech, shakespeare_plays
+from lmforge.posttrain.chat_data import Preference
+from lmforge.posttrain.config import DemoConfig
+
+WHICH_PLAY = "Which play is this passage from ({choices})?\n\n{passage}"
+WHO_SPEAKS = "Who speaks these lines in {title}?\n\n{lines}"
+CONTINUE = "Continue this speech by {speaker} in {title}:\n\n{lines}"
+
+
+@dataclass
+class MCItem:
+    """A multiple-choice question: the answer is one of `choices` (as the assistant's reply)."""
+
+    messages: list[dict]  # the conversation up to (not including) the answer
+    choices: list[str]
+    gold: int
+
+
+@dataclass
+class DemoTasks:
+    sft: list[list[dict]] = field(default_factory=list)  # conversations (messages lists)
+    preference_train: list[Preference] = field(default_factory=list)
+    preference_eval: list[Preference] = field(default_factory=list)
+    mc_eval: list[MCItem] = field(default_factory=list)
+    rl_prompts: list[dict] = field(default_factory=list)  # {"messages", "answer"}: which-play questions
+    titles: list[str] = field(default_factory=list)
+
+
+_ROMAN = re.compile(r"^(i|ii|iii|iv|v|vi|vii|viii)$")
+_SMALL = {"and", "for", "of", "the", "that"}
+
+
+def play_title(play: Play) -> str:
+    """A readable title; some Markdown files carry a section name (EPILOGUE) or the slug instead."""
+    title = play.title.strip()
+    if title and not title.isupper() and title != play.slug:
+        return re.sub(r"Part I$", "Part 1", title)
+    words = play.slug.replace("-s-", "'s-").split("-")
+    out = [w.upper() if _ROMAN.match(w) else w if i and w in _SMALL else w.capitalize() for i, w in enumerate(words)]
+    return " ".join(out)
+
+
+def split_scenes(plays: Sequence[Play], fraction: float, seed: int) -> tuple[list, list]:
+    """Per play, shuffle its scenes (seeded) and send `fraction` of them (at least one) to eval."""
+    rng = random.Random(f"{seed}:split")
+    train, held_out = [], []
+    for play in plays:
+        scenes = [s for s in play.scenes if len(s.speeches) >= 2]
+        rng.shuffle(scenes)
+        n_eval = max(1, round(fraction * len(scenes)))
+        held_out += [(play, s) for s in scenes[:n_eval]]
+        train += [(play, s) for s in scenes[n_eval:]]
+    return train, held_out
+
+
+def _speech_lines(speech: Speech) -> list[str]:
+    return [ln for ln in speech.lines if ln.strip()]
+
+
+def passage(scene: Scene, rng: random.Random, n_lines: int) -> str | None:
+    """`n_lines` verse lines from consecutive speeches, each speech headed "SPEAKER:"."""
+    speeches = [s for s in scene.speeches if _speech_lines(s)]
+    if not speeches:
+        return None
+    start = rng.randrange(len(speeches))
+    out: list[str] = []
+    count = 0
+    for sp in speeches[start:]:
+        lines = _speech_lines(sp)[: n_lines - count]
+        out += [f"{sp.speaker}:", *lines]
+        count += len(lines)
+        if count >= n_lines:
+            break
+    return "\n".join(out) if count >= min(2, n_lines) else None
+
+
+def _which_play(play: Play, scene: Scene, titles: list[str], rng: random.Random, n_lines: int):
+    text = passage(scene, rng, n_lines)
+    if text is None:
+        return None
+    gold = play_title(play)
+    choices = rng.sample([t for t in titles if t != gold], 3) + [gold]
+    rng.shuffle(choices)
+    listed = " / ".join(choices)
+    return MCItem([{"role": "user", "content": WHICH_PLAY.format(choices=listed, passage=text)}], choices, choices.index(gold))
+
+
+def _who_speaks(play: Play, scene: Scene, rng: random.Random):
+    speeches = [s for s in scene.speeches if len(_speech_lines(s)) >= 2 and s.speaker.isupper()]
+    if not speeches:
+        return None
+    sp = rng.choice(speeches)
+    lines = _speech_lines(sp)[:3]
+    question = WHO_SPEAKS.format(title=play_title(play), lines="\n".join(lines))
+    return [{"role": "user", "content": question}, {"role": "assistant", "content": sp.speaker}]
+
+
+def _speech_split(scene: Scene, rng: random.Random, min_lines: int = 3):
+    """A speech with at least `min_lines` lines cut after 1..n-1 lines: (speech, shown, next line)."""
+    speeches = [s for s in scene.speeches if len(_speech_lines(s)) >= min_lines]
+    if not speeches:
+        return None
+    sp = rng.choice(speeches)
+    lines = _speech_lines(sp)
+    cut = rng.randrange(2, len(lines))
+    return sp, lines[max(0, cut - 4) : cut], lines[cut]
+
+
+def _continue(play: Play, scene: Scene, rng: random.Random):
+    split = _speech_split(scene, rng)
+    if split is None:
+        return None
+    sp, shown, nxt = split
+    question = CONTINUE.format(speaker=sp.speaker, title=play_title(play), lines="\n".join(shown))
+    return [{"role": "user", "content": question}, {"role": "assistant", "content": nxt}]
+
+
+def _line_pool(pairs: list[tuple[Play, Scene]]) -> dict[str, list[str]]:
+    pool: dict[str, list[str]] = {}
+    for play, scene in pairs:
+        for sp in scene.speeches:
+            pool.setdefault(play.slug, []).extend(ln for ln in _speech_lines(sp) if len(ln) >= 20)
+    return pool
+
+
+def _preference(play: Play, scene: Scene, pool: dict[str, list[str]], rng: random.Random):
+    split = _speech_split(scene, rng)
+    if split is None:
+        return None
+    sp, shown, chosen = split
+    if len(chosen) < 20:
+        return None
+    others = [slug for slug in pool if slug != play.slug]
+    for _ in range(20):  # a line of similar length, so length alone does not decide
+        cand = rng.choice(pool[rng.choice(others)])
+        if abs(len(cand) - len(chosen)) <= max(4, len(chosen) // 8):
+            question = CONTINUE.format(speaker=sp.speaker, title=play_title(play), lines="\n".join(shown))
+            return Preference([{"role": "user", "content": question}], chosen, cand)
+    return None
+
+
+def _draw(n: int, pairs: list[tuple[Play, Scene]], rng: random.Random, make) -> list:
+    """`n` items from `make(play, scene)` on scenes drawn uniformly (a bounded number of tries)."""
+    out: list = []
+    tries = 0
+    while len(out) < n and tries < 20 * n + 100:
+        tries += 1
+        play, scene = pairs[rng.randrange(len(pairs))]
+        item = make(play, scene)
+        if item is not None:
+            out.append(item)
+    return out
+
+
+def build_demo_tasks(cfg: DemoConfig, seed: int, plays: Sequence[Play] | None = None) -> DemoTasks:
+    """All demo data sets, deterministic in (`cfg`, `seed`)."""
+    plays = list(plays or shakespeare_plays())
+    titles = sorted({play_title(p) for p in plays})
+    train, held_out = split_scenes(plays, cfg.eval_scene_fraction, seed)
+    rng = random.Random(f"{seed}:demo")
+    n = cfg.passage_lines
+
+    def answered(item: MCItem) -> list[dict]:
+        return [*item.messages, {"role": "assistant", "content": item.choices[item.gold]}]
+
+    which = _draw(cfg.which_play, train, rng, lambda p, s: _which_play(p, s, titles, rng, n))
+    who = _draw(cfg.who_speaks, train, rng, lambda p, s: _who_speaks(p, s, rng))
+    cont = _draw(cfg.continue_speech, train, rng, lambda p, s: _continue(p, s, rng))
+    sft = [answered(m) for m in which] + who + cont
+    rng.shuffle(sft)
+
+    train_pool, eval_pool = _line_pool(train), _line_pool(held_out)
+    pref_train = _draw(cfg.preference_pairs, train, rng, lambda p, s: _preference(p, s, train_pool, rng))
+    pref_eval = _draw(cfg.eval_items, held_out, rng, lambda p, s: _preference(p, s, eval_pool, rng))
+    mc_eval = _draw(cfg.eval_items, held_out, rng, lambda p, s: _which_play(p, s, titles, rng, n))
+    rl_prompts = [{"messages": m.messages, "answer": m.choices[m.gold]} for m in which]
+    return DemoTasks(sft, pref_train, pref_eval, mc_eval, rl_prompts, titles)
+
+
+def play_title_reward(prompts: list[str], completions: list[str], answer: list[str], **_: object) -> list[float]:
+    """The demo RL reward: 1 when the completion names the right play (whitespace ignored), else 0."""
+    return [1.0 if c.strip() == a.strip() else 0.0 for c, a in zip(completions, answer)]

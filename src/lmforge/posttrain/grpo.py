@@ -1,0 +1,204 @@
+"""GRPO (group relative policy optimization) as an objective of the one Trainer.
+
+The rollout loader is the data source: each `next()` takes `prompts_per_step` prompts, samples
+`num_generations` completions of each with the current policy (lmforge.inference.Engine),
+scores them with the reward (a Python function "module:function" or the reward model) and
+turns each group's rewards into advantages A = (r − mean) / (std + 1e-4) (Bessel std, as TRL;
+`scale_rewards: none` keeps r − mean; NaN → 0). The objective's per-token loss is
+  −min(ρ·A, clip(ρ, 1−ε, 1+ε)·A) + β·k3,   k3 = exp(ref − logp) − (ref − logp) − 1,
+summed over completion tokens; the Trainer divides by the completion tokens of the whole
+accumulated batch (TRL's "dapo" aggregation). One policy update per rollout (TRL's
+num_iterations = 1), so ρ = exp(logp − logp.detach()) is 1 in value and carries the gradient.
+
+Reward functions are called as f(prompts, completions, **columns) -> list[float], with prompts
+and completions as text, `prompt_ids`/`completion_ids` as token lists, and every extra column
+of the prompt data (e.g. "answer") as a list aligned with the completions (TRL's convention).
+"""
+
+from __future__ import annotations
+
+import importlib
+import random
+from collections.abc import Callable
+
+import torch
+
+from lmforge.errors import LmforgeError
+from lmforge.posttrain.preference import completion_row, pad_rows
+from lmforge.train.objectives import LossOutput, token_nll
+
+STAT_PREFIX = "stat/"
+
+
+def group_advantages(rewards: torch.Tensor, group_size: int, scale: str = "group") -> torch.Tensor:
+    """Group-relative advantages for rewards laid out group by group: [N] -> [N]."""
+    r = rewards.float().view(-1, group_size)
+    centered = r - r.mean(dim=1, keepdim=True)
+    if scale == "group":
+        std = r.std(dim=1, keepdim=True) if group_size > 1 else torch.zeros_like(r[:, :1])
+        centered = centered / (std + 1e-4)
+    return torch.nan_to_num(centered, nan=0.0).view(-1)
+
+
+def grpo_token_losses(
+    logps: torch.Tensor,
+    old_logps: torch.Tensor,
+    advantages: torch.Tensor,
+    epsilon: float = 0.2,
+    beta: float = 0.0,
+    ref_logps: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-token losses [N, T], the clipped indicator [N, T] and k3 [N, T] (zeros without a reference)."""
+    ratio = torch.exp(logps - old_logps)
+    adv = advantages[:, None]
+    unclipped = ratio * adv
+    clipped = torch.clamp(ratio, 1 - epsilon, 1 + epsilon) * adv
+    losses = -torch.min(unclipped, clipped)
+    is_clipped = (clipped < unclipped).float()
+    kl = torch.zeros_like(logps)
+    if beta and ref_logps is not None:
+        diff = ref_logps - logps
+        kl = torch.exp(diff) - diff - 1
+        losses = losses + beta * kl
+    return losses, is_clipped, kl
+
+
+class GRPOObjective:
+    def __init__(self, epsilon: float = 0.2, beta: float = 0.0):
+        self.epsilon, self.beta = epsilon, beta
+
+    def loss(self, model, batch: dict[str, torch.Tensor]) -> LossOutput:
+        labels = batch["labels"]
+        active = (labels != -100).float()
+        logps = -token_nll(model(batch["input_ids"]), labels)
+        old = batch.get("old_logps", logps.detach())
+        losses, clipped, kl = grpo_token_losses(
+            logps, old, batch["advantages"].float(), self.epsilon, self.beta, batch.get("ref_logps")
+        )
+        n = active.sum()
+        metrics = {k[len(STAT_PREFIX) :]: v for k, v in batch.items() if k.startswith(STAT_PREFIX)}
+        metrics["clip_ratio"] = (clipped * active).sum() / n.clamp(min=1)
+        if self.beta:
+            metrics["kl"] = (kl.detach() * active).sum() / n.clamp(min=1)
+        return LossOutput((losses * active).sum(), n, metrics)
+
+
+def load_reward_function(target: str) -> Callable:
+    """"package.module:function" -> the function."""
+    if ":" not in target:
+        raise LmforgeError(f"rl.reward {target!r}: expected 'model' or 'package.module:function'")
+    module_name, func_name = target.split(":", 1)
+    try:
+        func = getattr(importlib.import_module(module_name), func_name)
+    except (ImportError, AttributeError) as e:
+        raise LmforgeError(f"rl.reward {target!r}: cannot import it ({e})") from None
+    if not callable(func):
+        raise LmforgeError(f"rl.reward {target!r} is not callable")
+    return func
+
+
+class RewardModelScorer:
+    """A reward function backed by a reward model: scores prompt + completion token ids."""
+
+    def __init__(self, model, head, pad_id: int):
+        self.model, self.head, self.pad_id = model, head, pad_id
+
+    @torch.no_grad()
+    def __call__(self, prompts, completions, prompt_ids, completion_ids, **_) -> list[float]:
+        from lmforge.posttrain.reward import sequence_rewards
+
+        max_len = self.model.cfg.max_seq_len
+        rows = [completion_row(list(p), list(c) or [self.pad_id], max_len) for p, c in zip(prompt_ids, completion_ids)]
+        device = next(self.model.parameters()).device
+        batch = {k: v.to(device) for k, v in pad_rows(rows, self.pad_id).items()}
+        self.model.eval()
+        return sequence_rewards(self.model, self.head, batch).cpu().tolist()
+
+
+class RolloutLoader:
+    """Trainer loader protocol; each batch is freshly sampled from `policy` (see module docstring)."""
+
+    def __init__(
+        self,
+        policy,
+        tokenizer,
+        prompts: list[dict],
+        reward_fn: Callable,
+        num_generations: int,
+        prompts_per_step: int,
+        sampling,  # lmforge.inference.SamplingParams (seed set: each rollout offsets it)
+        seed: int,
+        ref_model=None,
+        scale_rewards: str = "group",
+    ):
+        from lmforge.inference import Engine
+
+        if not prompts:
+            raise LmforgeError("rl: no prompts")
+        self.policy, self.tok, self.prompts, self.reward_fn = policy, tokenizer, prompts, reward_fn
+        self.G, self.P, self.sampling, self.seed = num_generations, prompts_per_step, sampling, seed
+        self.ref_model, self.scale = ref_model, scale_rewards
+        self.engine = Engine(policy, tokenizer)
+        self.epoch, self.cursor, self.rollouts = 0, 0, 0
+        self._order = self._epoch_order()
+
+    def _epoch_order(self) -> list[int]:
+        order = list(range(len(self.prompts)))
+        random.Random(f"{self.seed}:rl:{self.epoch}").shuffle(order)
+        return order
+
+    def _take(self) -> list[dict]:
+        out = []
+        while len(out) < self.P:
+            if self.cursor >= len(self._order):
+                self.epoch, self.cursor = self.epoch + 1, 0
+                self._order = self._epoch_order()
+            out.append(self.prompts[self._order[self.cursor]])
+            self.cursor += 1
+        return out
+
+    def next(self) -> dict[str, torch.Tensor]:
+        import dataclasses
+
+        items = self._take()
+        prompt_ids = [self.tok.render_chat(it["messages"], add_generation_prompt=True)[0] for it in items]
+        end = self.tok.special_ids["<|end|>"]
+        params = dataclasses.replace(
+            self.sampling,
+            seed=(self.sampling.seed or 0) + 1_000_003 * self.rollouts,
+            stop_token_ids=sorted({*self.sampling.stop_token_ids, end}),
+        )
+        self.rollouts += 1
+        flat_prompts = [p for p in prompt_ids for _ in range(self.G)]
+        completions = self.engine.generate(flat_prompts, params)
+        columns = {k: [it.get(k) for it in items for _ in range(self.G)] for k in items[0] if k != "messages"}
+        texts = [self.tok.decode(p) for p in flat_prompts]
+        comp_ids = [c.token_ids for c in completions]
+        rewards = torch.tensor(
+            self.reward_fn(texts, [c.text for c in completions], prompt_ids=flat_prompts, completion_ids=comp_ids, **columns),
+            dtype=torch.float32,
+        )
+        if rewards.shape != (len(completions),):
+            raise LmforgeError(f"the reward function returned {tuple(rewards.shape)} values for {len(completions)} completions")
+        max_len = self.policy.cfg.max_seq_len
+        rows = [completion_row(p, c or [end], max_len) for p, c in zip(flat_prompts, comp_ids)]
+        batch = pad_rows(rows, self.tok.special_ids.get("<|eos|>", 0))
+        batch["advantages"] = group_advantages(rewards, self.G, self.scale)
+        if self.ref_model is not None:
+            with torch.no_grad():
+                device = next(self.ref_model.parameters()).device
+                logits = self.ref_model(batch["input_ids"].to(device))
+                batch["ref_logps"] = (-token_nll(logits, batch["labels"].to(device))).cpu()
+        std = rewards.view(-1, self.G).std(dim=1) if self.G > 1 else torch.zeros(len(items))
+        batch[STAT_PREFIX + "reward"] = rewards.mean()
+        batch[STAT_PREFIX + "reward_std"] = std.mean()
+        batch[STAT_PREFIX + "frac_reward_zero_std"] = (std == 0).float().mean()
+        batch[STAT_PREFIX + "completion_length"] = torch.tensor(float(sum(map(len, comp_ids)) / len(comp_ids)))
+        return batch
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "cursor": self.cursor, "rollouts": self.rollouts}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.cursor, self.rollouts = int(state["epoch"]), int(state["cursor"]), int(state["rollouts"])
+        self._order = self._epoch_order()

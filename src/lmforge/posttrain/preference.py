@@ -1,0 +1,130 @@
+"""Preference pairs as tensors: tokenization, batching, summed completion log-probs.
+
+A pair is rendered as the prompt conversation with the generation prompt (`<|assistant|>`),
+then the completion's tokens and `<|end|>`. As in SFT, the input is ids[:-1] and labels are the
+next tokens, -100 everywhere except the completion (its content and `<|end|>`). A batch holds
+the chosen rows first and the rejected rows after them ([chosen; rejected], TRL's layout), right
+padded. Too-long pairs lose prompt tokens from the left; the completion is kept whole.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import torch
+
+from lmforge.posttrain.chat_data import Preference
+from lmforge.posttrain.sft_data import IGNORE
+from lmforge.train.objectives import token_nll
+
+
+@dataclass
+class TokenizedPair:
+    chosen: tuple[list[int], list[int]]  # (input_ids, labels)
+    rejected: tuple[list[int], list[int]]
+
+
+def completion_row(prompt_ids: list[int], completion_ids: list[int], max_len: int) -> tuple[list[int], list[int]]:
+    """Shifted (input_ids, labels) for prompt + completion, labels only on the completion."""
+    keep = max(1, max_len + 1 - len(completion_ids))
+    prompt_ids = prompt_ids[-keep:]
+    full = (prompt_ids + completion_ids)[: max_len + 1]
+    labels = [IGNORE] * (len(prompt_ids) - 1) + completion_ids
+    return full[:-1], labels[: len(full) - 1]
+
+
+def tokenize_pair(pair: Preference, tokenizer, max_len: int) -> TokenizedPair:
+    prompt, _ = tokenizer.render_chat(pair.messages, add_generation_prompt=True)
+    end = tokenizer.special_ids["<|end|>"]
+    return TokenizedPair(
+        completion_row(prompt, tokenizer.encode_ordinary(pair.chosen) + [end], max_len),
+        completion_row(prompt, tokenizer.encode_ordinary(pair.rejected) + [end], max_len),
+    )
+
+
+def pad_rows(rows: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    T = max(len(ids) for ids, _ in rows)
+    ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), T), IGNORE, dtype=torch.long)
+    for i, (x, y) in enumerate(rows):
+        ids[i, : len(x)] = torch.tensor(x)
+        labels[i, : len(y)] = torch.tensor(y)
+    return {"input_ids": ids, "labels": labels}
+
+
+def collate_pairs(pairs: list[TokenizedPair], pad_id: int) -> dict[str, torch.Tensor]:
+    return pad_rows([p.chosen for p in pairs] + [p.rejected for p in pairs], pad_id)
+
+
+def sequence_logps(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Sum of log p(label) over the labelled positions of every row: [rows]."""
+    logits = model(batch["input_ids"])
+    return -token_nll(logits, batch["labels"]).sum(-1)
+
+
+@torch.no_grad()
+def precompute_logps(model, pairs: list[TokenizedPair], pad_id: int, batch_size: int = 16) -> list[tuple[float, float]]:
+    """(chosen, rejected) summed log-probs of `model` for every pair (the frozen reference)."""
+    was_training = model.training
+    model.eval()
+    out: list[tuple[float, float]] = []
+    device = next(model.parameters()).device
+    for i in range(0, len(pairs), batch_size):
+        chunk = pairs[i : i + batch_size]
+        batch = {k: v.to(device) for k, v in collate_pairs(chunk, pad_id).items()}
+        lp = sequence_logps(model, batch).float().cpu()
+        n = len(chunk)
+        out += list(zip(lp[:n].tolist(), lp[n:].tolist()))
+    model.train(was_training)
+    return out
+
+
+class PreferenceLoader:
+    """Micro-batches of pairs ([chosen; rejected]), reshuffled each epoch; optional reference log-probs.
+
+    With `ref_logps` the batch carries "ref_logps" [2B] in the same [chosen; rejected] order."""
+
+    def __init__(
+        self,
+        pairs: list[TokenizedPair],
+        micro_batch: int,
+        seed: int,
+        pad_id: int,
+        ref_logps: list[tuple[float, float]] | None = None,
+        dp_rank: int = 0,
+        dp_size: int = 1,
+    ):
+        if not pairs:
+            raise ValueError("no preference pairs")
+        self.pairs, self.micro_batch, self.seed, self.pad_id = pairs, micro_batch, seed, pad_id
+        self.ref_logps, self.dp_rank, self.dp_size = ref_logps, dp_rank, dp_size
+        self.epoch, self.cursor = 0, 0
+        self._order = self._epoch_order()
+
+    def _epoch_order(self) -> list[int]:
+        order = list(range(len(self.pairs)))
+        random.Random(f"{self.seed}:pairs:{self.epoch}").shuffle(order)
+        usable = len(order) - len(order) % self.dp_size
+        return order[self.dp_rank : usable : self.dp_size] if usable else order
+
+    def next(self) -> dict[str, torch.Tensor]:
+        idx = []
+        while len(idx) < self.micro_batch:
+            if self.cursor >= len(self._order):
+                self.epoch, self.cursor = self.epoch + 1, 0
+                self._order = self._epoch_order()
+            idx.append(self._order[self.cursor])
+            self.cursor += 1
+        batch = collate_pairs([self.pairs[i] for i in idx], self.pad_id)
+        if self.ref_logps is not None:
+            ref = [self.ref_logps[i][0] for i in idx] + [self.ref_logps[i][1] for i in idx]
+            batch["ref_logps"] = torch.tensor(ref, dtype=torch.float32)
+        return batch
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "cursor": self.cursor}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.cursor = int(state["epoch"]), int(state["cursor"])
+        self._order = self._epoch_order()

@@ -1,0 +1,140 @@
+"""The reward model: the transformer plus a scalar head, trained with the Bradley–Terry loss.
+
+The reward of a sequence is `value_head(h)` where h is the final-normed hidden state
+(`model(ids, return_hidden=True)`) at the last labelled position of the row, i.e. its last
+non-pad input token (batches come from lmforge.posttrain.preference: [chosen; rejected], right
+padded). Loss per pair (TRL's RewardTrainer): −log σ(r_c − r_r) + c·(r_c + r_r)² with c the
+optional centering coefficient. A reward checkpoint is a normal model checkpoint plus
+`value_head.safetensors` ({"weight": [1, d_model], "bias": [1]}).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from lmforge.errors import LmforgeError
+from lmforge.posttrain.sft_data import IGNORE
+from lmforge.train.objectives import LossOutput
+
+VALUE_HEAD_FILE = "value_head.safetensors"
+
+
+def last_positions(labels: torch.Tensor) -> torch.Tensor:
+    """Index of the last labelled position of every row [B] (0 for a row with no label)."""
+    T = labels.shape[1]
+    idx = torch.arange(T, device=labels.device).expand_as(labels)
+    return torch.where(labels != IGNORE, idx, torch.zeros_like(idx)).amax(dim=1)
+
+
+def sequence_rewards(model, head: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    hidden = model(batch["input_ids"], return_hidden=True)
+    pos = last_positions(batch["labels"])
+    h = hidden[torch.arange(hidden.shape[0], device=hidden.device), pos]
+    return head(h.to(head.weight.dtype)).squeeze(-1).float()
+
+
+def bradley_terry_losses(r_chosen: torch.Tensor, r_rejected: torch.Tensor, center: float = 0.0) -> torch.Tensor:
+    losses = -F.logsigmoid(r_chosen - r_rejected)
+    if center:
+        losses = losses + center * (r_chosen + r_rejected) ** 2
+    return losses
+
+
+def new_value_head(d_model: int) -> nn.Linear:
+    head = nn.Linear(d_model, 1)
+    nn.init.zeros_(head.weight)
+    nn.init.zeros_(head.bias)
+    return head
+
+
+class RewardObjective:
+    """Bradley–Terry on [chosen; rejected] batches; the value head is trained with the model."""
+
+    def __init__(self, head: nn.Module, center: float = 0.0):
+        self.head, self.center = head, center
+
+    def extra_parameters(self) -> list[nn.Parameter]:
+        return list(self.head.parameters())
+
+    def loss(self, model, batch: dict[str, torch.Tensor]) -> LossOutput:
+        rewards = sequence_rewards(model, self.head, batch)
+        n = rewards.shape[0] // 2
+        r_c, r_r = rewards[:n], rewards[n:]
+        losses = bradley_terry_losses(r_c, r_r, self.center)
+        metrics = {
+            "accuracy": (r_c > r_r).float().mean().detach(),
+            "margin": (r_c - r_r).mean().detach(),
+            "reward/mean": rewards.mean().detach(),
+        }
+        return LossOutput(losses.sum(), n, metrics)
+
+
+@torch.no_grad()
+def pair_accuracy(model, head: nn.Module, pairs, pad_id: int, batch_size: int = 16) -> float:
+    """Fraction of held-out pairs whose chosen reward is strictly higher."""
+    from lmforge.posttrain.preference import collate_pairs
+
+    model.eval()
+    device = next(model.parameters()).device
+    hits = 0
+    for i in range(0, len(pairs), batch_size):
+        chunk = pairs[i : i + batch_size]
+        batch = {k: v.to(device) for k, v in collate_pairs(chunk, pad_id).items()}
+        r = sequence_rewards(model, head, batch)
+        hits += int((r[: len(chunk)] > r[len(chunk) :]).sum())
+    return hits / max(1, len(pairs))
+
+
+def attach_value_head(model: nn.Module) -> nn.Linear:
+    """Register a zero-initialised head as `model.value_head` so the Trainer optimises it with
+    the model; `split_value_heads` moves it out of the saved weights afterwards."""
+    head = new_value_head(model.cfg.d_model).to(next(model.parameters()).device)
+    model.value_head = head
+    return head
+
+
+def split_value_heads(ckpt_root: Path) -> None:
+    """In every checkpoint under `ckpt_root`, move value_head.* from model.safetensors into
+    value_head.safetensors, so model.safetensors is a plain Transformer again (load_model reads it)."""
+    from safetensors.torch import load_file, save
+
+    from lmforge.fileio import atomic_write_bytes
+    from lmforge.train.checkpoint import WEIGHTS, list_checkpoints
+
+    prefix = "value_head."
+    for _, d in list_checkpoints(Path(ckpt_root)):
+        sd = load_file(str(d / WEIGHTS))
+        head = {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
+        if not head:
+            continue
+        atomic_write_bytes(d / VALUE_HEAD_FILE, save(head))
+        rest = {k: v for k, v in sd.items() if not k.startswith(prefix)}
+        atomic_write_bytes(d / WEIGHTS, save(rest, metadata={"format": "pt"}))
+
+
+def load_value_head(checkpoint_dir: Path, d_model: int) -> nn.Linear:
+    from safetensors.torch import load_file
+
+    path = Path(checkpoint_dir) / VALUE_HEAD_FILE
+    if not path.is_file():
+        raise LmforgeError(f"{path}: not a reward model checkpoint (no {VALUE_HEAD_FILE})")
+    head = new_value_head(d_model)
+    try:
+        head.load_state_dict(load_file(str(path)))
+    except Exception as e:  # safetensors raises several types on a torn file
+        raise LmforgeError(f"{path}: unreadable value head ({e})") from None
+    return head
+
+
+def load_reward_model(path: str | Path, device: str = "cpu"):
+    """(model, value head, tokenizer) from a reward checkpoint (or a stage/run dir holding one)."""
+    from lmforge.train.checkpoint import load_model, resolve_checkpoint
+
+    ckpt = resolve_checkpoint(path)
+    model, tok = load_model(ckpt, device=device)
+    head = load_value_head(ckpt, model.cfg.d_model).to(device)
+    return model, head, tok

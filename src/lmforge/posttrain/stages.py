@@ -1,0 +1,260 @@
+"""The post-training stages: sft, dpo, reward, rl. Each runs the one Trainer with its objective.
+
+Called by `lmforge run` and by the verbs `lmforge sft|dpo|reward|rl RECIPE`. Each starts from
+`<section>.train.init_from` or, when empty, the previous stage's latest checkpoint in the run
+directory (sft <- pretrain; dpo, reward <- sft, else pretrain; rl <- dpo, else sft, else
+pretrain) and writes RUN_DIR/<stage>/checkpoints/step_N. With no `data` files the demo tasks
+of the plays are used, and the held-out demo metrics are printed before and after the stage
+and written to RUN_DIR/<stage>/demo_eval.json.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import time
+from pathlib import Path
+
+from lmforge.config import Recipe
+from lmforge.errors import LmforgeError
+from lmforge.fileio import atomic_write_json
+
+STARTS = {
+    "sft": ("pretrain",),
+    "dpo": ("sft", "pretrain"),
+    "reward": ("sft", "pretrain"),
+    "rl": ("dpo", "sft", "pretrain"),
+}
+
+
+def say(text: str) -> None:
+    print(f"[lmforge] {text}", flush=True)
+
+
+def start_checkpoint(stage: str, init_from: str, run_dir: Path) -> Path:
+    from lmforge.train.checkpoint import list_checkpoints, resolve_checkpoint
+
+    if init_from:
+        return resolve_checkpoint(init_from)
+    for previous in STARTS[stage]:
+        found = list_checkpoints(run_dir / previous / "checkpoints")
+        if found:
+            return found[-1][1]
+    wanted = " or ".join(f"{run_dir / s}" for s in STARTS[stage])
+    raise LmforgeError(
+        f"{stage}: no checkpoint to start from in {wanted}; run the earlier stages first "
+        f"or set {stage}.train.init_from to a checkpoint"
+    )
+
+
+def load_start(stage: str, train_cfg, run_dir: Path):
+    from lmforge.train.checkpoint import load_model
+
+    ckpt = start_checkpoint(stage, train_cfg.init_from, run_dir)
+    say(f"{stage}: starting from {ckpt}")
+    model, tok = load_model(ckpt)
+    seq_len = min(train_cfg.seq_len, model.cfg.max_seq_len)
+    return model, tok, dataclasses.replace(train_cfg, seq_len=seq_len)
+
+
+def demo_tasks(recipe: Recipe):
+    from lmforge.posttrain.demo_tasks import build_demo_tasks
+
+    t0 = time.time()
+    tasks = build_demo_tasks(recipe.sft.demo, recipe.seed)
+    say(
+        f"demo tasks from the plays ({time.time() - t0:.1f}s): {len(tasks.sft)} SFT conversations, "
+        f"{len(tasks.preference_train)} preference pairs; held out by scene: {len(tasks.mc_eval)} "
+        f"4-choice questions, {len(tasks.preference_eval)} preference pairs"
+    )
+    return tasks
+
+
+def measure(label: str, model, tok, tasks) -> dict[str, float]:
+    from lmforge.posttrain.demo_eval import demo_metrics, format_metrics
+
+    m = demo_metrics(model, tok, tasks.mc_eval, tasks.preference_eval)
+    print(format_metrics(label, m, len(tasks.mc_eval), len(tasks.preference_eval)), flush=True)
+    return m
+
+
+def make_trainer(recipe: Recipe, model, objective, loader, cfg, run_dir: Path, stage: str, tok):
+    from lmforge.train.trainer import Trainer
+
+    return Trainer(
+        model, objective, loader, cfg, run_dir / stage, tokenizer=tok, seed=recipe.seed, stage=stage,
+        parallel_cfg=recipe.parallel, run_name=recipe.name,
+    )
+
+
+def finish(stage: str, run_dir: Path, before: dict | None, model, tok, tasks, result: dict) -> dict:
+    summary = {"train": result}
+    if tasks is not None:
+        after = measure(f"after {stage}", model, tok, tasks)
+        summary.update(before=before, after=after)
+    atomic_write_json(run_dir / stage / "demo_eval.json", summary)
+    return summary
+
+
+# ---------------------------------------------------------------------------- SFT
+
+
+def sft_stage(recipe: Recipe, run_dir: Path) -> dict:
+    import torch
+
+    from lmforge.posttrain.chat_data import load_conversations
+    from lmforge.posttrain.sft_data import SFTLoader, sft_examples
+    from lmforge.train.objectives import CausalLMObjective
+
+    run_dir = Path(run_dir)
+    sec = recipe.sft
+    model, tok, cfg = load_start("sft", sec.train, run_dir)
+    tasks = demo_tasks(recipe) if not sec.data else None
+    conversations = tasks.sft if tasks is not None else load_conversations(sec.data)
+    examples = sft_examples(conversations, tok, sec.max_len or cfg.seq_len)
+    if not examples:
+        raise LmforgeError("sft: no conversation has an assistant token to learn from")
+    supervised = sum(sum(t != -100 for t in e.labels) for e in examples)
+    say(f"sft: {len(examples)} conversations, {supervised} supervised tokens, packing {'on' if sec.packing else 'off'}")
+    before = measure("before sft", model, tok, tasks) if tasks is not None else None
+    pad = tok.special_ids.get("<|eos|>", 0)
+    from lmforge.parallel import setup_distributed
+
+    ctx = setup_distributed(recipe.parallel, cfg.device)
+    loader = SFTLoader(examples, cfg.micro_batch, cfg.seq_len, recipe.seed, pad, sec.packing, ctx.dp_rank, ctx.dp_size)
+    torch.manual_seed(recipe.seed)
+    trainer = make_trainer(recipe, model, PackedCausalLM(CausalLMObjective()), loader, cfg, run_dir, "sft", tok)
+    result = trainer.fit()
+    return finish("sft", run_dir, before, trainer.raw_model, tok, tasks, result)
+
+
+class PackedCausalLM:
+    """The causal-LM objective, with the packed rows' positions and block-diagonal mask passed to
+    the model (CausalLMObjective calls `model(input_ids)`; this binds the extra arguments)."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def loss(self, model, batch):
+        extra = {k: batch[k] for k in ("positions", "attn_mask") if k in batch}
+        return self.inner.loss(lambda ids: model(ids, **extra), batch)
+
+
+# ---------------------------------------------------------------------------- DPO and reward
+
+
+def preference_data(recipe: Recipe, data: list[str], tok, seq_len: int):
+    from lmforge.posttrain.chat_data import load_preferences
+    from lmforge.posttrain.preference import tokenize_pair
+
+    tasks = demo_tasks(recipe) if not data else None
+    pairs = tasks.preference_train if tasks is not None else load_preferences(data)
+    if not pairs:
+        raise LmforgeError("no preference pairs")
+    return [tokenize_pair(p, tok, seq_len) for p in pairs], tasks
+
+
+def dpo_stage(recipe: Recipe, run_dir: Path) -> dict:
+    import torch
+
+    from lmforge.posttrain.dpo import DPOObjective
+    from lmforge.posttrain.preference import PreferenceLoader, precompute_logps
+
+    run_dir = Path(run_dir)
+    sec = recipe.dpo
+    model, tok, cfg = load_start("dpo", sec.train, run_dir)
+    pairs, tasks = preference_data(recipe, sec.data, tok, cfg.seq_len)
+    before = measure("before dpo", model, tok, tasks) if tasks is not None else None
+    pad = tok.special_ids.get("<|eos|>", 0)
+    from lmforge.parallel import setup_distributed
+
+    ctx = setup_distributed(recipe.parallel, cfg.device)
+    ref_model, ref_logps = None, None
+    if sec.precompute_ref:
+        t0 = time.time()
+        ref_logps = precompute_logps(model, pairs, pad)
+        say(f"dpo: reference log-probs of {len(pairs)} pairs precomputed in {time.time() - t0:.1f}s")
+    else:
+        ref_model = copy.deepcopy(model)
+    say(f"dpo: {len(pairs)} pairs, beta {sec.beta}, loss {sec.loss}, label smoothing {sec.label_smoothing}")
+    loader = PreferenceLoader(pairs, cfg.micro_batch, recipe.seed, pad, ref_logps, ctx.dp_rank, ctx.dp_size)
+    objective = DPOObjective(sec.beta, sec.loss, sec.label_smoothing, ref_model)
+    torch.manual_seed(recipe.seed)
+    trainer = make_trainer(recipe, model, objective, loader, cfg, run_dir, "dpo", tok)
+    if ref_model is not None:
+        ref_model.to(trainer.device)
+    result = trainer.fit()
+    return finish("dpo", run_dir, before, trainer.raw_model, tok, tasks, result)
+
+
+def reward_stage(recipe: Recipe, run_dir: Path) -> dict:
+    import torch
+
+    from lmforge.posttrain.preference import PreferenceLoader
+    from lmforge.posttrain.reward import RewardObjective, attach_value_head, pair_accuracy, split_value_heads
+
+    run_dir = Path(run_dir)
+    sec = recipe.reward
+    model, tok, cfg = load_start("reward", sec.train, run_dir)
+    pairs, tasks = preference_data(recipe, sec.data, tok, cfg.seq_len)
+    held_out = None
+    if tasks is not None:
+        from lmforge.posttrain.preference import tokenize_pair
+
+        held_out = [tokenize_pair(p, tok, cfg.seq_len) for p in tasks.preference_eval]
+    pad = tok.special_ids.get("<|eos|>", 0)
+    from lmforge.parallel import setup_distributed
+
+    ctx = setup_distributed(recipe.parallel, cfg.device)
+    head = attach_value_head(model)
+    loader = PreferenceLoader(pairs, cfg.micro_batch, recipe.seed, pad, None, ctx.dp_rank, ctx.dp_size)
+    torch.manual_seed(recipe.seed)
+    trainer = make_trainer(recipe, model, RewardObjective(head, sec.center_rewards), loader, cfg, run_dir, "reward", tok)
+    result = trainer.fit()
+    split_value_heads(run_dir / "reward" / "checkpoints")
+    summary = {"train": result}
+    if held_out:
+        acc = pair_accuracy(trainer.raw_model, head, held_out, pad)
+        say(f"reward model: held-out pair accuracy {100 * acc:.1f}% ({len(held_out)} pairs, chance 50%)")
+        summary["held_out_accuracy"] = acc
+    atomic_write_json(run_dir / "reward" / "demo_eval.json", summary)
+    return summary
+
+
+# ---------------------------------------------------------------------------- RL (GRPO)
+
+
+def rl_stage(recipe: Recipe, run_dir: Path) -> dict:
+    import torch
+
+    from lmforge.inference import SamplingParams
+    from lmforge.posttrain.chat_data import load_prompts
+    from lmforge.posttrain.grpo import GRPOObjective, RewardModelScorer, RolloutLoader, load_reward_function
+
+    run_dir = Path(run_dir)
+    sec = recipe.rl
+    model, tok, cfg = load_start("rl", sec.train, run_dir)
+    tasks = demo_tasks(recipe) if not sec.data else None
+    prompts = tasks.rl_prompts if tasks is not None else load_prompts(sec.data)
+    pad = tok.special_ids.get("<|eos|>", 0)
+    if sec.reward == "model":
+        from lmforge.posttrain.reward import load_reward_model
+
+        rm, head, rm_tok = load_reward_model(sec.reward_model or run_dir / "reward")
+        if rm_tok.hash != tok.hash:
+            raise LmforgeError("rl: the reward model was trained with a different tokenizer than the policy")
+        reward_fn = RewardModelScorer(rm, head, pad)
+    else:
+        reward_fn = load_reward_function(sec.reward)
+    before = measure("before rl", model, tok, tasks) if tasks is not None else None
+    ref_model = copy.deepcopy(model) if sec.beta > 0 else None
+    sampling = SamplingParams(max_new_tokens=sec.max_new_tokens, temperature=sec.temperature, top_p=sec.top_p, seed=recipe.seed)
+    loader = RolloutLoader(
+        model, tok, prompts, reward_fn, sec.num_generations, sec.prompts_per_step, sampling, recipe.seed, ref_model,
+        sec.scale_rewards,
+    )
+    say(f"rl: GRPO, {len(prompts)} prompts, {sec.prompts_per_step} x {sec.num_generations} completions per step")
+    torch.manual_seed(recipe.seed)
+    trainer = make_trainer(recipe, model, GRPOObjective(sec.epsilon, sec.beta), loader, cfg, run_dir, "rl", tok)
+    result = trainer.fit()
+    return finish("rl", run_dir, before, trainer.raw_model, tok, tasks, result)

@@ -1,0 +1,95 @@
+"""The post-training stages end to end on a tiny model: sft -> dpo, reward, rl (GRPO) through the one Trainer."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from lmforge.config import load_recipe
+from lmforge.model.config import ModelConfig
+from lmforge.model.transformer import Transformer
+from lmforge.posttrain.demo_tasks import build_demo_tasks
+from lmforge.tokenizer import Tokenizer
+from lmforge.train.checkpoint import list_checkpoints, load_model, save_model_checkpoint
+
+TINY_TRAIN = {"max_steps": 2, "micro_batch": 2, "seq_len": 96, "batch_tokens": 192, "warmup_steps": 1, "samples": 0}
+
+
+def overrides(run_dir) -> dict:
+    out = {"run_dir": str(run_dir), "seed": 3}
+    demo = {"which_play": 12, "who_speaks": 4, "continue_speech": 4, "preference_pairs": 12, "eval_items": 6}
+    out.update({f"sft.demo.{k}": v for k, v in demo.items()})
+    for section in ("sft", "dpo", "reward", "rl"):
+        out.update({f"{section}.train.{k}": v for k, v in TINY_TRAIN.items()})
+    out.update({"rl.num_generations": 2, "rl.prompts_per_step": 2, "rl.max_new_tokens": 4, "rl.train.batch_tokens": 192})
+    return out
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A run directory holding a (random, tiny) 'pretrain' checkpoint with a tokenizer trained on demo text."""
+    d = tmp_path_factory.mktemp("run")
+    recipe = load_recipe(None, overrides(d))
+    tasks = build_demo_tasks(recipe.sft.demo, recipe.seed)
+    text = "\n".join(m["content"] for conv in tasks.sft for m in conv)
+    tok = Tokenizer.train([text], vocab_size=600, progress=False, workers=1)
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(n_layer=2, d_model=32, n_head=4, vocab_size=tok.vocab_size, max_seq_len=128))
+    save_model_checkpoint(model, tok, d / "pretrain" / "checkpoints" / "step_000010", stage="pretrain", step=10)
+    return d
+
+
+def test_sft_then_dpo_reward_rl(run_dir, capsys):
+    from lmforge.posttrain.reward import VALUE_HEAD_FILE, load_reward_model
+    from lmforge.posttrain.stages import dpo_stage, reward_stage, rl_stage, sft_stage
+
+    recipe = load_recipe(None, overrides(run_dir))
+    sft = sft_stage(recipe, run_dir)
+    assert sft["train"]["step"] == 2 and 0.0 <= sft["after"]["which_play_acc"] <= 1.0
+    assert list_checkpoints(run_dir / "sft" / "checkpoints")
+    out = capsys.readouterr().out
+    assert "before sft: held-out which-play accuracy" in out and "after sft" in out
+
+    dpo = dpo_stage(recipe, run_dir)
+    metrics = [json.loads(line) for line in (run_dir / "dpo" / "metrics.jsonl").read_text().splitlines()]
+    first = next(m for m in metrics if "rewards/margins" in m)
+    # step 1: policy == reference, so the loss is ln 2 and every implicit reward is 0
+    assert first["loss"] == pytest.approx(0.693147, abs=1e-5)
+    assert first["rewards/margins"] == pytest.approx(0.0, abs=1e-6)
+    assert first["rewards/accuracies"] == 0.0
+    assert "starting from" in capsys.readouterr().out and dpo["before"] == pytest.approx(sft["after"])
+    model, _ = load_model(run_dir / "dpo")
+    assert model.cfg.d_model == 32
+
+    reward = reward_stage(recipe, run_dir)
+    ckpt = list_checkpoints(run_dir / "reward" / "checkpoints")[-1][1]
+    assert (ckpt / VALUE_HEAD_FILE).exists() and 0.0 <= reward["held_out_accuracy"] <= 1.0
+    rm, head, _ = load_reward_model(run_dir / "reward")  # model.safetensors is a plain Transformer again
+    assert head.weight.shape == (1, 32) and not hasattr(rm, "value_head")
+
+    recipe = load_recipe(None, {**overrides(run_dir), "rl.reward": "model"})
+    rl = rl_stage(recipe, run_dir)
+    rl_metrics = [json.loads(line) for line in (run_dir / "rl" / "metrics.jsonl").read_text().splitlines()]
+    assert rl["train"]["step"] == 2 and "reward" in rl_metrics[0] and "clip_ratio" in rl_metrics[0]
+
+
+def test_sft_from_jsonl_without_packing(run_dir, tmp_path):
+    from lmforge.posttrain.stages import sft_stage
+
+    data = tmp_path / "chat.jsonl"
+    rows = [{"instruction": "Name a play.", "output": "Hamlet"}, {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]}]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    recipe = load_recipe(None, {**overrides(tmp_path / "run2"), "sft.data": [str(data)], "sft.packing": False,
+                                "sft.train.init_from": str(run_dir / "pretrain")})
+    summary = sft_stage(recipe, tmp_path / "run2")
+    assert "after" not in summary and summary["train"]["step"] == 2
+
+
+def test_missing_start_checkpoint_is_a_clear_error(tmp_path):
+    from lmforge.errors import LmforgeError
+    from lmforge.posttrain.stages import dpo_stage
+
+    with pytest.raises(LmforgeError, match="dpo: no checkpoint to start from"):
+        dpo_stage(load_recipe(None, overrides(tmp_path)), tmp_path)
