@@ -1,0 +1,133 @@
+"""`lmforge import --from-hf`: local transformers checkpoints (built here, nothing downloaded) -> lmforge."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from interop_common import SAMPLES, TEXTS, tokenizer
+
+transformers = pytest.importorskip("transformers")
+
+from lmforge.cli import main as cli  # noqa: E402
+from lmforge.errors import LmforgeError  # noqa: E402
+from lmforge.model.convert import load_hf, tokenizer_from_hf  # noqa: E402
+from lmforge.train.checkpoint import load_model  # noqa: E402
+
+
+def llama_dir(path, vocab_size, tie=False, **kw):
+    cfg = transformers.LlamaConfig(
+        vocab_size=vocab_size, hidden_size=64, intermediate_size=160, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+        rope_theta=2000.0, rms_norm_eps=1e-6, tie_word_embeddings=tie, initializer_range=0.08, **kw,
+    )
+    torch.manual_seed(0)
+    hf = transformers.LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():  # non-trivial norms, so a wrong norm mapping shows
+        for name, p in hf.named_parameters():
+            if "norm" in name:
+                p.uniform_(0.5, 1.5)
+    hf.save_pretrained(path, max_shard_size="100KB")  # sharded safetensors + index
+    return hf
+
+
+def test_llama_import_same_logits_and_finetunable(tmp_path):
+    tok = tokenizer()
+    hf = llama_dir(tmp_path / "hf", tok.vocab_size)
+    tok.save_hf(tmp_path / "hf")
+    assert (tmp_path / "hf" / "model.safetensors.index.json").exists()
+    assert cli(["import", "--from-hf", str(tmp_path / "hf"), "--out", str(tmp_path / "ckpt")]) == 0
+    model, tok2 = load_model(tmp_path / "ckpt")
+    assert tok2.hash == tok.hash and model.cfg.rope_theta == 2000.0 and model.cfg.n_kv_head == 2
+    x = torch.randint(0, tok.vocab_size, (2, 50))
+    with torch.no_grad():
+        assert (model(x) - hf(x).logits).abs().max().item() <= 1e-4
+    # it fine-tunes: a few AdamW steps on one batch lower the loss
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    ids = torch.tensor([tok.encode_ordinary(TEXTS[0])])
+    losses = []
+    for _ in range(5):
+        logits = model(ids[:, :-1])
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] - 0.1
+
+
+def test_foreign_id_layout_is_reordered(tmp_path):
+    """An HF-trained byte-level BPE (specials first, bytes in HF's alphabet order) maps onto our layout."""
+    tokenizers = pytest.importorskip("tokenizers")
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+
+    t = tokenizers.Tokenizer(models.BPE())
+    t.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    t.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=330, special_tokens=["<|endoftext|>", "<|pad|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+    )
+    t.train_from_iterator(TEXTS * 5, trainer)
+    (tmp_path / "hf").mkdir()
+    t.save(str(tmp_path / "hf" / "tokenizer.json"))
+    hf = llama_dir(tmp_path / "hf", t.get_vocab_size(), tie=True)
+    model, tok, report = load_hf(tmp_path / "hf")
+    assert report["reordered"] and tok.special_ids == {"<|endoftext|>": tok.vocab_size - 2, "<|pad|>": tok.vocab_size - 1}
+    order = report["hf_ids"]
+    for text in SAMPLES + TEXTS:
+        ours = tok.encode_ordinary(text)
+        assert [order[i] for i in ours] == t.encode(text).ids
+        assert tok.decode(ours) == text
+    ids = tok.encode_ordinary(TEXTS[1])
+    with torch.no_grad():
+        a = model(torch.tensor([ids]))
+        b = hf(torch.tensor([[order[i] for i in ids]])).logits[..., order]
+    assert (a - b).abs().max().item() <= 1e-4
+
+
+def test_gpt2_import(tmp_path):
+    tok = tokenizer()
+    cfg = transformers.GPT2Config(vocab_size=tok.vocab_size, n_positions=64, n_embd=64, n_layer=2, n_head=4)
+    torch.manual_seed(0)
+    hf = transformers.GPT2LMHeadModel(cfg).eval()
+    hf.save_pretrained(tmp_path / "hf")
+    tok.save_hf(tmp_path / "hf")
+    model, tok2, report = load_hf(tmp_path / "hf")
+    assert model.cfg.arch == "gpt2" and not report["reordered"]
+    x = torch.randint(0, tok.vocab_size, (2, 30))
+    with torch.no_grad():
+        assert (model(x) - hf(x).logits).abs().max().item() <= 1e-4
+
+
+def test_unsupported_checkpoints_are_refused(tmp_path):
+    tok = tokenizer()
+    llama_dir(tmp_path / "hf", tok.vocab_size)
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    bad = {
+        "rope scaling 'llama3'": {"rope_parameters": {"rope_type": "llama3", "rope_theta": 1.0, "factor": 8.0}},
+        "attention/MLP biases": {"attention_bias": True},
+        "model_type 'mistral'": {"model_type": "mistral"},
+    }
+    for message, patch in bad.items():
+        (tmp_path / "hf" / "config.json").write_text(json.dumps({**config, **patch}))
+        with pytest.raises(LmforgeError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            load_hf(tmp_path / "hf")
+    (tmp_path / "hf" / "config.json").write_text(json.dumps(config))
+    model, tok2, report = load_hf(tmp_path / "hf")  # no tokenizer.json: weights only
+    assert tok2 is None and "no tokenizer.json" in report["tokenizer_error"]
+    assert cli(["import", "--from-hf", str(tmp_path / "hf"), "--out", str(tmp_path / "c")]) == 2
+    assert cli(["import", "--from-hf", str(tmp_path / "missing"), "--out", str(tmp_path / "c")]) == 2
+
+
+def test_tokenizer_with_prefix_space_is_refused(tmp_path):
+    tok = tokenizer()
+    tok.save_hf(tmp_path)
+    data = json.loads((tmp_path / "tokenizer.json").read_text())
+    data["pre_tokenizer"]["pretokenizers"][1]["add_prefix_space"] = True
+    (tmp_path / "tokenizer.json").write_text(json.dumps(data))
+    with pytest.raises(LmforgeError, match="prefix space"):
+        tokenizer_from_hf(tmp_path / "tokenizer.json")
