@@ -133,7 +133,7 @@ def write_recipe(path: Path, run_dir: Path, inputs: list[str], **data) -> Path:
 
 
 def test_killed_worker_then_resume_gives_identical_output(tmp_path):
-    inputs = make_inputs(tmp_path / "in", files=16, docs_per_file=150, seed=3)
+    inputs = make_inputs(tmp_path / "in", files=16, docs_per_file=50, seed=3)
     ref = write_recipe(tmp_path / "ref.yaml", tmp_path / "ref", inputs, workers=1)
     assert cli_main(["data", str(ref)]) == 0
     recipe = write_recipe(tmp_path / "r.yaml", tmp_path / "run", inputs, workers=2)

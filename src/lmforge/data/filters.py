@@ -21,11 +21,12 @@ import regex
 from lmforge.data.config import C4Config, FineWebConfig, GopherQualityConfig, GopherRepetitionConfig
 from lmforge.data.documents import Document
 
-# A word is a run of non-punctuation, non-space characters (apostrophes inside words allowed),
-# or a run of punctuation/symbols (which datatrove's Gopher rules call "symbol words").
-WORD_RE = regex.compile(r"[^\p{P}\p{S}\s]+(?:['’][^\p{P}\p{S}\s]+)*|[\p{P}\p{S}]+")
+# A word is a run of letters/digits (apostrophes inside words allowed), or a run of other
+# non-space characters (which datatrove's Gopher rules call "symbol words"). stdlib `re`:
+# its Unicode \w is faster here than the `regex` module's \p{..} classes.
+WORD_RE = re.compile(r"[^\W_]+(?:['’][^\W_]+)*|[^\w\s]+|_+")
 _ALPHA = regex.compile(r"\p{L}")
-_PUNCT = regex.compile(r"[\p{P}\p{S}\p{C}]")
+_SYMBOLIC = regex.compile(r"[\p{P}\p{S}\p{C}]+")
 _STERM = regex.compile(r"\p{Sentence_Terminal}")
 
 GOPHER_QUALITY_RULES = ("short_doc", "long_doc", "short_words", "long_words", "hashes", "ellipsis", "bullets",
@@ -45,27 +46,28 @@ def _is_terminal(ch: str) -> bool:
 
 
 class TextView:
-    """One document's words, their integer ids and per-distinct-word properties, computed once."""
+    """One document's words; their integer ids and per-distinct-word properties on first use."""
 
-    __slots__ = ("text", "words", "ids", "vocab", "word_len", "is_symbol", "has_alpha")
+    __slots__ = ("text", "words", "_ids", "vocab", "word_len", "is_symbol", "has_alpha")
 
     def __init__(self, text: str):
         self.text = text
         self.words = split_words(text)
-        vocab: dict[str, int] = {}
-        self.ids = np.fromiter((vocab.setdefault(w, len(vocab)) for w in self.words), dtype=np.int64,
-                               count=len(self.words))
-        self.vocab = vocab
-        distinct = list(vocab)
-        self.word_len = np.fromiter((len(w) for w in distinct), dtype=np.int64, count=len(distinct))
-        self.is_symbol = np.fromiter((not _has_non_punct(w) for w in distinct),
-                                     dtype=bool, count=len(distinct))
-        self.has_alpha = np.fromiter((_ALPHA.search(w) is not None for w in distinct), dtype=bool,
-                                     count=len(distinct))
+        self._ids: np.ndarray | None = None
 
-
-def _has_non_punct(word: str) -> bool:
-    return any(not _PUNCT.match(c) for c in word)
+    @property
+    def ids(self) -> np.ndarray:
+        if self._ids is None:
+            vocab: dict[str, int] = {}
+            self._ids = np.fromiter((vocab.setdefault(w, len(vocab)) for w in self.words), dtype=np.int64,
+                                    count=len(self.words))
+            self.vocab = vocab
+            distinct = list(vocab)
+            n = len(distinct)
+            self.word_len = np.fromiter(map(len, distinct), dtype=np.int64, count=n)
+            self.is_symbol = np.fromiter((_SYMBOLIC.fullmatch(w) is not None for w in distinct), dtype=bool, count=n)
+            self.has_alpha = np.fromiter((_ALPHA.search(w) is not None for w in distinct), dtype=bool, count=n)
+        return self._ids
 
 
 _view_cache: list = [None, None]
@@ -119,8 +121,9 @@ class GopherQuality(FilterStep):
         c, on, text = self.cfg, self.enabled, doc.text
         v = view_of(text)
         n_words = len(v.words)
-        sym = v.is_symbol[v.ids]
-        non_symbol_lens = v.word_len[v.ids][~sym]
+        ids = v.ids
+        sym = v.is_symbol[ids]
+        non_symbol_lens = v.word_len[ids][~sym]
         n_ns = non_symbol_lens.size
         if "short_doc" in on and n_ns < c.min_doc_words:
             return "short_doc"
@@ -246,13 +249,14 @@ class GopherRepetition(FilterStep):
         if "dup_line_char_frac" in on and chars / len(text) > c.dup_line_char_frac:
             return "dup_line_char_frac"
         v = view_of(text)
-        lens = v.word_len[v.ids]
+        ids = v.ids
+        lens = v.word_len[ids]
         for n, frac in self.top:
-            keys = ngram_keys(v.ids, n)
+            keys = ngram_keys(ids, n)
             if keys.size and f"top_{n}_gram" in on and top_ngram_chars(keys, lens, n) / len(text) > frac:
                 return f"top_{n}_gram"
         for n, frac in self.dup:
-            keys = ngram_keys(v.ids, n)
+            keys = ngram_keys(ids, n)
             if keys.size == 0 or f"duplicated_{n}_n_grams" not in on:
                 continue
             dup_chars = duplicated_ngram_chars(keys, lens, n)

@@ -14,15 +14,22 @@ IPV4 = re.compile(rf"(?<![\d.]){_OCTET}(?:\.{_OCTET}){{3}}(?![\d.]*\d)")
 IPV6 = re.compile(r"(?<![:\w])(?:[0-9A-Fa-f]{1,4}:){7}[0-9A-Fa-f]{1,4}(?![:\w])|"
                   r"(?<![:\w])(?:[0-9A-Fa-f]{1,4}:){1,6}:(?:[0-9A-Fa-f]{1,4}(?::[0-9A-Fa-f]{1,4}){0,5})?(?![:\w])")
 
+_DOTTED = re.compile(r"\d\.\d{1,3}\.\d")
+_HEXCOLON = re.compile(r"[0-9A-Fa-f]:[0-9A-Fa-f:]*:")
+
 
 def mask_pii(text: str, cfg: PIIConfig, counters: Counter | None = None) -> str:
-    if cfg.email:
+    if cfg.email and "@" in text:
         text, n = EMAIL.subn(cfg.email_placeholder, text)
         if counters is not None and n:
             counters["emails_masked"] += n
     if cfg.ip:
-        text, n4 = IPV4.subn(cfg.ip_placeholder, text)
-        text, n6 = IPV6.subn(cfg.ip_placeholder, text)
+        # cheap gates first: most documents have no dotted quad and no "::"/hex colon groups
+        n4 = n6 = 0
+        if _DOTTED.search(text):
+            text, n4 = IPV4.subn(cfg.ip_placeholder, text)
+        if ":" in text and _HEXCOLON.search(text):
+            text, n6 = IPV6.subn(cfg.ip_placeholder, text)
         if counters is not None and n4 + n6:
             counters["ips_masked"] += n4 + n6
     return text
