@@ -1,0 +1,187 @@
+"""GGUF export: read the file back with gguf's reader and check every tensor and the tokenizer metadata."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from interop_common import model, tokenizer
+
+gguf = pytest.importorskip("gguf")
+
+from lmforge.cli import main as cli  # noqa: E402
+from lmforge.model.gguf import export_gguf, permute_rope, unpermute_rope  # noqa: E402
+from lmforge.model.transformer import rope_cos_sin, rotate_half  # noqa: E402
+from lmforge.tokenizer.tokenizer import hf_files  # noqa: E402
+
+
+def read(path):
+    r = gguf.GGUFReader(path)
+    fields = {k: f.contents() for k, f in r.fields.items()}
+    tensors = {t.name: t for t in r.tensors}
+    return fields, tensors
+
+
+def expected(ours) -> dict[str, torch.Tensor]:
+    """What each GGUF tensor must hold, written out from our parameter names."""
+    sd, cfg = ours.state_dict(), ours.cfg
+    want = {"token_embd.weight": sd["tok_emb.weight"], "output_norm.weight": sd["norm.weight"]}
+    if not cfg.tie_embeddings:
+        want["output.weight"] = sd["lm_head.weight"]
+    for i in range(cfg.n_layer):
+        p = f"layers.{i}."
+        if cfg.arch == "llama":
+            want |= {
+                f"blk.{i}.attn_norm.weight": sd[p + "attn_norm.weight"],
+                f"blk.{i}.attn_q.weight": permute_rope(sd[p + "attn.wq.weight"], cfg.n_head),
+                f"blk.{i}.attn_k.weight": permute_rope(sd[p + "attn.wk.weight"], cfg.n_kv_head),
+                f"blk.{i}.attn_v.weight": sd[p + "attn.wv.weight"],
+                f"blk.{i}.attn_output.weight": sd[p + "attn.wo.weight"],
+                f"blk.{i}.ffn_norm.weight": sd[p + "mlp_norm.weight"],
+                f"blk.{i}.ffn_gate.weight": sd[p + "mlp.w1.weight"],
+                f"blk.{i}.ffn_up.weight": sd[p + "mlp.w3.weight"],
+                f"blk.{i}.ffn_down.weight": sd[p + "mlp.w2.weight"],
+            }
+        else:
+            for k in ("weight", "bias"):
+                qkv = torch.cat([sd[p + f"attn.{w}.{k}"] for w in ("wq", "wk", "wv")])
+                want |= {
+                    f"blk.{i}.attn_norm.{k}": sd[p + f"attn_norm.{k}"],
+                    f"blk.{i}.attn_qkv.{k}": qkv,
+                    f"blk.{i}.attn_output.{k}": sd[p + f"attn.wo.{k}"],
+                    f"blk.{i}.ffn_norm.{k}": sd[p + f"mlp_norm.{k}"],
+                    f"blk.{i}.ffn_up.{k}": sd[p + f"mlp.fc.{k}"],
+                    f"blk.{i}.ffn_down.{k}": sd[p + f"mlp.proj.{k}"],
+                }
+    if cfg.arch == "gpt2":
+        want |= {"position_embd.weight": sd["pos_emb.weight"], "output_norm.bias": sd["norm.bias"]}
+    return want
+
+
+@pytest.mark.parametrize(
+    "arch,tie,dtype", [("llama", True, "f32"), ("llama", False, "f16"), ("gpt2", False, "f32")]
+)
+def test_every_tensor_round_trips(tmp_path, arch, tie, dtype):
+    ours = model(arch=arch, tie=tie)
+    path = export_gguf(ours, tokenizer(), tmp_path / "m.gguf", dtype=dtype)
+    fields, tensors = read(path)
+    want = expected(ours)
+    assert set(tensors) == set(want)
+    for name, t in tensors.items():
+        w = want[name].numpy()
+        assert tuple(t.data.shape) == w.shape, name
+        if w.ndim == 1 or dtype == "f32":
+            assert t.tensor_type == gguf.GGMLQuantizationType.F32, name
+            np.testing.assert_array_equal(t.data, w, err_msg=name)
+        else:
+            assert t.tensor_type == gguf.GGMLQuantizationType.F16, name
+            np.testing.assert_array_equal(t.data, w.astype(np.float16), err_msg=name)
+    cfg = ours.cfg
+    assert fields["general.architecture"] == arch
+    assert fields[f"{arch}.block_count"] == cfg.n_layer
+    assert fields[f"{arch}.context_length"] == cfg.max_seq_len
+    assert fields[f"{arch}.embedding_length"] == cfg.d_model
+    assert fields[f"{arch}.feed_forward_length"] == cfg.d_ff
+    assert fields[f"{arch}.attention.head_count"] == cfg.n_head
+    if arch == "llama":
+        assert fields["llama.attention.head_count_kv"] == cfg.n_kv_head
+        assert fields["llama.rope.dimension_count"] == cfg.head_dim
+        assert fields["llama.rope.freq_base"] == pytest.approx(cfg.rope_theta)
+        assert fields["llama.attention.layer_norm_rms_epsilon"] == pytest.approx(cfg.norm_eps)
+
+
+def test_tokenizer_metadata(tmp_path):
+    tok = tokenizer()
+    fields, _ = read(export_gguf(model(), tok, tmp_path / "m.gguf"))
+    hf = hf_files(tok)["tokenizer.json"]
+    assert fields["tokenizer.ggml.model"] == "gpt2"
+    assert fields["tokenizer.ggml.pre"] == "llama-bpe"  # the gpt4 split pattern
+    tokens = fields["tokenizer.ggml.tokens"]
+    assert len(tokens) == tok.vocab_size
+    assert {p: i for i, p in enumerate(tokens) if i < 256 + len(tok.merges)} == hf["model"]["vocab"]
+    assert fields["tokenizer.ggml.merges"] == [f"{a} {b}" for a, b in hf["model"]["merges"]]
+    types = fields["tokenizer.ggml.token_type"]
+    for s, i in tok.special_ids.items():
+        assert tokens[i] == s and types[i] == gguf.TokenType.CONTROL
+    assert set(types[: 256 + len(tok.merges)]) == {gguf.TokenType.NORMAL}
+    assert fields["tokenizer.ggml.bos_token_id"] == tok.bos_id
+    assert fields["tokenizer.ggml.eos_token_id"] == tok.eos_id
+    assert fields["tokenizer.ggml.eot_token_id"] == tok.special_ids["<|end|>"]
+    assert fields["tokenizer.chat_template"] == tok.chat_template_jinja
+    # the token strings decode back to our bytes (HF byte-level spelling)
+    from lmforge.tokenizer.tokenizer import bytes_to_unicode
+
+    back = {c: b for b, c in bytes_to_unicode().items()}
+    for i in range(0, 256 + len(tok.merges), 7):
+        assert bytes(back[c] for c in tokens[i]) == tok.id_to_bytes(i)
+
+
+def test_rope_permutation_matches_llama_cpp_interleaved_rope():
+    """llama.cpp rotates adjacent pairs (x[2j], x[2j+1]); on permuted weights that must give the same
+    attention scores as our rotate-half RoPE on the original weights."""
+    ours = model(n_kv_head=2)
+    cfg, attn = ours.cfg, ours.layers["0"].attn
+    hd, T = cfg.head_dim, 12
+    x = torch.randn(1, T, cfg.d_model)
+    pos = torch.arange(T)[None]
+    cos, sin = rope_cos_sin(ours.inv_freq, pos, torch.float32)
+
+    def half(w, n):
+        v = (x @ w.t()).view(1, T, n, hd).transpose(1, 2)
+        return v * cos + rotate_half(v) * sin
+
+    def interleaved(w, n):
+        v = (x @ w.t()).view(1, T, n, hd).transpose(1, 2)
+        ang = pos[0, :, None].float() * ours.inv_freq[None]  # [T, hd/2]
+        a, b = v[..., 0::2], v[..., 1::2]
+        out = torch.empty_like(v)
+        out[..., 0::2] = a * ang.cos() - b * ang.sin()
+        out[..., 1::2] = a * ang.sin() + b * ang.cos()
+        return out
+
+    wq, wk = attn.wq.weight.detach(), attn.wk.weight.detach()
+    q1, k1 = half(wq, cfg.n_head), half(wk, cfg.n_kv_head)
+    q2 = interleaved(permute_rope(wq, cfg.n_head), cfg.n_head)
+    k2 = interleaved(permute_rope(wk, cfg.n_kv_head), cfg.n_kv_head)
+    g = cfg.n_head // cfg.n_kv_head
+    s1 = q1 @ k1.repeat_interleave(g, dim=1).transpose(-1, -2)
+    s2 = q2 @ k2.repeat_interleave(g, dim=1).transpose(-1, -2)
+    torch.testing.assert_close(s1, s2, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(q1, interleaved(wq, cfg.n_head))  # without the permutation it would differ
+    assert torch.equal(unpermute_rope(permute_rope(wq, cfg.n_head), cfg.n_head), wq)
+
+
+def test_cli_gguf_export(tmp_path):
+    from lmforge.train.checkpoint import save_model_checkpoint
+
+    ckpt = save_model_checkpoint(model(), tokenizer(), tmp_path / "ckpt")
+    out = tmp_path / "out" / "m.gguf"
+    assert cli(["export", "--model", str(ckpt), "--format", "gguf", "--out", str(out), "--dtype", "f16"]) == 0
+    fields, tensors = read(out)
+    assert fields["general.file_type"] == int(gguf.LlamaFileType.MOSTLY_F16)
+    assert [p.name for p in out.parent.iterdir()] == ["m.gguf"]  # no temp file left behind
+    assert cli(["export", "--model", str(ckpt), "--format", "gguf", "--out", str(out), "--dtype", "q4"]) == 2
+
+
+@pytest.mark.slow
+def test_llama_cpp_greedy_tokens_match(tmp_path):
+    """llama.cpp (llama-cpp-python) runs the exported file and picks the same greedy tokens as lmforge."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    from lmforge.inference import Engine, SamplingParams
+
+    tok = tokenizer()
+    ours = model(n_kv_head=2, tie=False, max_seq_len=256)
+    path = export_gguf(ours, tok, tmp_path / "m.gguf")
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=256, n_threads=2, verbose=False, logits_all=False)
+    for text in ("To be, or not to be", "ROMEO. But soft, what light"):
+        prompt = tok.encode_ordinary(text)
+        assert llm.tokenize(text.encode(), add_bos=False, special=False) == prompt
+        ref = Engine(ours, tok).generate([prompt], SamplingParams(max_new_tokens=24, temperature=0.0, ignore_eos=True))
+        got = []
+        llm.reset()
+        for t in llm.generate(prompt, temp=0.0, top_k=1, repeat_penalty=1.0, reset=True):
+            got.append(t)
+            if len(got) == 24:
+                break
+        assert got == ref[0].token_ids
