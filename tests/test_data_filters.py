@@ -6,7 +6,13 @@ import random
 
 import pytest
 
-from lmforge.data.config import C4Config, FineWebConfig, GopherQualityConfig, GopherRepetitionConfig, NormalizeConfig
+from lmforge.data.config import (
+    C4Config,
+    FineWebConfig,
+    GopherQualityConfig,
+    GopherRepetitionConfig,
+    NormalizeConfig,
+)
 from lmforge.data.documents import Document
 from lmforge.data.filters import C4, FineWeb, GopherQuality, GopherRepetition, split_words
 from lmforge.data.normalize import normalize_text

@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 
 from lmforge.data.dedup import UnionFind, content_key, first_occurrence_duplicates, near_duplicates
-from lmforge.data.minhash import MinHasher, batch_signatures, estimate_jaccard, permutations, shingles, simplify_text
+from lmforge.data.minhash import (
+    MinHasher,
+    batch_signatures,
+    estimate_jaccard,
+    permutations,
+    shingles,
+    simplify_text,
+)
 
 _letters = random.Random(42)
 WORDS = ["".join(_letters.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(7)) for _ in range(3000)]

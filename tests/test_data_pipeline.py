@@ -146,7 +146,7 @@ def test_killed_worker_then_resume_gives_identical_output(tmp_path):
     killed = None
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None and killed is None:
-        done = list(work.glob("t*/phase1.done"))
+        done = list(work.glob("t*/stats.json"))
         children = psutil.Process(proc.pid).children()
         if done and children:
             killed = children[0].pid
@@ -155,7 +155,7 @@ def test_killed_worker_then_resume_gives_identical_output(tmp_path):
     _, err = proc.communicate(timeout=120)
     assert killed is not None, "the run finished before a worker could be killed"
     assert proc.returncode != 0 and b"worker process died" in err
-    n_done = len(list(work.glob("t*/phase1.done")))
+    n_done = len(list(work.glob("t*/stats.json")))
     assert 0 < n_done < 16
     assert cli_main(["data", str(recipe)]) == 0  # resume
     assert tree_bytes(tmp_path / "run" / "data") == tree_bytes(tmp_path / "ref" / "data")

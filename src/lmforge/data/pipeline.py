@@ -36,6 +36,9 @@ from lmforge.errors import LmforgeError
 from lmforge.fileio import atomic_write, atomic_write_json, atomic_write_text, read_json
 
 EXCERPT_CHARS = 240
+# A task's statistics file is written last and doubles as its completion marker.
+PHASE1_MARKER = "stats.json"
+PHASE3_MARKER = "write.json"
 
 
 # ---------------------------------------------------------------------------- steps
@@ -230,8 +233,7 @@ def run_task(plan: Plan, task: int) -> int:
                 w.write(r.to_record())
     elif rej_path.exists():
         rej_path.unlink()
-    atomic_write_json(tdir / "stats.json", {"count": count, **stats.to_dict()})
-    atomic_write_text(tdir / "phase1.done", "")
+    atomic_write_json(tdir / PHASE1_MARKER, {"count": count, **stats.to_dict()})  # last: the completion marker
     return task
 
 
@@ -270,9 +272,8 @@ def run_dedup(plan: Plan) -> dict[str, Any]:
         has_words = ~np.all(sigs == np.iinfo(np.uint64).max, axis=1) if total else np.zeros(0, bool)
         dup = near_duplicates(sigs, mh.bands, mh.rows, alive & has_words)
         alive[dup], reasons[dup] = False, 3
-    _save_npy(plan.work / "removed.npy", reasons)
+    _save_npy(plan.work / "removed.npy", reasons)  # also the barrier's completion marker
     summary["removed"] = int((~alive).sum())
-    atomic_write_text(plan.work / "dedup.done", "")
     return summary
 
 
@@ -312,8 +313,7 @@ def run_write(plan: Plan, task: int) -> int:
         kept = writer.count
     if kept == 0:
         out.unlink()
-    atomic_write_json(tdir / "write.json", {"kept": kept, "kept_chars": kept_chars, "dropped": dropped})
-    atomic_write_text(tdir / "phase3.done", "")
+    atomic_write_json(tdir / PHASE3_MARKER, {"kept": kept, "kept_chars": kept_chars, "dropped": dropped})
     return task
 
 
@@ -415,11 +415,11 @@ def run_pipeline(cfg: DataConfig, out: str | Path, workers: int | None = None, e
             (out / name).unlink(missing_ok=True)
         atomic_write_json(state, {"hash": signature, "tasks": len(plan.units)})
     n = len(plan.units)
-    todo = [t for t in range(n) if not (plan.task_dir(t) / "phase1.done").exists()]
+    todo = [t for t in range(n) if not (plan.task_dir(t) / PHASE1_MARKER).exists()]
     execute(_phase1, plan, todo, workers, executor, "data: filter")
-    if any(s in cfg.steps for s in DEDUP_STEPS) and not (plan.work / "dedup.done").exists():
+    if any(s in cfg.steps for s in DEDUP_STEPS) and not (plan.work / "removed.npy").exists():
         run_dedup(plan)
-    todo = [t for t in range(n) if not (plan.task_dir(t) / "phase3.done").exists()]
+    todo = [t for t in range(n) if not (plan.task_dir(t) / PHASE3_MARKER).exists()]
     execute(_phase3, plan, todo, workers, executor, "data: write")
     stats = finalize(plan, cfg)
     shutil.rmtree(plan.work, ignore_errors=True)
