@@ -13,10 +13,39 @@ from typing import Literal
 from lmforge.train.config import TrainConfig
 
 
-def _posttrain_defaults() -> TrainConfig:
-    return TrainConfig(
-        max_steps=200, lr=3e-4, warmup_steps=10, eval_every=0, checkpoint_every=0, batch_tokens=4096, micro_batch=8
-    )
+@dataclass
+class PostTrainConfig(TrainConfig):
+    """TrainConfig with post-training defaults: short runs, small batches, no periodic eval or
+    checkpoints (a final checkpoint is always written). A subclass, not a default instance, so
+    that overriding one key (--sft.train.lr) keeps the other post-training defaults."""
+
+    max_steps: int = 60
+    lr: float = 3e-4
+    warmup_steps: int = 5
+    batch_tokens: int = 4096
+    micro_batch: int = 8
+    eval_every: int = 0
+    checkpoint_every: int = 0
+    samples: int = 0
+
+
+@dataclass
+class PreferenceTrainConfig(PostTrainConfig):
+    """Preference objectives (DPO, reward): micro_batch counts pairs (2 rows each)."""
+
+    lr: float = 1e-4
+    micro_batch: int = 8
+    batch_tokens: int = 4096  # with seq_len 256: 2 micro-batches, 16 pairs per step
+
+
+@dataclass
+class RLTrainConfig(PostTrainConfig):
+    """GRPO: one rollout batch (prompts_per_step x num_generations rows) per step."""
+
+    max_steps: int = 50
+    lr: float = 2e-5
+    warmup_steps: int = 0
+    batch_tokens: int = 2048  # = micro_batch x seq_len: one micro-batch (one rollout) per step
 
 
 @dataclass
@@ -27,7 +56,7 @@ class DemoConfig:
     which_play: int = 3000  # SFT conversations: "which play is this passage from" (4 choices)
     who_speaks: int = 600  # SFT conversations: "who speaks these lines"
     continue_speech: int = 600  # SFT conversations: "continue this speech"
-    preference_pairs: int = 3000  # DPO / reward training pairs
+    preference_pairs: int = 1500  # DPO / reward training pairs
     eval_items: int = 200  # held-out 4-choice questions and held-out preference pairs, each
     passage_lines: int = 4  # verse lines shown in a "which play" passage
 
@@ -44,7 +73,7 @@ class SFTConfig:
     packing: bool = True  # several short conversations per row (no attention across them)
     max_len: int = 0  # longest conversation kept in tokens (0: train.seq_len); longer ones are truncated
     demo: DemoConfig = field(default_factory=DemoConfig)
-    train: TrainConfig = field(default_factory=_posttrain_defaults)
+    train: PostTrainConfig = field(default_factory=PostTrainConfig)
 
 
 @dataclass
@@ -53,8 +82,8 @@ class DPOConfig:
     beta: float = 0.1
     loss: Literal["sigmoid", "ipo"] = "sigmoid"
     label_smoothing: float = 0.0  # robust DPO (cDPO) epsilon, sigmoid loss only
-    precompute_ref: bool = True  # reference log-probs computed once (no second model in memory)
-    train: TrainConfig = field(default_factory=lambda: _posttrain_defaults_with(lr=1e-4, micro_batch=8))
+    precompute_ref: bool = False  # true: reference log-probs computed once up front (no second model)
+    train: PreferenceTrainConfig = field(default_factory=PreferenceTrainConfig)
 
     def validate(self) -> None:
         if self.beta <= 0:
@@ -67,7 +96,7 @@ class DPOConfig:
 class RewardConfig:
     data: list[str] = field(default_factory=list)  # preference JSONL; empty: the demo pairs
     center_rewards: float = 0.0  # TRL's center_rewards_coefficient
-    train: TrainConfig = field(default_factory=lambda: _posttrain_defaults_with(lr=1e-4, micro_batch=8))
+    train: PreferenceTrainConfig = field(default_factory=PreferenceTrainConfig)
 
 
 @dataclass
@@ -83,11 +112,4 @@ class RLConfig:
     epsilon: float = 0.2  # PPO clip range
     beta: float = 0.0  # KL (k3) weight to the reference; 0: no reference model
     scale_rewards: Literal["group", "none"] = "group"
-    train: TrainConfig = field(default_factory=lambda: _posttrain_defaults_with(lr=2e-5, max_steps=50))
-
-
-def _posttrain_defaults_with(**changes) -> TrainConfig:
-    cfg = _posttrain_defaults()
-    for key, value in changes.items():
-        setattr(cfg, key, value)
-    return cfg
+    train: RLTrainConfig = field(default_factory=RLTrainConfig)
