@@ -16,7 +16,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 import dist_common  # noqa: E402
-
 from lmforge.fileio import atomic_write_json  # noqa: E402
 from lmforge.parallel import parallelize, setup_distributed, teardown_distributed  # noqa: E402
 from lmforge.train.config import ParallelConfig  # noqa: E402

@@ -93,6 +93,7 @@ def load_sharded(model: nn.Module, optimizer: torch.optim.Optimizer | None, ckpt
     """Collective: load a DCP checkpoint into `model` (and `optimizer`) as they are sharded now,
     whatever layout wrote it. Works in a single process too (no process group needed)."""
     import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
     from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_state_dict
 
     path = dcp_path(ckpt_dir)
@@ -103,12 +104,21 @@ def load_sharded(model: nn.Module, optimizer: torch.optim.Optimizer | None, ckpt
         raise LmforgeError(f"{ckpt_dir}: the sharded checkpoint holds weights only, no optimizer state to resume")
     try:
         dcp.load(state, checkpoint_id=str(path))
-    except Exception as e:  # DCP raises CheckpointException / RuntimeError for missing keys, bad shapes
-        raise LmforgeError(f"{ckpt_dir}: cannot load the sharded checkpoint into this model ({e})") from e
+    except (CheckpointException, RuntimeError, ValueError) as e:  # missing keys, mismatched shapes
+        raise LmforgeError(f"{ckpt_dir}: cannot load the sharded checkpoint into this model ({_first_line(e)})") from e
     if optimizer is None:
         set_model_state_dict(model, state["model"])
     else:
         set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+
+
+def _first_line(e: BaseException) -> str:
+    """CheckpointException carries every rank's traceback; keep the root cause."""
+    text = str(e)
+    for line in reversed(text.splitlines()):
+        if line.strip() and not line.startswith(" "):
+            return line.strip()
+    return text
 
 
 def _has_optim(path: Path) -> bool:
@@ -161,7 +171,7 @@ def consolidate(ckpt_dir: str | Path, out_dir: str | Path | None = None) -> Path
     dst = Path(out_dir) if out_dir else src
     state = full_state_dict(src)
     cfg = _read_model_cfg(src)
-    if cfg.get("tie_embeddings", True) and "lm_head.weight" in state:
+    if cfg.get("tie_embeddings") and "lm_head.weight" in state:
         state.pop("lm_head.weight")  # stored once, as the plain checkpoint format does
     dst.mkdir(parents=True, exist_ok=True)
     with atomic_write(dst / "model.safetensors", "wb") as f:
