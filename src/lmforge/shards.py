@@ -57,15 +57,15 @@ def tokenize_documents(
     extra_meta: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Tokenize `documents` into out_dir/{train,val}.bin + meta.json; returns the meta."""
-    import os
-
     from tqdm import tqdm
+
+    from lmforge.tokenizer.bpe import available_cpus
 
     eos = tokenizer.eos_id
     if eos is None:
         raise LmforgeError("the tokenizer has no <|eos|> special token; shards put one after every document")
     dtype = token_dtype(tokenizer.vocab_size)
-    threads = workers or os.cpu_count() or 1
+    threads = workers or available_cpus()
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(f".{out_dir.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -45,6 +45,14 @@ def symbols(chunk: str) -> str:
     return data.decode("latin-1")
 
 
+def available_cpus() -> int:
+    """CPUs this process may run on (the affinity mask, e.g. under taskset), not all of the machine's."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def _count_batch(job: tuple[list[str], str]) -> dict[str, int]:
     texts, pattern = job
     findall = compile_pattern(pattern).findall
@@ -85,7 +93,7 @@ def count_chunks(
     Returns ``(counts, n_chars)``. Documents are never cut (a cut could change the split), so a
     batch holds whole documents; `max_chars` > 0 stops after that many characters.
     """
-    workers = workers or os.cpu_count() or 1
+    workers = workers or available_cpus()
     counts: dict[str, int] = defaultdict(int)
     n_chars = 0
 

@@ -16,7 +16,7 @@ class TokenizerConfig:
     text_field: str = "text"  # the text key of .jsonl / parquet inputs
     max_chars: int = 0  # 0: train on everything
     val_fraction: float = 0.05  # documents held out into the val shard
-    workers: int = 0  # 0: os.cpu_count()
+    workers: int = 0  # 0: every CPU this process may use
 
     def validate(self) -> None:
         if self.vocab_size < 256 + len(self.special_tokens):
