@@ -54,7 +54,7 @@ def load_start(stage: str, train_cfg, run_dir: Path):
     say(f"{stage}: starting from {ckpt}")
     model, tok = load_model(ckpt)
     seq_len = min(train_cfg.seq_len, model.cfg.max_seq_len)
-    return model, tok, dataclasses.replace(train_cfg, seq_len=seq_len)
+    return model, tok, dataclasses.replace(train_cfg, seq_len=seq_len), ckpt
 
 
 def demo_tasks(recipe: Recipe):
@@ -70,12 +70,36 @@ def demo_tasks(recipe: Recipe):
     return tasks
 
 
+def demo_key(recipe: Recipe) -> str:
+    from lmforge.config import config_hash
+
+    return config_hash({"demo": recipe.sft.demo, "seed": recipe.seed})
+
+
 def measure(label: str, model, tok, tasks) -> dict[str, float]:
     from lmforge.posttrain.demo_eval import demo_metrics, format_metrics
 
     m = demo_metrics(model, tok, tasks.mc_eval, tasks.preference_eval)
     print(format_metrics(label, m, len(tasks.mc_eval), len(tasks.preference_eval)), flush=True)
     return m
+
+
+def measure_start(stage: str, ckpt: Path, recipe: Recipe, model, tok, tasks) -> dict[str, float] | None:
+    """The demo metrics of the starting checkpoint; reused from the stage that wrote it when that
+    stage measured this very checkpoint on the same demo tasks (saves a second evaluation)."""
+    from lmforge.fileio import read_json
+
+    if tasks is None:
+        return None
+    saved = ckpt.parent.parent / "demo_eval.json"
+    if saved.exists():
+        data = read_json(saved)
+        if data.get("checkpoint") == str(ckpt) and data.get("demo_key") == demo_key(recipe) and "after" in data:
+            from lmforge.posttrain.demo_eval import format_metrics
+
+            print(format_metrics(f"before {stage}", data["after"], len(tasks.mc_eval), len(tasks.preference_eval)), flush=True)
+            return data["after"]
+    return measure(f"before {stage}", model, tok, tasks)
 
 
 def make_trainer(recipe: Recipe, model, objective, loader, cfg, run_dir: Path, stage: str, tok):
@@ -87,8 +111,11 @@ def make_trainer(recipe: Recipe, model, objective, loader, cfg, run_dir: Path, s
     )
 
 
-def finish(stage: str, run_dir: Path, before: dict | None, model, tok, tasks, result: dict) -> dict:
-    summary = {"train": result}
+def finish(recipe: Recipe, stage: str, run_dir: Path, before: dict | None, model, tok, tasks, result: dict) -> dict:
+    from lmforge.train.checkpoint import list_checkpoints
+
+    final = list_checkpoints(run_dir / stage / "checkpoints")
+    summary: dict = {"train": result, "checkpoint": str(final[-1][1]) if final else None, "demo_key": demo_key(recipe)}
     if tasks is not None:
         after = measure(f"after {stage}", model, tok, tasks)
         summary.update(before=before, after=after)
@@ -108,7 +135,7 @@ def sft_stage(recipe: Recipe, run_dir: Path) -> dict:
 
     run_dir = Path(run_dir)
     sec = recipe.sft
-    model, tok, cfg = load_start("sft", sec.train, run_dir)
+    model, tok, cfg, start = load_start("sft", sec.train, run_dir)
     tasks = demo_tasks(recipe) if not sec.data else None
     conversations = tasks.sft if tasks is not None else load_conversations(sec.data)
     examples = sft_examples(conversations, tok, sec.max_len or cfg.seq_len)
@@ -116,7 +143,7 @@ def sft_stage(recipe: Recipe, run_dir: Path) -> dict:
         raise LmforgeError("sft: no conversation has an assistant token to learn from")
     supervised = sum(sum(t != -100 for t in e.labels) for e in examples)
     say(f"sft: {len(examples)} conversations, {supervised} supervised tokens, packing {'on' if sec.packing else 'off'}")
-    before = measure("before sft", model, tok, tasks) if tasks is not None else None
+    before = measure_start("sft", start, recipe, model, tok, tasks)
     pad = tok.special_ids.get("<|eos|>", 0)
     from lmforge.parallel import setup_distributed
 
@@ -125,7 +152,7 @@ def sft_stage(recipe: Recipe, run_dir: Path) -> dict:
     torch.manual_seed(recipe.seed)
     trainer = make_trainer(recipe, model, PackedCausalLM(CausalLMObjective()), loader, cfg, run_dir, "sft", tok)
     result = trainer.fit()
-    return finish("sft", run_dir, before, trainer.raw_model, tok, tasks, result)
+    return finish(recipe, "sft", run_dir, before, trainer.raw_model, tok, tasks, result)
 
 
 class PackedCausalLM:
@@ -162,9 +189,9 @@ def dpo_stage(recipe: Recipe, run_dir: Path) -> dict:
 
     run_dir = Path(run_dir)
     sec = recipe.dpo
-    model, tok, cfg = load_start("dpo", sec.train, run_dir)
+    model, tok, cfg, start = load_start("dpo", sec.train, run_dir)
     pairs, tasks = preference_data(recipe, sec.data, tok, cfg.seq_len)
-    before = measure("before dpo", model, tok, tasks) if tasks is not None else None
+    before = measure_start("dpo", start, recipe, model, tok, tasks)
     pad = tok.special_ids.get("<|eos|>", 0)
     from lmforge.parallel import setup_distributed
 
@@ -184,7 +211,7 @@ def dpo_stage(recipe: Recipe, run_dir: Path) -> dict:
     if ref_model is not None:
         ref_model.to(trainer.device)
     result = trainer.fit()
-    return finish("dpo", run_dir, before, trainer.raw_model, tok, tasks, result)
+    return finish(recipe, "dpo", run_dir, before, trainer.raw_model, tok, tasks, result)
 
 
 def reward_stage(recipe: Recipe, run_dir: Path) -> dict:
@@ -195,7 +222,7 @@ def reward_stage(recipe: Recipe, run_dir: Path) -> dict:
 
     run_dir = Path(run_dir)
     sec = recipe.reward
-    model, tok, cfg = load_start("reward", sec.train, run_dir)
+    model, tok, cfg, start = load_start("reward", sec.train, run_dir)
     pairs, tasks = preference_data(recipe, sec.data, tok, cfg.seq_len)
     held_out = None
     if tasks is not None:
@@ -233,7 +260,7 @@ def rl_stage(recipe: Recipe, run_dir: Path) -> dict:
 
     run_dir = Path(run_dir)
     sec = recipe.rl
-    model, tok, cfg = load_start("rl", sec.train, run_dir)
+    model, tok, cfg, start = load_start("rl", sec.train, run_dir)
     tasks = demo_tasks(recipe) if not sec.data else None
     prompts = tasks.rl_prompts if tasks is not None else load_prompts(sec.data)
     pad = tok.special_ids.get("<|eos|>", 0)
@@ -246,7 +273,7 @@ def rl_stage(recipe: Recipe, run_dir: Path) -> dict:
         reward_fn = RewardModelScorer(rm, head, pad)
     else:
         reward_fn = load_reward_function(sec.reward)
-    before = measure("before rl", model, tok, tasks) if tasks is not None else None
+    before = measure_start("rl", start, recipe, model, tok, tasks)
     ref_model = copy.deepcopy(model) if sec.beta > 0 else None
     sampling = SamplingParams(max_new_tokens=sec.max_new_tokens, temperature=sec.temperature, top_p=sec.top_p, seed=recipe.seed)
     loader = RolloutLoader(
@@ -257,4 +284,4 @@ def rl_stage(recipe: Recipe, run_dir: Path) -> dict:
     torch.manual_seed(recipe.seed)
     trainer = make_trainer(recipe, model, GRPOObjective(sec.epsilon, sec.beta), loader, cfg, run_dir, "rl", tok)
     result = trainer.fit()
-    return finish("rl", run_dir, before, trainer.raw_model, tok, tasks, result)
+    return finish(recipe, "rl", run_dir, before, trainer.raw_model, tok, tasks, result)
