@@ -47,7 +47,8 @@ def measure_cpu_peak(n: int = 1024, repeats: int = 5) -> float:
     """fp32 GEMM throughput of this process's CPU threads (best of `repeats`), FLOP/s."""
     global _cpu_peak
     if _cpu_peak is None:
-        a, b = torch.randn(n, n), torch.randn(n, n)
+        g = torch.Generator().manual_seed(0)  # never touch the global RNG: resumed runs must replay it exactly
+        a, b = torch.randn(n, n, generator=g), torch.randn(n, n, generator=g)
         a @ b
         best = float("inf")
         for _ in range(repeats):

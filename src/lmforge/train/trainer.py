@@ -248,7 +248,8 @@ class Trainer:
                     self.evaluate()
                 if cfg.sample_every > 0 and self.step % cfg.sample_every == 0:
                     self.print_samples()
-                if cfg.checkpoint_every > 0 and self.step % cfg.checkpoint_every == 0 and self.step != saved_at:
+                periodic = cfg.checkpoint_every > 0 and self.step % cfg.checkpoint_every == 0
+                if periodic and self.step not in (saved_at, cfg.max_steps):  # the final one follows the last eval
                     self.save_checkpoint()
                     saved_at = self.step
                 # The eval / checkpoint time counts against the budget too.
@@ -472,4 +473,5 @@ def sample_texts(model: torch.nn.Module, tokenizer: Any, cfg: TrainConfig, seed:
         return []
     model.eval()
     gen = functools.partial(generate, model, tokenizer, max_new_tokens=cfg.sample_tokens, temperature=0.8, top_k=50)
-    return [(p, gen(p, seed=seed + i)) for i, p in enumerate(cfg.sample_prompts[: max(cfg.samples, 0)])]
+    with torch.random.fork_rng(devices=[]):  # sampling must not shift the training RNG stream
+        return [(p, gen(p, seed=seed + i)) for i, p in enumerate(cfg.sample_prompts[: max(cfg.samples, 0)])]
