@@ -1,0 +1,224 @@
+"""The OpenAI-compatible server, tested with the official `openai` client against a live server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import threading
+import time
+
+import pytest
+
+from interop_common import model, tokenizer
+
+openai = pytest.importorskip("openai")
+httpx = pytest.importorskip("httpx")
+uvicorn = pytest.importorskip("uvicorn")
+
+from lmforge.inference import Engine, SamplingParams  # noqa: E402
+from lmforge.inference.server import Busy, Job, ServerConfig, Worker, create_app  # noqa: E402
+
+KEY = "sk-test-key"
+
+
+@contextlib.contextmanager
+def live_server(config: ServerConfig, **model_kw):
+    """Run the app under uvicorn on 127.0.0.1 and a free port (bound before the thread starts)."""
+    ours = model(max_seq_len=96, **model_kw)
+    app = create_app(ours, tokenizer(), config)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not server.started:
+        assert time.time() < deadline and thread.is_alive(), "server did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}", ours, app
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
+
+
+@pytest.fixture(scope="module")
+def server():
+    with live_server(ServerConfig(model_name="tiny", max_queue=4)) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=server[0] + "/v1", api_key="unused", max_retries=0, timeout=60)
+
+
+def test_models(client):
+    models = client.models.list().data
+    assert [m.id for m in models] == ["tiny"]
+
+
+def test_completion_matches_engine_and_stream(client, server):
+    _, ours, _ = server
+    r = client.completions.create(model="tiny", prompt="To be, or not", max_tokens=12, temperature=0)
+    want = Engine(ours, tokenizer()).generate(["To be, or not"], SamplingParams(max_new_tokens=12, temperature=0))[0]
+    assert r.choices[0].text == want.text and r.choices[0].finish_reason == want.finish_reason
+    assert r.usage.completion_tokens == want.completion_tokens and r.usage.prompt_tokens == want.prompt_tokens
+    chunks = list(client.completions.create(model="tiny", prompt="To be, or not", max_tokens=12, temperature=0, stream=True))
+    assert "".join(c.choices[0].text for c in chunks) == want.text
+    assert chunks[-1].choices[0].finish_reason == want.finish_reason
+
+
+def test_chat_matches_engine_and_stream(client, server):
+    _, ours, _ = server
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Who is Hamlet?"}]
+    r = client.chat.completions.create(model="tiny", messages=messages, max_tokens=15, temperature=0)
+    want = Engine(ours, tokenizer()).chat(messages, SamplingParams(max_new_tokens=15, temperature=0))
+    assert r.choices[0].message.role == "assistant"
+    assert r.choices[0].message.content == want.text and r.choices[0].finish_reason == want.finish_reason
+    stream = client.chat.completions.create(
+        model="tiny", messages=messages, max_tokens=15, temperature=0, stream=True, stream_options={"include_usage": True}
+    )
+    chunks = list(stream)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == want.text
+    assert chunks[-1].usage.completion_tokens == want.completion_tokens
+
+
+def test_sampling_parameters(client):
+    kw = dict(model="tiny", prompt="ROMEO.", max_tokens=10, temperature=1.0, top_p=0.9, ignore_eos=True)
+    a = client.completions.create(seed=7, **{k: v for k, v in kw.items() if k != "ignore_eos"}, extra_body={"ignore_eos": True})
+    b = client.completions.create(seed=7, **{k: v for k, v in kw.items() if k != "ignore_eos"}, extra_body={"ignore_eos": True})
+    assert a.choices[0].text == b.choices[0].text
+    assert a.choices[0].finish_reason == "length" and a.usage.completion_tokens == 10
+    several = client.completions.create(model="tiny", prompt=["To be", "ROMEO."], n=2, max_tokens=5, seed=1)
+    assert len(several.choices) == 4 and [c.index for c in several.choices] == [0, 1, 2, 3]
+    # a stop string cuts the text before it, and finish_reason is "stop"
+    full = client.completions.create(model="tiny", prompt="To be", max_tokens=20, temperature=0, extra_body={"ignore_eos": True})
+    text = full.choices[0].text
+    stop = text[3:5] if len(text) >= 5 else text[-1:]
+    cut = client.completions.create(
+        model="tiny", prompt="To be", max_tokens=20, temperature=0, stop=[stop], extra_body={"ignore_eos": True}
+    )
+    assert cut.choices[0].text == text[: text.index(stop)] and cut.choices[0].finish_reason == "stop"
+
+
+def test_bad_requests_get_4xx_and_server_survives(client, server):
+    url, _, _ = server
+    bad = [
+        dict(temperature=5),
+        dict(top_p=0),
+        dict(max_tokens=0),
+        dict(max_tokens=1000),  # does not fit the 96-token context
+        dict(logprobs=2),
+        dict(stop=["a", "b", "c", "d", "e"]),
+    ]
+    for kw in bad:
+        with pytest.raises(openai.BadRequestError) as e:
+            client.completions.create(model="tiny", prompt="hi", **kw)
+        assert e.value.body["message"]
+    with pytest.raises(openai.BadRequestError, match="context"):
+        client.completions.create(model="tiny", prompt="word " * 200)
+    with pytest.raises(openai.BadRequestError, match="role"):
+        client.chat.completions.create(model="tiny", messages=[{"role": "wizard", "content": "x"}])
+    with pytest.raises(openai.BadRequestError, match="outside the vocabulary"):
+        client.completions.create(model="tiny", prompt=[1, 2, 10**6])
+    with httpx.Client(base_url=url, timeout=30) as h:
+        r = h.post("/v1/chat/completions", content=b"{not json", headers={"Content-Type": "application/json"})
+        assert r.status_code == 400 and "not valid JSON" in r.json()["error"]["message"]
+        r = h.post("/v1/completions", json=[1, 2])
+        assert r.status_code == 400
+        r = h.post("/v1/chat/completions", json={"messages": "hello"})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "messages"
+        r = h.post("/v1/completions", json={"prompt": "x", "stream": "yes"})
+        assert r.status_code == 400
+        assert h.get("/v1/nothing").status_code == 404
+        assert h.get("/health").json()["status"] == "ok"
+        page = h.get("/")
+        assert page.status_code == 200 and "lmforge chat" in page.text
+        assert h.get("/static/chat.js").status_code == 200
+    assert client.completions.create(model="tiny", prompt="still alive", max_tokens=2).choices
+
+
+def test_disconnect_stops_generation_and_full_queue_gets_429(server, client):
+    url, _, app = server
+    worker = app.state.worker
+    produced = []
+    real_stream = worker.engine.stream
+
+    def slow_stream(prompt, params):  # 20 ms a token, counted, so a disconnect is observable
+        for delta in real_stream(prompt, params):
+            produced.append(delta)
+            time.sleep(0.02)
+            yield delta
+
+    worker.engine.stream = slow_stream
+    try:
+        body = {"prompt": "To be", "max_tokens": 80, "stream": True, "ignore_eos": True, "temperature": 0}
+        with httpx.Client(base_url=url, timeout=30) as h:
+            with h.stream("POST", "/v1/completions", json=body) as r:
+                assert r.status_code == 200
+                next(r.iter_lines())
+            deadline = time.time() + 20
+            while h.get("/health").json()["load"] != 0:
+                assert time.time() < deadline, "generation kept running after the client left"
+                time.sleep(0.02)
+        assert len(produced) < 40
+    finally:
+        worker.engine.stream = real_stream
+    worker.max_queue = 0  # every new request now finds the queue full
+    try:
+        with pytest.raises(openai.RateLimitError, match="busy"):
+            client.completions.create(model="tiny", prompt="x", max_tokens=1)
+    finally:
+        worker.max_queue = 4
+
+
+def test_worker_batches_compatible_requests_and_bounds_the_queue():
+    """Waiting greedy requests with equal settings share one generate call; seeded ones run alone."""
+    tok = tokenizer()
+    release = threading.Event()
+    calls = []
+
+    class SlowEngine(Engine):
+        def generate(self, prompts, params=None):
+            calls.append(len(prompts))
+            release.wait(10)
+            return super().generate(prompts, params)
+
+    worker = Worker(SlowEngine(model(), tok), max_queue=5, max_batch=8)
+    loop = asyncio.new_event_loop()
+    greedy = SamplingParams(max_new_tokens=3, temperature=0)
+    seeded = SamplingParams(max_new_tokens=3, temperature=1.0, seed=3)
+    jobs = [Job([tok.encode_ordinary(t)], p, False, loop, future=loop.create_future())
+            for t, p in [("a", greedy), ("b", greedy), ("c", greedy), ("d", seeded), ("e", seeded)]]
+    worker.submit(jobs[0])
+    while not calls:
+        time.sleep(0.01)
+    for j in jobs[1:]:
+        worker.submit(j)
+    with pytest.raises(Busy):
+        worker.submit(Job([[1]], greedy, False, loop, future=loop.create_future()))
+    release.set()
+    loop.run_until_complete(asyncio.wait_for(asyncio.gather(*(j.future for j in jobs)), 60))
+    assert calls == [1, 2, 1, 1]
+    assert worker.stats == {"jobs": 5, "batches": 4}
+    solo = Engine(model(), tok).generate([tok.encode_ordinary("b")], greedy)[0]
+    assert jobs[1].future.result()[0].token_ids == solo.token_ids
+    worker.close()
+    loop.close()
+
+
+def test_api_key_required():
+    with live_server(ServerConfig(model_name="tiny", api_key=KEY)) as (url, _, _):
+        anonymous = openai.OpenAI(base_url=url + "/v1", api_key="wrong", max_retries=0)
+        with pytest.raises(openai.AuthenticationError):
+            anonymous.models.list()
+        with pytest.raises(openai.AuthenticationError):
+            anonymous.completions.create(model="tiny", prompt="x", max_tokens=1)
+        good = openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0)
+        assert good.completions.create(model="tiny", prompt="x", max_tokens=1).choices
+        assert httpx.get(url + "/health").status_code == 200  # health and the page need no key
