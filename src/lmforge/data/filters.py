@@ -25,8 +25,6 @@ from lmforge.data.documents import Document
 # non-space characters (which datatrove's Gopher rules call "symbol words"). stdlib `re`:
 # its Unicode \w is faster here than the `regex` module's \p{..} classes.
 WORD_RE = re.compile(r"[^\W_]+(?:['’][^\W_]+)*|[^\w\s]+|_+")
-_ALPHA = regex.compile(r"\p{L}")
-_SYMBOLIC = regex.compile(r"[\p{P}\p{S}\p{C}]+")
 _STERM = regex.compile(r"\p{Sentence_Terminal}")
 
 GOPHER_QUALITY_RULES = ("short_doc", "long_doc", "short_words", "long_words", "hashes", "ellipsis", "bullets",
@@ -58,15 +56,17 @@ class TextView:
     @property
     def ids(self) -> np.ndarray:
         if self._ids is None:
-            vocab: dict[str, int] = {}
-            self._ids = np.fromiter((vocab.setdefault(w, len(vocab)) for w in self.words), dtype=np.int64,
-                                    count=len(self.words))
+            vocab: dict[str, int] = dict.fromkeys(self.words, 0)
+            for i, w in enumerate(vocab):
+                vocab[w] = i
+            self._ids = np.fromiter(map(vocab.__getitem__, self.words), dtype=np.int64, count=len(self.words))
             self.vocab = vocab
             distinct = list(vocab)
             n = len(distinct)
             self.word_len = np.fromiter(map(len, distinct), dtype=np.int64, count=n)
-            self.is_symbol = np.fromiter((_SYMBOLIC.fullmatch(w) is not None for w in distinct), dtype=bool, count=n)
-            self.has_alpha = np.fromiter((_ALPHA.search(w) is not None for w in distinct), dtype=bool, count=n)
+            # WORD_RE makes homogeneous tokens: a letters/digits run, or a run with none of them
+            self.is_symbol = np.fromiter((not w[0].isalnum() for w in distinct), dtype=bool, count=n)
+            self.has_alpha = np.fromiter((any(map(str.isalpha, w)) for w in distinct), dtype=bool, count=n)
         return self._ids
 
 
@@ -203,21 +203,26 @@ def top_ngram_chars(keys: np.ndarray, lens: np.ndarray, n: int) -> int:
 
 
 def duplicated_ngram_chars(keys: np.ndarray, lens: np.ndarray, n: int) -> int:
-    """Characters in repeated n-grams, skipping n words after each repeat (datatrove find_all_duplicate)."""
-    if np.unique(keys).size == keys.size:
+    """Characters in repeated n-grams, skipping n words after each repeat (datatrove find_all_duplicate).
+
+    Only positions whose n-gram occurs more than once can repeat or be repeated, so the scan
+    visits just those: a unique n-gram joins the seen set but never matches anything later.
+    """
+    _, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
+    relevant = np.flatnonzero(counts[inverse] > 1)
+    if relevant.size == 0:
         return 0
-    chars = window_sums(lens, n).tolist()
+    chars = window_sums(lens, n)[relevant].tolist()
     seen: set[int] = set()
-    total, idx, stop = 0, 0, keys.size
-    klist = keys.tolist()
-    while idx < stop:
-        k = klist[idx]
+    total, next_allowed = 0, 0
+    for p, k, c in zip(relevant.tolist(), inverse[relevant].tolist(), chars):
+        if p < next_allowed:
+            continue
         if k in seen:
-            total += chars[idx]
-            idx += n
+            total += c
+            next_allowed = p + n
         else:
             seen.add(k)
-            idx += 1
     return total
 
 
@@ -272,6 +277,7 @@ class GopherRepetition(FilterStep):
 _CITATION = re.compile(r"\[\d*]|\[edit]|\[citation needed]")
 _END_PUNCT = (".", "?", "!", '"', "'")
 _POLICY = ("terms of use", "privacy policy", "cookie policy", "uses cookies", "use of cookies", "use cookies")
+_POLICY_RE = re.compile("|".join(map(re.escape, _POLICY)))
 _SENTENCE_BREAK = re.compile(r"[.!?]+['\"”’)\]]*\s+(?=\S)")
 
 
@@ -297,7 +303,7 @@ class C4(FilterStep):
         for raw in doc.text.splitlines():
             line = raw.strip()
             words = line.split()
-            if "too_long_word" in on and any(len(w) > c.max_word_length for w in words):
+            if "too_long_word" in on and words and max(map(len, words)) > c.max_word_length:
                 self.counters["lines_removed_too_long_word"] += 1
                 continue
             if "citations" in on:
@@ -316,7 +322,7 @@ class C4(FilterStep):
                 continue
             if "curly_bracket" in on and "{" in line:
                 return "curly_bracket"
-            if "policy" in on and any(p in lower for p in _POLICY):
+            if "policy" in on and _POLICY_RE.search(lower):
                 self.counters["lines_removed_policy"] += 1
                 continue
             sentences += 1 + len(_SENTENCE_BREAK.findall(line))
