@@ -9,8 +9,8 @@ Measures, in one process tree:
   * identical ids: lmforge vs the exported tokenizer.json on the held-out text.
 
 Corpora: `shakespeare` = the embedded plays (one document per play; every 10th play held out);
-`100mb` = the plays + the Python standard library's .py/.rst/.txt/.md files in sorted path order up to
-100 MB of UTF-8 (one document per file; every 50th document held out). Nothing is downloaded.
+`100mb` = the plays + the .py/.rst/.txt/.md files of the Python standard library, then of the installed
+site-packages, in sorted path order, up to 100 MB of UTF-8 (one document per file; every 50th document held out). Nothing is downloaded.
 
 usage:
   .venv/bin/python benchmarks/tokenizer.py --corpus shakespeare
@@ -40,8 +40,8 @@ def load_corpus(name: str, target_bytes: int = 100_000_000) -> tuple[list[str], 
     if name == "shakespeare":
         return [p for i, p in enumerate(plays) if i % 10 != 9], plays[9::10]
     docs, size = list(plays), sum(len(p.encode()) for p in plays)
-    stdlib = Path(sysconfig.get_paths()["stdlib"])
-    for path in sorted(stdlib.rglob("*")):
+    roots = [Path(sysconfig.get_paths()[key]) for key in ("stdlib", "purelib")]
+    for path in (p for root in roots for p in sorted(root.rglob("*"))):
         if size >= target_bytes:
             break
         if path.suffix not in (".py", ".rst", ".txt", ".md") or not path.is_file():
