@@ -109,6 +109,10 @@ def load_weights(model: torch.nn.Module, path: Path) -> None:
     except Exception as e:  # safetensors raises its own error types for torn / foreign files
         raise LmforgeError(f"{path}: cannot read weights ({e})") from None
     model = unwrap(model)
+    own = model.state_dict()
+    wrong = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in sd.items() if k in own and own[k].shape != v.shape]
+    if wrong:
+        raise LmforgeError(f"{path}: weights do not match the model config (shapes: {wrong[:3]})")
     missing, unexpected = model.load_state_dict(sd, strict=False)
     tied = getattr(getattr(model, "cfg", None), "tie_embeddings", False)
     missing = [k for k in missing if not (tied and k == "lm_head.weight")]
