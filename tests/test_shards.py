@@ -162,3 +162,17 @@ def test_help_lists_verbs_and_defaults(capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit):
         cli_main(["tokenizer", "train", "--help"])
     assert "default: 8192" in capsys.readouterr().out
+
+
+def test_bad_input_replace_reports_count(tmp_path, capsys: pytest.CaptureFixture) -> None:
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"caf\xe9 au lait \xff\xfe and more text here\n" * 20)
+    out = tmp_path / "tok"
+    rc = cli_main(["tokenizer", "train", "--input", str(bad), "--vocab-size", "300", "--out", str(out),
+                   "--bad-input", "replace"])
+    assert rc == 0 and "with 60 replacement characters" in capsys.readouterr().err
+    rc = cli_main(["tokenize", "--tokenizer", str(out), "--input", str(bad), "--out", str(tmp_path / "tokens"),
+                   "--bad-input", "replace", "--val-fraction", "0"])
+    assert rc == 0 and read_meta(tmp_path / "tokens")["replaced"] == {str(bad): 60}
+    rc = cli_main(["tokenize", "--tokenizer", str(out), "--input", str(bad), "--out", str(tmp_path / "t2")])
+    assert rc == 2 and "bad.txt" in capsys.readouterr().err

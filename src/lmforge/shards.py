@@ -182,21 +182,21 @@ def check_tokenizer(directory: str | Path, tokenizer: Any) -> None:
 
 def tokenize_stage(recipe: Any, run_dir: Path) -> None:
     """The `tokenize` stage of `lmforge run`: documents -> RUN_DIR/tokens with RUN_DIR/tokenizer."""
-    from lmforge.data.readers import read_inputs
     from lmforge.tokenizer import Tokenizer
-    from lmforge.tokenizer.stage import stage_inputs
+    from lmforge.tokenizer.stage import InputReport, read_documents, stage_inputs
 
     cfg = recipe.tokenizer
     tokenizer = Tokenizer.load(Path(run_dir) / "tokenizer")
     specs = stage_inputs(recipe, run_dir)
+    report = InputReport()
     meta = tokenize_documents(
         tokenizer,
-        read_inputs(specs, text_field=cfg.text_field),
+        read_documents(specs, cfg.text_field, cfg.bad_input, report),
         Path(run_dir) / "tokens",
         val_fraction=cfg.val_fraction,
         seed=recipe.seed,
         workers=cfg.workers,
-        extra_meta={"inputs": specs},
+        extra_meta={"inputs": specs, "skipped": report.skipped, "replaced": report.replaced},  # filled while reading
     )
     print(
         f"[lmforge] tokenize: {meta['train_tokens']:,} train / {meta['val_tokens']:,} val tokens "

@@ -22,30 +22,42 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--val-fraction", type=float, default=0.05, help="share of documents for val (default: 0.05)")
     p.add_argument("--seed", type=int, default=1337, help="seed of the train/val split (default: 1337)")
     p.add_argument("--text-field", default="text", help="text key of .jsonl / parquet records (default: text)")
+    p.add_argument(
+        "--bad-input",
+        choices=["error", "skip", "replace"],
+        default="error",
+        help="non-UTF-8 / malformed records: stop naming the file, skip, or (text files) decode with U+FFFD "
+        "(default: error)",
+    )
     p.add_argument("--workers", type=int, default=0, help="encoding threads (default: 0 = all cores)")
 
 
 def main(args: argparse.Namespace, overrides: list[str]) -> int:
-    from lmforge.data.readers import read_inputs
+    import sys
+
     from lmforge.errors import LmforgeError
     from lmforge.shards import tokenize_documents
     from lmforge.tokenizer import Tokenizer
+    from lmforge.tokenizer.stage import InputReport, read_documents
 
     if not 0.0 <= args.val_fraction < 1.0:
         raise LmforgeError(f"--val-fraction must be in [0, 1), got {args.val_fraction}")
     tok = Tokenizer.load(args.tokenizer)
+    report = InputReport()
     meta = tokenize_documents(
         tok,
-        read_inputs(args.input, text_field=args.text_field),
+        read_documents(args.input, args.text_field, args.bad_input, report),
         args.out,
         val_fraction=args.val_fraction,
         seed=args.seed,
         workers=args.workers,
-        extra_meta={"inputs": args.input, "tokenizer_dir": str(args.tokenizer)},
+        extra_meta={"inputs": args.input, "skipped": report.skipped, "replaced": report.replaced},
     )
     print(
         f"{meta['documents']} documents -> {args.out}: {meta['train_tokens']:,} train tokens, "
         f"{meta['val_tokens']:,} val tokens ({meta['dtype']}), "
         f"{(meta['train_bytes'] + meta['val_bytes']) / max(1, meta['train_tokens'] + meta['val_tokens'] - meta['documents']):.2f} bytes/token"
     )
+    if report.summary():
+        print(report.summary(), file=sys.stderr)
     return 0

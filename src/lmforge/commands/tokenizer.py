@@ -38,9 +38,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--workers", type=int, default=0, help="chunk-counting processes (0: all cores)")
     t.add_argument(
         "--bad-input",
-        choices=["error", "skip"],
+        choices=["error", "skip", "replace"],
         default="error",
-        help="a record that is not valid UTF-8 (or malformed): stop with an error, or skip it and report the count",
+        help="a record that is not valid UTF-8 (or malformed): stop with an error naming the file, skip it, or "
+        "(text files) decode with U+FFFD replacements; skipped records and replacements are reported",
     )
 
     e = sub.add_parser("encode", help="print the ids (and pieces) of a text", formatter_class=fmt)
@@ -75,16 +76,11 @@ def main(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from lmforge.data.readers import read_inputs
     from lmforge.tokenizer import Tokenizer
+    from lmforge.tokenizer.stage import InputReport, read_documents
 
-    skipped: list[str] = []
-
-    def on_reject(r) -> None:
-        skipped.append(f"{r.source}: {r.position}: {r.reason}")
-
-    reject = on_reject if args.bad_input == "skip" else None
-    docs = read_inputs(args.input, text_field=args.text_field, on_reject=reject)
+    report = InputReport()
+    docs = read_documents(args.input, args.text_field, args.bad_input, report)
     tok = Tokenizer.train(
         (d.text for d in docs),
         args.vocab_size,
@@ -96,6 +92,6 @@ def _train(args: argparse.Namespace) -> int:
     tok.save(args.out)
     print(f"{tok!r} -> {args.out}")
     print(f"trained on {tok.train_stats['chars']:,} characters, {tok.train_stats['distinct_chunks']:,} distinct chunks")
-    if skipped:
-        print(f"skipped {len(skipped)} unreadable records, first: {skipped[0]}", file=sys.stderr)
+    if report.summary():
+        print(report.summary(), file=sys.stderr)
     return 0

@@ -29,7 +29,7 @@ import heapq
 import itertools
 import multiprocessing
 import os
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 from collections.abc import Iterable, Iterator
 from operator import add
 
@@ -114,9 +114,15 @@ def count_chunks(
             n_chars += sum(map(len, job[0]))
             yield job
 
+    # At most 2 batches per worker in flight (Pool.imap would read the whole input ahead).
+    pending: deque = deque()
     with multiprocessing.get_context("fork" if os.name == "posix" else "spawn").Pool(workers) as pool:
-        for part in pool.imap(_count_batch, tracked()):
-            merge(part)
+        for job in tracked():
+            pending.append(pool.apply_async(_count_batch, (job,)))
+            if len(pending) >= 2 * workers:
+                merge(pending.popleft().get())
+        while pending:
+            merge(pending.popleft().get())
     return dict(counts), n_chars
 
 

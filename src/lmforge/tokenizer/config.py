@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 
 @dataclass
@@ -14,6 +15,7 @@ class TokenizerConfig:
     )
     inputs: list[str] = field(default_factory=list)  # empty: the data stage's output
     text_field: str = "text"  # the text key of .jsonl / parquet inputs
+    bad_input: Literal["error", "skip", "replace"] = "error"  # unreadable / non-UTF-8 records
     max_chars: int = 0  # 0: train on everything
     val_fraction: float = 0.05  # documents held out into the val shard
     workers: int = 0  # 0: every CPU this process may use

@@ -1,26 +1,85 @@
-"""The `tokenizer` stage of `lmforge run`: train the BPE tokenizer into RUN_DIR/tokenizer/."""
+"""The `tokenizer` stage of `lmforge run` (RUN_DIR/tokenizer/) and the input reading it shares with
+the `tokenize` stage and the CLI verbs.
+
+Bad input (`bad_input`): "error" stops at the first unreadable record with a message naming the
+file and line; "skip" drops such records and reports them; "replace" decodes a text file that is
+not valid UTF-8 with U+FFFD replacement characters and reports how many it put in (other
+unreadable records are skipped and reported).
+"""
 
 from __future__ import annotations
 
 import shutil
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from lmforge.fileio import atomic_rename_dir, atomic_write_json
 
+BAD_INPUT = ("error", "skip", "replace")
 
-def stage_inputs(recipe, run_dir: Path) -> list[str]:  # recipe: lmforge.config.Recipe
+
+@dataclass
+class InputReport:
+    skipped: list[str] = field(default_factory=list)
+    replaced: dict[str, int] = field(default_factory=dict)  # file -> replacement characters added
+
+    def summary(self) -> str:
+        parts = []
+        if self.replaced:
+            total = sum(self.replaced.values())
+            parts.append(f"decoded {len(self.replaced)} non-UTF-8 files with {total} replacement characters")
+        if self.skipped:
+            parts.append(f"skipped {len(self.skipped)} unreadable records (first: {self.skipped[0]})")
+        return "; ".join(parts)
+
+
+def read_documents(
+    specs: list[str], text_field: str = "text", bad_input: str = "error", report: InputReport | None = None
+) -> Iterator[Any]:  # Iterator[lmforge.data.documents.Document]
+    """Documents of `specs` via the data readers, handling unreadable records as `bad_input` says."""
+    from lmforge.data.documents import Document
+    from lmforge.data.readers import read_inputs
+
+    if bad_input not in BAD_INPUT:
+        raise ValueError(f"bad_input must be one of {BAD_INPUT}, got {bad_input!r}")
+    if bad_input == "error":
+        yield from read_inputs(specs, text_field=text_field)
+        return
+    report = report if report is not None else InputReport()
+    recovered: list[Document] = []
+
+    def on_reject(r: Any) -> None:
+        if bad_input == "replace" and r.position == "file" and r.reason.startswith("invalid UTF-8"):
+            data = Path(r.source).read_bytes()
+            text = data.decode("utf-8", errors="replace")
+            report.replaced[r.source] = text.count("\ufffd") - data.count("\ufffd".encode())
+            recovered.append(Document(id=r.source, text=text, source=r.source))
+        else:
+            report.skipped.append(f"{r.source}: {r.position}: {r.reason}")
+
+    for doc in read_inputs(specs, text_field=text_field, on_reject=on_reject):
+        yield from recovered
+        recovered.clear()
+        yield doc
+    yield from recovered
+
+
+def stage_inputs(recipe: Any, run_dir: Path) -> list[str]:
     """The recipe's tokenizer inputs, or the data stage's documents when none are given."""
     return list(recipe.tokenizer.inputs) or [str(Path(run_dir) / "data" / "docs")]
 
 
-def train_stage(recipe, run_dir: Path) -> None:
-    from lmforge.data.readers import read_inputs
+def train_stage(recipe: Any, run_dir: Path) -> None:
     from lmforge.tokenizer import Tokenizer
 
     cfg = recipe.tokenizer
-    texts = (doc.text for doc in read_inputs(stage_inputs(recipe, run_dir), text_field=cfg.text_field))
+    report = InputReport()
+    docs = read_documents(stage_inputs(recipe, run_dir), cfg.text_field, cfg.bad_input, report)
     tok = Tokenizer.train(
-        texts,
+        (doc.text for doc in docs),
         cfg.vocab_size,
         pattern=cfg.pattern,
         special_tokens=cfg.special_tokens,
@@ -31,6 +90,8 @@ def train_stage(recipe, run_dir: Path) -> None:
     tmp = final.with_name(".tokenizer.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tok.save(tmp)
-    atomic_write_json(tmp / "train_stats.json", tok.train_stats)
+    atomic_write_json(tmp / "train_stats.json", {**tok.train_stats, "skipped": report.skipped, "replaced": report.replaced})
     atomic_rename_dir(tmp, final)
     print(f"[lmforge] tokenizer: {tok!r}, {tok.train_stats}", flush=True)
+    if report.summary():
+        print(f"[lmforge] tokenizer: {report.summary()}", file=sys.stderr, flush=True)
