@@ -241,3 +241,12 @@ def test_bad_config_is_a_clear_error(tmp_path):
     p.write_text(yaml.safe_dump({"data": {"steps": ["exact_dedup", "normalize"]}}))
     with pytest.raises(LmforgeError, match="must come last"):
         load_recipe(p)
+
+
+def test_ray_executor_without_ray_is_a_clear_error(tmp_path, monkeypatch):
+    from lmforge.errors import LmforgeError
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+    inputs = make_inputs(tmp_path / "in", files=1, docs_per_file=3)
+    with pytest.raises(LmforgeError, match=r"needs the `ray` package"):
+        run_pipeline(DataConfig(inputs=inputs, steps=["normalize"], executor="ray"), tmp_path / "out")
