@@ -139,3 +139,27 @@ def test_spec_errors(tmp_path):
         expand_inputs([str(tmp_path / "x.bin")])
     with pytest.raises(LmforgeError, match="matches no readable file"):
         expand_inputs([str(tmp_path / "*.jsonl")])
+
+
+def test_extraction_time_limit(monkeypatch):
+    import time
+
+    import trafilatura
+
+    from lmforge.data.extract import ExtractionTimeout, ExtractStep, time_limit
+
+    t0 = time.time()
+    with pytest.raises(ExtractionTimeout):
+        with time_limit(0.05):
+            while True:
+                pass
+    assert time.time() - t0 < 2
+
+    def stuck(*args, **kwargs):
+        time.sleep(30)
+
+    monkeypatch.setattr(trafilatura, "extract", stuck)
+    doc = Document("p", "<html><body><p>x</p></body></html>", metadata={"html": True})
+    t0 = time.time()
+    assert ExtractStep(timeout=0.1)(doc) == "extract_timeout"
+    assert time.time() - t0 < 2

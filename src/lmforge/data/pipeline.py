@@ -532,6 +532,7 @@ def preview(cfg: DataConfig, sample: int) -> dict[str, Any]:
     for name in [s for s in cfg.steps if s in DEDUP_STEPS]:
         s = result["steps"].setdefault(name, new_step_stats())
         s["in_docs"] = int(alive.sum())
+        s["in_chars"] = sum(len(d.text) for d, a in zip(kept, alive) if a)
         removed: list[tuple[str, np.ndarray]] = []
         if name == "exact_dedup" and kept:
             ck = np.array([content_key(d.text) for d in kept], dtype=np.uint64)
@@ -548,9 +549,11 @@ def preview(cfg: DataConfig, sample: int) -> dict[str, Any]:
         for reason, idx in removed:
             if idx.size:
                 s["dropped"][reason] = int(idx.size)
+                s["dropped_chars"][reason] = sum(len(kept[i].text) for i in idx.tolist())
                 s["examples"][reason] = [{"id": kept[i].id, "source": kept[i].source,
                                           "excerpt": kept[i].text[:EXCERPT_CHARS]}
                                          for i in idx[: cfg.examples_per_rule].tolist()]
         s["out_docs"] = int(alive.sum())
+        s["out_chars"] = sum(len(d.text) for d, a in zip(kept, alive) if a)
     result["steps_order"] = list(cfg.steps)
     return result
