@@ -61,7 +61,10 @@ def main(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def _run_name(ckpt) -> str:
-    """runs/NAME/STAGE/checkpoints/step_N -> NAME-STAGE; any other directory -> its name."""
-    if ckpt.parent.name == "checkpoints":
-        return f"{ckpt.parent.parent.parent.name}-{ckpt.parent.parent.name}"
-    return ckpt.name
+    """runs/NAME/STAGE/checkpoints/step_N -> NAME-STAGE; DIR/checkpoints/step_N -> DIR; else the dir name."""
+    if ckpt.parent.name != "checkpoints":
+        return ckpt.name
+    stage_dir = ckpt.parent.parent
+    if stage_dir.name in ("pretrain", "sft", "dpo", "reward", "rl"):
+        return f"{stage_dir.parent.name}-{stage_dir.name}"
+    return stage_dir.name
