@@ -250,3 +250,10 @@ def test_ray_executor_without_ray_is_a_clear_error(tmp_path, monkeypatch):
     inputs = make_inputs(tmp_path / "in", files=1, docs_per_file=3)
     with pytest.raises(LmforgeError, match=r"needs the `ray` package"):
         run_pipeline(DataConfig(inputs=inputs, steps=["normalize"], executor="ray"), tmp_path / "out")
+
+
+def test_html_input_without_extract_step_is_rejected_not_kept(tmp_path):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "page.html").write_text(ARTICLE)
+    stats = run_pipeline(DataConfig(inputs=[str(tmp_path / "in")], steps=["normalize"]), tmp_path / "out")
+    assert stats["output"]["documents"] == 0 and stats["rejects"] == {"html_without_extract": 1}

@@ -31,7 +31,7 @@ import numpy as np
 from lmforge.config import config_hash, to_dict
 from lmforge.data.config import DEDUP_STEPS, DataConfig
 from lmforge.data.documents import Document, ShardWriter, read_documents
-from lmforge.data.readers import Reject, expand_inputs, read_unit
+from lmforge.data.readers import HTML_FLAG, Reject, expand_inputs, read_unit
 from lmforge.errors import LmforgeError
 from lmforge.fileio import atomic_write, atomic_write_json, atomic_write_text, read_json
 
@@ -152,6 +152,7 @@ def process_documents(
     on_reject: Callable[[Reject], None],
 ) -> Iterable[Document]:
     """Run the per-document steps; yields kept documents and records everything in `stats`."""
+    extracts = any(step.name == "extract" for step in steps)
     for doc in docs:
         n = len(doc.text)
         stats.input["documents"] += 1
@@ -159,6 +160,9 @@ def process_documents(
         if n > max_doc_chars:
             on_reject(Reject(doc.source, doc.id, f"too_long: {n} characters > data.max_doc_chars {max_doc_chars}",
                              doc.text[:EXCERPT_CHARS]))
+            continue
+        if not extracts and doc.metadata.get(HTML_FLAG):
+            on_reject(Reject(doc.source, doc.id, "html_without_extract: add `extract` to data.steps for HTML/WARC input"))
             continue
         for step in steps:
             s = stats.steps[step.name]
