@@ -185,3 +185,22 @@ def test_llama_cpp_greedy_tokens_match(tmp_path):
             if len(got) == 24:
                 break
         assert got == ref[0].token_ids
+
+
+@pytest.mark.parametrize("arch,tie", [("llama", True), ("llama", False), ("gpt2", False)])
+def test_transformers_gguf_loader_gives_same_logits_and_ids(tmp_path, arch, tie):
+    """transformers' GGUF reader (which undoes llama.cpp's Q/K permutation for llama) is an
+    independent consumer of the file: same logits, and its tokenizer from the metadata gives our ids."""
+    transformers = pytest.importorskip("transformers")
+    tok = tokenizer()
+    # transformers reads gpt2.context_length into n_ctx, not n_positions (1024 by default): match it
+    ours = model(arch=arch, n_kv_head=2, tie=tie, max_seq_len=1024 if arch == "gpt2" else 128)
+    export_gguf(ours, tok, tmp_path / "m.gguf")
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="m.gguf").eval()
+    x = torch.randint(0, tok.vocab_size, (2, 30))
+    with torch.no_grad():
+        assert (hf(x).logits - ours(x)).abs().max().item() <= 1e-4
+    if arch == "llama":
+        hf_tok = transformers.AutoTokenizer.from_pretrained(tmp_path, gguf_file="m.gguf")
+        for text in ("Hello world!", "To be, or not to be 12345", "héllo ✓ 😉", "a\n\n  b"):
+            assert hf_tok.encode(text, add_special_tokens=False) == tok.encode_ordinary(text)
