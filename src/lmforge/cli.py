@@ -26,6 +26,7 @@ VERBS: list[tuple[str, str, str]] = [
     ("rl", "rl", "GRPO reinforcement learning from a reward function or reward model"),
     ("generate", "generate", "generate text from a prompt (or a file of prompts) with a trained model"),
     ("chat", "chat", "chat with a model in the terminal (history, system prompt, streamed replies)"),
+    ("serve", "serve", "serve a model: OpenAI-compatible API (streaming) and a web chat page"),
     ("export", "export", "export a checkpoint as a Hugging Face model directory or a GGUF file"),
     ("import", "import_", "import a local Hugging Face Llama / GPT-2 checkpoint as an lmforge checkpoint"),
 ]
