@@ -87,42 +87,44 @@ def count_chunks(
     workers: int = 0,
     batch_chars: int = 1 << 20,
     max_chars: int = 0,
+    progress: bool = False,
 ) -> tuple[dict[str, int], int]:
     """Split every text with `pattern` and count distinct chunks (as symbol strings).
 
     Returns ``(counts, n_chars)``. Documents are never cut (a cut could change the split), so a
     batch holds whole documents; `max_chars` > 0 stops after that many characters.
     """
+    from tqdm import tqdm
+
     workers = workers or available_cpus()
     counts: dict[str, int] = defaultdict(int)
     n_chars = 0
+    bar = tqdm(unit="char", unit_scale=True, desc="count chunks", disable=not progress, mininterval=0.5)
 
-    def merge(part: dict[str, int]) -> None:
+    def merge(part: dict[str, int], size: int) -> None:
+        nonlocal n_chars
         for chunk, n in part.items():
             counts[chunk] += n
+        n_chars += size
+        bar.update(size)
 
     jobs = ((batch, pattern) for batch in _batches(texts, batch_chars, max_chars))
     if workers == 1:
         for job in jobs:
-            n_chars += sum(map(len, job[0]))
-            merge(_count_batch(job))
-        return dict(counts), n_chars
-
-    def tracked() -> Iterator[tuple[list[str], str]]:
-        nonlocal n_chars
-        for job in jobs:
-            n_chars += sum(map(len, job[0]))
-            yield job
-
-    # At most 2 batches per worker in flight (Pool.imap would read the whole input ahead).
-    pending: deque = deque()
-    with multiprocessing.get_context("fork" if os.name == "posix" else "spawn").Pool(workers) as pool:
-        for job in tracked():
-            pending.append(pool.apply_async(_count_batch, (job,)))
-            if len(pending) >= 2 * workers:
-                merge(pending.popleft().get())
-        while pending:
-            merge(pending.popleft().get())
+            merge(_count_batch(job), sum(map(len, job[0])))
+    else:
+        # At most 2 batches per worker in flight (Pool.imap would read the whole input ahead).
+        pending: deque = deque()
+        with multiprocessing.get_context("fork" if os.name == "posix" else "spawn").Pool(workers) as pool:
+            for job in jobs:
+                pending.append((pool.apply_async(_count_batch, (job,)), sum(map(len, job[0]))))
+                if len(pending) >= 2 * workers:
+                    result, size = pending.popleft()
+                    merge(result.get(), size)
+            while pending:
+                result, size = pending.popleft()
+                merge(result.get(), size)
+    bar.close()
     return dict(counts), n_chars
 
 

@@ -89,7 +89,7 @@ class Tokenizer:
             texts = [texts]
         regex = resolve_pattern(pattern)
         t0 = time.time()
-        counts, n_chars = count_chunks(texts, regex, workers=workers, max_chars=max_chars)
+        counts, n_chars = count_chunks(texts, regex, workers=workers, max_chars=max_chars, progress=progress)
         if n_chars == 0:
             raise LmforgeError("no text to train the tokenizer on (the inputs are empty)")
         t1 = time.time()
