@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from lmforge.data.embedded import embedded_documents
@@ -42,6 +42,12 @@ def saved(tok: Tokenizer, tmp_path_factory: pytest.TempPathFactory):
     path = tmp_path_factory.mktemp("tok")
     tok.save(path)
     return path
+
+
+def test_tie_break_smaller_pair_wins() -> None:
+    for text in ("abcd", "cdab", "dcba"):
+        t = Tokenizer.train([text], 257, pattern=r".+", special_tokens=[], progress=False)
+        assert t.merges == [min(zip(text.encode(), text[1:].encode()))]
 
 
 def test_minbpe_vector() -> None:
@@ -105,11 +111,16 @@ def test_property_roundtrip_and_tiktoken_equal(tok: Tokenizer, text: str) -> Non
     assert tok.to_tiktoken().encode_ordinary(text) == ids
 
 
-@settings(max_examples=150, deadline=None)
-@given(st.text(alphabet=st.sampled_from(list(" \t\r\n0123456789aé'sLL!?.,-😉漢")), max_size=60))
-def test_property_whitespace_digits_hf_equal(tok: Tokenizer, saved, text: str) -> None:
+@settings(max_examples=300, deadline=None)
+@given(
+    st.text(alphabet=st.sampled_from(list(" \t\r\n0123456789aé'sLL!?.,-😉漢")), max_size=60)
+    | st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=40)
+)
+def test_property_hf_export_equal(tok: Tokenizer, saved, text: str) -> None:
+    """HF parses special-token strings anywhere (as added tokens), so texts holding one are left out."""
     from tokenizers import Tokenizer as HFTokenizer
 
+    assume(not any(s in text for s in tok.special_ids))
     hf = HFTokenizer.from_file(str(saved / "tokenizer.json"))
     ids = tok.encode_reference(text)
     assert hf.encode(text).ids == ids
@@ -152,6 +163,14 @@ def test_save_load_and_hash(tok: Tokenizer, saved) -> None:
     assert data["format"] == "lmforge-bpe" and data["version"] == 1 and data["pattern_name"] == "gpt4"
     other = Tokenizer(tok.merges[:-1], tok.pattern, DEFAULT_SPECIALS)
     assert other.hash != tok.hash
+
+
+def test_pickle(tok: Tokenizer) -> None:
+    import pickle
+
+    tok.encode("warm the caches")
+    clone = pickle.loads(pickle.dumps(tok))
+    assert clone.hash == tok.hash and clone.encode(TRICKY[2]) == tok.encode(TRICKY[2])
 
 
 def test_load_errors(tok: Tokenizer, saved, tmp_path) -> None:

@@ -138,6 +138,13 @@ class Tokenizer:
         )
         return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle without caches (the tiktoken encoder is rebuilt on first use)."""
+        state = dict(self.__dict__)
+        state.pop("_tiktoken", None)
+        state["_cache"] = {}
+        return state
+
     def __repr__(self) -> str:
         return f"Tokenizer(vocab_size={self.vocab_size}, pattern={self.pattern_name or 'custom'}, hash={self.hash})"
 
