@@ -109,7 +109,9 @@ def count_chunks(
         bar.update(size)
 
     jobs = ((batch, pattern) for batch in _batches(texts, batch_chars, max_chars))
-    if workers == 1:
+    head = list(itertools.islice(jobs, 2))
+    jobs = itertools.chain(head, jobs)
+    if workers == 1 or len(head) < 2:  # one batch: a process pool would only add start-up time
         for job in jobs:
             merge(_count_batch(job), sum(map(len, job[0])))
     else:
