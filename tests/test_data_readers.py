@@ -127,6 +127,15 @@ def test_bad_input_is_rejected_with_position(tmp_path):
         assert "truncated" in rejects[0].reason and rejects[0].position == f"line {len(docs) + 1}"
     docs, rejects = collect([tmp_path / "empty.txt", tmp_path / "latin.txt"])
     assert docs == [] and [r.reason.split(" (")[0] for r in rejects] == ["empty file", "invalid UTF-8"]
+    pages = [(f"http://e.com/{i}", "text/html", ARTICLE.replace("rivers", f"rivers {i}").encode()) for i in range(40)]
+    for name in ("cut.warc.gz", "cut.warc"):
+        write_warc(tmp_path / name, pages)
+        data = (tmp_path / name).read_bytes()
+        (tmp_path / name).write_bytes(data[: len(data) // 2])
+        docs, rejects = collect([tmp_path / name], extract=False)
+        assert 0 < len(docs) < 40 and len(rejects) == 1 and "truncated" in rejects[0].reason
+    write_warc(tmp_path / "whole.warc", pages)
+    assert collect([tmp_path / "whole.warc"], extract=False)[1] == []
     with pytest.raises(LmforgeError, match=r"bad.jsonl: line 2: malformed JSON"):
         list(read_inputs([str(tmp_path / "bad.jsonl")]))
 

@@ -299,15 +299,16 @@ def _json_safe(record: dict) -> dict:
 def _read_warc(path: str, text_field: str, reject: OnReject) -> Iterator[Document]:
     from warcio.archiveiterator import ArchiveIterator
 
-    offset = 0
+    offset = end = 0
     try:
         with open(path, "rb") as f:
             it = ArchiveIterator(f)
             for record in it:
-                if record.rec_type != "response":
-                    continue
                 body = record.content_stream().read()  # before get_record_offset, which consumes the record
                 offset = it.get_record_offset()
+                end = offset + it.get_record_length()
+                if record.rec_type != "response":
+                    continue
                 url = record.rec_headers.get_header("WARC-Target-URI") or ""
                 rec_id = record.rec_headers.get_header("WARC-Record-ID") or f"{path}@{offset}"
                 ctype = record.http_headers.get_header("Content-Type", "") if record.http_headers else ""
@@ -324,6 +325,32 @@ def _read_warc(path: str, text_field: str, reject: OnReject) -> Iterator[Documen
                 )
     except Exception as e:  # warcio raises assorted errors on truncated/corrupt archives
         reject(Reject(path, f"offset {offset}", f"truncated or corrupt WARC: {type(e).__name__}: {e}"))
+        return
+    # warcio ends quietly on a cut file: check the gzip members, or that the last plain record
+    # is followed by its \r\n\r\n terminator
+    if path.endswith(".gz") and not _gzip_complete(path):
+        reject(Reject(path, f"offset {offset}", "truncated or corrupt WARC: the gzip stream is cut short"))
+    elif not path.endswith(".gz") and end:
+        with open(path, "rb") as f:
+            f.seek(end)
+            tail = f.read(64)
+        if len(tail) < 2 or tail.strip():
+            reject(Reject(path, f"offset {offset}", "truncated or corrupt WARC: the last record is cut short"))
+
+
+def _gzip_complete(path: str) -> bool:
+    """Whether every gzip member of the file is complete (a cheap second pass, no parsing)."""
+    import zlib
+
+    with open(path, "rb") as f:
+        obj = zlib.decompressobj(wbits=31)
+        while chunk := f.read(1 << 20):
+            while chunk:
+                obj.decompress(chunk)
+                chunk = obj.unused_data if obj.eof else b""
+                if obj.eof and chunk:
+                    obj = zlib.decompressobj(wbits=31)
+        return obj.eof
 
 
 def _looks_like_html(body: bytes) -> bool:
