@@ -197,6 +197,8 @@ def test_training_errors() -> None:
         Tokenizer.train(["abc"], 300, pattern="gpt5", progress=False)
     with pytest.raises(LmforgeError, match="not a valid regex"):
         resolve_pattern("(unclosed")
+    with pytest.raises(LmforgeError, match="must be str, got bytes"):
+        Tokenizer.train([b"abc"], 300, progress=False)
 
 
 def test_deterministic_across_workers(plays: list[str]) -> None:
@@ -219,24 +221,31 @@ def test_patterns_agree_with_tiktoken(plays: list[str], name: str) -> None:
     assert t.decode(t.encode(text)) == text
 
 
-def test_merges_and_compression_match_hf_trainer(plays: list[str]) -> None:
-    """Same pattern, same vocab size: nearly the same merges and compression within 1% of HF BpeTrainer."""
+def _hf_trained(texts: list[str], vocab_size: int):
+    """HF tokenizers' BpeTrainer with our split pattern, ByteLevel bytes and the same special tokens."""
     from tokenizers import Regex, models, pre_tokenizers, trainers
     from tokenizers import Tokenizer as HFTokenizer
 
-    train, held = plays[:6], plays[-1]
-    ours = Tokenizer.train(train, 2048, progress=False)
     hf = HFTokenizer(models.BPE())
     hf.pre_tokenizer = pre_tokenizers.Sequence(
         [pre_tokenizers.Split(Regex(GPT4), "isolated"), pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
     )
     trainer = trainers.BpeTrainer(
-        vocab_size=2048,
+        vocab_size=vocab_size,
         special_tokens=DEFAULT_SPECIALS,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    hf.train_from_iterator(train, trainer)
+    hf.train_from_iterator(texts, trainer)
+    return hf
+
+
+def test_merges_and_compression_match_hf_trainer(plays: list[str]) -> None:
+    """Same pattern, same vocab size: nearly the same merges and compression within 1% of HF BpeTrainer."""
+
+    train, held = plays[:6], plays[-1]
+    ours = Tokenizer.train(train, 2048, progress=False)
+    hf = _hf_trained(train, 2048)
     from lmforge.tokenizer.tokenizer import bytes_to_unicode
 
     chars = bytes_to_unicode()
@@ -322,3 +331,27 @@ def test_decode_bad_id(tok: Tokenizer) -> None:
         tok.decode([1, 5000])
     with pytest.raises(LmforgeError, match="not in the vocabulary"):
         tok.decode([-1])
+
+
+@pytest.mark.slow
+def test_full_corpus_8192_against_hf(plays: list[str], tmp_path) -> None:
+    """The benchmark's setting: all plays but every 10th, vocab 8,192; merges, compression, identical ids."""
+    from tokenizers import Tokenizer as HFTokenizer
+
+    train, held = [p for i, p in enumerate(plays) if i % 10 != 9], plays[9::10]
+    ours = Tokenizer.train(train, 8192, progress=False)
+    hf = _hf_trained(train, 8192)
+    from lmforge.tokenizer.tokenizer import bytes_to_unicode
+
+    chars = bytes_to_unicode()
+    ours_merges = {tuple("".join(chars[b] for b in ours.id_to_bytes(i)) for i in m) for m in ours.merges}
+    hf_merges = {tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in json.loads(hf.to_str())["model"]["merges"]}
+    assert len(ours_merges & hf_merges) / len(hf_merges) > 0.99
+    ours.save(tmp_path)
+    exported = HFTokenizer.from_file(str(tmp_path / "tokenizer.json"))
+    for text in held:
+        ids = ours.encode_reference(text)
+        assert ours.encode(text) == ids == exported.encode(text).ids
+        assert ours.decode(ids) == text
+    ratio = sum(len(hf.encode(t).ids) for t in held) / sum(len(ours.encode(t)) for t in held)
+    assert abs(ratio - 1) < 0.01

@@ -33,6 +33,7 @@ from collections import Counter, defaultdict, deque
 from collections.abc import Iterable, Iterator
 from operator import add
 
+from lmforge.errors import LmforgeError
 from lmforge.tokenizer.patterns import compile_pattern
 
 
@@ -66,6 +67,8 @@ def _batches(texts: Iterable[str], batch_chars: int, max_chars: int) -> Iterator
     batch: list[str] = []
     size = total = 0
     for text in texts:
+        if not isinstance(text, str):
+            raise LmforgeError(f"training texts must be str, got {type(text).__name__}")
         if max_chars and total + len(text) > max_chars:
             text = text[: max_chars - total]
         if text:
