@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from lmforge.tokenizer.config import TokenizerConfig
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -29,9 +31,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument(
         "--special",
         nargs="*",
-        default=None,
+        default=TokenizerConfig().special_tokens,
         metavar="TOKEN",
-        help="special tokens (default: <|bos|> <|eos|> <|system|> <|user|> <|assistant|> <|end|>)",
+        help="special tokens, given ids after the merges in this order",
     )
     t.add_argument("--text-field", default="text", help="text key of .jsonl / parquet records")
     t.add_argument("--max-chars", type=int, default=0, help="train on at most this many characters (0: all)")
