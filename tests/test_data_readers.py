@@ -151,6 +151,7 @@ def test_spec_errors(tmp_path):
 
 
 def test_extraction_time_limit(monkeypatch):
+    import os
     import time
 
     import trafilatura
@@ -164,11 +165,27 @@ def test_extraction_time_limit(monkeypatch):
                 pass
     assert time.time() - t0 < 2
 
-    def stuck(*args, **kwargs):
-        time.sleep(30)
+    real = trafilatura.extract
 
-    monkeypatch.setattr(trafilatura, "extract", stuck)
-    doc = Document("p", "<html><body><p>x</p></body></html>", metadata={"html": True})
-    t0 = time.time()
-    assert ExtractStep(timeout=0.1)(doc) == "extract_timeout"
-    assert time.time() - t0 < 2
+    def stuck_on_x(html, **kwargs):
+        if "<p>x</p>" in html:
+            time.sleep(30)
+        if "<p>boom</p>" in html:
+            os._exit(1)  # a crash inside the extractor (only ever run in the sandbox child below)
+        return real(html, **kwargs)
+
+    monkeypatch.setattr(trafilatura, "extract", stuck_on_x)
+    for isolation in ("signal", "process"):
+        step = ExtractStep(timeout=0.5, isolation=isolation)
+        t0 = time.time()
+        stuck = Document("p", "<html><body><p>x</p></body></html>", metadata={"html": True})
+        assert step(stuck) == "extract_timeout"
+        assert time.time() - t0 < 3
+        # the next page is extracted normally (the sandbox was restarted)
+        ok = step(Document("q", ARTICLE, metadata={"html": True}))
+        assert not isinstance(ok, str) and "civilisations" in ok.text
+        step.close()
+    step = ExtractStep(timeout=5, isolation="process")
+    assert step(Document("b", "<html><body><p>boom</p></body></html>", metadata={"html": True})) == "extract_crashed"
+    assert "civilisations" in step(Document("q", ARTICLE, metadata={"html": True})).text
+    step.close()

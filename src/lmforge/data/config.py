@@ -19,6 +19,7 @@ ALL_STEPS = DOC_STEPS + DEDUP_STEPS
 class ExtractConfig:
     timeout: float = 1.0  # seconds per page; 0 disables the limit
     favor_precision: bool = True
+    isolation: str = "process"  # process: a killable child per worker (robust); signal: SIGALRM in-process
 
 
 @dataclass

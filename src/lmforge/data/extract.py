@@ -1,17 +1,23 @@
 """HTML -> main text through trafilatura, with a per-document timeout.
 
-trafilatura has no in-process timeout (trafilatura issue #704), so each call runs under a
-real-time interval timer (SIGALRM) that raises inside the extraction and abandons the page.
-The timer works in a process's main thread (every pipeline worker runs its task there); in
-another thread extraction runs without a timeout.
+trafilatura has no in-process timeout (trafilatura issue #704). Two ways to bound a page:
+
+- ``isolation: process`` (default, as datatrove's ExtractorSandbox): extraction runs in a child
+  process fed through a pipe; a page that takes longer than the timeout gets the child killed
+  and restarted, so even a page stuck inside C code (lxml, regex) cannot stall the worker, and
+  a crash of the child only loses that page (reason ``extract_crashed``).
+- ``isolation: signal``: a real-time interval timer (SIGALRM) raises inside the extraction. No
+  extra process, but it only interrupts Python code, and only in a process's main thread.
 """
 
 from __future__ import annotations
 
 import contextlib
+import multiprocessing as mp
 import signal
 import threading
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from lmforge.data.documents import Document
 
@@ -41,22 +47,20 @@ def time_limit(seconds: float) -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
-def extract_text(html: str, url: str | None = None, timeout: float = 1.0, favor_precision: bool = True) -> tuple[str, str]:
-    """(main text, "") on success, ("", reason) when nothing is extracted, it times out, or it fails."""
+def _trafilatura(html: str, url: str | None, favor_precision: bool) -> tuple[str, str]:
     import trafilatura
 
     try:
-        with time_limit(timeout):
-            text = trafilatura.extract(
-                html,
-                url=url or None,
-                favor_precision=favor_precision,
-                include_comments=False,
-                include_tables=True,
-                deduplicate=False,
-            )
+        text = trafilatura.extract(
+            html,
+            url=url or None,
+            favor_precision=favor_precision,
+            include_comments=False,
+            include_tables=True,
+            deduplicate=False,
+        )
     except ExtractionTimeout:
-        return "", "extract_timeout"
+        raise
     except Exception as e:  # trafilatura/lxml raise many types on broken pages
         return "", f"extract_error_{type(e).__name__}"
     if not text or not text.strip():
@@ -64,24 +68,106 @@ def extract_text(html: str, url: str | None = None, timeout: float = 1.0, favor_
     return text, ""
 
 
+def extract_text(html: str, url: str | None = None, timeout: float = 1.0, favor_precision: bool = True) -> tuple[str, str]:
+    """In-process extraction under a SIGALRM time limit: (text, "") or ("", reason)."""
+    try:
+        with time_limit(timeout):
+            return _trafilatura(html, url, favor_precision)
+    except ExtractionTimeout:
+        return "", "extract_timeout"
+
+
+def _serve(conn: Any, favor_precision: bool) -> None:
+    """The sandbox child: extract pages from the pipe until it closes."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's business
+    while True:
+        try:
+            html, url = conn.recv()
+        except (EOFError, OSError):
+            return
+        conn.send(_trafilatura(html, url, favor_precision))
+
+
+class ExtractorSandbox:
+    """A child process that extracts one page at a time; killed and restarted on timeout or crash."""
+
+    def __init__(self, timeout: float = 1.0, favor_precision: bool = True):
+        self.timeout = timeout
+        self.favor_precision = favor_precision
+        self._proc: Any = None
+        self._conn: Any = None
+
+    def _start(self) -> None:
+        methods = mp.get_all_start_methods()
+        ctx = mp.get_context("fork" if "fork" in methods else "spawn")
+        parent, child = ctx.Pipe()
+        self._proc = ctx.Process(target=_serve, args=(child, self.favor_precision), daemon=True)
+        self._proc.start()
+        child.close()
+        self._conn = parent
+
+    def _kill(self) -> None:
+        if self._proc is not None:
+            self._proc.kill()
+            self._proc.join()
+            self._conn.close()
+        self._proc = self._conn = None
+
+    def extract(self, html: str, url: str | None = None) -> tuple[str, str]:
+        if self._proc is None or not self._proc.is_alive():
+            self._kill()
+            self._start()
+        try:
+            self._conn.send((html, url))
+            if self.timeout > 0 and not self._conn.poll(self.timeout):
+                self._kill()
+                return "", "extract_timeout"
+            return self._conn.recv()
+        except (EOFError, OSError, BrokenPipeError):
+            self._kill()
+            return "", "extract_crashed"
+
+    def close(self) -> None:
+        if self._proc is not None:
+            self._conn.close()  # the child sees EOF and exits
+            self._proc.join(timeout=2)
+            if self._proc.is_alive():
+                self._proc.kill()
+                self._proc.join()
+        self._proc = self._conn = None
+
+
 class ExtractStep:
     """Pipeline step: documents flagged as HTML become their main text; others pass through."""
 
     name = "extract"
 
-    def __init__(self, timeout: float = 1.0, favor_precision: bool = True):
+    def __init__(self, timeout: float = 1.0, favor_precision: bool = True, isolation: str = "process"):
+        if isolation not in ("process", "signal"):
+            from lmforge.errors import LmforgeError
+
+            raise LmforgeError(f"data.extract.isolation must be 'process' or 'signal', got {isolation!r}")
         self.timeout = timeout
         self.favor_precision = favor_precision
+        self.sandbox = ExtractorSandbox(timeout, favor_precision) if isolation == "process" else None
 
     def __call__(self, doc: Document) -> Document | str:
         if not doc.metadata.get(HTML_FLAG):
             return doc
-        text, reason = extract_text(doc.text, doc.metadata.get("url"), self.timeout, self.favor_precision)
+        url = doc.metadata.get("url")
+        if self.sandbox is not None:
+            text, reason = self.sandbox.extract(doc.text, url)
+        else:
+            text, reason = extract_text(doc.text, url, self.timeout, self.favor_precision)
         if reason:
             return reason
         doc.text = text
         del doc.metadata[HTML_FLAG]
         return doc
+
+    def close(self) -> None:
+        if self.sandbox is not None:
+            self.sandbox.close()
 
 
 def extract_documents(
@@ -92,7 +178,7 @@ def extract_documents(
     """Extract HTML documents of a reader stream; a page yielding no text goes to `on_reject`."""
     from lmforge.data.readers import Reject
 
-    step = ExtractStep(timeout=timeout)
+    step = ExtractStep(timeout=timeout, isolation="signal")
     for doc in docs:
         out = step(doc)
         if isinstance(out, str):

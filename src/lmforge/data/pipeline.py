@@ -18,10 +18,11 @@ dedup keeps the first document in that order.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,7 +50,7 @@ def build_steps(cfg: DataConfig) -> list[Any]:
     from lmforge.data import classifiers, extract, filters, langid, normalize, pii
 
     factories: dict[str, Callable[[], Any]] = {
-        "extract": lambda: extract.ExtractStep(cfg.extract.timeout, cfg.extract.favor_precision),
+        "extract": lambda: extract.ExtractStep(cfg.extract.timeout, cfg.extract.favor_precision, cfg.extract.isolation),
         "normalize": lambda: normalize.NormalizeStep(cfg.normalize),
         "language": lambda: langid.LanguageStep(cfg.language),
         "gopher_quality": lambda: filters.GopherQuality(cfg.gopher_quality),
@@ -61,6 +62,18 @@ def build_steps(cfg: DataConfig) -> list[Any]:
         "pii": lambda: pii.PIIStep(cfg.pii),
     }
     return [factories[s]() for s in cfg.steps if s not in DEDUP_STEPS]
+
+
+@contextlib.contextmanager
+def close_steps(steps: list[Any]) -> Iterator[None]:
+    """Release what steps hold (the extraction sandbox process) when the task ends, however it ends."""
+    try:
+        yield
+    finally:
+        for step in steps:
+            close = getattr(step, "close", None)
+            if close is not None:
+                close()
 
 
 # ---------------------------------------------------------------------------- statistics
@@ -212,7 +225,7 @@ def run_task(plan: Plan, task: int) -> int:
     keys: list[tuple[int, int]] = []
     sigs: list[np.ndarray] = []
     pending: list[str] = []
-    with ShardWriter(tdir / "docs.jsonl.zst") as writer:
+    with ShardWriter(tdir / "docs.jsonl.zst") as writer, close_steps(steps):
         for doc in process_documents(read_all(), steps, stats, cfg.max_doc_chars, on_reject):
             writer.write(doc)
             if want_exact:
@@ -530,7 +543,8 @@ def preview(cfg: DataConfig, sample: int) -> dict[str, Any]:
                 if n >= sample:
                     return
 
-    kept = list(process_documents(first_n(), steps, stats, cfg.max_doc_chars, on_reject))
+    with close_steps(steps):
+        kept = list(process_documents(first_n(), steps, stats, cfg.max_doc_chars, on_reject))
     result = stats.to_dict()
     alive = np.ones(len(kept), dtype=bool)
     for name in [s for s in cfg.steps if s in DEDUP_STEPS]:
