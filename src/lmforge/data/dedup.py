@@ -100,21 +100,26 @@ def band_pairs(band: np.ndarray, candidates: np.ndarray) -> tuple[np.ndarray, np
     return candidates[order[pos]], candidates[order[pos + 1]]
 
 
-def near_duplicates(signatures: np.ndarray, bands: int, rows: int, alive: np.ndarray) -> np.ndarray:
+def near_duplicates(signatures: np.ndarray | list[np.ndarray], bands: int, rows: int, alive: np.ndarray) -> np.ndarray:
     """Indices to remove so that each LSH cluster keeps only its first (lowest-index) document.
 
-    `signatures` is (n_docs, bands*rows), possibly a memmap; `alive` marks rows to consider.
+    `signatures` is (n_docs, bands*rows) or a list of such parts in order (e.g. one memory-mapped
+    file per task); only one band's columns (rows x 8 bytes per document) are read into memory
+    at a time. `alive` marks the rows to consider.
     """
-    n = signatures.shape[0]
+    parts = signatures if isinstance(signatures, list) else [signatures]
+    n = sum(p.shape[0] for p in parts)
     candidates = np.flatnonzero(alive)
-    uf = UnionFind(n)
-    for bi in range(bands):
-        band = signatures[:, bi * rows : (bi + 1) * rows]
-        first, other = band_pairs(np.asarray(band), candidates)
-        for x, y in zip(first.tolist(), other.tolist()):
-            uf.union(x, y)
     if candidates.size == 0:
         return np.empty(0, dtype=np.int64)
+    uf = UnionFind(n)
+    for bi in range(bands):
+        cols = slice(bi * rows, (bi + 1) * rows)
+        band = np.concatenate([np.asarray(p[:, cols]) for p in parts]) if len(parts) > 1 else np.asarray(parts[0][:, cols])
+        first, other = band_pairs(band, candidates)
+        del band
+        for x, y in zip(first.tolist(), other.tolist()):
+            uf.union(x, y)
     roots = uf.roots()[candidates]
     # the kept document of a cluster is its lowest index; candidates are sorted, so the first seen
     _, first = np.unique(roots, return_index=True)

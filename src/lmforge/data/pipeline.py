@@ -282,12 +282,11 @@ def run_dedup(plan: Plan) -> dict[str, Any]:
             alive[dup], reasons[dup] = False, 2
     if "minhash_dedup" in cfg.steps:
         mh = cfg.minhash
-        sigs = _concat(
-            [np.load(plan.task_dir(t) / "signatures.npy", mmap_mode="r") for t in range(len(counts))],
-            (0, mh.bands * mh.rows),
-        )
-        has_words = ~np.all(sigs == np.iinfo(np.uint64).max, axis=1) if total else np.zeros(0, bool)
-        dup = near_duplicates(sigs, mh.bands, mh.rows, alive & has_words)
+        parts = [np.load(plan.task_dir(t) / "signatures.npy", mmap_mode="r") for t in range(len(counts))]
+        parts = [p for p in parts if p.shape[0]]
+        # a document without words has an all-max signature: never anyone's near duplicate
+        has_words = np.concatenate([np.asarray(p[:, 0]) != np.iinfo(np.uint64).max for p in parts] or [np.zeros(0, bool)])
+        dup = near_duplicates(parts, mh.bands, mh.rows, alive & has_words) if parts else np.empty(0, np.int64)
         alive[dup], reasons[dup] = False, 3
     _save_npy(plan.work / "removed.npy", reasons)  # also the barrier's completion marker
     summary["removed"] = int((~alive).sum())
