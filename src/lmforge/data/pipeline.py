@@ -288,7 +288,8 @@ def run_dedup(plan: Plan) -> dict[str, Any]:
         has_words = np.concatenate([np.asarray(p[:, 0]) != np.iinfo(np.uint64).max for p in parts] or [np.zeros(0, bool)])
         dup = near_duplicates(parts, mh.bands, mh.rows, alive & has_words) if parts else np.empty(0, np.int64)
         alive[dup], reasons[dup] = False, 3
-    _save_npy(plan.work / "removed.npy", reasons)  # also the barrier's completion marker
+    atomic_write_json(plan.work / "counts.json", counts)
+    _save_npy(plan.work / "removed.npy", reasons)  # last: also the barrier's completion marker
     summary["removed"] = int((~alive).sum())
     return summary
 
@@ -309,9 +310,9 @@ def run_write(plan: Plan, task: int) -> int:
     dedup = any(s in cfg.steps for s in DEDUP_STEPS)
     reasons = np.empty(0, np.int8)
     if dedup:
-        counts = [read_json(plan.task_dir(t) / "stats.json")["count"] for t in range(task + 1)]
-        start = int(sum(counts[:-1]))
-        reasons = np.load(plan.work / "removed.npy")[start : start + counts[-1]]
+        counts = read_json(plan.work / "counts.json")
+        start = int(sum(counts[:task]))
+        reasons = np.load(plan.work / "removed.npy", mmap_mode="r")[start : start + counts[task]]
     dropped: dict[str, Any] = {}
     kept_chars = 0
     with ShardWriter(out) as writer:
