@@ -20,8 +20,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from lmforge.data.documents import Document
-
-HTML_FLAG = "html"
+from lmforge.data.readers import HTML_FLAG
 
 
 class ExtractionTimeout(Exception):
