@@ -423,7 +423,7 @@ def run_pipeline(cfg: DataConfig, out: str | Path, workers: int | None = None, e
     workers = workers if workers is not None else (cfg.workers or os.cpu_count() or 1)
     executor = executor or cfg.executor
     build_steps(cfg)  # fail fast on a bad step setting, before any worker starts
-    signature = config_hash({"cfg": plan.cfg, "units": plan.units})
+    signature = config_hash({"cfg": plan.cfg, "units": plan.units, "files": _file_stamps(plan)})
     state = plan.work / "plan.json"
     if not (state.exists() and read_json(state).get("hash") == signature):
         for sub in ("_work", "docs", "rejects"):
@@ -441,6 +441,15 @@ def run_pipeline(cfg: DataConfig, out: str | Path, workers: int | None = None, e
     stats = finalize(plan, cfg)
     shutil.rmtree(plan.work, ignore_errors=True)
     return stats
+
+
+def _file_stamps(plan: Plan) -> list[tuple[int, int]]:
+    """(size, mtime) of every input file: a resumed run must not mix old and new inputs."""
+    stamps = []
+    for unit in (u for units in plan.units for u in units):
+        st = os.stat(unit) if os.path.isfile(unit) else None
+        stamps.append((st.st_size, st.st_mtime_ns) if st else (0, 0))
+    return stamps
 
 
 def finalize(plan: Plan, cfg: DataConfig) -> dict[str, Any]:
