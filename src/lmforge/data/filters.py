@@ -130,7 +130,7 @@ class GopherQuality(FilterStep):
         if "long_doc" in on and n_ns > c.max_doc_words:
             return "long_doc"
         if n_words == 0 or n_ns == 0:
-            return "short_doc"
+            return "empty"  # no words at all: nothing below can be measured
         avg = float(non_symbol_lens.mean())
         if "short_words" in on and avg < c.min_avg_word_length:
             return "short_words"
