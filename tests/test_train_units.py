@@ -95,6 +95,8 @@ def test_schedules():
     assert lr_at(0, cfg) == pytest.approx(0.1) and lr_at(9, cfg) == pytest.approx(1.0)
     assert lr_at(10, cfg) == pytest.approx(1.0) and lr_at(99, cfg) == pytest.approx(0.1, abs=1e-3)
     assert lr_at(55, cfg) == pytest.approx(0.55)  # cosine midpoint: (1 + 0.1) / 2
+    assert lr_at(20, cfg, progress=0.55) == pytest.approx(0.55)  # schedule_by time: the clock is the budget
+    assert lr_at(20, cfg, progress=1.5) == pytest.approx(0.1)
     wsd = train_cfg(max_steps=100, warmup_steps=10, lr=1.0, min_lr_ratio=0.0, schedule="wsd", decay_fraction=0.2)
     assert [lr_at(s, wsd) for s in (50, 79, 80, 90, 100)] == pytest.approx([1, 1, 1, 0.5, 0])
     const = train_cfg(max_steps=100, warmup_steps=0, lr=0.3, schedule="constant")

@@ -18,6 +18,9 @@ class TrainConfig:
     warmup_steps: int = 50
     schedule: Literal["cosine", "wsd", "constant"] = "cosine"
     decay_fraction: float = 0.2  # WSD: the final fraction of steps that decays
+    # steps: the schedule runs over max_steps (exactly reproducible); time: over max_minutes (a
+    # time-budgeted run always finishes its decay, but the lr then depends on the machine's speed)
+    schedule_by: Literal["steps", "time"] = "steps"
     weight_decay: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.95

@@ -191,3 +191,63 @@ def _read_model_cfg(ckpt_dir: Path) -> dict:
     cfg_path = ckpt_dir / "config.json"
     return read_json(cfg_path).get("model", {}) if cfg_path.exists() else {}
 
+
+
+def write_sharded_checkpoint(
+    ckpt_root: Path,
+    step: int,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    tokenizer,
+    *,
+    stage: str,
+    train_state: dict,
+    optimizer_state: dict,
+    extra: dict | None = None,
+) -> Path:
+    """Collective: the trainer's checkpoint `ckpt_root/step_NNNNNN` under any parallel layout.
+
+    Every rank writes its shards of the weights and optimizer state to `dcp/` (the resumable,
+    reshardable copy); rank 0 then consolidates the weights into `model.safetensors` (read back
+    from the DCP files, so it works for pipeline stages too) and writes config.json, tokenizer/,
+    state.json and optimizer.pt (RNG state only), and publishes the directory atomically.
+    """
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+    from safetensors.torch import save
+
+    from lmforge.fileio import atomic_rename_dir, atomic_write, atomic_write_json
+    from lmforge.train import checkpoint as ckpt_io
+
+    ckpt_root = Path(ckpt_root)
+    final = ckpt_root / ckpt_io.step_dir_name(step)
+    token = [uuid.uuid4().hex[:8]]
+    if _is_dist():
+        dist.broadcast_object_list(token, src=0)
+    tmp = ckpt_root / f".tmp-{final.name}-{token[0]}"
+    dcp.save(_state(model, optimizer), checkpoint_id=str(tmp / DCP_DIR))
+    _barrier()
+    if _rank() == 0:
+        try:
+            state = full_state_dict(tmp)
+            if model.cfg.tie_embeddings:
+                state.pop("lm_head.weight", None)
+            with atomic_write(tmp / ckpt_io.WEIGHTS, "wb") as f:
+                f.write(save({k: v.contiguous() for k, v in state.items()}, metadata={"format": "pt"}))
+            atomic_write_json(tmp / "config.json", {
+                "model": ckpt_io.model_config_dict(model.cfg),
+                "stage": stage,
+                "step": step,
+                "tokenizer_hash": getattr(tokenizer, "hash", None),
+                "arch_extra": dict(extra or {}),
+            })
+            if tokenizer is not None:
+                tokenizer.save(tmp / "tokenizer")
+            torch.save(optimizer_state, tmp / "optimizer.pt")
+            atomic_write_json(tmp / "state.json", train_state)
+            atomic_rename_dir(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    _barrier()
+    return final

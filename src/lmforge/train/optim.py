@@ -46,8 +46,11 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, params: list | Non
     )
 
 
-def lr_at(step: int, cfg: TrainConfig) -> float:
+def lr_at(step: int, cfg: TrainConfig, progress: float | None = None) -> float:
     """Learning rate for optimizer step `step` (0-based): linear warmup, then the schedule.
+
+    `progress` in [0, 1] replaces step / max_steps as the clock of the decay (used with
+    `train.schedule_by: time`, where it is the elapsed share of max_minutes).
 
     cosine: from lr down to lr·min_lr_ratio over the remaining steps.
     wsd:    warmup, stable at lr, then a linear decay to lr·min_lr_ratio over the last
@@ -60,12 +63,14 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
         return peak * (step + 1) / cfg.warmup_steps
     if cfg.schedule == "constant":
         return peak
+    if progress is not None:
+        step = int(min(max(progress, 0.0), 1.0) * total)
     if cfg.schedule == "cosine":
         span = max(total - cfg.warmup_steps, 1)
-        progress = min(max(step - cfg.warmup_steps, 0) / span, 1.0)
-        return floor + 0.5 * (peak - floor) * (1 + math.cos(math.pi * progress))
+        frac = min(max(step - cfg.warmup_steps, 0) / span, 1.0)
+        return floor + 0.5 * (peak - floor) * (1 + math.cos(math.pi * frac))
     decay_start = total - int(round(cfg.decay_fraction * total))
     if step < decay_start:
         return peak
-    progress = min((step - decay_start) / max(total - decay_start, 1), 1.0)
-    return peak - (peak - floor) * progress
+    frac = min((step - decay_start) / max(total - decay_start, 1), 1.0)
+    return peak - (peak - floor) * frac

@@ -112,9 +112,18 @@ class Trainer:
         self.device = torch.device(self.ctx.device)
         self.model_cfg = model_cfg or ckpt_io.unwrap(model).cfg
         self.raw_model = ckpt_io.unwrap(model).to(self.device)
-        self.model = parallelize(self.raw_model, parallel_cfg or ParallelConfig(), self.ctx)
-        if cfg.activation_checkpointing:
-            apply_activation_checkpointing(self.raw_model)
+        # pipeline split -> TP -> activation checkpointing -> FSDP / DDP (lmforge.parallel)
+        self.model = parallelize(
+            self.raw_model, parallel_cfg or ParallelConfig(), self.ctx,
+            activation_checkpointing=cfg.activation_checkpointing,
+        )
+        self.pipeline = None
+        if self.ctx.pp_size > 1:
+            from lmforge.parallel import Pipeline
+
+            if type(objective).__name__ != "CausalLMObjective":
+                raise LmforgeError(f"pipeline parallelism supports the causal LM objective only, not {type(objective).__name__}")
+            self.pipeline = Pipeline(self.model, parallel_cfg, self.ctx, cfg.micro_batch, cfg.seq_len)
         self.fwd_model = torch.compile(self.model) if cfg.compile else self.model
         self.dtype = resolve_dtype(cfg.dtype, self.device)
         self.accum = grad_accum_steps(cfg, self.ctx.dp_size)
@@ -188,9 +197,16 @@ class Trainer:
             self.say(f"moved the previous run's checkpoints and metrics to {stale}")
 
     def load_checkpoint(self, d: Path, restore_loader: bool, restore_rng: bool) -> None:
+        from lmforge.train import distckpt
+
         state, opt = ckpt_io.load_training_state(d)
-        ckpt_io.load_weights(self.raw_model, d / ckpt_io.WEIGHTS)
-        self.optimizer.load_state_dict(opt["optimizer"])
+        if distckpt.is_sharded(d):  # written under a parallel layout: reshards onto this one
+            distckpt.load_sharded(self.model, self.optimizer, d)
+        elif self.ctx.distributed and (self.ctx.tp_size > 1 or self.ctx.pp_size > 1 or self.ctx.dp_size > 1):
+            raise LmforgeError(f"{d}: a single-process checkpoint cannot resume a distributed run; use --train.resume never")
+        else:
+            ckpt_io.load_weights(self.raw_model, d / ckpt_io.WEIGHTS)
+            self.optimizer.load_state_dict(opt["optimizer"])
         if self.scaler is not None and "scaler" in opt:
             self.scaler.load_state_dict(opt["scaler"])
         self.step = int(state["step"])
@@ -270,7 +286,10 @@ class Trainer:
 
     def train_step(self) -> dict:
         cfg = self.cfg
-        lr = lr_at(self.step, cfg) * self.guard.lr_scale
+        progress = None
+        if cfg.schedule_by == "time" and cfg.max_minutes > 0:
+            progress = self.elapsed / (cfg.max_minutes * 60)
+        lr = lr_at(self.step, cfg, progress) * self.guard.lr_scale
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.model.train()
@@ -282,6 +301,11 @@ class Trainer:
         for _ in range(self.accum):
             batch = {k: v.to(self.device, non_blocking=True) for k, v in self.loader.next().items()}
             n_tokens += int(batch["input_ids"].numel()) if "input_ids" in batch else 0
+            if self.pipeline is not None:  # the schedule runs forward and backward over microbatches
+                with self.autocast():
+                    loss_sum += self.pipeline.step(batch["input_ids"], batch["labels"], denominator=1.0).float()
+                count += (batch["labels"] != -100).sum().float()
+                continue
             with self.autocast():
                 out = self.objective.loss(self.fwd_model, batch)
             backward_loss = out.loss_sum if self.scaler is None else self.scaler.scale(out.loss_sum)
@@ -290,9 +314,12 @@ class Trainer:
             count += torch.as_tensor(out.count, device=self.device, dtype=torch.float32)
             for k, v in out.metrics.items():
                 metric_sums[k] = metric_sums.get(k, 0.0) + float(v)
-        if self.ctx.dp_size > 1 and torch.distributed.is_initialized():
+        if self.ctx.world_size > 1 and torch.distributed.is_initialized():
             torch.distributed.all_reduce(loss_sum)
             torch.distributed.all_reduce(count)
+            replicas = self.ctx.world_size // self.ctx.dp_size  # tp / pp peers hold the same sums
+            loss_sum /= replicas
+            count /= replicas
         total = max(float(count), 1.0)
         loss = float(loss_sum) / total
         # Gradients hold d(sum of losses); DDP-style averaging over ranks divides by dp_size already.
@@ -303,7 +330,12 @@ class Trainer:
             if p.grad is not None:
                 p.grad.mul_(scale)
         clip = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, clip))
+        if self.ctx.distributed:  # the norm over every shard, slice and stage
+            from lmforge.parallel import clip_grad_norm_
+
+            grad_norm = float(clip_grad_norm_(self.params, clip, self.ctx))
+        else:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, clip))
         reason = self.guard.check(loss, grad_norm)
         record: dict[str, Any] = {"step": self.step + 1, "loss": loss, "lr": lr, "grad_norm": grad_norm}
         if reason is None:
@@ -323,7 +355,7 @@ class Trainer:
         tps = n_tokens * self.ctx.dp_size / dt
         record.update(
             tokens_per_s=round(tps, 1),
-            mfu=round(100 * self.flops_per_token * tps / self.ctx.dp_size / self.peak_flops, 3)
+            mfu=round(100 * self.flops_per_token * tps / self.ctx.world_size / self.peak_flops, 3)
             if self.peak_flops
             else None,
             step_s=round(dt, 4),
@@ -368,6 +400,9 @@ class Trainer:
         """Validation loss (mean over scored units) and, for LM objectives, bits per byte."""
         if self.val_loader_fn is None:
             return {}
+        if self.pipeline is not None:
+            self.say("validation is skipped under pipeline parallelism")
+            return {}
         self.model.eval()
         nll_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         units = torch.zeros((), dtype=torch.float64, device=self.device)
@@ -407,7 +442,7 @@ class Trainer:
         return result
 
     def save_checkpoint(self) -> Path | None:
-        if not self.ctx.is_main:
+        if not self.ctx.is_main and not self.ctx.distributed:
             return None
         val = self.last_val.get("val_loss") if self.last_val.get("step") == self.step else None
         is_best = val is not None and val < self.best_val
@@ -430,17 +465,28 @@ class Trainer:
             opt_state["rng_cuda"] = torch.cuda.get_rng_state(self.device)
         if self.scaler is not None:
             opt_state["scaler"] = self.scaler.state_dict()
-        d = ckpt_io.write_checkpoint(
-            self.ckpt_root, self.step, self.raw_model, self.tokenizer, stage=self.stage,
-            train_state=state, optimizer_state=opt_state,
-        )
+        if self.ctx.distributed:  # every rank writes its shards (DCP); rank 0 the rest
+            from lmforge.train import distckpt
+
+            opt_state.pop("optimizer")  # in dcp/, sharded
+            d = distckpt.write_sharded_checkpoint(
+                self.ckpt_root, self.step, self.model, self.optimizer, self.tokenizer, stage=self.stage,
+                train_state=state, optimizer_state=opt_state,
+            )
+            if not self.ctx.is_main:
+                return d
+        else:
+            d = ckpt_io.write_checkpoint(
+                self.ckpt_root, self.step, self.raw_model, self.tokenizer, stage=self.stage,
+                train_state=state, optimizer_state=opt_state,
+            )
         if is_best:
             atomic_write_json(self.ckpt_root / "best.json", {"step": self.step, "val_loss": val})
         ckpt_io.prune_checkpoints(self.ckpt_root, self.cfg.keep_last)
         return d
 
     def print_samples(self) -> None:
-        if not self.ctx.is_main or self.tokenizer is None:
+        if not self.ctx.is_main or self.tokenizer is None or self.ctx.distributed:  # a lone rank's forward would hang
             return
         for prompt, text in sample_texts(self.raw_model, self.tokenizer, self.cfg, seed=self.seed):
             self.say(f"sample @ step {self.step}: {prompt!r} -> {text!r}")
