@@ -27,9 +27,10 @@ keeping its weights, which is what the parity tests and small runs use).
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -118,16 +119,11 @@ def setup_distributed(cfg: ParallelConfig, device: str = "auto") -> DistContext:
     dev = pick_device(device)
     if world == 1:
         return DistContext(device=dev)
-    import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
 
     rank = int(os.environ["RANK"])
     local_rank = int(os.environ.get("LOCAL_RANK", rank))
-    if dev.type == "cuda":
-        torch.cuda.set_device(dev)
-    if not dist.is_initialized():
-        backend = "cuda:nccl,cpu:gloo" if dev.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=30))
+    init_process_group(device)
     shape = tuple(degrees(cfg).values())
     mesh = init_device_mesh(dev.type, shape, mesh_dim_names=MESH_DIMS)
     rep, shard = mesh["dp_replicate"].get_local_rank(), mesh["dp_shard"].get_local_rank()
@@ -143,6 +139,36 @@ def setup_distributed(cfg: ParallelConfig, device: str = "auto") -> DistContext:
         pp_rank=mesh["pp"].get_local_rank(),
         pp_size=cfg.pp,
     )
+
+
+def init_process_group(device: str = "auto") -> None:
+    """Join torchrun's process group now (setup_distributed does it too; this is for work that
+    must be coordinated before the mesh exists, like `main_process_first`)."""
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dev = pick_device(device)
+        if dev.type == "cuda":
+            torch.cuda.set_device(dev)
+        backend = "cuda:nccl,cpu:gloo" if dev.type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=30))
+
+
+@contextlib.contextmanager
+def main_process_first(device: str = "auto") -> Iterator[None]:
+    """Under torchrun, rank 0 runs the body first (e.g. data and tokenizer stages), the other
+    ranks wait and then run it too (finding the work done). A no-op in a single process."""
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        yield
+        return
+    import torch.distributed as dist
+
+    init_process_group(device)
+    if dist.get_rank() != 0:
+        dist.barrier()
+    yield
+    if dist.get_rank() == 0:
+        dist.barrier()
 
 
 def teardown_distributed() -> None:
@@ -263,6 +289,8 @@ def apply_ac(model: nn.Module) -> None:
         inner = block.forward
 
         def forward(*args, _inner=inner, **kwargs):
+            if not torch.is_grad_enabled():  # evaluation and generation: nothing to save
+                return _inner(*args, **kwargs)
             return checkpoint(_inner, *args, use_reentrant=False, **kwargs)
 
         block.forward = forward
@@ -378,10 +406,15 @@ class Pipeline:
         )
         return ce / self._count
 
-    def step(self, input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def step(self, input_ids: torch.Tensor, labels: torch.Tensor, denominator: float | None = None) -> torch.Tensor:
+        """Forward + backward of one batch; the loss is sum(CE) / denominator (default: the
+        batch's token count, i.e. the mean; the trainer passes 1 to get the sum it rescales)."""
         import torch.distributed as dist
 
-        self._count = (labels != -100).sum().clamp(min=1).to(self.ctx.device)
+        if denominator is None:
+            self._count = (labels != -100).sum().clamp(min=1).to(self.ctx.device)
+        else:
+            self._count = torch.tensor(float(denominator), device=self.ctx.device)
         losses: list[torch.Tensor] = []
         if self.ctx.is_first_stage:
             self.schedule.step(input_ids.to(self.ctx.device), target=labels.to(self.ctx.device), losses=losses)

@@ -46,7 +46,10 @@ def main(args: argparse.Namespace, overrides: list[str]) -> int:
     recipe = load_recipe(args.recipe, overrides)
     stages = list(recipe.stages)
     before = stages[: stages.index("pretrain")] if "pretrain" in stages else []
-    if before:
-        run_recipe(recipe, only=before)
+    if before:  # under torchrun rank 0 prepares data and tokenizer while the others wait
+        from lmforge.parallel import main_process_first
+
+        with main_process_first(recipe.train.device):
+            run_recipe(recipe, only=before)
     run_recipe(recipe, only=["pretrain"], force=args.resume or args.fresh)
     return 0

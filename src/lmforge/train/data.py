@@ -63,6 +63,10 @@ def val_batches(
     if n_windows <= 0:
         raise LmforgeError(f"the validation split has {len(tokens)} tokens, fewer than one window of {seq_len + 1}")
     starts = np.arange(n_windows, dtype=np.int64) * seq_len
-    for b, i in enumerate(range(0, n_windows, micro_batch)):
+    n_batches = -(-n_windows // micro_batch)
+    if dp_size > 1:  # every rank must run the same number of forwards (FSDP gathers are collective)
+        n_batches = max(dp_size, n_batches - n_batches % dp_size)
+    for b, i in enumerate(range(0, n_batches * micro_batch, micro_batch)):
+        i %= n_windows  # fewer batches than ranks: wrap around rather than leave a rank idle
         if b % dp_size == dp_rank:
             yield _windows(tokens, starts[i : i + micro_batch], seq_len)

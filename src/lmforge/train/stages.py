@@ -74,7 +74,8 @@ def pretrain_stage(recipe: Recipe, run_dir: Path) -> dict:
         print(f"[lmforge] pretrain finished: {summary}", flush=True)
         if "val_bpb" in result:
             print(f"[lmforge] validation bits per byte: {result['val_bpb']:.4f}", flush=True)
-        samples = sample_texts(trainer.raw_model, tokenizer, cfg, seed=recipe.seed) if cfg.samples > 0 else []
+        # under torchrun a forward on rank 0 alone would wait forever for the other shards
+        samples = sample_texts(trainer.raw_model, tokenizer, cfg, seed=recipe.seed) if cfg.samples > 0 and not ctx.distributed else []
         for prompt, text in samples:
             print(f"[lmforge] sample: {json.dumps(prompt + text)}", flush=True)
     return result
