@@ -189,3 +189,24 @@ def test_extraction_time_limit(monkeypatch):
     assert step(Document("b", "<html><body><p>boom</p></body></html>", metadata={"html": True})) == "extract_crashed"
     assert "civilisations" in step(Document("q", ARTICLE, metadata={"html": True})).text
     step.close()
+
+
+def test_oversized_records_are_skipped_unread(tmp_path):
+    import zstandard
+
+    from lmforge.data.readers import read_unit
+
+    lines = [json.dumps({"text": "short one"}), json.dumps({"text": "x" * 5000}), json.dumps({"text": "short two"})]
+    data = ("\n".join(lines) + "\n").encode()
+    (tmp_path / "a.jsonl").write_bytes(data)
+    (tmp_path / "a.jsonl.gz").write_bytes(gzip.compress(data))
+    (tmp_path / "a.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(data))
+    (tmp_path / "big.txt").write_text("y" * 5000)
+    for name in ("a.jsonl", "a.jsonl.gz", "a.jsonl.zst"):
+        rejects = []
+        docs = list(read_unit(str(tmp_path / name), on_reject=rejects.append, max_bytes=1000))
+        assert [d.text for d in docs] == ["short one", "short two"]
+        assert [(r.position, r.reason.split(":")[0]) for r in rejects] == [("line 2", "too_long")]
+    rejects = []
+    assert list(read_unit(str(tmp_path / "big.txt"), on_reject=rejects.append, max_bytes=1000)) == []
+    assert rejects[0].reason.startswith("too_long")

@@ -151,6 +151,11 @@ class Plan:
         return self.work / f"t{task:05d}"
 
 
+def max_record_bytes(cfg: DataConfig) -> int:
+    """Records over this many bytes cannot hold a document within max_doc_chars: skip them unread."""
+    return 4 * cfg.max_doc_chars + (1 << 20)
+
+
 def data_config(cfg_dict: dict[str, Any]) -> DataConfig:
     from lmforge.config import from_dict
 
@@ -217,7 +222,8 @@ def run_task(plan: Plan, task: int) -> int:
 
     def read_all() -> Iterable[Document]:
         for unit in plan.units[task]:
-            yield from read_unit(unit, text_field=cfg.text_field, on_reject=on_reject, extract=False)
+            yield from read_unit(unit, text_field=cfg.text_field, on_reject=on_reject, extract=False,
+                                 max_bytes=max_record_bytes(cfg))
 
     want_minhash = "minhash_dedup" in cfg.steps
     want_exact = "exact_dedup" in cfg.steps
@@ -546,7 +552,8 @@ def preview(cfg: DataConfig, sample: int) -> dict[str, Any]:
     def first_n() -> Iterable[Document]:
         n = 0
         for unit in expand_inputs(cfg.inputs):
-            for doc in read_unit(unit, text_field=cfg.text_field, on_reject=on_reject, extract=False):
+            for doc in read_unit(unit, text_field=cfg.text_field, on_reject=on_reject, extract=False,
+                                 max_bytes=max_record_bytes(cfg)):
                 yield doc
                 n += 1
                 if n >= sample:

@@ -115,8 +115,10 @@ def read_unit(
     text_field: str = "text",
     on_reject: OnReject | None = None,
     extract: bool = True,
+    max_bytes: int = 0,
 ) -> Iterator[Document]:
-    """Documents of one unit from `expand_inputs`."""
+    """Documents of one unit from `expand_inputs`. A file or line over `max_bytes` (0: no limit)
+    is rejected as too_long without being read into memory."""
     reject = on_reject or raise_reject
     if unit.startswith(EMBEDDED_PREFIX):
         name = unit[len(EMBEDDED_PREFIX) :]
@@ -135,7 +137,7 @@ def read_unit(
         reject(Reject(unit, "file", f"cannot read: {e.strerror}"))
         return
     readers = {"text": _read_text, "jsonl": _read_jsonl, "parquet": _read_parquet, "warc": _read_warc, "html": _read_html}
-    docs = readers[fmt](unit, text_field, reject)  # type: ignore[index]
+    docs = readers[fmt](unit, text_field, reject, max_bytes)  # type: ignore[index]
     if not extract:
         yield from docs
         return
@@ -156,7 +158,17 @@ def _decode(data: bytes, source: str, position: str, reject: OnReject) -> str | 
         return None
 
 
-def _read_text(path: str, text_field: str, reject: OnReject) -> Iterator[Document]:
+def _too_big(path: str, max_bytes: int, reject: OnReject) -> bool:
+    size = os.path.getsize(path)
+    if max_bytes and size > max_bytes:
+        reject(Reject(path, "file", f"too_long: {size} bytes > the {max_bytes}-byte limit (data.max_doc_chars)"))
+        return True
+    return False
+
+
+def _read_text(path: str, text_field: str, reject: OnReject, max_bytes: int = 0) -> Iterator[Document]:
+    if _too_big(path, max_bytes, reject):
+        return
     with open(path, "rb") as f:
         data = f.read()
     text = _decode(data, path, "file", reject)
@@ -164,7 +176,9 @@ def _read_text(path: str, text_field: str, reject: OnReject) -> Iterator[Documen
         yield Document(id=path, text=text, source=path)
 
 
-def _read_html(path: str, text_field: str, reject: OnReject) -> Iterator[Document]:
+def _read_html(path: str, text_field: str, reject: OnReject, max_bytes: int = 0) -> Iterator[Document]:
+    if _too_big(path, max_bytes, reject):
+        return
     with open(path, "rb") as f:
         data = f.read()
     yield Document(id=path, text=decode_html(data), source=path, metadata={HTML_FLAG: True})
@@ -181,18 +195,19 @@ def decode_html(data: bytes, charset: str | None = None) -> str:
     return data.decode("cp1252", errors="replace")
 
 
-def _binary_lines(path: str) -> Iterator[bytes]:
-    """Raw lines of a plain, .gz or .zst file; a truncated archive raises EOFError after its last full line."""
+def _binary_lines(path: str, max_bytes: int = 0) -> Iterator[bytes | None]:
+    """Raw lines of a plain, .gz or .zst file (None for a line over `max_bytes`, which is skipped
+    unread); a truncated archive raises EOFError after its last full line."""
     with open(path, "rb") as raw:
         if path.endswith(".zst"):
-            yield from _split_lines(_zstd_chunks(raw))
+            yield from _split_lines(_zstd_chunks(raw), max_bytes)
         elif path.endswith(".gz"):
             import gzip
 
             with gzip.GzipFile(fileobj=raw) as gz:
-                yield from gz
+                yield from _split_lines(iter(lambda: gz.read1(1 << 16), b""), max_bytes)  # read1: partial data before a cut
         else:
-            yield from raw
+            yield from _split_lines(iter(lambda: raw.read(1 << 20), b""), max_bytes)
 
 
 def _zstd_chunks(raw: Any, size: int = 1 << 20) -> Iterator[bytes]:
@@ -213,28 +228,42 @@ def _zstd_chunks(raw: Any, size: int = 1 << 20) -> Iterator[bytes]:
         raise EOFError("zstd stream ended in the middle of a frame (truncated file)")
 
 
-def _split_lines(chunks: Iterator[bytes]) -> Iterator[bytes]:
+def _split_lines(chunks: Iterator[bytes], max_bytes: int = 0) -> Iterator[bytes | None]:
     pending: list[bytes] = []
+    size, skipping = 0, False
     for chunk in chunks:
         start = 0
         while (nl := chunk.find(b"\n", start)) >= 0:
-            pending.append(chunk[start : nl + 1])
-            yield b"".join(pending)
+            if skipping or (max_bytes and size + nl + 1 - start > max_bytes):
+                skipping = False
+                yield None
+            else:
+                pending.append(chunk[start : nl + 1])
+                yield b"".join(pending)
             pending.clear()
-            start = nl + 1
-        if start < len(chunk):
+            size, start = 0, nl + 1
+        if start < len(chunk) and not skipping:
             pending.append(chunk[start:])
-    if pending:
+            size += len(chunk) - start
+            if max_bytes and size > max_bytes:
+                pending.clear()
+                size, skipping = 0, True
+    if skipping:
+        yield None
+    elif pending:
         yield b"".join(pending)
 
 
-def _read_jsonl(path: str, text_field: str, reject: OnReject) -> Iterator[Document]:
+def _read_jsonl(path: str, text_field: str, reject: OnReject, max_bytes: int = 0) -> Iterator[Document]:
     lineno = 0
     try:
-        for lineno, line in enumerate(_binary_lines(path), 1):  # noqa: B007
+        for lineno, line in enumerate(_binary_lines(path, max_bytes), 1):  # noqa: B007
+            pos = f"line {lineno}"
+            if line is None:
+                reject(Reject(path, pos, f"too_long: line over the {max_bytes}-byte limit (data.max_doc_chars)"))
+                continue
             if not line.strip():
                 continue
-            pos = f"line {lineno}"
             text_line = _decode(line, path, pos, reject)
             if text_line is None:
                 continue
@@ -271,7 +300,7 @@ def _jsonl_document(record: dict, text_field: str, text: str, path: str, lineno:
     )
 
 
-def _read_parquet(path: str, text_field: str, reject: OnReject) -> Iterator[Document]:
+def _read_parquet(path: str, text_field: str, reject: OnReject, max_bytes: int = 0) -> Iterator[Document]:
     import pyarrow.parquet as pq
 
     row = 0
@@ -296,7 +325,7 @@ def _json_safe(record: dict) -> dict:
     return {k: v if isinstance(v, (str, int, float, bool, type(None), dict, list)) else str(v) for k, v in record.items()}
 
 
-def _read_warc(path: str, text_field: str, reject: OnReject) -> Iterator[Document]:
+def _read_warc(path: str, text_field: str, reject: OnReject, max_bytes: int = 0) -> Iterator[Document]:
     from warcio.archiveiterator import ArchiveIterator
 
     offset = end = 0
