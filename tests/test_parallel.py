@@ -39,10 +39,14 @@ LAYOUTS_4 = [
     {"name": "fsdp4", "parallel": {"dp_shard": 4}},
     {"name": "hsdp2x2", "parallel": {"dp_replicate": 2, "dp_shard": 2}},
     {"name": "fsdp2xtp2", "parallel": {"dp_shard": 2, "tp": 2}},
-    {"name": "pp2xfsdp2", "parallel": {"pp": 2, "dp_shard": 2, "pp_microbatches": 2}},
     # FSDP on 4 ranks trains 2 steps and saves; FSDP x TP loads it (fresh init otherwise) and goes on
     {"name": "fsdp4-half", "parallel": {"dp_shard": 4}, "steps": [0, 2]},
     {"name": "resume-fsdp2xtp2", "parallel": {"dp_shard": 2, "tp": 2}, "steps": [2, 4], "resume": "fsdp4-half"},
+]
+LAYOUTS_4_SLOW = [
+    {"name": "pp2xfsdp2", "parallel": {"pp": 2, "dp_shard": 2, "pp_microbatches": 2}},
+    {"name": "ddp2xtp2", "parallel": {"dp_replicate": 2, "tp": 2}},
+    {"name": "fsdp2xtp2-gpt2-tied", "parallel": {"dp_shard": 2, "tp": 2}, "arch": "gpt2", "tied": True},
 ]
 
 
@@ -79,17 +83,29 @@ def _full_layouts():
     return [lay for lay in LAYOUTS_2 + LAYOUTS_4 if "steps" not in lay]
 
 
-@pytest.mark.parametrize("layout", _full_layouts(), ids=lambda lay: lay["name"])
-def test_layout_matches_single_process(runs, reference, layout):
+def _check_layout(out: Path, reference: dict, layout: dict) -> None:
     ref_losses, ref_weights = reference[layout.get("arch", "llama"), layout.get("tied", False)]
-    losses = json.loads((runs / layout["name"] / "losses.json").read_text())
+    losses = json.loads((out / layout["name"] / "losses.json").read_text())
     assert losses == pytest.approx(ref_losses, rel=LOSS_RTOL)
     assert ref_losses[0] != pytest.approx(ref_losses[-1], rel=1e-4)  # the model does train
-    weights = full_state_dict(runs / layout["name"])  # sharded checkpoint -> one process
+    weights = full_state_dict(out / layout["name"])  # sharded checkpoint -> one process
     for key, ref in ref_weights.items():
         if key == "lm_head.weight" and key not in weights:
             continue
         torch.testing.assert_close(weights[key], ref, rtol=0, atol=WEIGHT_ATOL, msg=f"{layout['name']}: {key}")
+
+
+@pytest.mark.parametrize("layout", _full_layouts(), ids=lambda lay: lay["name"])
+def test_layout_matches_single_process(runs, reference, layout):
+    _check_layout(runs, reference, layout)
+
+
+@pytest.mark.slow
+def test_more_4_rank_layouts(reference, tmp_path):
+    """Pipeline x FSDP, DDP x TP (replicated FSDP2 under TP) and GPT-2 with tied embeddings under FSDP x TP."""
+    torchrun(4, tmp_path, LAYOUTS_4_SLOW)
+    for layout in LAYOUTS_4_SLOW:
+        _check_layout(tmp_path, reference, layout)
 
 
 def test_resume_across_layouts(runs, reference):

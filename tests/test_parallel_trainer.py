@@ -1,0 +1,82 @@
+"""`torchrun ... -m lmforge pretrain RECIPE --parallel.dp_shard 2` end to end: sharded checkpoints
+that load_model reads in one process, and a run resumed under another layout (FSDP -> DDP, the
+same data-parallel size so the data stream is the same) that ends with the uninterrupted run's weights."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from lmforge.config import load_recipe
+from lmforge.run import run_recipe
+
+SMALL = [
+    "--tokenizer.vocab_size", "384", "--model.n_layer", "2", "--model.d_model", "64", "--model.n_head", "4",
+    "--train.micro_batch", "4", "--train.seq_len", "64", "--train.batch_tokens", "1024", "--train.max_minutes", "0",
+    "--train.checkpoint_every", "2", "--train.eval_every", "2", "--train.eval_tokens", "2048", "--train.samples", "0",
+    "--train.warmup_steps", "1",
+]
+
+
+def pretrain(run_dir: Path, steps: int, *layout: str) -> None:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "lmforge",
+           "pretrain", "recipes/shakespeare.yaml", "--run_dir", str(run_dir), "--train.max_steps", str(steps),
+           *SMALL, *layout]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300,
+                          cwd=Path(__file__).parent.parent)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("run") / "base"
+    root = Path(__file__).parent.parent
+    recipe = load_recipe(root / "recipes/shakespeare.yaml", [*SMALL, "--run_dir", str(run_dir)])
+    cwd = os.getcwd()
+    try:
+        os.chdir(root)
+        run_recipe(recipe, only=["data", "tokenizer", "tokenize"])
+    finally:
+        os.chdir(cwd)
+    return run_dir
+
+
+def test_fsdp_pretrain_then_resume_under_ddp(prepared, tmp_path):
+    from lmforge.train.checkpoint import load_model
+    from lmforge.train.distckpt import is_sharded
+
+    straight = tmp_path / "straight"
+    shutil.copytree(prepared, straight)
+    pretrain(straight, 4, "--parallel.dp_shard", "2")
+    ckpts = straight / "pretrain" / "checkpoints"
+    assert is_sharded(ckpts / "step_000004") and is_sharded(ckpts / "step_000002")
+
+    model, tok = load_model(straight)  # the consolidated weights of the last checkpoint, one process
+    assert model.cfg.n_layer == 2 and tok.vocab_size == 384
+    with torch.no_grad():
+        assert torch.isfinite(model(torch.tensor([tok.encode("To be")]))).all()
+
+    # kill after step 2 (drop the later checkpoint), resume the same run with DDP instead of FSDP
+    resumed = tmp_path / "resumed"
+    shutil.copytree(straight, resumed)
+    shutil.rmtree(resumed / "pretrain" / "checkpoints" / "step_000004")
+    pretrain(resumed, 4, "--parallel.dp_replicate", "2")
+    a = load_file(ckpts / "step_000004" / "model.safetensors")
+    b = load_file(resumed / "pretrain" / "checkpoints" / "step_000004" / "model.safetensors")
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=0, atol=1e-5)
+
+    def losses(d: Path) -> list[float]:
+        rows = [json.loads(line) for line in (d / "pretrain" / "metrics.jsonl").read_text().splitlines()]
+        return [r["loss"] for r in rows if "loss" in r]
+
+    assert losses(resumed) == pytest.approx(losses(straight), rel=1e-5)
