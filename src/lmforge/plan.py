@@ -129,8 +129,10 @@ def estimate_memory(
     *,
     compute_dtype: str = "bf16",
     activation_checkpointing: bool = False,
+    fsdp: bool | None = None,
 ) -> MemoryEstimate:
-    """Per-device training memory in bytes (see the module docstring for the model)."""
+    """Per-device training memory in bytes (see the module docstring for the model).
+    `fsdp` (default: dp_shard > 1) counts FSDP's gather buffers, e.g. for FSDP on one device."""
     if cfg.vocab_size <= 0:
         raise LmforgeError("model.vocab_size must be set to plan memory (e.g. --vocab-size 32768)")
     if layout.pp > cfg.n_layer:
@@ -143,11 +145,13 @@ def estimate_memory(
     shard = n_dev / layout.dp_shard
     block, norms = _block_params(cfg)
     block_tp = (block - norms) / layout.tp + norms
-    fsdp = 0.0
-    if layout.dp_shard > 1:
-        fsdp = 2 * block_tp * cb + block_tp * 4  # 2 gathered blocks + one block's unsharded fp32 grads
+    if fsdp is None:
+        fsdp = layout.dp_shard > 1
+    buffers = 0.0
+    if fsdp:
+        buffers = 2 * block_tp * cb + block_tp * 4  # 2 gathered blocks + one block's unsharded fp32 grads
     elif cb != 4:
-        fsdp = 2 * block_tp * cb  # autocast's low-precision weight copies of the running block
+        buffers = 2 * block_tp * cb  # autocast's low-precision weight copies of the running block
     layers_here = max(n for _, n in _stage_sizes(cfg.n_layer, layout.pp))
     if layout.pp > 1:
         n_mb = layout.pp_microbatches
@@ -163,7 +167,7 @@ def estimate_memory(
     logit_tokens = micro_batch * seq_len if layout.pp == 1 else micro_batch / layout.pp_microbatches * seq_len
     logits = logit_tokens * cfg.vocab_size * (cb + 4 + 4) if last else 0.0
     return MemoryEstimate(
-        params=4 * shard, grads=4 * shard, optimizer=8 * shard, fsdp_buffers=fsdp, activations=acts, logits=logits
+        params=4 * shard, grads=4 * shard, optimizer=8 * shard, fsdp_buffers=buffers, activations=acts, logits=logits
     )
 
 
