@@ -222,12 +222,112 @@ def throughput(n_docs: int) -> None:
     print(f"ratio lmforge / datatrove: {ro / rt:.2f}x")
 
 
+class _Words:
+    """datatrove WordTokenizer over a plain function (built lazily so datatrove stays optional)."""
+
+    @staticmethod
+    def make(fn):
+        from datatrove.utils.word_tokenizers import WordTokenizer
+
+        class Words(WordTokenizer):
+            def word_tokenize(self, text):
+                return fn(text)
+
+            def sent_tokenize(self, text):
+                return [text]
+
+            def span_tokenize(self, text):
+                return [(0, len(text))]
+
+        return Words("en")
+
+
+def _xxh64(text: str) -> int:
+    import xxhash
+
+    return xxhash.xxh64_intdigest(text.encode("utf-8"))
+
+
+def end_to_end(n_docs: int, files: int, workers: int) -> None:
+    """Whole runs on the same JSONL files: read, 4 filters, write, MinHash dedup (all 4 stages)."""
+    import json
+    from pathlib import Path
+
+    from datatrove.executor import LocalPipelineExecutor
+    from datatrove.pipeline.dedup.minhash import (
+        MinhashConfig,
+        MinhashDedupBuckets,
+        MinhashDedupCluster,
+        MinhashDedupFilter,
+        MinhashDedupSignature,
+    )
+    from datatrove.pipeline.filters import (
+        C4QualityFilter,
+        FineWebQualityFilter,
+        GopherQualityFilter,
+        GopherRepetitionFilter,
+    )
+    from datatrove.pipeline.readers import JsonlReader
+    from datatrove.pipeline.writers import JsonlWriter
+
+    from lmforge.data.config import DataConfig
+    from lmforge.data.pipeline import run_pipeline
+
+    root = Path(tempfile.mkdtemp(prefix="lmforge-data-bench-"))
+    texts = scene_documents(n_docs)
+    (root / "in").mkdir()
+    for f in range(files):
+        with open(root / "in" / f"part{f:03d}.jsonl", "w") as fh:
+            for i in range(f, len(texts), files):
+                fh.write(json.dumps({"text": texts[i], "id": f"{f}/{i}"}) + "\n")
+    tok, ws = _Words.make(split_words), _Words.make(str.split)
+
+    cfg = DataConfig(inputs=[str(root / "in")], steps=["gopher_repetition", "gopher_quality", "c4", "fineweb",
+                                                       "minhash_dedup"], workers=workers)
+    cfg.c4.disable = ["too_few_sentences"]
+    t0 = time.perf_counter()
+    stats = run_pipeline(cfg, root / "lmforge")
+    ours = time.perf_counter() - t0
+
+    mh = MinhashConfig()
+    dt = root / "datatrove"
+
+    class Signature(MinhashDedupSignature):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            self._hash_func = _xxh64  # datatrove 0.10.1 hands str to xxhash >= 4, which refuses it
+
+    def run(pipeline, tasks):
+        LocalPipelineExecutor(pipeline=pipeline, tasks=tasks, workers=workers, logging_dir=str(dt / f"logs{run.n}"),
+                              start_method="fork").run()
+        run.n += 1
+
+    run.n = 0
+    t0 = time.perf_counter()
+    run([JsonlReader(str(root / "in")), GopherRepetitionFilter(language=tok), GopherQualityFilter(language=tok),
+         C4QualityFilter(min_num_sentences=-1, language=tok), FineWebQualityFilter(language=tok),
+         JsonlWriter(str(dt / "filtered"))], files)
+    run([JsonlReader(str(dt / "filtered")), Signature(str(dt / "sigs"), config=mh, language=ws)], files)
+    run([MinhashDedupBuckets(str(dt / "sigs"), str(dt / "buckets"), config=mh)], mh.num_buckets)
+    run([MinhashDedupCluster(str(dt / "buckets"), str(dt / "remove"), config=mh)], 1)
+    run([JsonlReader(str(dt / "filtered")), MinhashDedupFilter(str(dt / "remove")), JsonlWriter(str(dt / "out"))],
+        files)
+    theirs = time.perf_counter() - t0
+    kept_theirs = sum(1 for p in (dt / "out").glob("*") for _ in __import__("gzip").open(p))
+    print(f"\n## end to end, {workers} workers: {n_docs} documents in {files} JSONL files -> 4 filters -> "
+          f"MinHash dedup (signatures, buckets, clusters, filter) -> jsonl")
+    print(f"lmforge   {ours:.1f} s wall, kept {stats['output']['documents']}")
+    print(f"datatrove {theirs:.1f} s wall, kept {kept_theirs}")
+    print(f"ratio (datatrove time / lmforge time): {theirs / ours:.2f}x")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pairs", type=int, default=1000, help="planted pairs (default 1000)")
     p.add_argument("--unrelated", type=int, default=2000, help="unrelated documents (default 2000)")
     p.add_argument("--docs", type=int, default=2000, help="documents for the throughput run (default 2000)")
-    p.add_argument("--skip", default="", help="comma list of parts to skip: quality,datasketch,throughput")
+    p.add_argument("--workers", type=int, default=2, help="workers for the end-to-end run (default 2)")
+    p.add_argument("--skip", default="", help="comma list of parts to skip: quality,datasketch,throughput,end2end")
     args = p.parse_args()
     skip = set(args.skip.split(","))
     if "quality" not in skip:
@@ -236,6 +336,8 @@ def main() -> None:
         vs_datasketch(min(args.pairs, 300))
     if "throughput" not in skip:
         throughput(args.docs)
+    if "end2end" not in skip:
+        end_to_end(args.docs, files=8, workers=args.workers)
 
 
 if __name__ == "__main__":
