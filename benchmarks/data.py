@@ -1,6 +1,6 @@
 """Data pipeline benchmark: near-duplicate quality, MinHash vs datasketch, throughput vs datatrove.
 
-    .venv/bin/python benchmarks/data.py                # all three parts
+    .venv/bin/python benchmarks/data.py                # all four parts
     .venv/bin/python benchmarks/data.py --docs 500     # smaller throughput run
 
 1. Planted near-duplicates: pairs (base, variant) whose word-5-gram Jaccard similarity is known
@@ -15,6 +15,10 @@
    lmforge's word splitter (its English default needs spaCy/NLTK models, which are downloads),
    and C4's sentence counting is off on both sides (it needs NLTK punkt). Both sides' drop
    decisions are compared and printed. Best of 3 timings, interleaved.
+4. End to end, wall clock, `--workers` processes: the same documents as 8 JSONL files through the
+   same 4 filters and MinHash dedup with all its stages (signatures, buckets, clusters, filter),
+   written back as JSONL: `lmforge.data.pipeline.run_pipeline` vs datatrove's
+   LocalPipelineExecutor (5 pipelines, as in datatrove's examples). Kept counts are printed.
 """
 
 from __future__ import annotations
