@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import shutil
 import tempfile
 import time
 
@@ -224,6 +225,7 @@ def throughput(n_docs: int) -> None:
     print(f"datatrove {datatrove.__version__ if hasattr(datatrove, '__version__') else '0.10.1'} "
           f"{rt:,.0f} docs/s/core ({best_theirs:.2f} s)")
     print(f"ratio lmforge / datatrove: {ro / rt:.2f}x")
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 class _Words:
@@ -323,6 +325,7 @@ def end_to_end(n_docs: int, files: int, workers: int) -> None:
     print(f"lmforge   {ours:.1f} s wall, kept {stats['output']['documents']}")
     print(f"datatrove {theirs:.1f} s wall, kept {kept_theirs}")
     print(f"ratio (datatrove time / lmforge time): {theirs / ours:.2f}x")
+    shutil.rmtree(root, ignore_errors=True)
 
 
 def main() -> None:
