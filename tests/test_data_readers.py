@@ -210,3 +210,11 @@ def test_oversized_records_are_skipped_unread(tmp_path):
     rejects = []
     assert list(read_unit(str(tmp_path / "big.txt"), on_reject=rejects.append, max_bytes=1000)) == []
     assert rejects[0].reason.startswith("too_long")
+
+
+def test_hf_dataset_without_the_package_is_a_clear_error(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "datasets", None)
+    with pytest.raises(LmforgeError, match="needs the `datasets` package"):
+        list(read_inputs(["hf:some/dataset"]))
