@@ -216,5 +216,5 @@ def test_hf_dataset_without_the_package_is_a_clear_error(monkeypatch):
     import sys
 
     monkeypatch.setitem(sys.modules, "datasets", None)
-    with pytest.raises(LmforgeError, match="needs the `datasets` package"):
+    with pytest.raises(LmforgeError, match="need the `datasets` package"):
         list(read_inputs(["hf:some/dataset"]))
