@@ -218,3 +218,13 @@ def test_hf_dataset_without_the_package_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "datasets", None)
     with pytest.raises(LmforgeError, match="need the `datasets` package"):
         list(read_inputs(["hf:some/dataset"]))
+
+
+def test_hf_dataset_from_a_local_folder(tmp_path, monkeypatch):
+    pytest.importorskip("datasets")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    (tmp_path / "ds").mkdir()
+    (tmp_path / "ds" / "train.jsonl").write_text('{"body": "first"}\n{"body": "second"}\n{"body": 3}\n')
+    docs, rejects = collect([f"hf:{tmp_path / 'ds'}:train"], text_field="body")
+    assert [d.text for d in docs] == ["first", "second"] and len(rejects) == 1
