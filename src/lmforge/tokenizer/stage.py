@@ -69,7 +69,9 @@ def read_documents(
 
 def stage_inputs(recipe: Any, run_dir: Path) -> list[str]:
     """The recipe's tokenizer inputs, or the data stage's documents when none are given."""
-    return list(recipe.tokenizer.inputs) or [str(Path(run_dir) / "data" / "docs")]
+    from lmforge.data.stage import output_dir
+
+    return list(recipe.tokenizer.inputs) or [str(output_dir(recipe, run_dir) / "docs")]
 
 
 def train_stage(recipe: Any, run_dir: Path) -> None:
