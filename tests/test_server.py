@@ -222,3 +222,48 @@ def test_api_key_required():
         good = openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0)
         assert good.completions.create(model="tiny", prompt="x", max_tokens=1).choices
         assert httpx.get(url + "/health").status_code == 200  # health and the page need no key
+
+
+def test_no_input_crashes_the_server(server):
+    """Random JSON bodies (hypothesis) to both endpoints: only 200 or a 4xx with a message, never a 5xx."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    url, _, _ = server
+    scalars = st.none() | st.booleans() | st.integers(-(10**20), 10**20) | st.floats(allow_nan=False) | st.text(max_size=12)
+    values = st.recursive(scalars, lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=6), c, max_size=3), max_leaves=8)
+    message = st.fixed_dictionaries(
+        {"role": st.sampled_from(["user", "assistant", "system", "developer", "tool"]), "content": st.text(max_size=20) | values}
+    )
+    fields = {
+        "prompt": st.text(max_size=30) | st.lists(st.integers(-5, 400), max_size=5) | values,
+        "messages": st.lists(message, max_size=3) | values,
+        "temperature": st.floats(0, 2) | values, "top_p": st.floats(0, 1) | values, "top_k": st.integers(0, 500) | values,
+        "max_tokens": st.integers(-2, 120) | values, "max_completion_tokens": st.integers(0, 5) | values,
+        "stop": st.text(max_size=3) | st.lists(st.text(max_size=3), max_size=5) | values,
+        "seed": st.integers(-(2**70), 2**70) | values, "n": st.integers(-1, 10) | values,
+        "stream": st.booleans() | values, "stream_options": st.just({"include_usage": True}) | values,
+        "logprobs": values, "ignore_eos": st.booleans() | values, "response_format": values,
+    }
+    bodies = st.dictionaries(st.sampled_from(sorted(fields)), st.just(None), max_size=6).flatmap(
+        lambda d: st.fixed_dictionaries({k: fields[k] for k in d})
+    )
+
+    with httpx.Client(base_url=url, timeout=60) as h:
+
+        @settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+        @given(body=bodies, path=st.sampled_from(["/v1/completions", "/v1/chat/completions"]))
+        def one(body, path):
+            with h.stream("POST", path, json=body) as r:
+                text = r.read().decode()
+            assert r.status_code in (200, 400, 429), (r.status_code, body, text)
+            if r.status_code != 200:
+                assert r.json()["error"]["message"]
+            elif body.get("stream") is True:
+                assert text.rstrip().endswith("data: [DONE]") and '"error"' not in text, text
+
+        one()
+        for raw in (b"", b"\xff\xfe", b"[]", b'{"prompt": NaN}', b'{"prompt": "x"' + b"}" * 3, b"null"):
+            r = h.post("/v1/completions", content=raw, headers={"Content-Type": "application/json"})
+            assert r.status_code == 400, raw
+        assert h.get("/health").json()["status"] == "ok"

@@ -210,6 +210,19 @@ def _number(body: dict, key: str, default, lo: float, hi: float, integer: bool =
     return value
 
 
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not JSON (Python's json module would accept it)")
+
+
+def _include_usage(body: dict) -> bool:
+    options = body.get("stream_options")
+    if options is None:
+        return False
+    if not isinstance(options, dict) or not isinstance(options.get("include_usage", False), bool):
+        raise ApiError(400, "'stream_options' must be an object like {\"include_usage\": true}", "stream_options")
+    return options.get("include_usage", False)
+
+
 def _refuse_unsupported(body: dict) -> None:
     checks = {
         "logprobs": lambda v: v not in (None, False, 0),
@@ -349,8 +362,8 @@ def create_app(model, tokenizer, config: ServerConfig | None = None):
     async def read_body(request: Request) -> dict:
         raw = await request.body()
         try:
-            body = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            body = json.loads(raw, parse_constant=_no_constant)
+        except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
             raise ApiError(400, f"request body is not valid JSON: {e}") from None
         if not isinstance(body, dict):
             raise ApiError(400, "request body must be a JSON object")
@@ -457,6 +470,7 @@ def create_app(model, tokenizer, config: ServerConfig | None = None):
         authorize(request)
         body = await read_body(request)
         params, explicit, n, stream = sampling_from_body(body, None, ("max_tokens",))
+        include_usage = _include_usage(body)
         prompt = body.get("prompt")
         if isinstance(prompt, str):
             prompts = [prompt]
@@ -480,7 +494,6 @@ def create_app(model, tokenizer, config: ServerConfig | None = None):
         rid, model_name = f"cmpl-{uuid.uuid4().hex[:24]}", config.model_name
         job = await run([p for p in ids for _ in range(n)], params, stream)
         if stream:
-            include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
 
             def chunk(delta, finish):
                 if delta is None:
@@ -511,6 +524,7 @@ def create_app(model, tokenizer, config: ServerConfig | None = None):
         authorize(request)
         body = await read_body(request)
         params, explicit, n, stream = sampling_from_body(body, None, ("max_tokens", "max_completion_tokens"))
+        include_usage = _include_usage(body)
         messages = _messages(body)
         try:
             ids, _ = tokenizer.render_chat(messages, add_generation_prompt=True)
@@ -526,7 +540,6 @@ def create_app(model, tokenizer, config: ServerConfig | None = None):
         rid, model_name = f"chatcmpl-{uuid.uuid4().hex[:24]}", config.model_name
         job = await run([list(ids)] * n, params, stream)
         if stream:
-            include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
 
             def chunk(delta, finish):
                 d = {"role": "assistant", "content": ""} if delta is None else ({"content": delta} if delta else {})
