@@ -1,9 +1,9 @@
 """Import a local Hugging Face checkpoint (LlamaForCausalLM or GPT2LMHeadModel) as an lmforge checkpoint.
 
 The result is an ordinary weights-only lmforge checkpoint (model.safetensors, config.json,
-tokenizer/) that `generate`, `chat`, `serve`, `eval`, `export` and fine-tuning (`init_from`)
-accept. A byte-level BPE tokenizer.json is converted into an lmforge tokenizer; when its ids are
-laid out differently from lmforge's (bytes 0-255, then merges, then specials), the embedding and
+tokenizer/) that `generate`, `chat`, `serve`, `eval`, `export` accept and that fine-tuning starts
+from (`lmforge sft RECIPE --sft.train.init_from CKPT`). A byte-level BPE tokenizer.json is
+converted into an lmforge tokenizer; when its ids are laid out differently from lmforge's (bytes 0-255, then merges, then specials), the embedding and
 LM-head rows are reordered to match, so the model computes the same function. Other tokenizers
 (SentencePiece, prefix-space ByteLevel, normalizers) are refused with the reason. Nothing is
 downloaded: DIR must be a local directory.
