@@ -80,3 +80,9 @@ def test_fsdp_pretrain_then_resume_under_ddp(prepared, tmp_path):
         return [r["loss"] for r in rows if "loss" in r]
 
     assert losses(resumed) == pytest.approx(losses(straight), rel=1e-5)
+
+    # a time budget: every rank must stop at the same step (one rank leaving alone would hang the other)
+    pretrain(resumed, 100_000, "--parallel.dp_shard", "2", "--train.max_minutes", "0.1", "--train.eval_every", "0")
+    steps = [r["step"] for r in map(json.loads, (resumed / "pretrain" / "metrics.jsonl").read_text().splitlines())
+             if "loss" in r]
+    assert 4 < steps[-1] < 100_000

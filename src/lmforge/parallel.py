@@ -485,6 +485,17 @@ def all_reduce_sum(value: float | torch.Tensor, ctx: DistContext) -> float:
     return float(t)
 
 
+def agree(value: float, ctx: DistContext) -> float:
+    """Rank 0's value on every rank (clocks: a time budget must stop all ranks at the same step)."""
+    if not ctx.distributed:
+        return value
+    import torch.distributed as dist
+
+    t = torch.tensor([value], dtype=torch.float64, device=ctx.device)
+    dist.broadcast(t, src=0)
+    return float(t)
+
+
 def barrier(ctx: DistContext) -> None:
     if ctx.distributed:
         import torch.distributed as dist

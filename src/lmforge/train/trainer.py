@@ -246,6 +246,11 @@ class Trainer:
         last: dict[str, Any] = {}
         try:
             while self.step < cfg.max_steps:
+                if cfg.max_minutes > 0 and self.ctx.distributed:  # rank 0's clock decides for every rank
+                    from lmforge.parallel import agree
+
+                    self.elapsed = agree(self.elapsed, self.ctx)
+                    last["step_s"] = agree(last.get("step_s", 0.0), self.ctx)
                 # Stop when the next step (estimated as long as the last one) would overrun the budget.
                 if cfg.max_minutes > 0 and self.elapsed + last.get("step_s", 0.0) > cfg.max_minutes * 60:
                     self.say(f"time budget of {cfg.max_minutes:g} min reached at step {self.step}")
