@@ -131,3 +131,9 @@ def test_cli_export_bfloat16(tmp_path, capsys):
     assert torch.equal(hf.model.embed_tokens.weight, ours.tok_emb.weight.to(torch.bfloat16))
     assert cli(["export", "--model", str(tmp_path / "nowhere"), "--out", str(tmp_path / "y")]) == 2
     assert "nowhere" in capsys.readouterr().err
+    # re-exporting over an export is fine; over any other non-empty directory it is refused
+    assert cli(["export", "--model", str(ckpt), "--out", str(tmp_path / "hf")]) == 0
+    for not_an_export in (tmp_path / "ckpt" / "tokenizer", tmp_path / "ckpt"):
+        assert cli(["export", "--model", str(ckpt), "--out", str(not_an_export)]) == 2
+        assert "not an exported model directory" in capsys.readouterr().err
+    assert (tmp_path / "ckpt" / "tokenizer" / "lmforge_tokenizer.json").exists()

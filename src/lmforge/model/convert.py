@@ -18,6 +18,7 @@ BPE tokenizer.json becomes an lmforge Tokenizer.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -276,6 +277,9 @@ def export_hf(model: torch.nn.Module, tokenizer, out_dir: str | os.PathLike, dty
     from safetensors.torch import save_file
 
     out_dir = Path(out_dir)
+    if out_dir.exists() and not _replaceable(out_dir):
+        # the directory is replaced as a whole: never do that to something that is not an HF export
+        raise LmforgeError(f"{out_dir} exists and is not an exported model directory; choose a new --out")
     cfg: ModelConfig = model.cfg
     if tokenizer is not None and tokenizer.vocab_size > cfg.vocab_size:
         raise LmforgeError(f"tokenizer has {tokenizer.vocab_size} ids but the model only {cfg.vocab_size}")
@@ -301,6 +305,18 @@ def export_hf(model: torch.nn.Module, tokenizer, out_dir: str | os.PathLike, dty
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
+
+
+def _replaceable(out_dir: Path) -> bool:
+    """An empty directory, or one holding a Hugging Face model (config.json with a model_type)."""
+    if not out_dir.is_dir():
+        return False
+    if not any(out_dir.iterdir()):
+        return True
+    try:
+        return "model_type" in json.loads((out_dir / "config.json").read_text())
+    except (OSError, ValueError, TypeError):
+        return False
 
 
 def _stop_ids(tokenizer) -> list[int] | None:
