@@ -267,3 +267,41 @@ def test_no_input_crashes_the_server(server):
             r = h.post("/v1/completions", content=raw, headers={"Content-Type": "application/json"})
             assert r.status_code == 400, raw
         assert h.get("/health").json()["status"] == "ok"
+
+
+def test_lmforge_serve_command(tmp_path):
+    """`lmforge serve` as a user runs it: a checkpoint, 127.0.0.1, the key from LMFORGE_API_KEY."""
+    import os
+    import subprocess
+    import sys
+
+    from lmforge.train.checkpoint import save_model_checkpoint
+
+    ckpt = save_model_checkpoint(model(max_seq_len=64), tokenizer(), tmp_path / "run" / "sft" / "checkpoints" / "step_000005")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "LMFORGE_API_KEY": KEY}
+    cmd = [sys.executable, "-m", "lmforge", "serve", "--model", str(tmp_path / "run"), "--port", str(port)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 60
+        while True:
+            assert proc.poll() is None, proc.stdout.read()
+            try:
+                if httpx.get(url + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.time() < deadline, "lmforge serve did not come up"
+            time.sleep(0.2)
+        client = openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0)
+        assert [m.id for m in client.models.list().data] == ["run-sft"]
+        assert client.chat.completions.create(model="run-sft", messages=[{"role": "user", "content": "Hi"}], max_tokens=3).choices
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=url + "/v1", api_key="nope", max_retries=0).models.list()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+    assert str(ckpt) in proc.stdout.read()
