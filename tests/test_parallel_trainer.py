@@ -86,3 +86,26 @@ def test_fsdp_pretrain_then_resume_under_ddp(prepared, tmp_path):
     steps = [r["step"] for r in map(json.loads, (resumed / "pretrain" / "metrics.jsonl").read_text().splitlines())
              if "loss" in r]
     assert 4 < steps[-1] < 100_000
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", [["--parallel.tp", "2"], ["--parallel.pp", "2", "--parallel.pp_microbatches", "2"]],
+                         ids=["tp2", "pp2"])
+def test_trainer_tp_pp_match_single_process(prepared, tmp_path, layout):
+    """With one data-parallel replica the batch stream is the single process's: same losses."""
+    untied = ["--model.tie_embeddings", "false"]
+    single, dist = tmp_path / "single", tmp_path / "dist"
+    shutil.copytree(prepared, single)
+    shutil.copytree(prepared, dist)
+    root = Path(__file__).parent.parent
+    cmd = [sys.executable, "-m", "lmforge", "pretrain", "recipes/shakespeare.yaml", "--run_dir", str(single),
+           "--train.max_steps", "4", *SMALL, *untied]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=root, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    pretrain(dist, 4, *layout, *untied)
+
+    def losses(d: Path) -> list[float]:
+        rows = [json.loads(line) for line in (d / "pretrain" / "metrics.jsonl").read_text().splitlines()]
+        return [r["loss"] for r in rows if "loss" in r]
+
+    assert losses(dist) == pytest.approx(losses(single), rel=1e-5)
