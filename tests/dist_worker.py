@@ -3,7 +3,8 @@
     torchrun --standalone --nproc-per-node N tests/dist_worker.py OUT_DIR LAYOUTS_JSON
 
 Each layout: {"name", "parallel": {...ParallelConfig fields}, "steps": [a, b], "arch", "tied",
-"resume": name of an earlier layout whose checkpoint to load first}. Rank 0 writes
+"resume": name of an earlier layout whose checkpoint to load first, "meta": build on the meta
+device with `build_parallel_model`}. Rank 0 writes
 OUT_DIR/<name>/losses.json; every layout saves a sharded checkpoint to OUT_DIR/<name>/.
 """
 
@@ -17,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import dist_common  # noqa: E402
 from lmforge.fileio import atomic_write_json  # noqa: E402
-from lmforge.parallel import parallelize, setup_distributed, teardown_distributed  # noqa: E402
+from lmforge.parallel import build_parallel_model, parallelize, setup_distributed, teardown_distributed  # noqa: E402
 from lmforge.train.config import ParallelConfig  # noqa: E402
 from lmforge.train.distckpt import load_sharded, save_sharded  # noqa: E402
 
@@ -28,8 +29,12 @@ def main() -> None:
         pcfg = ParallelConfig(**lay["parallel"])
         ctx = setup_distributed(pcfg, "cpu")
         # a resumed layout starts from different weights: only the checkpoint can make it match
-        model = dist_common.build(lay.get("arch", "llama"), lay.get("tied", False), seed=99 if lay.get("resume") else 0)
-        model = parallelize(model, pcfg, ctx)
+        if lay.get("meta"):  # built on the meta device, sharded, then materialised and initialised
+            cfg = dist_common.model_config(lay.get("arch", "llama"), lay.get("tied", False))
+            model = build_parallel_model(cfg, pcfg, ctx, seed=0)
+        else:
+            model = dist_common.build(lay.get("arch", "llama"), lay.get("tied", False), seed=99 if lay.get("resume") else 0)
+            model = parallelize(model, pcfg, ctx)
         opt = dist_common.optimizer(model)
         if lay.get("resume"):
             load_sharded(model, opt, out / lay["resume"])

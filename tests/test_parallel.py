@@ -8,6 +8,7 @@ and, loaded back from its sharded checkpoint into one process, the same weights 
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -34,6 +35,8 @@ LAYOUTS_2 = [
     {"name": "pp2-gpipe", "parallel": {"pp": 2, "pp_schedule": "gpipe", "pp_microbatches": 4}},
     {"name": "pp2-1f1b", "parallel": {"pp": 2, "pp_schedule": "1f1b", "pp_microbatches": 4}},
     {"name": "tp2-gpt2-tied", "parallel": {"tp": 2}, "arch": "gpt2", "tied": True},
+    {"name": "meta-fsdp2", "parallel": {"dp_shard": 2}, "meta": True, "steps": [0, 2]},
+    {"name": "meta-pp2", "parallel": {"pp": 2}, "meta": True, "steps": [0, 2]},
 ]
 LAYOUTS_4 = [
     {"name": "fsdp4", "parallel": {"dp_shard": 4}},
@@ -116,6 +119,20 @@ def test_resume_across_layouts(runs, reference):
     weights = full_state_dict(runs / "resume-fsdp2xtp2")
     for key, ref in ref_weights.items():
         torch.testing.assert_close(weights[key], ref, rtol=0, atol=WEIGHT_ATOL)
+
+
+@pytest.mark.parametrize("name", ["meta-fsdp2", "meta-pp2"])
+def test_meta_device_build(runs, name):
+    """build_parallel_model: never materialised whole, yet initialised like the plain model."""
+    losses = json.loads((runs / name / "losses.json").read_text())
+    assert losses[0] == pytest.approx(math.log(dist_common.VOCAB), abs=0.05)  # near-uniform predictions
+    weights = full_state_dict(runs / name)
+    assert set(weights) == set(dist_common.build().state_dict())
+    for key, w in weights.items():
+        if key.endswith("norm.weight"):
+            assert (w - 1).abs().max() < 0.05, key  # ones, moved by 2 small steps
+        else:
+            assert 0.005 < float(w.std()) < 0.04, key  # Normal(0, 0.02), out-projections scaled down
 
 
 def test_sharded_checkpoint_resumes_in_one_process(runs, reference):
