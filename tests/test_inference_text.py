@@ -147,3 +147,14 @@ def test_chat_stops_at_end_token_and_streams():
     assert (reply.text, reply.finish_reason) == ("A poor player.", "stop")
     assert reply.token_ids[-1] == END
     assert "".join(engine.stream_chat(messages, SamplingParams(temperature=0))) == "A poor player."
+
+
+def test_closing_a_stream_early_keeps_what_was_made_and_restores_the_model_mode():
+    model = ScriptedModel(PROMPT + text_ids(REPLY)).train()
+    stream = Engine(model, TOK).stream(PROMPT, SamplingParams(max_new_tokens=40, temperature=0))
+    first = [next(stream) for _ in range(5)]
+    assert not model.training  # generation runs in eval mode
+    stream.close()
+    assert stream.completion.text == "".join(first) == REPLY[:5]
+    assert stream.completion.completion_tokens == 5
+    assert model.training
