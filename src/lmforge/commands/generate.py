@@ -182,6 +182,7 @@ def stream_one(engine, params, prompt: str) -> int:
         sys.stdout.write(delta)
         sys.stdout.flush()
     sys.stdout.write("\n")
+    sys.stdout.flush()
     c = stream.completion
     dt = time.perf_counter() - t0
     print(
