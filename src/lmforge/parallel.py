@@ -323,6 +323,16 @@ def apply_ddp(model: nn.Module, ctx: DistContext) -> nn.Module:
     return replicate(model, device_mesh=ctx.submesh("dp_replicate"), bucket_cap_mb=100)
 
 
+def set_grad_sync(model: nn.Module, enabled: bool) -> None:
+    """Gradient accumulation without communication: under DDP the all-reduce is skipped for all
+    but the last micro-batch of a step (gradients just add up locally). FSDP keeps its
+    reduce-scatter on every micro-batch: skipping it would hold unsharded gradients."""
+    from torch.distributed._composable.replicate import DDP
+
+    if isinstance(model, DDP):
+        model.set_requires_gradient_sync(enabled)
+
+
 # ---------------------------------------------------------------------------- building
 
 

@@ -304,7 +304,11 @@ class Trainer:
         count = torch.zeros((), device=self.device)
         metric_sums: dict[str, float] = {}
         n_tokens = 0
-        for _ in range(self.accum):
+        for i in range(self.accum):
+            if self.ctx.distributed:  # DDP all-reduces on the last micro-batch only
+                from lmforge.parallel import set_grad_sync
+
+                set_grad_sync(self.model, i == self.accum - 1)
             batch = {k: v.to(self.device, non_blocking=True) for k, v in self.loader.next().items()}
             n_tokens += int(batch["input_ids"].numel()) if "input_ids" in batch else 0
             if self.pipeline is not None:  # the schedule runs forward and backward over microbatches
