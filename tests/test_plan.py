@@ -4,6 +4,7 @@ checked against what autograd really saves (saved_tensors_hooks) for one block."
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -101,5 +102,9 @@ def test_plan_cli(capsys):
     assert math.isclose(total, est.total / 1024**3, abs_tol=0.01)
     assert cli_main(["plan", "--gpu-hours", "1000", "--gpu", "H100"]) == 0
     assert "nearest preset: 3b" in capsys.readouterr().out
+    root = Path(__file__).parent.parent
+    assert cli_main(["plan", str(root / "recipes/shakespeare.yaml"), "--parallel.dp_shard", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "vocab 4096" in out and "dp_shard 2" in out  # the recipe's tokenizer size and the override
     assert cli_main(["plan", "--preset", "124m", "--tp", "5"]) == 2
     assert "must divide" in capsys.readouterr().err

@@ -25,7 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("recipe", nargs="?", default=None, help="recipe whose model/parallel/train sections to plan")
     p.add_argument("--preset", default="", help="model preset (tiny, mini, small, 124m, 350m, 1b, 3b, 8b, 70b)")
     p.add_argument("--arch", default="llama", choices=["llama", "gpt2"], help="architecture with --preset (default llama)")
-    p.add_argument("--vocab-size", type=int, default=0, help="vocabulary size (default: the recipe's, else 32768)")
+    p.add_argument("--vocab-size", type=int, default=0, help="vocabulary size (default: the recipe's tokenizer's, else 32768)")
     p.add_argument("--seq-len", type=int, default=0, help="sequence length (default: train.seq_len or the preset's context)")
     p.add_argument("--micro-batch", type=int, default=0, help="sequences per device per forward (default: train.micro_batch, or 1)")
     for name in ("dp-replicate", "dp-shard", "tp", "pp"):
@@ -59,7 +59,7 @@ def main(args: argparse.Namespace, overrides: list[str]) -> int:
     budget = args.flops > 0 or args.gpu_hours > 0
     if args.recipe or overrides or not budget or args.preset:
         recipe = load_recipe(args.recipe, overrides)
-        vocab = args.vocab_size or recipe.model.vocab_size or 32768
+        vocab = args.vocab_size or recipe.model.vocab_size or (recipe.tokenizer.vocab_size if args.recipe else 32768)
         if args.preset:
             try:
                 cfg = preset_config(args.preset, vocab, args.arch)
