@@ -16,6 +16,7 @@ examples:
   lmforge pretrain shakespeare --train.max_minutes 2 --train.lr 3e-3
   lmforge pretrain shakespeare --resume --train.max_steps 2000
   lmforge pretrain shakespeare --fresh --model.n_layer 8 --train.compile true
+  torchrun --nproc-per-node 8 -m lmforge pretrain RECIPE --parallel.dp_shard 8   # FSDP (docs/distributed.md)
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     group = p.add_mutually_exclusive_group()
     group.add_argument("--resume", action="store_true", help="continue from the latest checkpoint (error if none)")
     group.add_argument("--fresh", action="store_true", help="ignore existing checkpoints and start over")
-    add_recipe_argument(p, ["name", "seed", "run_dir", "model", "train"])
+    add_recipe_argument(p, ["name", "seed", "run_dir", "model", "train", "parallel"])
 
 
 def main(args: argparse.Namespace, overrides: list[str]) -> int:

@@ -64,9 +64,11 @@ class TrainConfig:
 
 @dataclass
 class ParallelConfig:
-    dp_replicate: int = 1
-    dp_shard: int = 1
-    tp: int = 1
-    pp: int = 1
+    """Parallel layout under torchrun (lmforge.parallel); the product of the degrees is the world size."""
+
+    dp_replicate: int = field(default=1, metadata={"help": "full replicas: DDP; HSDP replica groups with dp_shard"})
+    dp_shard: int = field(default=1, metadata={"help": "FSDP2: weights, grads, optimizer sharded over these ranks"})
+    tp: int = field(default=1, metadata={"help": "tensor + sequence parallel (divides n_head, n_kv_head, d_ff)"})
+    pp: int = field(default=1, metadata={"help": "pipeline stages (needs model.tie_embeddings false)"})
     pp_schedule: Literal["1f1b", "gpipe"] = "1f1b"
-    pp_microbatches: int = 4
+    pp_microbatches: int = field(default=4, metadata={"help": "pipeline microbatches (divide train.micro_batch)"})
