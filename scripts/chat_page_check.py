@@ -7,6 +7,7 @@ Debian's chromium through selenium + chromedriver, checks that
   2. a typed message (Enter sends) appears as a user bubble and an assistant reply streams in
      (the bubble is filled and loses its "pending" cursor);
   3. a sampling setting is sent (max tokens = 12 caps the reply) and "Clear conversation" empties it;
+  4. a request the server refuses (max tokens beyond the context) shows the server's message;
 
 and saves a screenshot after the reply. Exit status 0 = all checks passed.
 
@@ -133,6 +134,12 @@ def main() -> int:
         print(f"screenshot: {args.screenshot}")
         driver.find_element(By.ID, "clear").click()
         check(not driver.find_elements(By.CSS_SELECTOR, ".msg"), "Clear conversation empties the chat")
+        box.clear()
+        box.send_keys("100000")  # more than the context: the server answers 400, the page shows it
+        driver.find_element(By.ID, "input").send_keys("hello", Keys.ENTER)
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".msg.error"))
+        error = driver.find_element(By.CSS_SELECTOR, ".msg.error .content").text
+        check("context" in error, f"a server error is shown to the user: {error!r}")
     finally:
         driver.quit()
         server.should_exit = True
