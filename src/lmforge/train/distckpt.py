@@ -103,7 +103,7 @@ def load_sharded(model: nn.Module, optimizer: torch.optim.Optimizer | None, ckpt
     if optimizer is not None and not _has_optim(path):
         raise LmforgeError(f"{ckpt_dir}: the sharded checkpoint holds weights only, no optimizer state to resume")
     try:
-        dcp.load(state, checkpoint_id=str(path))
+        dcp.load(state, checkpoint_id=str(path), no_dist=not _is_dist())
     except (CheckpointException, RuntimeError, ValueError) as e:  # missing keys, mismatched shapes
         raise LmforgeError(f"{ckpt_dir}: cannot load the sharded checkpoint into this model ({_first_line(e)})") from e
     if optimizer is None:
