@@ -32,7 +32,7 @@ def model(arch: str = "llama", n_kv_head: int = 2, tie: bool = True, seed: int =
 
     cfg = ModelConfig(
         arch=arch,
-        vocab_size=tokenizer().vocab_size,
+        vocab_size=kw.pop("vocab_size", tokenizer().vocab_size),
         n_layer=2,
         d_model=64,
         n_head=4,

@@ -206,3 +206,14 @@ def test_transformers_gguf_loader_gives_same_logits_and_ids(tmp_path, arch, tie)
         hf_tok = transformers.AutoTokenizer.from_pretrained(tmp_path, gguf_file="m.gguf")
         for text in ("Hello world!", "To be, or not to be 12345", "héllo ✓ 😉", "a\n\n  b"):
             assert hf_tok.encode(text, add_special_tokens=False) == tok.encode_ordinary(text)
+
+
+def test_padded_vocabulary(tmp_path):
+    """Embedding rows beyond the tokenizer (a vocab padded to a round number) get placeholder tokens."""
+    tok = tokenizer()
+    ours = model(vocab_size=tok.vocab_size + 8)
+    fields, tensors = read(export_gguf(ours, tok, tmp_path / "m.gguf"))
+    tokens, types = fields["tokenizer.ggml.tokens"], fields["tokenizer.ggml.token_type"]
+    assert len(tokens) == tok.vocab_size + 8 == tensors["token_embd.weight"].data.shape[0]
+    assert tokens[-8:] == [f"[PAD{i}]" for i in range(tok.vocab_size, tok.vocab_size + 8)]
+    assert set(types[-8:]) == {gguf.TokenType.USER_DEFINED}
