@@ -36,6 +36,11 @@ class RMSNorm(nn.Module):
         return self.weight * xf.to(x.dtype)
 
 
+def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """F.dropout, skipped outright when it is a no-op (p = 0 is the usual pretraining setting)."""
+    return F.dropout(x, p, training) if p > 0 and training else x
+
+
 def make_norm(cfg: ModelConfig) -> nn.Module:
     if cfg.arch == "llama":
         return RMSNorm(cfg.d_model, cfg.norm_eps)
@@ -110,7 +115,7 @@ class Attention(nn.Module):
             enable_gqa=q.shape[1] != k.shape[1],
         )
         y = y.transpose(1, 2).reshape(B, T, -1)
-        return F.dropout(self.wo(y), self.dropout, self.training)
+        return dropout(self.wo(y), self.dropout, self.training)
 
 
 class SwiGLU(nn.Module):
@@ -122,7 +127,7 @@ class SwiGLU(nn.Module):
         self.dropout = cfg.dropout
 
     def forward(self, x):
-        return F.dropout(self.w2(F.silu(self.w1(x)) * self.w3(x)), self.dropout, self.training)
+        return dropout(self.w2(F.silu(self.w1(x)) * self.w3(x)), self.dropout, self.training)
 
 
 class GeluMLP(nn.Module):
@@ -133,7 +138,7 @@ class GeluMLP(nn.Module):
         self.dropout = cfg.dropout
 
     def forward(self, x):
-        return F.dropout(self.proj(F.gelu(self.fc(x), approximate="tanh")), self.dropout, self.training)
+        return dropout(self.proj(F.gelu(self.fc(x), approximate="tanh")), self.dropout, self.training)
 
 
 class Block(nn.Module):
@@ -213,7 +218,7 @@ class Transformer(nn.Module):
         h = self.tok_emb(idx) if self.tok_emb is not None else idx
         if self.pos_emb is not None:
             h = h + self.pos_emb(positions)
-        h = F.dropout(h, self.cfg.dropout, self.training)
+        h = dropout(h, self.cfg.dropout, self.training)
         rope = rope_cos_sin(self.inv_freq, positions, h.dtype) if self.inv_freq is not None else None
         for block in self.layers.values():
             h = block(h, rope, cache, start_pos, attn_mask)
