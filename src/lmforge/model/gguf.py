@@ -115,17 +115,19 @@ def export_gguf(
     else:
         w.add_layer_norm_eps(cfg.norm_eps)
     _add_tokenizer(w, tokenizer, cfg.vocab_size, hf_files(tokenizer)["tokenizer.json"])
+    nbytes = 0
     for tname, t in gguf_tensors(model).items():
         arr = t.numpy()
         if dtype == "f16" and arr.ndim == 2:
             arr = arr.astype(np.float16)
-        w.add_tensor(tname, np.ascontiguousarray(arr.astype(np.float32) if arr.dtype == np.float64 else arr))
+        w.add_tensor(tname, np.ascontiguousarray(arr))
+        nbytes += arr.nbytes
     with atomic_write(out_path, "wb") as f:
         # Hand the writer our temp file (its documented "already open" state) so the publish is atomic.
         w.fout, w.state = [f], gguf.WriterState.EMPTY
         w.write_header_to_file()
         w.write_kv_data_to_file()
-        w.write_tensors_to_file(progress=False)
+        w.write_tensors_to_file(progress=nbytes > 256 * 2**20)  # a progress bar for big models
         w.fout = None
     return out_path
 
