@@ -134,3 +134,24 @@ def test_tokenizer_with_prefix_space_is_refused(tmp_path):
     (tmp_path / "tokenizer.json").write_text(json.dumps(data))
     with pytest.raises(LmforgeError, match="prefix space"):
         tokenizer_from_hf(tmp_path / "tokenizer.json")
+
+
+def test_pytorch_model_bin(tmp_path):
+    """Old-style checkpoints: pytorch_model.bin read with torch.load(weights_only=True)."""
+    import shutil
+
+    from lmforge.model.convert import read_hf_weights
+
+    tok = tokenizer()
+    hf = llama_dir(tmp_path / "hf", tok.vocab_size)
+    (tmp_path / "bin").mkdir()
+    shutil.copy(tmp_path / "hf" / "config.json", tmp_path / "bin" / "config.json")
+    torch.save(read_hf_weights(tmp_path / "hf"), tmp_path / "bin" / "pytorch_model.bin")
+    tok.save_hf(tmp_path / "bin")
+    model, _, _ = load_hf(tmp_path / "bin")
+    x = torch.randint(0, tok.vocab_size, (1, 20))
+    with torch.no_grad():
+        assert (model(x) - hf(x).logits).abs().max().item() <= 1e-4
+    (tmp_path / "bin" / "pytorch_model.bin").write_bytes(b"not a checkpoint")
+    with pytest.raises(LmforgeError, match="pytorch_model.bin"):
+        load_hf(tmp_path / "bin")
