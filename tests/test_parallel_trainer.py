@@ -109,3 +109,9 @@ def test_trainer_tp_pp_match_single_process(prepared, tmp_path, layout):
         return [r["loss"] for r in rows if "loss" in r]
 
     assert losses(dist) == pytest.approx(losses(single), rel=1e-5)
+
+    def val_losses(d: Path) -> list[float]:
+        rows = [json.loads(line) for line in (d / "pretrain" / "metrics.jsonl").read_text().splitlines()]
+        return [r["val_loss"] for r in rows if "val_loss" in r]
+
+    assert len(val_losses(dist)) == 2 and val_losses(dist) == pytest.approx(val_losses(single), rel=1e-5)

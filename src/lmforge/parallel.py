@@ -400,7 +400,7 @@ class Pipeline:
 
         self.ctx = ctx
         self.group = ctx.submesh("pp").get_group()
-        self.n_micro = cfg.pp_microbatches
+        self.n_micro, self.micro_batch = cfg.pp_microbatches, micro_batch
         if micro_batch % self.n_micro:
             raise LmforgeError(
                 f"train.micro_batch ({micro_batch}) must divide into parallel.pp_microbatches ({self.n_micro})"
@@ -433,6 +433,27 @@ class Pipeline:
         total = torch.stack(losses).sum().detach() if losses else torch.zeros((), device=self.ctx.device)
         dist.all_reduce(total, group=self.group)  # only the last stage contributes
         return total
+
+
+    @torch.no_grad()
+    def eval_sum(self, input_ids: torch.Tensor, labels: torch.Tensor) -> tuple[float, int]:
+        """(summed token cross-entropy, scored tokens) of a batch, forward only, on every rank.
+        A batch of another size than the training micro-batch (the stages' buffers are shaped for
+        it) is skipped: (0.0, 0)."""
+        import torch.distributed as dist
+
+        if input_ids.shape[0] != self.micro_batch:
+            return 0.0, 0
+        self._count = torch.ones((), device=self.ctx.device)
+        losses: list[torch.Tensor] = []
+        if self.ctx.is_first_stage:
+            self.schedule.eval(input_ids.to(self.ctx.device), target=labels.to(self.ctx.device), losses=losses)
+        else:
+            self.schedule.eval(target=labels.to(self.ctx.device), losses=losses)
+        total = torch.stack(losses).sum().double() if losses else torch.zeros((), device=self.ctx.device,
+                                                                                 dtype=torch.float64)
+        dist.all_reduce(total, group=self.group)
+        return float(total), int((labels != -100).sum())
 
 
 # ---------------------------------------------------------------------------- collectives

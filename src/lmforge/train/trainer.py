@@ -410,9 +410,17 @@ class Trainer:
         """Validation loss (mean over scored units) and, for LM objectives, bits per byte."""
         if self.val_loader_fn is None:
             return {}
-        if self.pipeline is not None:
-            self.say("validation is skipped under pipeline parallelism")
-            return {}
+        if self.pipeline is not None:  # forward-only schedule; loss only (no bits per byte)
+            sums = [self.pipeline.eval_sum(b["input_ids"], b["labels"]) for b in self.val_loader_fn()]
+            nll = torch.tensor([sum(s for s, _ in sums), sum(n for _, n in sums)], dtype=torch.float64)
+            if self.ctx.dp_size > 1:
+                torch.distributed.all_reduce(nll)  # pipeline peers hold equal sums: ratios stay exact
+            result = {"step": self.step, "val_loss": float(nll[0] / nll[1].clamp(min=1))}
+            self.last_val = result
+            if self.logger:
+                self.logger.log(result)
+            self.say(f"step {self.step}: val loss {result['val_loss']:.4f}")
+            return result
         self.model.eval()
         nll_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         units = torch.zeros((), dtype=torch.float64, device=self.device)
