@@ -84,7 +84,17 @@ def evaluate_checkpoint(
         "tasks": {},
     }
     for spec in tasks:
-        task = load_task(spec, **kwargs)
+        if spec == "val_bpb":
+            tokens = next(
+                (d / "tokens" for d in ckpt.parents if (d / "tokens" / "meta.json").is_file()), None
+            )
+            if tokens is None:
+                print(f"[lmforge eval] val_bpb: no tokens/ directory above {ckpt}; skipped", flush=True)
+                continue
+            task = load_task(f"bpb:{tokens}", **kwargs)
+            task.name = "val_bpb"
+        else:
+            task = load_task(spec, **kwargs)
         if progress:
             print(f"[lmforge eval] {task.name} ({task.kind}) on {ckpt.name} ...", flush=True)
         name, k = task.name, 2

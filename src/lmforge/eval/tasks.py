@@ -17,6 +17,7 @@ A task spec is `KIND:PATH` (or just PATH, the kind guessed from the file) or a b
   plays             the demo's 4-choice "which play is this passage from" questions (chance 25%),
                     held out by scene, as plain text for a base model
   plays_chat        the same questions in the chat template, answered as the assistant (the SFT format)
+  val_bpb           bits per byte on the val token shard of the checkpoint's run (RUN/tokens)
   plays_pref        held-out preference pairs: is the true next line more likely than a line from
                     another play (chance 50%), in the chat template
 
@@ -36,7 +37,7 @@ from lmforge.errors import LmforgeError
 
 LETTERS = "ABCDEFGHIJ"
 KINDS = ("mmlu", "hellaswag", "arc", "mc", "gen", "bpb")
-BUILTIN = ("plays", "plays_chat", "plays_pref")
+BUILTIN = ("plays", "plays_chat", "plays_pref")  # and val_bpb: resolved by lmforge.eval.api
 
 
 @dataclass

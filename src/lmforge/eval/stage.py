@@ -1,0 +1,74 @@
+"""The `eval` stage of `lmforge run`: every trained stage's latest checkpoint on the recipe's tasks.
+
+Writes RUN_DIR/eval/results.json (one entry per checkpoint, pretrain < sft < dpo < rl) and
+RUN_DIR/eval/samples.json (a few seeded generations per checkpoint, for the report card).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from lmforge.errors import LmforgeError
+from lmforge.fileio import atomic_write_json
+
+CHECKPOINT_STAGES = ("pretrain", "sft", "dpo", "rl")
+
+
+def trained_stages(run_dir: Path, only: list[str] | None = None) -> list[tuple[str, Path]]:
+    """(stage, latest checkpoint) for each stage of the run that has checkpoints."""
+    from lmforge.train.checkpoint import list_checkpoints
+
+    out = []
+    for stage in CHECKPOINT_STAGES:
+        if only and stage not in only:
+            continue
+        found = list_checkpoints(run_dir / stage / "checkpoints")
+        if found:
+            out.append((stage, found[-1][1]))
+    return out
+
+
+def sample_generations(
+    model, tok, prompts: list[str], max_tokens: int, temperature: float, seed: int
+) -> list[dict]:
+    from lmforge.inference import Engine, SamplingParams
+
+    params = SamplingParams(max_new_tokens=max_tokens, temperature=temperature, top_k=50, seed=seed)
+    outs = Engine(model, tok).generate(list(prompts), params)
+    return [{"prompt": p, "completion": o.text} for p, o in zip(prompts, outs)]
+
+
+def eval_stage(recipe: Any, run_dir: Path) -> dict:
+    from lmforge.eval.api import evaluate_checkpoint, format_table
+    from lmforge.train.checkpoint import load_model
+
+    cfg = recipe.eval
+    stages = trained_stages(run_dir, cfg.stages or None)
+    if not stages:
+        raise LmforgeError(f"{run_dir}: no checkpoints to evaluate (run pretrain first)")
+    results: dict[str, Any] = {"checkpoints": []}
+    samples: dict[str, Any] = {}
+    for stage, ckpt in stages:
+        model, tok = load_model(ckpt)
+        entry = evaluate_checkpoint(
+            ckpt,
+            cfg.tasks,
+            shots=cfg.shots,
+            limit=cfg.limit,
+            seed=cfg.fewshot_seed,
+            batch_size=cfg.batch_size,
+            max_gen_toks=cfg.max_gen_toks,
+            bpb_max_tokens=cfg.bpb_max_tokens,
+            plays_seed=recipe.seed,
+            model_and_tokenizer=(model, tok),
+        )
+        results["checkpoints"].append(entry)
+        print(format_table(entry), flush=True)
+        if cfg.sample_prompts:
+            samples[stage] = sample_generations(
+                model, tok, cfg.sample_prompts, cfg.sample_tokens, cfg.sample_temperature, recipe.seed
+            )
+        atomic_write_json(run_dir / "eval" / "results.json", results)
+    atomic_write_json(run_dir / "eval" / "samples.json", samples)
+    return results
