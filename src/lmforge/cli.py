@@ -29,6 +29,8 @@ VERBS: list[tuple[str, str, str]] = [
     ("serve", "serve", "serve a model: OpenAI-compatible API (streaming) and a web chat page"),
     ("export", "export", "export a checkpoint as a Hugging Face model directory or a GGUF file"),
     ("import", "import_", "import a local Hugging Face Llama / GPT-2 checkpoint as an lmforge checkpoint"),
+    ("eval", "eval", "evaluate a checkpoint: bits per byte, multiple-choice / generation tasks, lm-eval"),
+    ("report", "report", "write a run's report card (report.html + report.md)"),
     ("plan", "plan", "per-device memory for a model and parallel layout; compute-optimal size for a budget"),
 ]
 

@@ -38,6 +38,8 @@ STAGES: list[Stage] = [
     Stage("dpo", "lmforge.posttrain.stages:dpo_stage", ("sft", "dpo"), "direct preference optimization"),
     Stage("reward", "lmforge.posttrain.stages:reward_stage", ("sft", "reward"), "reward model (Bradley-Terry)"),
     Stage("rl", "lmforge.posttrain.stages:rl_stage", ("sft", "rl"), "GRPO from a reward function or model"),
+    Stage("eval", "lmforge.eval.stage:eval_stage", ("eval",), "evaluate every trained stage (bpb, tasks, samples)"),
+    Stage("report", "lmforge.report:report_stage", (), "the report card: report.html + report.md"),
 ]
 
 STAGE_BY_NAME = {s.name: s for s in STAGES}
@@ -93,6 +95,10 @@ def run_recipe(recipe: Recipe, only: list[str] | None = None, force: bool = Fals
         timings[stage.name] = time.time() - t0
         atomic_write_json(marker, {"hash": h, "seconds": round(timings[stage.name], 2), "finished": time.time()})
         print(f"[lmforge] {stage.name}: done in {timings[stage.name]:.1f}s", flush=True)
+    if "report" not in selected and timings:  # every run that did something ends with a fresh report card
+        from lmforge.report import refresh_report
+
+        refresh_report(run_dir)
     return run_dir
 
 
