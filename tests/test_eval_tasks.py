@@ -1,0 +1,205 @@
+"""Task loaders in the real layouts, prompts, metrics, few-shot, bpb, the CLI and the eval stage."""
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lmforge.cli import main as cli
+from lmforge.errors import LmforgeError
+from lmforge.eval import runner, tasks
+from lmforge.eval.api import evaluate_checkpoint
+from lmforge.model.config import ModelConfig
+from lmforge.model.transformer import Transformer
+from lmforge.train.checkpoint import save_model_checkpoint
+from test_eval_helpers import small_tokenizer
+
+FIX = Path(__file__).parent / "fixtures" / "eval"
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    tok = small_tokenizer()
+    torch.manual_seed(0)
+    model = Transformer(
+        ModelConfig(vocab_size=tok.vocab_size, n_layer=2, d_model=64, n_head=4, max_seq_len=64)
+    )
+    run = tmp_path_factory.mktemp("run")
+    return save_model_checkpoint(
+        model, tok, run / "pretrain" / "checkpoints" / "step_000010", stage="pretrain", step=10
+    )
+
+
+def test_mmlu_csv_prompt_and_dev_fewshot():
+    task = tasks.load_task(str(FIX / "mmlu" / "test" / "astronomy_test.csv"))
+    assert task.name == "mmlu:astronomy_test" and len(task.docs) == 6 and task.chance == 0.25
+    doc = task.docs[2]
+    assert doc.query.startswith(
+        "What causes the phases of the Moon?\nA. The Earth's shadow\nB. The Moon's orbit"
+    )
+    assert doc.query.endswith("\nD. The Sun's rotation\nAnswer:") and doc.choices == ["A", "B", "C", "D"]
+    assert doc.gold == 1
+    assert (
+        task.description == "The following are multiple choice questions (with answers) about astronomy.\n\n"
+    )
+    shots = runner.fewshot_examples(task, 0, 2, seed=1)  # first_n of dev/astronomy_dev.csv
+    assert [s.query.split("\n")[0] for s in shots] == [
+        "What is the largest planet in the Solar System?",
+        "Which planet is known as the Red Planet?",
+    ]
+    ctx = runner.build_context(task, doc, shots)
+    assert ctx.startswith(task.description + shots[0].query + " B\n\n" + shots[1].query + " C\n\n")
+    assert ctx.endswith(doc.query)
+
+
+def test_hellaswag_preprocess_matches_lm_eval():
+    task = tasks.load_task(f"hellaswag:{FIX / 'hellaswag.jsonl'}")
+    wikihow = task.docs[2]
+    assert (
+        wikihow.query
+        == "Home and Garden: How to make a hanging garden. Choose your plants. pick plants that hang well"
+    )
+    assert wikihow.choices[0] == "such as ferns and ivy. Ivy grows quickly."
+    assert task.docs[3].choices[3] == "paints the guitar on the wall in two colors."
+    assert [d.gold for d in task.docs] == [3, 3, 0, 0]
+    from lm_eval.tasks.hellaswag.utils import preprocess
+
+    for line in (FIX / "hellaswag.jsonl").read_text().splitlines():
+        for ending in json.loads(line)["endings"]:
+            assert tasks.hellaswag_preprocess(ending) == preprocess(ending)
+
+
+def test_arc_both_layouts_and_generic_mc_answers():
+    a = tasks.load_task(str(FIX / "arc.jsonl"))
+    b = tasks.load_task(str(FIX / "arc_ai2.jsonl"))
+    assert [(d.query, d.choices, d.gold) for d in a.docs] == [(d.query, d.choices, d.gold) for d in b.docs]
+    assert a.docs[3].gold == 3 and a.docs[4].choices == ["coal", "wind", "oil"]
+    mc = tasks.load_task(str(FIX / "mc.jsonl"))
+    assert [d.gold for d in mc.docs] == [0, 1, 2, 1, 0] and mc.chance == 0.25
+    gen = tasks.load_task(str(FIX / "gen.jsonl"))
+    assert gen.kind == "gen" and gen.docs[1].answers == ["4", "four"]
+
+
+def test_bad_inputs_name_file_and_line(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(
+        '{"question": "q", "choices": ["a", "b"], "answer": 0}\n{"question": "q", "choices": ["a"]\n'
+    )
+    with pytest.raises(LmforgeError, match=r"bad.jsonl:2: not valid JSON"):
+        tasks.load_task(f"mc:{bad}")
+    bad.write_text('{"question": "q", "choices": ["a", "b"], "answer": "Z"}\n')
+    with pytest.raises(LmforgeError, match=r"bad.jsonl:1: answer 'Z'"):
+        tasks.load_task(f"mc:{bad}")
+    csvf = tmp_path / "x_test.csv"
+    csvf.write_text("q,a,b,c,d,A\nq,a,b,c,E\n")
+    with pytest.raises(LmforgeError, match=r"x_test.csv:2: expected 6 columns"):
+        tasks.load_task(f"mmlu:{csvf}")
+    with pytest.raises(LmforgeError, match="did you mean 'plays'"):
+        tasks.load_task("plyas")
+
+
+def test_mc_metrics_acc_norm_uses_characters():
+    docs = [tasks.MCDoc("q", ["a", "bbbb"], 1)]
+    # ll(a) = -2, ll(bbbb) = -4: acc picks "a"; per character -2 vs -1 picks "bbbb"
+    m = runner._mc_metrics(docs, [-2.0, -4.0], [[1, 4]])
+    assert m["acc"] == 0.0 and m["acc_norm"] == 1.0
+    assert runner.mean_stderr([1.0, 0.0, 1.0, 1.0]) == pytest.approx(np.std([1, 0, 1, 1], ddof=1) / 2)
+    assert runner.normalize_answer("The  Answer!") == "answer"
+
+
+def test_bpb_text_equals_definition(ckpt):
+    from lmforge.eval import scoring
+    from lmforge.train.checkpoint import load_model
+
+    model, tok = load_model(ckpt)
+    text = (FIX / "text.txt").read_text()
+    m = runner.eval_bpb(model, tok, str(FIX / "text.txt"), 0, 0, 8)
+    ll = scoring.rolling_loglikelihoods(model, tok, [text])[0]
+    assert m["bytes"] == len(text.encode()) and m["tokens"] == len(tok.encode_ordinary(text))
+    assert m["bits_per_byte"] == pytest.approx(-ll / (len(text.encode()) * math.log(2)))
+    assert m["token_perplexity"] == pytest.approx(math.exp(-ll / m["tokens"]))
+    # a random model is near uniform: about log2(vocab) bits per token
+    assert m["nll_per_token"] == pytest.approx(math.log(tok.vocab_size), rel=0.15)
+
+
+def test_bpb_on_token_shard_skips_specials(ckpt, tmp_path):
+    from lmforge.train.checkpoint import load_model
+
+    model, tok = load_model(ckpt)
+    text = (FIX / "text.txt").read_text()
+    ids = [tok.eos_id] + tok.encode_ordinary(text) + [tok.eos_id] + tok.encode_ordinary(text)
+    (tmp_path / "val.bin").write_bytes(np.array(ids, dtype=np.uint16).tobytes())
+    (tmp_path / "train.bin").write_bytes(b"")
+    meta = {
+        "format": "lmforge-tokens",
+        "version": 1,
+        "dtype": "uint16",
+        "vocab_size": tok.vocab_size,
+        "tokenizer_hash": tok.hash,
+        "train_tokens": 0,
+        "val_tokens": len(ids),
+    }
+    (tmp_path / "meta.json").write_text(json.dumps(meta))
+    m = runner.eval_bpb(model, tok, str(tmp_path), 0, 0, 8)
+    assert m["bytes"] == 2 * len(text.encode()) and m["tokens"] == len(ids) - 2
+    assert 0 < m["bits_per_byte"] < 20
+
+
+def test_fewshot_is_seeded_and_excludes_the_item():
+    task = tasks.load_task(str(FIX / "mc.jsonl"))
+    a = [runner.fewshot_examples(task, i, 2, seed=7) for i in range(5)]
+    b = [runner.fewshot_examples(task, i, 2, seed=7) for i in range(5)]
+    assert a == b
+    assert all(task.docs[i] not in a[i] for i in range(5))
+    assert a != [runner.fewshot_examples(task, i, 2, seed=8) for i in range(5)]
+
+
+def test_eval_cli_writes_results_and_compares(ckpt, tmp_path, capsys):
+    out_a, out_b = tmp_path / "a.json", tmp_path / "b.json"
+    specs = f"{FIX / 'mc.jsonl'},bpb:{FIX / 'text.txt'}"
+    assert cli(["eval", "--model", str(ckpt), "--tasks", specs, "--out", str(out_a)]) == 0
+    table = capsys.readouterr().out
+    assert "mc:mc" in table and "bits_per_byte" in table and "0.25" in table
+    res = json.loads(out_a.read_text())["checkpoints"][0]
+    assert res["stage"] == "pretrain" and res["step"] == 10
+    mc = res["tasks"]["mc:mc"]
+    assert mc["n"] == 5 and set(mc["metrics"]) == {"acc", "acc_stderr", "acc_norm", "acc_norm_stderr"}
+    assert (
+        cli(
+            [
+                "eval",
+                "--model",
+                str(ckpt),
+                "--tasks",
+                specs,
+                "--shots",
+                "1",
+                "--limit",
+                "3",
+                "--out",
+                str(out_b),
+            ]
+        )
+        == 0
+    )
+    assert json.loads(out_b.read_text())["checkpoints"][0]["tasks"]["mc:mc"]["n"] == 3
+    capsys.readouterr()
+    assert cli(["eval", "--compare", str(out_a), str(out_b)]) == 0
+    cmp = capsys.readouterr().out
+    assert "a.json" in cmp and "b.json" in cmp and "diff" in cmp
+    assert cli(["eval", "--model", str(ckpt), "--tasks", "nonsense:x"]) == 2
+
+
+def test_plays_tasks_are_the_posttrain_demo_items(ckpt):
+    from lmforge.posttrain.config import DemoConfig
+    from lmforge.posttrain.demo_tasks import build_demo_tasks
+
+    res = evaluate_checkpoint(ckpt, ["plays", "plays_chat", "plays_pref"], limit=8, progress=False)["tasks"]
+    assert res["plays"]["n"] == 8 and res["plays"]["chance"] == 0.25 and res["plays_pref"]["chance"] == 0.5
+    demo = build_demo_tasks(DemoConfig(), 1337)
+    task = tasks.load_task("plays")
+    assert [d.gold for d in task.docs] == [m.gold for m in demo.mc_eval]
+    assert task.docs[0].query.startswith("Which play is this passage from")
