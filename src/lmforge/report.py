@@ -278,6 +278,17 @@ def tables(report: dict) -> list[tuple[str, list[str], list[list[str]]]]:
             ]
             title = f"Evaluation: {entry.get('stage')} (step {entry.get('step')})"
             out.append((title, ["task", "metric", "n", "value", "± stderr", "chance"], rows))
+        entries = ev.get("checkpoints", [])
+        if len(entries) > 1:  # every stage side by side: what each stage changed
+            values: dict[tuple, dict] = {}
+            for entry in entries:
+                for name, key, _n, v, _se, _ch in result_rows(entry):
+                    values.setdefault((name, key), {})[entry.get("stage")] = v
+            stages = [entry.get("stage") for entry in entries]
+            rows = [
+                [name, key, *[_num(vals.get(st)) for st in stages]] for (name, key), vals in values.items()
+            ]
+            out.append(("Evaluation across stages", ["task", "metric", *map(str, stages)], rows))
     return out
 
 
@@ -321,7 +332,10 @@ def render_html(report: dict) -> str:
         if any(header):
             parts.append("<tr>" + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr>")
         for row in rows:
-            cells = "".join(f"<td class='num'>{e(c)}</td>" if _is_num(c) else f"<td>{e(c)}</td>" for c in row)
+            cells = "".join(
+                f"<td class='num'>{e(c)}</td>" if any(header) and _is_num(c) else f"<td>{e(c)}</td>"
+                for c in row
+            )
             parts.append(f"<tr>{cells}</tr>")
         parts.append("</table>")
     for stage, png in report.get("plots", {}).items():
@@ -329,7 +343,7 @@ def render_html(report: dict) -> str:
         parts.append(f"<img alt='{e(stage)} loss and learning rate' src='data:image/png;base64,{png}'>")
     samples = report.get("samples")
     if isinstance(samples, dict) and samples:
-        parts.append("<h2>Sample generations</h2>")
+        parts.append("<h2>Sample generations</h2><p class='meta'>prompt in bold; sampled (eval.sample_*)</p>")
         for stage, items in samples.items():
             parts.append(f"<h3>{e(stage)}</h3>")
             for s in items:
@@ -337,7 +351,8 @@ def render_html(report: dict) -> str:
                     f"<div class='sample'><pre><b>{e(s.get('prompt', ''))}</b>{e(s.get('completion', ''))}</pre></div>"
                 )
     if report.get("config"):
-        parts.append(f"<h2>Recipe (resolved)</h2><pre>{e(report['config'])}</pre>")
+        parts.append("<h2>Recipe (resolved)</h2><details><summary>config.yaml (click to expand)</summary>")
+        parts.append(f"<pre>{e(report['config'])}</pre></details>")
     parts.append("</body></html>")
     return "\n".join(parts)
 
