@@ -54,11 +54,11 @@ class DemoConfig:
 
     eval_scene_fraction: float = 0.25  # scenes of each play kept for evaluation only
     which_play: int = 3000  # SFT conversations: "which play is this passage from" (4 choices)
-    who_speaks: int = 600  # SFT conversations: "who speaks these lines"
-    continue_speech: int = 600  # SFT conversations: "continue this speech"
+    who_speaks: int = 200  # SFT conversations: "who speaks these lines"
+    continue_speech: int = 200  # SFT conversations: "continue this speech"
     preference_pairs: int = 1500  # DPO / reward training pairs
     eval_items: int = 200  # held-out 4-choice questions and held-out preference pairs, each
-    passage_lines: int = 4  # verse lines shown in a "which play" passage
+    passage_lines: int = 3  # verse lines shown in a "which play" passage
 
     def validate(self) -> None:
         if not 0.0 < self.eval_scene_fraction < 1.0:
