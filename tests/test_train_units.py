@@ -245,3 +245,37 @@ def test_training_reduces_loss_and_mfu_is_reported(tmp_path):
     assert recs[-1]["loss"] < recs[0]["loss"] - 1.0
     assert all(r["mfu"] > 0 and r["tokens_per_s"] > 0 and r["mem_gb"] > 0 and r["grad_norm"] > 0 for r in recs)
     assert (tmp_path / "checkpoints" / "step_000030" / "state.json").exists()  # the final checkpoint
+
+
+def test_activation_checkpointing_gives_the_same_losses(tmp_path):
+    runs = []
+    for ac in (False, True):
+        cfg = train_cfg(max_steps=3, activation_checkpointing=ac)
+        out = tmp_path / str(ac)
+        Trainer(tiny_model(), CausalLMObjective(), PretrainLoader(tokens(), 4, 16, 0), cfg, out).fit()
+        runs.append([r["loss"] for r in records(out) if "loss" in r])
+    assert runs[0] == pytest.approx(runs[1], rel=1e-6)
+
+
+@pytest.mark.slow
+def test_compiled_training_matches_eager(tmp_path):
+    runs = []
+    for compile_ in (False, True):
+        cfg = train_cfg(max_steps=3, compile=compile_)
+        out = tmp_path / str(compile_)
+        Trainer(tiny_model(), CausalLMObjective(), PretrainLoader(tokens(), 4, 16, 0), cfg, out).fit()
+        runs.append([r["loss"] for r in records(out) if "loss" in r])
+    assert runs[0] == pytest.approx(runs[1], rel=1e-4)
+
+
+def test_wandb_missing_is_a_clear_message_not_a_crash(tmp_path, monkeypatch, capsys):
+    import sys
+
+    from lmforge.train.metrics import MetricsLogger
+
+    monkeypatch.setitem(sys.modules, "wandb", None)  # import wandb -> ImportError
+    logger = MetricsLogger(tmp_path, wandb=True)
+    logger.log({"step": 1, "loss": 2.0})
+    logger.close()
+    assert "wandb is not installed" in capsys.readouterr().out
+    assert json.loads((tmp_path / "metrics.jsonl").read_text())["loss"] == 2.0

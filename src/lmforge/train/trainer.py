@@ -263,7 +263,10 @@ class Trainer:
                     logger.log(record)
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}", refresh=False)
+                    post = {"loss": f"{record['loss']:.4f}", "lr": f"{record['lr']:.2e}"}
+                    if cfg.max_minutes > 0:  # the step-based ETA overestimates a time-budgeted run
+                        post["budget_left"] = f"{max(cfg.max_minutes * 60 - self.elapsed, 0):.0f}s"
+                    bar.set_postfix(post, refresh=False)
                 if "rollback" in record:
                     continue
                 if cfg.eval_every > 0 and self.step % cfg.eval_every == 0 and self.step < cfg.max_steps:
