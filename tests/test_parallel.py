@@ -42,6 +42,7 @@ LAYOUTS_4 = [
     {"name": "fsdp4", "parallel": {"dp_shard": 4}},
     {"name": "hsdp2x2", "parallel": {"dp_replicate": 2, "dp_shard": 2}},
     {"name": "fsdp2xtp2", "parallel": {"dp_shard": 2, "tp": 2}},
+    {"name": "pp2xtp2", "parallel": {"pp": 2, "tp": 2, "pp_microbatches": 2}},
     # FSDP on 4 ranks trains 2 steps and saves; FSDP x TP loads it (fresh init otherwise) and goes on
     {"name": "fsdp4-half", "parallel": {"dp_shard": 4}, "steps": [0, 2]},
     {"name": "resume-fsdp2xtp2", "parallel": {"dp_shard": 2, "tp": 2}, "steps": [2, 4], "resume": "fsdp4-half"},

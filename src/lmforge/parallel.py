@@ -196,8 +196,6 @@ def parallelize(
     `mixed_precision` (default: on for CUDA) gives FSDP bf16 parameters and fp32 reductions.
     """
     if ctx.pp_size > 1:
-        if ctx.tp_size > 1:
-            raise LmforgeError("pipeline and tensor parallelism together (pp > 1 and tp > 1) are not supported yet")
         split_for_pipeline(model, ctx.pp_rank, ctx.pp_size)
     if ctx.tp_size > 1:
         apply_tp(model, ctx.submesh("tp"))
@@ -248,6 +246,15 @@ def apply_tp(model: nn.Module, tp_mesh) -> None:
     if model.lm_head is not None:
         top["lm_head"] = ColwiseParallel(input_layouts=Shard(1), output_layouts=Replicate(), use_local_output=True)
     parallelize_module(model, tp_mesh, top)
+    if model.tok_emb is None and len(model.layers):
+        # A later pipeline stage receives the previous stage's sequence shard (pipeline peers share
+        # the tp coordinate). Gather it so the model sees the whole sequence (positions, rotary
+        # tables), then hand the first block its shard again.
+        parallelize_module(model, tp_mesh, PrepareModuleInput(
+            input_layouts=(Shard(1),), desired_input_layouts=(Replicate(),), use_local_output=True))
+        parallelize_module(next(iter(model.layers.values())), tp_mesh, PrepareModuleInput(
+            input_layouts=(Replicate(), None, None, None, None),
+            desired_input_layouts=(Shard(1), None, None, None, None), use_local_output=True))
     if tied:  # row-wise embedding and column-wise head both shard the [vocab, d] matrix on dim 0
         model.lm_head.weight = model.tok_emb.weight
     gpt2 = cfg.arch == "gpt2"
