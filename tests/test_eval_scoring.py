@@ -26,7 +26,11 @@ def test_rolling_windows_match_lm_eval_vector():
 
 
 def test_rolling_windows_equal_lm_eval_utils():
-    from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
+    lm_utils = pytest.importorskip("lm_eval.utils")
+    get_rolling_token_windows, make_disjoint_window = (
+        lm_utils.get_rolling_token_windows,
+        lm_utils.make_disjoint_window,
+    )
 
     for n, L, c in [(1, 4, 1), (34, 10, 1), (100, 7, 3), (7, 7, 1), (8, 7, 7)]:
         tokens = list(range(n))
@@ -45,7 +49,7 @@ def model_and_tok():
 
 
 def _hflm(model, tok, tmp_path):
-    from lm_eval.models.huggingface import HFLM
+    HFLM = pytest.importorskip("lm_eval.models.huggingface").HFLM
     from transformers import AutoTokenizer
 
     tok.save(tmp_path / "tok")
@@ -58,7 +62,7 @@ def _hflm(model, tok, tmp_path):
 
 
 def test_loglikelihoods_equal_hflm(model_and_tok, tmp_path):
-    from lm_eval.api.instance import Instance
+    Instance = pytest.importorskip("lm_eval.api.instance").Instance
 
     model, tok = model_and_tok
     requests = [
@@ -79,7 +83,7 @@ def test_loglikelihoods_equal_hflm(model_and_tok, tmp_path):
 
 
 def test_rolling_loglikelihoods_equal_hflm(model_and_tok, tmp_path):
-    from lm_eval.api.instance import Instance
+    Instance = pytest.importorskip("lm_eval.api.instance").Instance
 
     model, tok = model_and_tok
     texts = [

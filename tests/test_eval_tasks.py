@@ -65,7 +65,7 @@ def test_hellaswag_preprocess_matches_lm_eval():
     assert wikihow.choices[0] == "such as ferns and ivy. Ivy grows quickly."
     assert task.docs[3].choices[3] == "paints the guitar on the wall in two colors."
     assert [d.gold for d in task.docs] == [3, 3, 0, 0]
-    from lm_eval.tasks.hellaswag.utils import preprocess
+    preprocess = pytest.importorskip("lm_eval.tasks.hellaswag.utils").preprocess
 
     for line in (FIX / "hellaswag.jsonl").read_text().splitlines():
         for ending in json.loads(line)["endings"]:
