@@ -120,3 +120,24 @@ def test_run_eval_and_report_stages(tmp_path, capsys):
         assert needle in html and needle in md, needle
     assert html.count("data:image/png;base64,") == 1  # the pretrain curves, inline
     assert "src='http" not in html and "<script" not in html  # self-contained
+
+
+def test_stages_side_by_side_and_demo_table(tmp_path):
+    run = tmp_path / "run"
+    (run / "eval").mkdir(parents=True)
+    (run / "sft").mkdir()
+    entry = {"tasks": {"plays": {"n": 10, "chance": 0.25, "metrics": {"acc": 0.3, "acc_stderr": 0.1}}}}
+    results = {
+        "checkpoints": [{**entry, "stage": "pretrain", "step": 5}, {**entry, "stage": "sft", "step": 9}]
+    }
+    results["checkpoints"][1] = json.loads(json.dumps(results["checkpoints"][1]))
+    results["checkpoints"][1]["tasks"]["plays"]["metrics"]["acc"] = 0.5
+    (run / "eval" / "results.json").write_text(json.dumps(results))
+    (run / "sft" / "demo_eval.json").write_text(
+        json.dumps({"before": {"which_play_acc": 0.25}, "after": {"which_play_acc": 0.4}})
+    )
+    _, md_path = write_report(run)
+    md = md_path.read_text()
+    assert "## Evaluation across stages" in md
+    assert "| plays | acc | 0.3000 | 0.5000 |" in md
+    assert "| sft | which_play_acc | 0.2500 | 0.4000 |" in md
