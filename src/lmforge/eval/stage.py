@@ -49,8 +49,11 @@ def eval_stage(recipe: Any, run_dir: Path) -> dict:
         raise LmforgeError(f"{run_dir}: no checkpoints to evaluate (run pretrain first)")
     results: dict[str, Any] = {"checkpoints": []}
     samples: dict[str, Any] = {}
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     for stage, ckpt in stages:
-        model, tok = load_model(ckpt)
+        model, tok = load_model(ckpt, device=device)
         entry = evaluate_checkpoint(
             ckpt,
             cfg.tasks,
