@@ -67,24 +67,6 @@ def grad_accum_steps(cfg: TrainConfig, dp_size: int = 1) -> int:
     return cfg.batch_tokens // per_step
 
 
-def apply_activation_checkpointing(model: torch.nn.Module) -> None:
-    """Recompute each transformer block in the backward pass (torch.utils.checkpoint, non-reentrant).
-
-    Replaces the blocks' `forward` on the instances, so parameter names (and checkpoints) are unchanged.
-    """
-    from torch.utils.checkpoint import checkpoint
-
-    for block in ckpt_io.unwrap(model).layers.values():
-        inner = block.forward
-
-        def forward(*args, _inner=inner, **kwargs):
-            if not torch.is_grad_enabled():
-                return _inner(*args, **kwargs)
-            return checkpoint(_inner, *args, use_reentrant=False, **kwargs)
-
-        block.forward = forward
-
-
 class Trainer:
     def __init__(
         self,
