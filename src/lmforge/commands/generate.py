@@ -123,15 +123,11 @@ def read_prompts(path: str) -> list[str]:
         raise LmforgeError(f"{p}: cannot read the prompts file ({e})") from None
     if p.suffix not in (".jsonl", ".json"):
         return [line for line in lines if line.strip()]
+    from lmforge.data.documents import iter_jsonl
+
     prompts = []
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise LmforgeError(f"{p}:{n}: not valid JSON ({e.msg})") from None
-        if not isinstance(obj, dict) or not isinstance(obj.get("prompt"), str):
+    for n, obj in iter_jsonl(p):
+        if not isinstance(obj.get("prompt"), str):
             raise LmforgeError(f'{p}:{n}: expected an object with a string "prompt" key')
         prompts.append(obj["prompt"])
     return prompts

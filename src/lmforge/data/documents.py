@@ -95,20 +95,35 @@ class ShardWriter:
             self._ctx.__exit__(*exc)
 
 
+def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) for every non-blank line of a JSONL file (plain, .gz or .zst).
+
+    The one JSONL reader of lmforge: a missing file, invalid JSON or a line that is not an
+    object raises LmforgeError naming the file and line ("path:N: ...").
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise LmforgeError(f"{path}: file not found")
+    try:
+        with open_text_lines(path) as lines:
+            for lineno, line in enumerate(lines, 1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise LmforgeError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+                if not isinstance(record, dict):
+                    raise LmforgeError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
+                yield lineno, record
+    except UnicodeDecodeError as e:
+        raise LmforgeError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
 def iter_records(path: str | os.PathLike) -> Iterator[dict[str, Any]]:
     """Records of a jsonl.zst (or plain .jsonl) file; a bad line raises LmforgeError naming file and line."""
-    path = Path(path)
-    with open_text_lines(path) as lines:
-        for lineno, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise LmforgeError(f"{path}: line {lineno}: not valid JSON ({e.msg})") from None
-            if not isinstance(record, dict):
-                raise LmforgeError(f"{path}: line {lineno}: expected a JSON object, got {type(record).__name__}")
-            yield record
+    for _, record in iter_jsonl(path):
+        yield record
 
 
 def read_documents(path: str | os.PathLike) -> Iterator[Document]:

@@ -27,12 +27,12 @@ Prompts follow lm-eval's task templates (target delimiter " ", few-shot delimite
 from __future__ import annotations
 
 import csv
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lmforge.data.documents import iter_jsonl
 from lmforge.errors import LmforgeError
 
 LETTERS = "ABCDEFGHIJ"
@@ -82,20 +82,7 @@ class Task:
 
 
 def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
-    if not path.is_file():
-        raise LmforgeError(f"{path}: file not found")
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise LmforgeError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-            if not isinstance(obj, dict):
-                raise LmforgeError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-            rows.append((lineno, obj))
+    rows = list(iter_jsonl(path))
     if not rows:
         raise LmforgeError(f"{path}: no items")
     return rows

@@ -13,32 +13,12 @@ A malformed line raises LmforgeError naming the file and line.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
+from lmforge.data.documents import iter_jsonl
 from lmforge.errors import LmforgeError
 
 ROLES = ("system", "user", "assistant")
-
-
-def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
-    """(line number, object) for every non-blank line of a JSONL file."""
-    p = Path(path)
-    if not p.is_file():
-        raise LmforgeError(f"{p}: file not found")
-    with p.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise LmforgeError(f"{p}:{n}: not valid JSON ({e.msg})") from None
-            if not isinstance(obj, dict):
-                raise LmforgeError(f"{p}:{n}: expected a JSON object, got {type(obj).__name__}")
-            yield n, obj
 
 
 def check_messages(messages: object, where: str) -> list[dict]:
@@ -77,7 +57,7 @@ def to_conversation(obj: dict, where: str) -> list[dict]:
 
 
 def load_conversations(paths: list[str]) -> list[list[dict]]:
-    return [to_conversation(obj, f"{p}:{n}") for p in paths for n, obj in read_jsonl(p)]
+    return [to_conversation(obj, f"{p}:{n}") for p in paths for n, obj in iter_jsonl(p)]
 
 
 def prompt_messages(obj: dict, where: str) -> list[dict]:
@@ -115,14 +95,14 @@ def to_preference(obj: dict, where: str) -> Preference:
 
 
 def load_preferences(paths: list[str]) -> list[Preference]:
-    return [to_preference(obj, f"{p}:{n}") for p in paths for n, obj in read_jsonl(p)]
+    return [to_preference(obj, f"{p}:{n}") for p in paths for n, obj in iter_jsonl(p)]
 
 
 def load_prompts(paths: list[str]) -> list[dict]:
     """RL prompts: {"messages": [...], **other columns}."""
     out = []
     for p in paths:
-        for n, obj in read_jsonl(p):
+        for n, obj in iter_jsonl(p):
             extra = {k: v for k, v in obj.items() if k not in ("prompt", "messages")}
             out.append({"messages": prompt_messages(obj, f"{p}:{n}"), **extra})
     return out
