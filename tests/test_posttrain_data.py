@@ -186,8 +186,16 @@ def test_demo_tasks_held_out_by_scene_and_deterministic():
         assert "(" + " / ".join(item.choices) + ")" in item.messages[0]["content"]
     golds = [m.gold for m in a.mc_eval]
     assert len(set(golds)) == 4  # the answer position varies
+    n_which = 0
     for p in a.preference_eval:
-        assert p.chosen != p.rejected and abs(len(p.chosen) - len(p.rejected)) <= max(4, len(p.chosen) // 8)
+        assert p.chosen != p.rejected
+        if p.messages[0]["content"].startswith("Which play"):  # right title vs a wrong listed title
+            n_which += 1
+            assert f"{p.chosen} /" in p.messages[0]["content"] or f"/ {p.chosen})" in p.messages[0]["content"]
+            assert p.rejected in a.titles and p.rejected in p.messages[0]["content"]
+        else:  # next line vs a line of similar length from another play
+            assert abs(len(p.chosen) - len(p.rejected)) <= max(4, len(p.chosen) // 8)
+    assert n_which == round(cfg.preference_which_play * 60)
 
 
 def test_play_title_reward():

@@ -57,12 +57,15 @@ class DemoConfig:
     who_speaks: int = 200  # SFT conversations: "who speaks these lines"
     continue_speech: int = 200  # SFT conversations: "continue this speech"
     preference_pairs: int = 1500  # DPO / reward training pairs
+    preference_which_play: float = 0.75  # fraction of the pairs (training and held-out) that are which-play pairs
     eval_items: int = 200  # held-out 4-choice questions and held-out preference pairs, each
     passage_lines: int = 3  # verse lines shown in a "which play" passage
 
     def validate(self) -> None:
         if not 0.0 < self.eval_scene_fraction < 1.0:
             raise ValueError("eval_scene_fraction must be in (0, 1)")
+        if not 0.0 <= self.preference_which_play <= 1.0:
+            raise ValueError("preference_which_play must be in [0, 1]")
         if self.passage_lines < 1:
             raise ValueError("passage_lines must be at least 1")
 

@@ -5,8 +5,10 @@ of each play's scenes, drawn from the seed), so nothing evaluated was post-train
 From the training scenes come
   - SFT conversations: "which play is this passage from" (4 titles offered, the answer is the
     title), "who speaks these lines" and "continue this speech";
-  - preference pairs: a speech opening as the prompt, its true next line chosen, a line of
-    similar length from another play rejected;
+  - preference pairs of two kinds (`preference_which_play` of them the first kind):
+    which-play pairs, the 4-choice question as the prompt, the right title chosen and one of
+    the 3 wrong listed titles rejected; and next-line pairs, a speech opening as the prompt,
+    its true next line chosen, a line of similar length from another play rejected;
 and from the evaluation scenes the same 4-choice questions (chance 25%) and preference pairs.
 Everything is deterministic given the seed and the DemoConfig.
 
@@ -162,6 +164,25 @@ def _preference(play: Play, scene: Scene, pool: dict[str, list[str]], rng: rando
     return None
 
 
+def _which_play_pair(play: Play, scene: Scene, titles: list[str], rng: random.Random, n_lines: int):
+    """The which-play question as the prompt: the right title chosen, a wrong listed one rejected."""
+    item = _which_play(play, scene, titles, rng, n_lines)
+    if item is None:
+        return None
+    wrong = rng.choice([c for i, c in enumerate(item.choices) if i != item.gold])
+    return Preference(item.messages, item.choices[item.gold], wrong)
+
+
+def _pairs(n: int, frac: float, pairs: list[tuple[Play, Scene]], pool: dict[str, list[str]], titles: list[str],
+           rng: random.Random, n_lines: int) -> list[Preference]:
+    """`n` preference pairs: round(frac * n) which-play pairs, the rest next-line pairs, shuffled."""
+    n_which = round(frac * n)
+    out = _draw(n_which, pairs, rng, lambda p, s: _which_play_pair(p, s, titles, rng, n_lines))
+    out += _draw(n - n_which, pairs, rng, lambda p, s: _preference(p, s, pool, rng))
+    rng.shuffle(out)
+    return out
+
+
 def _draw(n: int, pairs: list[tuple[Play, Scene]], rng: random.Random, make) -> list:
     """`n` items from `make(play, scene)` on scenes drawn uniformly (a bounded number of tries)."""
     out: list = []
@@ -193,8 +214,9 @@ def build_demo_tasks(cfg: DemoConfig, seed: int, plays: Sequence[Play] | None = 
     rng.shuffle(sft)
 
     train_pool, eval_pool = _line_pool(train), _line_pool(held_out)
-    pref_train = _draw(cfg.preference_pairs, train, rng, lambda p, s: _preference(p, s, train_pool, rng))
-    pref_eval = _draw(cfg.eval_items, held_out, rng, lambda p, s: _preference(p, s, eval_pool, rng))
+    frac = cfg.preference_which_play
+    pref_train = _pairs(cfg.preference_pairs, frac, train, train_pool, titles, rng, n)
+    pref_eval = _pairs(cfg.eval_items, frac, held_out, eval_pool, titles, rng, n)
     mc_eval = _draw(cfg.eval_items, held_out, rng, lambda p, s: _which_play(p, s, titles, rng, n))
     rl_prompts = [{"messages": m.messages, "answer": m.choices[m.gold]} for m in which]
     return DemoTasks(sft, pref_train, pref_eval, mc_eval, rl_prompts, titles)
