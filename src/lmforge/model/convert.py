@@ -44,6 +44,20 @@ def _dtype(name: str | None, default: torch.dtype) -> torch.dtype:
 # state-dict mapping
 
 
+# Our per-layer module names -> transformers' LlamaForCausalLM names (weights map one to one).
+LLAMA_LAYER_NAMES = (
+    ("attn.wq", "self_attn.q_proj"),
+    ("attn.wk", "self_attn.k_proj"),
+    ("attn.wv", "self_attn.v_proj"),
+    ("attn.wo", "self_attn.o_proj"),
+    ("mlp.w1", "mlp.gate_proj"),
+    ("mlp.w3", "mlp.up_proj"),
+    ("mlp.w2", "mlp.down_proj"),
+    ("attn_norm", "input_layernorm"),
+    ("mlp_norm", "post_attention_layernorm"),
+)
+
+
 def to_hf_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Our Transformer's parameters under transformers' names (a tied head is stored once)."""
     cfg: ModelConfig = model.cfg
@@ -53,17 +67,7 @@ def to_hf_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
         out["model.embed_tokens.weight"] = sd["tok_emb.weight"]
         for i in range(cfg.n_layer):
             p, q = f"layers.{i}.", f"model.layers.{i}."
-            for ours, theirs in (
-                ("attn.wq", "self_attn.q_proj"),
-                ("attn.wk", "self_attn.k_proj"),
-                ("attn.wv", "self_attn.v_proj"),
-                ("attn.wo", "self_attn.o_proj"),
-                ("mlp.w1", "mlp.gate_proj"),
-                ("mlp.w3", "mlp.up_proj"),
-                ("mlp.w2", "mlp.down_proj"),
-                ("attn_norm", "input_layernorm"),
-                ("mlp_norm", "post_attention_layernorm"),
-            ):
+            for ours, theirs in LLAMA_LAYER_NAMES:
                 out[q + theirs + ".weight"] = sd[p + ours + ".weight"]
         out["model.norm.weight"] = sd["norm.weight"]
     elif cfg.arch == "gpt2":
@@ -105,17 +109,7 @@ def from_hf_state_dict(hf: dict[str, torch.Tensor], cfg: ModelConfig, source: st
         sd["tok_emb.weight"] = get("model.embed_tokens.weight")
         for i in range(cfg.n_layer):
             p, q = f"layers.{i}.", f"model.layers.{i}."
-            for ours, theirs in (
-                ("attn.wq", "self_attn.q_proj"),
-                ("attn.wk", "self_attn.k_proj"),
-                ("attn.wv", "self_attn.v_proj"),
-                ("attn.wo", "self_attn.o_proj"),
-                ("mlp.w1", "mlp.gate_proj"),
-                ("mlp.w3", "mlp.up_proj"),
-                ("mlp.w2", "mlp.down_proj"),
-                ("attn_norm", "input_layernorm"),
-                ("mlp_norm", "post_attention_layernorm"),
-            ):
+            for ours, theirs in LLAMA_LAYER_NAMES:
                 sd[p + ours + ".weight"] = get(q + theirs + ".weight")
         sd["norm.weight"] = get("model.norm.weight")
     else:
