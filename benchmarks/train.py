@@ -1,7 +1,8 @@
 """Training throughput on CPU: lmforge's Trainer vs transformers' LlamaForCausalLM in a plain loop.
 
-Same architecture (6 layers, width 256, 8 heads, SwiGLU 704, vocab 4096, tied embeddings), same
-batch (16 x 256 tokens per step), fp32, AdamW, clipping at 1.0, random token windows from the
+Same architecture and batch on both sides: `--model small` (default; 6 layers, width 256, 8 heads,
+SwiGLU 704, vocab 4096, tied embeddings, 16 x 256 tokens per step) or `--model demo` (the model and
+micro-batch `make demo` pretrains: 4 layers, width 128, 4 heads, SwiGLU 384, 8 x 256 tokens), fp32, AdamW, clipping at 1.0, random token windows from the
 same array. Each contender runs in its own child process of this one (same thread count),
 alternating `--rounds` times; the first `--warmup` steps of every run are not timed (allocation,
 and compilation with torch.compile). Reported per contender: the median tokens/s over all timed
@@ -20,6 +21,7 @@ usage:
   .venv/bin/python benchmarks/train.py                 # lmforge eager vs HF
   .venv/bin/python benchmarks/train.py --compile       # + lmforge with torch.compile (inductor, CPU)
   .venv/bin/python benchmarks/train.py --interleaved   # forward+backward only, one process, best of N
+  .venv/bin/python benchmarks/train.py --interleaved --model demo   # the same for the demo's model
 """
 
 from __future__ import annotations
@@ -34,7 +36,12 @@ import tempfile
 import time
 from pathlib import Path
 
-ARCH = dict(n_layer=6, d_model=256, n_head=8, d_ff=704, vocab=4096, seq=256, batch=16)
+SHAPES = {
+    "small": dict(n_layer=6, d_model=256, n_head=8, d_ff=704, vocab=4096, seq=256, batch=16),
+    # recipes/shakespeare.yaml's pretrain model and micro-batch (what `make demo` trains)
+    "demo": dict(n_layer=4, d_model=128, n_head=4, d_ff=384, vocab=4096, seq=256, batch=8),
+}
+ARCH = SHAPES["small"]
 
 
 def tokens():
@@ -139,7 +146,8 @@ def interleaved(steps: int, threads: int) -> None:
 
 def run_child(which: str, args) -> list[float]:
     child = "hf" if which == "hf" else "lmforge"
-    cmd = [sys.executable, __file__, "--child", child, "--steps", str(args.steps), "--warmup", str(args.warmup)]
+    cmd = [sys.executable, __file__, "--child", child, "--steps", str(args.steps), "--warmup", str(args.warmup),
+           "--model", args.model]
     if which == "lmforge+compile":
         cmd.append("--compile")
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), PYTHONWARNINGS="ignore")
@@ -157,8 +165,12 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads (default: all cores)")
     p.add_argument("--compile", action="store_true", help="lmforge with torch.compile")
     p.add_argument("--interleaved", action="store_true", help="forward+backward only, one process, best of N")
+    p.add_argument("--model", choices=sorted(SHAPES), default="small",
+                   help="small: 6 layers x 256 (default); demo: the shakespeare recipe's 4 layers x 128, micro-batch 8")
     p.add_argument("--child", choices=["lmforge", "hf"], help=argparse.SUPPRESS)
     args = p.parse_args()
+    ARCH.clear()
+    ARCH.update(SHAPES[args.model])
     if args.interleaved:
         interleaved(args.steps, args.threads)
         return 0
