@@ -41,10 +41,39 @@ def run_dir(tmp_path_factory):
     return d
 
 
-def test_sft_then_dpo_reward_rl(run_dir, capsys):
+def rank0_first_recorder(monkeypatch) -> list[str]:
+    """Patches `main_process_first` and the demo task builder: each build is recorded as "inside"
+    when it runs within the rank-0-first block (under torchrun: rank 0 builds, then the others)."""
+    import contextlib
+
+    import lmforge.parallel
+    from lmforge.posttrain import stages
+
+    calls: list[str] = []
+    depth = [0]
+
+    @contextlib.contextmanager
+    def recording(device="auto"):
+        depth[0] += 1
+        yield
+        depth[0] -= 1
+
+    build = stages.demo_tasks
+
+    def recorded_build(recipe):
+        calls.append("inside" if depth[0] else "outside")
+        return build(recipe)
+
+    monkeypatch.setattr(lmforge.parallel, "main_process_first", recording)
+    monkeypatch.setattr(stages, "demo_tasks", recorded_build)
+    return calls
+
+
+def test_sft_then_dpo_reward_rl(run_dir, capsys, monkeypatch):
     from lmforge.posttrain.reward import VALUE_HEAD_FILE, load_reward_model
     from lmforge.posttrain.stages import dpo_stage, reward_stage, rl_stage, sft_stage
 
+    data_builds = rank0_first_recorder(monkeypatch)
     recipe = load_recipe(None, overrides(run_dir))
     sft = sft_stage(recipe, run_dir)
     assert sft["train"]["step"] == 2 and 0.0 <= sft["after"]["which_play_acc"] <= 1.0
@@ -73,6 +102,7 @@ def test_sft_then_dpo_reward_rl(run_dir, capsys):
     rl = rl_stage(recipe, run_dir)
     rl_metrics = [json.loads(line) for line in (run_dir / "rl" / "metrics.jsonl").read_text().splitlines()]
     assert rl["train"]["step"] == 2 and "reward" in rl_metrics[0] and "clip_ratio" in rl_metrics[0]
+    assert data_builds == ["inside"] * 4  # sft, dpo, reward, rl: each prepares its data rank 0 first
 
 
 def test_sft_from_jsonl_without_packing(run_dir, tmp_path):

@@ -129,6 +129,7 @@ def finish(recipe: Recipe, stage: str, run_dir: Path, before: dict | None, model
 def sft_stage(recipe: Recipe, run_dir: Path) -> dict:
     import torch
 
+    from lmforge.parallel import main_process_first, setup_distributed
     from lmforge.posttrain.chat_data import load_conversations
     from lmforge.posttrain.sft_data import SFTLoader, sft_examples
     from lmforge.train.objectives import CausalLMObjective
@@ -136,17 +137,16 @@ def sft_stage(recipe: Recipe, run_dir: Path) -> dict:
     run_dir = Path(run_dir)
     sec = recipe.sft
     model, tok, cfg, start = load_start("sft", sec.train, run_dir)
-    tasks = demo_tasks(recipe) if not sec.data else None
-    conversations = tasks.sft if tasks is not None else load_conversations(sec.data)
-    examples = sft_examples(conversations, tok, sec.max_len or cfg.seq_len)
+    with main_process_first(cfg.device):
+        tasks = demo_tasks(recipe) if not sec.data else None
+        conversations = tasks.sft if tasks is not None else load_conversations(sec.data)
+        examples = sft_examples(conversations, tok, sec.max_len or cfg.seq_len)
     if not examples:
         raise LmforgeError("sft: no conversation has an assistant token to learn from")
     supervised = sum(sum(t != -100 for t in e.labels) for e in examples)
     say(f"sft: {len(examples)} conversations, {supervised} supervised tokens, packing {'on' if sec.packing else 'off'}")
     before = measure_start("sft", start, recipe, model, tok, tasks)
     pad = tok.special_ids.get("<|eos|>", 0)
-    from lmforge.parallel import setup_distributed
-
     ctx = setup_distributed(recipe.parallel, cfg.device)
     loader = SFTLoader(examples, cfg.micro_batch, cfg.seq_len, recipe.seed, pad, sec.packing, ctx.dp_rank, ctx.dp_size)
     torch.manual_seed(recipe.seed)
@@ -184,17 +184,17 @@ def preference_data(recipe: Recipe, data: list[str], tok, seq_len: int):
 def dpo_stage(recipe: Recipe, run_dir: Path) -> dict:
     import torch
 
+    from lmforge.parallel import main_process_first, setup_distributed
     from lmforge.posttrain.dpo import DPOObjective
     from lmforge.posttrain.preference import PreferenceLoader, precompute_logps
 
     run_dir = Path(run_dir)
     sec = recipe.dpo
     model, tok, cfg, start = load_start("dpo", sec.train, run_dir)
-    pairs, tasks = preference_data(recipe, sec.data, tok, cfg.seq_len)
+    with main_process_first(cfg.device):
+        pairs, tasks = preference_data(recipe, sec.data, tok, cfg.seq_len)
     before = measure_start("dpo", start, recipe, model, tok, tasks)
     pad = tok.special_ids.get("<|eos|>", 0)
-    from lmforge.parallel import setup_distributed
-
     ctx = setup_distributed(recipe.parallel, cfg.device)
     ref_model, ref_logps = None, None
     if sec.precompute_ref:
@@ -217,21 +217,21 @@ def dpo_stage(recipe: Recipe, run_dir: Path) -> dict:
 def reward_stage(recipe: Recipe, run_dir: Path) -> dict:
     import torch
 
+    from lmforge.parallel import main_process_first, setup_distributed
     from lmforge.posttrain.preference import PreferenceLoader
     from lmforge.posttrain.reward import RewardObjective, attach_value_head, pair_accuracy, split_value_heads
 
     run_dir = Path(run_dir)
     sec = recipe.reward
     model, tok, cfg, start = load_start("reward", sec.train, run_dir)
-    pairs, tasks = preference_data(recipe, sec.data, tok, cfg.seq_len)
+    with main_process_first(cfg.device):
+        pairs, tasks = preference_data(recipe, sec.data, tok, cfg.seq_len)
     held_out = None
     if tasks is not None:
         from lmforge.posttrain.preference import tokenize_pair
 
         held_out = [tokenize_pair(p, tok, cfg.seq_len) for p in tasks.preference_eval]
     pad = tok.special_ids.get("<|eos|>", 0)
-    from lmforge.parallel import setup_distributed
-
     ctx = setup_distributed(recipe.parallel, cfg.device)
     head = attach_value_head(model)
     loader = PreferenceLoader(pairs, cfg.micro_batch, recipe.seed, pad, None, ctx.dp_rank, ctx.dp_size)
@@ -255,14 +255,16 @@ def rl_stage(recipe: Recipe, run_dir: Path) -> dict:
     import torch
 
     from lmforge.inference import SamplingParams
+    from lmforge.parallel import main_process_first
     from lmforge.posttrain.chat_data import load_prompts
     from lmforge.posttrain.grpo import GRPOObjective, RewardModelScorer, RolloutLoader, load_reward_function
 
     run_dir = Path(run_dir)
     sec = recipe.rl
     model, tok, cfg, start = load_start("rl", sec.train, run_dir)
-    tasks = demo_tasks(recipe) if not sec.data else None
-    prompts = tasks.rl_prompts if tasks is not None else load_prompts(sec.data)
+    with main_process_first(cfg.device):
+        tasks = demo_tasks(recipe) if not sec.data else None
+        prompts = tasks.rl_prompts if tasks is not None else load_prompts(sec.data)
     pad = tok.special_ids.get("<|eos|>", 0)
     if sec.reward == "model":
         from lmforge.posttrain.reward import load_reward_model
