@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from lmforge.errors import LmforgeError
 from lmforge.inference.sampling import SamplingParams, make_generators, sample_next
+from lmforge.inference.static_decode import CompiledDecodeStep, StaticKVCache, static_cache_length
 
 log = logging.getLogger("lmforge.inference")
 
@@ -164,11 +165,20 @@ class TextStream:
 class Engine:
     """Generation for a `Transformer` and its `Tokenizer` (see the module docstring)."""
 
-    def __init__(self, model, tokenizer, max_batch_size: int = 32) -> None:
+    def __init__(self, model, tokenizer, max_batch_size: int = 32, compile: bool = False) -> None:
+        """`compile=True` decodes with one `torch.compile`d step of static shapes
+        (`lmforge.inference.static_decode`): faster per token, but each new batch size and cache
+        length compiles first (`compile_seconds`), and weights are frozen at that point."""
         self.model = model
         self.tokenizer = tokenizer
         self.max_batch_size = max_batch_size
         self.max_seq_len = model.cfg.max_seq_len
+        self.decode_step = CompiledDecodeStep(model) if compile else None
+
+    @property
+    def compile_seconds(self) -> float:
+        """Seconds spent compiling decode steps so far (0 without `compile`)."""
+        return self.decode_step.compile_seconds if self.decode_step else 0.0
 
     # ---- public API -------------------------------------------------------------------------
 
@@ -278,39 +288,61 @@ class Engine:
         if not rows:
             return
         model = self.model
-        device = next(model.parameters()).device
+        p = next(model.parameters())
+        device = p.device
         gens = None if params.greedy else make_generators([seeds[r.index] for r in rows], device)
         lens = torch.tensor([len(r.prompt) for r in rows], device=device)
         L = int(lens.max())
         steps = max(r.budget for r in rows)
-        padded = bool((lens != L).any())
         ids = torch.zeros(len(rows), L, dtype=torch.long)
         for b, r in enumerate(rows):
             ids[b, L - len(r.prompt) :] = torch.tensor(r.prompt)
         ids = ids.to(device)
-        cache = model.new_cache(len(rows), L + steps)
-        positions = mask = valid = None
-        if padded:
-            pads = (L - lens)[:, None]
-            cols = torch.arange(L + steps, device=device)[None, :]
-            valid = cols >= pads  # [B, S]: False on each row's left padding
-            positions = (cols[:, :L] - pads).clamp(min=0)
+        if self.decode_step is not None:
+            S = static_cache_length(L + steps)
+            cache = StaticKVCache(model.cfg, len(rows), S, device, p.dtype)
+        else:
+            S = L + steps
+            cache = model.new_cache(len(rows), S)
+        pads = L - lens
+        valid = torch.arange(S, device=device)[None, :] >= pads[:, None]  # [B, S]: False on padding
+        positions = mask = None
+        if bool((pads > 0).any()):
+            positions = (torch.arange(L, device=device)[None, :] - pads[:, None]).clamp(min=0)
             causal = torch.ones(L, L, dtype=torch.bool, device=device).tril()
             eye = torch.eye(L, dtype=torch.bool, device=device)
             # Padding rows attend to themselves only, so their (unused) states stay finite.
             mask = ((causal & valid[:, None, :L]) | eye)[:, None]
         hidden = model(ids, cache=cache, start_pos=0, positions=positions, attn_mask=mask, return_hidden=True)
         logits = model.lm_head(hidden[:, -1])
+        if self.decode_step is not None:
+            yield from self._decode_static(rows, logits, params, gens, cache, L, pads, valid)
+        else:
+            yield from self._decode_eager(rows, logits, params, gens, cache, L, pads, valid)
+
+    @staticmethod
+    def _advance(rows: list[_Row], tokens: list[int]) -> tuple[list[tuple[int, str]], list[int]]:
+        """Give each unfinished row its token: -> (text events, batch indices still unfinished)."""
+        events, keep = [], []
+        for b, (r, tok) in enumerate(zip(rows, tokens)):
+            if r.finish_reason is not None:
+                continue
+            delta = r.add(tok)
+            if delta:
+                events.append((r.index, delta))
+            if r.finish_reason is None:
+                keep.append(b)
+        return events, keep
+
+    def _decode_eager(self, rows, logits, params, gens, cache, L, pads, valid):
+        """Decode steps against a growing `KVCache`; finished rows leave the batch."""
+        device = logits.device
+        padded = bool((pads > 0).any())
+        positions = mask = None
         pos = L
         while True:
             tokens = sample_next(logits, params, gens).tolist()
-            events, keep = [], []
-            for b, (r, tok) in enumerate(zip(rows, tokens)):
-                delta = r.add(tok)
-                if delta:
-                    events.append((r.index, delta))
-                if r.finish_reason is None:
-                    keep.append(b)
+            events, keep = self._advance(rows, tokens)
             yield events
             if not keep:
                 return
@@ -318,18 +350,28 @@ class Engine:
                 idx = torch.tensor(keep, device=device)
                 rows = [rows[b] for b in keep]
                 cache.k, cache.v = cache.k[:, idx], cache.v[:, idx]
-                lens = lens[idx]
+                pads, valid = pads[idx], valid[idx]
                 tokens = [tokens[b] for b in keep]
                 if gens is not None:
                     gens = [gens[b] for b in keep]
-                if valid is not None:
-                    valid = valid[idx]
             x = torch.tensor(tokens, device=device)[:, None]
-            step = pos - L
-            if valid is not None:
-                positions = (lens + step)[:, None]
+            if padded:
+                positions = (pos - pads)[:, None]
                 mask = valid[:, None, None, : pos + 1]
-            logits = model(x, cache=cache, start_pos=pos, positions=positions, attn_mask=mask)[:, -1]
+            logits = self.model(x, cache=cache, start_pos=pos, positions=positions, attn_mask=mask)[:, -1]
+            pos += 1
+
+    def _decode_static(self, rows, logits, params, gens, cache, L, pads, valid):
+        """Decode steps of the compiled static-shape step; finished rows stay (ignored) in the batch."""
+        device = logits.device
+        pos = L
+        while True:
+            tokens = sample_next(logits, params, gens)
+            events, keep = self._advance(rows, tokens.tolist())
+            yield events
+            if not keep:
+                return
+            logits = self.decode_step(tokens[:, None], torch.tensor([pos], device=device), pads, valid, cache)
             pos += 1
 
 
