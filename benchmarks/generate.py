@@ -1,21 +1,25 @@
-"""Decode benchmark: lmforge's Engine vs transformers' `generate`, same weights, same prompts.
+"""Decode benchmark: lmforge's Engine (eager and compiled) vs transformers' `generate`, same weights.
 
-Both run greedy decoding with a KV cache for exactly --new-tokens tokens from the same prompts
-(random ids of --prompt-len tokens, one per batch row), in this process, interleaved round by
-round so both see the same machine load. The weights are one randomly initialised lmforge
+All three run greedy decoding with a KV cache for exactly --new-tokens tokens from the same
+prompts (random ids of --prompt-len tokens, one per batch row), in this process, interleaved
+round by round so all see the same machine load. "compiled" is `Engine(..., compile=True)`
+(`lmforge.inference.static_decode`): its first call compiles the decode step, which is paid
+once per process and shape; that time is printed in its own column, never in tokens/s. The weights are one randomly initialised lmforge
 Transformer, copied into a transformers LlamaForCausalLM through the interop converter
 (`lmforge.model.convert`, a 1:1 name mapping); the greedy tokens of both are compared.
 
 tokens/s = batch x new tokens / wall time of one whole generate call (prefill included; the
-prompts are short). Each figure is the median of --rounds calls after one warm-up call. On a
-machine shared with other jobs, wall time swings with their load, so the ratio of the CPU time
-each generate call used (time.process_time, the same calls) is printed beside the wall-time one.
+prompts are short). Each figure is the median of --rounds calls after one warm-up call (the
+compiling one). On a machine shared with other jobs, wall time swings with their load, so the
+ratios of the CPU time each generate call used (time.process_time, the same calls) are printed
+beside the wall-time ones. Inductor compiles in worker processes, so CPU time would not show the
+compile: its column is wall time.
 
 Models: `small` = 6 layers, width 256, 8 heads, vocab 4096; `124m-shallow` = the GPT-2-small
 shape (width 768, 12 heads, MLP 2048, vocab 50304) with 4 layers instead of 12.
 
 usage:
-  .venv/bin/python benchmarks/generate.py                        # both models, batch 1 and 8
+  .venv/bin/python benchmarks/generate.py                        # both models, batch 1 and 8, 1 thread
   .venv/bin/python benchmarks/generate.py --models small --batch-sizes 1 --threads 2
   .venv/bin/python benchmarks/generate.py --device cuda --new-tokens 256
 """
@@ -81,6 +85,7 @@ def bench(name: str, batch: int, args) -> dict:
     dtype = getattr(torch, args.dtype)
     ours, hf, cfg = build(name, args.device, dtype)
     engine = Engine(ours, ByteTable(), max_batch_size=batch)
+    compiled = Engine(ours, ByteTable(), max_batch_size=batch, compile=True)
     params = SamplingParams(max_new_tokens=args.new_tokens, temperature=0.0, ignore_eos=True)
     g = torch.Generator().manual_seed(1)
     prompts = torch.randint(0, cfg.vocab_size, (batch, args.prompt_len), generator=g)
@@ -91,6 +96,9 @@ def bench(name: str, batch: int, args) -> dict:
     def run_ours():
         return [c.token_ids for c in engine.generate(prompt_lists, params)]
 
+    def run_compiled():
+        return [c.token_ids for c in compiled.generate(prompt_lists, params)]
+
     def run_hf():
         with torch.inference_mode():
             out = hf.generate(
@@ -99,11 +107,12 @@ def bench(name: str, batch: int, args) -> dict:
             )  # fmt: skip
         return out[:, args.prompt_len :].tolist()
 
-    times: dict[str, list[float]] = {"lmforge": [], "transformers": []}
-    cpu: dict[str, list[float]] = {"lmforge": [], "transformers": []}
+    runs = {"lmforge": run_ours, "compiled": run_compiled, "transformers": run_hf}
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    cpu: dict[str, list[float]] = {k: [] for k in runs}
     tokens = {}
-    for r in range(args.rounds + 1):  # round 0 warms up
-        for label, fn in (("lmforge", run_ours), ("transformers", run_hf)):
+    for r in range(args.rounds + 1):  # round 0 warms up (and compiles)
+        for label, fn in runs.items():
             dt, dc, tokens[label] = timed(fn)
             if r:
                 times[label].append(dt)
@@ -111,16 +120,22 @@ def bench(name: str, batch: int, args) -> dict:
     n = batch * args.new_tokens
     tps = {k: n / statistics.median(v) for k, v in times.items()}
     cpu_tps = {k: n / statistics.median(v) for k, v in cpu.items()}
-    same = sum(a == b for a, b in zip(tokens["lmforge"], tokens["transformers"]))
+
+    def same(label: str) -> int:
+        return sum(a == b for a, b in zip(tokens[label], tokens["transformers"]))
+
+    hf, hf_cpu = tps["transformers"], cpu_tps["transformers"]
     return {
         "model": name,
         "params_M": round(ours.num_params() / 1e6, 1),
         "batch": batch,
-        "lmforge_tok_s": round(tps["lmforge"], 1),
-        "hf_tok_s": round(tps["transformers"], 1),
-        "ratio": round(tps["lmforge"] / tps["transformers"], 2),
-        "cpu_ratio": round(cpu_tps["lmforge"] / cpu_tps["transformers"], 2),
-        "same_tokens": f"{same}/{batch}",
+        "eager_tok_s": round(tps["lmforge"], 1),
+        "compiled_tok_s": round(tps["compiled"], 1),
+        "hf_tok_s": round(hf, 1),
+        "compile_s": round(compiled.compile_seconds, 1),
+        "eager_ratio": f"{tps['lmforge'] / hf:.2f}x / {cpu_tps['lmforge'] / hf_cpu:.2f}x",
+        "compiled_ratio": f"{tps['compiled'] / hf:.2f}x / {cpu_tps['compiled'] / hf_cpu:.2f}x",
+        "same_tokens": f"{same('lmforge')}/{batch}, {same('compiled')}/{batch}",
     }
 
 
@@ -129,9 +144,9 @@ def main() -> None:
     ap.add_argument("--models", default="small,124m-shallow")
     ap.add_argument("--batch-sizes", default="1,8")
     ap.add_argument("--prompt-len", type=int, default=32)
-    ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32")
     args = ap.parse_args()
@@ -144,15 +159,18 @@ def main() -> None:
         f"dtype {args.dtype}, threads {torch.get_num_threads()}, prompt {args.prompt_len}, new {args.new_tokens}"
     )
     print(
-        "| model | params | batch | lmforge tok/s | transformers tok/s | ratio | ratio by CPU time | same greedy tokens |"
+        "| model | params | batch | lmforge eager tok/s | lmforge compiled tok/s | transformers tok/s "
+        "| compile s | eager / transformers (wall / CPU) | compiled / transformers (wall / CPU) "
+        "| same greedy tokens as transformers (eager, compiled) |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for name in args.models.split(","):
         for batch in (int(b) for b in args.batch_sizes.split(",")):
             r = bench(name, batch, args)
             print(
-                f"| {r['model']} | {r['params_M']}M | {r['batch']} | {r['lmforge_tok_s']} | {r['hf_tok_s']} "
-                f"| {r['ratio']}x | {r['cpu_ratio']}x | {r['same_tokens']} |",
+                f"| {r['model']} | {r['params_M']}M | {r['batch']} | {r['eager_tok_s']} | {r['compiled_tok_s']} "
+                f"| {r['hf_tok_s']} | {r['compile_s']} | {r['eager_ratio']} | {r['compiled_ratio']} "
+                f"| {r['same_tokens']} |",
                 flush=True,
             )
 

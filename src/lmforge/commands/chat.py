@@ -47,6 +47,8 @@ def main(args: argparse.Namespace, overrides: list[str]) -> int:
     interactive = sys.stdin.isatty()
     if interactive:
         print("lmforge chat: /reset to start over, /exit or Ctrl-D to quit", file=sys.stderr)
+    if args.compile:
+        print("(--compile: a reply of a new length class first compiles its decode step)", file=sys.stderr)
     turn = 0
     while True:
         try:

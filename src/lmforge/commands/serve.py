@@ -31,6 +31,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-batch", type=int, default=8, help="prompts per batched generation (default: 8)")
     p.add_argument("--device", default="", help="cpu, cuda, mps (default: cuda if available, else cpu)")
     p.add_argument("--dtype", default="", help="float32|float16|bfloat16 (default: the checkpoint's)")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="decode with a torch.compile'd step (each new batch size / length class compiles first)",
+    )
 
 
 def main(args: argparse.Namespace, overrides: list[str]) -> int:
@@ -54,6 +59,7 @@ def main(args: argparse.Namespace, overrides: list[str]) -> int:
         api_key=args.api_key or os.environ.get("LMFORGE_API_KEY") or None,
         max_queue=args.max_queue,
         max_batch=args.max_batch,
+        compile=args.compile,
     )
     print(f"serving {ckpt} as {name!r} on http://{args.host}:{args.port}/ (chat page at /, API at /v1)")
     serve(model, tokenizer, host=args.host, port=args.port, config=config)

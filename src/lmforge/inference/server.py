@@ -65,6 +65,7 @@ class ServerConfig:
     max_batch: int = 8  # prompts per batched generate call
     max_n: int = 8  # choices per request
     default_max_tokens: int = 256
+    compile: bool = False  # Engine(compile=True): a torch.compile'd decode step
 
 
 # ---------------------------------------------------------------------------------------------
@@ -313,7 +314,7 @@ def create_app(model, tokenizer, config: ServerConfig | None = None):
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
     config = config or ServerConfig()
-    engine = Engine(model, tokenizer, max_batch_size=config.max_batch)
+    engine = Engine(model, tokenizer, max_batch_size=config.max_batch, compile=config.compile)
     worker = Worker(engine, config.max_queue, config.max_batch)
     ctx = model.cfg.max_seq_len
     created = int(time.time())

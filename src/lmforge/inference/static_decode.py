@@ -34,9 +34,10 @@ import torch
 
 log = logging.getLogger("lmforge.inference")
 
-# Inductor settings of the compiled step (see the module docstring). On CUDA the C++ GEMM
-# template does not apply; inductor then autotunes its Triton / cuBLAS choices.
-COMPILE_OPTIONS = {"freezing": True, "max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN"}
+# Inductor settings of the compiled step (see the module docstring), patched in while it compiles
+# (`torch.compile(options=...)` does not reach `freezing`). On CUDA the C++ GEMM template does not
+# apply; inductor then autotunes its Triton / cuBLAS choices.
+INDUCTOR_CONFIG = {"freezing": True, "max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN"}
 MAX_COMPILED_SHAPES = 64  # dynamo's recompile limit for the step (its default, 8, is low here)
 
 
@@ -81,7 +82,7 @@ class CompiledDecodeStep:
         self.model = model
         self.compile_seconds = 0.0
         self._compiled_shapes: set[tuple] = set()
-        self._step = torch.compile(self._forward, fullgraph=True, dynamic=False, options=COMPILE_OPTIONS)
+        self._step = torch.compile(self._forward, fullgraph=True, dynamic=False)
 
     def _forward(self, tokens, pos, pads, valid, cache):
         slots = torch.arange(valid.shape[1], device=valid.device)
@@ -94,7 +95,10 @@ class CompiledDecodeStep:
         if shape in self._compiled_shapes:
             return self._step(tokens, pos, pads, valid, cache)
         t0 = time.perf_counter()
-        with torch._dynamo.config.patch(recompile_limit=MAX_COMPILED_SHAPES):
+        with (
+            torch._dynamo.config.patch(recompile_limit=MAX_COMPILED_SHAPES),
+            torch._inductor.config.patch(INDUCTOR_CONFIG),
+        ):
             logits = self._step(tokens, pos, pads, valid, cache)
         seconds = time.perf_counter() - t0
         self.compile_seconds += seconds
