@@ -165,8 +165,12 @@ def test_sft_loader_is_deterministic_and_resumable(tok):
     assert unpacked["input_ids"].shape[0] == 4 and unpacked["input_ids"].shape[1] <= 64
 
 
+MIX = {"which_play": 0.25, "next_line": 0.25, "echo": 0.25, "loop": 0.25}
+
+
 def test_demo_tasks_held_out_by_scene_and_deterministic():
-    cfg = DemoConfig(which_play=200, who_speaks=50, continue_speech=50, preference_pairs=200, eval_items=60)
+    cfg = DemoConfig(which_play=200, who_speaks=50, continue_speech=50, preference_pairs=200, eval_items=60,
+                     preference_mix=MIX)
     a = build_demo_tasks(cfg, seed=7)
     b = build_demo_tasks(cfg, seed=7)
     assert a.sft == b.sft and a.mc_eval == b.mc_eval and a.preference_eval == b.preference_eval
@@ -186,16 +190,39 @@ def test_demo_tasks_held_out_by_scene_and_deterministic():
         assert "(" + " / ".join(item.choices) + ")" in item.messages[0]["content"]
     golds = [m.gold for m in a.mc_eval]
     assert len(set(golds)) == 4  # the answer position varies
-    n_which = 0
-    for p in a.preference_eval:
+
+
+def test_preference_pair_kinds():
+    cfg = DemoConfig(which_play=20, who_speaks=5, continue_speech=5, preference_pairs=80, eval_items=60, preference_mix=MIX)
+    tasks = build_demo_tasks(cfg, seed=7)
+    for pairs, n in ((tasks.preference_train, 80), (tasks.preference_eval, 60)):
+        assert sorted(p.kind for p in pairs) == sorted(k for k in MIX for _ in range(n // 4))
+    for p in tasks.preference_train + tasks.preference_eval:
+        prompt = p.messages[0]["content"]
         assert p.chosen != p.rejected
-        if p.messages[0]["content"].startswith("Which play"):  # right title vs a wrong listed title
-            n_which += 1
-            assert f"{p.chosen} /" in p.messages[0]["content"] or f"/ {p.chosen})" in p.messages[0]["content"]
-            assert p.rejected in a.titles and p.rejected in p.messages[0]["content"]
-        else:  # next line vs a line of similar length from another play
+        if p.kind == "which_play":  # right title vs a wrong listed title
+            assert f"{p.chosen} /" in prompt or f"/ {p.chosen})" in prompt
+            assert p.rejected in tasks.titles and p.rejected in prompt
+            continue
+        assert prompt.startswith("Continue this speech") and p.chosen not in prompt.split("\n\n", 1)[1]
+        if p.kind == "echo":  # the prompt's last line repeated
+            assert prompt.endswith("\n" + p.rejected)
+        elif p.kind == "loop":  # the chosen line's first two words, over and over
+            head = " ".join(p.chosen.split()[:2])
+            assert p.rejected.split(head) == [""] + [" "] * (p.rejected.count(head) - 1) + [""]
+            assert len(p.chosen) - len(head) - 1 < len(p.rejected) <= len(p.chosen)
+        if p.kind in ("next_line", "echo"):  # of similar length, so length alone does not decide
             assert abs(len(p.chosen) - len(p.rejected)) <= max(4, len(p.chosen) // 8)
-    assert n_which == round(cfg.preference_which_play * 60)
+    # each kind has its own random stream: the echo pairs do not depend on the rest of the mix
+    alone = build_demo_tasks(DemoConfig(**{**cfg.__dict__, "preference_mix": {"echo": 1.0}}), seed=7)
+    echo = [p for p in tasks.preference_eval if p.kind == "echo"]
+    assert {(p.chosen, p.rejected) for p in echo} <= {(p.chosen, p.rejected) for p in alone.preference_eval}
+
+
+@pytest.mark.parametrize("mix", [{"which_play": 0.5, "echo": 0.4}, {"echo": 1.2, "loop": -0.2}, {"repeat": 1.0}])
+def test_preference_mix_is_checked(mix):
+    with pytest.raises(ValueError, match="preference_mix"):
+        DemoConfig(preference_mix=mix).validate()
 
 
 def test_play_title_reward():

@@ -57,15 +57,21 @@ class DemoConfig:
     who_speaks: int = 200  # SFT conversations: "who speaks these lines"
     continue_speech: int = 200  # SFT conversations: "continue this speech"
     preference_pairs: int = 1500  # DPO / reward training pairs
-    preference_which_play: float = 0.75  # fraction of the pairs (training and held-out) that are which-play pairs
+    # fraction of the pairs (training and held-out alike) of each kind (demo_tasks.PAIR_KINDS)
+    preference_mix: dict[str, float] = field(default_factory=lambda: {"which_play": 0.75, "next_line": 0.25})
     eval_items: int = 200  # held-out 4-choice questions and held-out preference pairs, each
     passage_lines: int = 3  # verse lines shown in a "which play" passage
 
     def validate(self) -> None:
         if not 0.0 < self.eval_scene_fraction < 1.0:
             raise ValueError("eval_scene_fraction must be in (0, 1)")
-        if not 0.0 <= self.preference_which_play <= 1.0:
-            raise ValueError("preference_which_play must be in [0, 1]")
+        kinds = ("which_play", "next_line", "echo", "loop")  # demo_tasks.PAIR_KINDS (not imported: it pulls the plays in)
+        unknown = sorted(set(self.preference_mix) - set(kinds))
+        if unknown:
+            raise ValueError(f"preference_mix: unknown pair kind(s) {unknown} (known: {', '.join(kinds)})")
+        total = sum(self.preference_mix.values())
+        if min(self.preference_mix.values(), default=-1.0) < 0 or abs(total - 1.0) > 1e-6:
+            raise ValueError(f"preference_mix: fractions must be >= 0 and sum to 1 (they sum to {total:g})")
         if self.passage_lines < 1:
             raise ValueError("passage_lines must be at least 1")
 

@@ -4,7 +4,8 @@
                    reply (title + <|end|>) has the highest summed log-probability after the
                    chat-rendered question wins
   preference_acc   held-out pairs whose chosen completion has a higher summed log-probability
-                   than the rejected one (both + <|end|>, after the same prompt)
+                   than the rejected one (both + <|end|>, after the same prompt); with mixed
+                   pair kinds also preference_acc/KIND for each kind
 Scoring is lmforge.eval.scoring.token_loglikelihoods (the one scorer) on pre-tokenized requests.
 """
 
@@ -38,7 +39,8 @@ def which_play_accuracy(model, tokenizer, items: list[MCItem], batch_size: int =
     return hits / max(1, len(items))
 
 
-def preference_accuracy(model, tokenizer, pairs: list[Preference], batch_size: int = 32) -> float:
+def preference_hits(model, tokenizer, pairs: list[Preference], batch_size: int = 32) -> list[bool]:
+    """Per pair: is the chosen completion more likely than the rejected one."""
     from lmforge.eval.scoring import token_loglikelihoods
 
     requests = []
@@ -46,20 +48,33 @@ def preference_accuracy(model, tokenizer, pairs: list[Preference], batch_size: i
         ctx = _prompt(tokenizer, p.messages)
         requests += [(ctx, _reply(tokenizer, p.chosen)), (ctx, _reply(tokenizer, p.rejected))]
     scores = token_loglikelihoods(model, requests, batch_size)
-    hits = sum(int(scores[2 * i][0] > scores[2 * i + 1][0]) for i in range(len(pairs)))
-    return hits / max(1, len(pairs))
+    return [scores[2 * i][0] > scores[2 * i + 1][0] for i in range(len(pairs))]
+
+
+def preference_accuracy(model, tokenizer, pairs: list[Preference], batch_size: int = 32) -> float:
+    hits = preference_hits(model, tokenizer, pairs, batch_size)
+    return sum(hits) / max(1, len(hits))
 
 
 def demo_metrics(model, tokenizer, mc_items: list[MCItem], pairs: list[Preference]) -> dict[str, float]:
-    return {
+    """which_play_acc, preference_acc, and preference_acc/KIND per pair kind when the pairs mix kinds."""
+    hits = preference_hits(model, tokenizer, pairs)
+    out = {
         "which_play_acc": which_play_accuracy(model, tokenizer, mc_items),
-        "preference_acc": preference_accuracy(model, tokenizer, pairs),
+        "preference_acc": sum(hits) / max(1, len(hits)),
     }
+    kinds = sorted({p.kind for p in pairs})
+    if len(kinds) > 1:
+        for kind in kinds:
+            of_kind = [h for h, p in zip(hits, pairs) if p.kind == kind]
+            out[f"preference_acc/{kind}"] = sum(of_kind) / len(of_kind)
+    return out
 
 
 def format_metrics(label: str, m: dict[str, float], n_mc: int, n_pairs: int) -> str:
+    by_kind = ", ".join(f"{k.split('/', 1)[1]} {100 * v:.1f}%" for k, v in m.items() if k.startswith("preference_acc/"))
     return (
         f"[lmforge] {label}: held-out which-play accuracy {100 * m['which_play_acc']:.1f}% "
         f"({n_mc} questions, chance 25%), held-out preference accuracy {100 * m['preference_acc']:.1f}% "
-        f"({n_pairs} pairs)"
+        f"({n_pairs} pairs{'; ' + by_kind if by_kind else ''})"
     )

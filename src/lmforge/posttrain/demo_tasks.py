@@ -30,6 +30,7 @@ from lmforge.posttrain.config import DemoConfig
 WHICH_PLAY = "Which play is this passage from ({choices})?\n\n{passage}"
 WHO_SPEAKS = "Who speaks these lines in {title}?\n\n{lines}"
 CONTINUE = "Continue this speech by {speaker} in {title}:\n\n{lines}"
+PAIR_KINDS = ("which_play", "next_line", "echo", "loop")  # the preference pair kinds, in build order
 
 
 @dataclass
@@ -148,20 +149,60 @@ def _line_pool(pairs: list[tuple[Play, Scene]]) -> dict[str, list[str]]:
     return pool
 
 
-def _preference(play: Play, scene: Scene, pool: dict[str, list[str]], rng: random.Random):
+def _similar_length(a: str, b: str) -> bool:
+    """Within 1/8 (at least 4 characters): summed log-probs favour short texts, so length alone must not decide."""
+    return abs(len(a) - len(b)) <= max(4, len(a) // 8)
+
+
+def _continue_prompt(play: Play, scene: Scene, rng: random.Random):
+    """A "continue this speech" prompt and its true next line (20+ characters): (messages, shown, next)."""
     split = _speech_split(scene, rng)
-    if split is None:
+    if split is None or len(split[2]) < 20:
         return None
-    sp, shown, chosen = split
-    if len(chosen) < 20:
+    sp, shown, nxt = split
+    question = CONTINUE.format(speaker=sp.speaker, title=play_title(play), lines="\n".join(shown))
+    return [{"role": "user", "content": question}], shown, nxt
+
+
+def _next_line_pair(play: Play, scene: Scene, pool: dict[str, list[str]], rng: random.Random):
+    """The true next line chosen, a line of similar length from another play rejected."""
+    found = _continue_prompt(play, scene, rng)
+    if found is None:
         return None
+    messages, _, chosen = found
     others = [slug for slug in pool if slug != play.slug]
-    for _ in range(20):  # a line of similar length, so length alone does not decide
+    for _ in range(20):
         cand = rng.choice(pool[rng.choice(others)])
-        if abs(len(cand) - len(chosen)) <= max(4, len(chosen) // 8):
-            question = CONTINUE.format(speaker=sp.speaker, title=play_title(play), lines="\n".join(shown))
-            return Preference([{"role": "user", "content": question}], chosen, cand)
+        if _similar_length(chosen, cand):
+            return Preference(messages, chosen, cand, "next_line")
     return None
+
+
+def _echo_pair(play: Play, scene: Scene, rng: random.Random):
+    """The true next line chosen, the prompt's last line repeated (an echo of the input) rejected."""
+    found = _continue_prompt(play, scene, rng)
+    if found is None:
+        return None
+    messages, shown, chosen = found
+    if shown[-1] == chosen or not _similar_length(chosen, shown[-1]):
+        return None
+    return Preference(messages, chosen, shown[-1], "echo")
+
+
+def _loop_pair(play: Play, scene: Scene, rng: random.Random):
+    """The true next line chosen, its first two words repeated to the same length (a loop) rejected."""
+    found = _continue_prompt(play, scene, rng)
+    if found is None:
+        return None
+    messages, _, chosen = found
+    words = chosen.split()
+    if len(words) < 4:
+        return None
+    head = " ".join(words[:2])
+    loop = head
+    while len(loop) + len(head) + 1 <= len(chosen):
+        loop += " " + head
+    return Preference(messages, chosen, loop, "loop")
 
 
 def _which_play_pair(play: Play, scene: Scene, titles: list[str], rng: random.Random, n_lines: int):
@@ -170,16 +211,31 @@ def _which_play_pair(play: Play, scene: Scene, titles: list[str], rng: random.Ra
     if item is None:
         return None
     wrong = rng.choice([c for i, c in enumerate(item.choices) if i != item.gold])
-    return Preference(item.messages, item.choices[item.gold], wrong)
+    return Preference(item.messages, item.choices[item.gold], wrong, "which_play")
 
 
-def _pairs(n: int, frac: float, pairs: list[tuple[Play, Scene]], pool: dict[str, list[str]], titles: list[str],
-           rng: random.Random, n_lines: int) -> list[Preference]:
-    """`n` preference pairs: round(frac * n) which-play pairs, the rest next-line pairs, shuffled."""
-    n_which = round(frac * n)
-    out = _draw(n_which, pairs, rng, lambda p, s: _which_play_pair(p, s, titles, rng, n_lines))
-    out += _draw(n - n_which, pairs, rng, lambda p, s: _preference(p, s, pool, rng))
-    rng.shuffle(out)
+def _pair_maker(kind: str, rng: random.Random, pool: dict[str, list[str]], titles: list[str], n_lines: int):
+    """make(play, scene) -> a Preference of `kind`, or None when the scene offers none."""
+    return {
+        "which_play": lambda p, s: _which_play_pair(p, s, titles, rng, n_lines),
+        "next_line": lambda p, s: _next_line_pair(p, s, pool, rng),
+        "echo": lambda p, s: _echo_pair(p, s, rng),
+        "loop": lambda p, s: _loop_pair(p, s, rng),
+    }[kind]
+
+
+def _pairs(n: int, mix: dict[str, float], pairs: list[tuple[Play, Scene]], titles: list[str], seed: str,
+           n_lines: int) -> list[Preference]:
+    """`n` preference pairs, round(mix[kind] * n) of each kind (the last kind takes the rounding), shuffled.
+    Each kind draws from its own random stream, so a kind's pairs do not depend on the other kinds."""
+    pool = _line_pool(pairs)
+    out: list[Preference] = []
+    kinds = [k for k in PAIR_KINDS if mix.get(k, 0) > 0]
+    for i, kind in enumerate(kinds):
+        rng = random.Random(f"{seed}:{kind}")
+        count = n - len(out) if i == len(kinds) - 1 else round(mix[kind] * n)
+        out += _draw(count, pairs, rng, _pair_maker(kind, rng, pool, titles, n_lines))
+    random.Random(f"{seed}:shuffle").shuffle(out)
     return out
 
 
@@ -213,11 +269,9 @@ def build_demo_tasks(cfg: DemoConfig, seed: int, plays: Sequence[Play] | None = 
     sft = [answered(m) for m in which] + who + cont
     rng.shuffle(sft)
 
-    train_pool, eval_pool = _line_pool(train), _line_pool(held_out)
-    frac = cfg.preference_which_play
-    pref_train = _pairs(cfg.preference_pairs, frac, train, train_pool, titles, rng, n)
-    pref_eval = _pairs(cfg.eval_items, frac, held_out, eval_pool, titles, rng, n)
     mc_eval = _draw(cfg.eval_items, held_out, rng, lambda p, s: _which_play(p, s, titles, rng, n))
+    pref_train = _pairs(cfg.preference_pairs, cfg.preference_mix, train, titles, f"{seed}:pairs", n)
+    pref_eval = _pairs(cfg.eval_items, cfg.preference_mix, held_out, titles, f"{seed}:held-out pairs", n)
     rl_prompts = [{"messages": m.messages, "answer": m.choices[m.gold]} for m in which]
     return DemoTasks(sft, pref_train, pref_eval, mc_eval, rl_prompts, titles)
 
