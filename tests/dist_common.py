@@ -3,16 +3,29 @@ batch stream and the training loop that every layout runs (and the single proces
 
 from __future__ import annotations
 
+import math
+
 import torch
-import torch.nn.functional as F
+from torch.distributed.tensor import DTensor
 
 from lmforge.model.config import ModelConfig
 from lmforge.model.transformer import Transformer
-from lmforge.parallel import DistContext, Pipeline, all_reduce_mean, all_reduce_sum, clip_grad_norm_
+from lmforge.parallel import (
+    DistContext,
+    Pipeline,
+    all_reduce_mean,
+    all_reduce_sum,
+    clip_grad_norm_,
+    loss_parallel_context,
+)
 from lmforge.train.config import ParallelConfig
+from lmforge.train.objectives import CausalLMObjective, nll_byte_sums, token_nll
 
 GLOBAL_BATCH, SEQ, VOCAB = 8, 16, 64
 LR = 1e-2
+VAL_STEP = 10_000  # the held-out batch: batch(VAL_STEP)
+# bytes per token id for bits per byte: 0 (a special token) to 3, as a byte-level tokenizer's table
+TOKEN_BYTES = torch.tensor([i % 4 for i in range(VOCAB)], dtype=torch.float64)
 
 
 def model_config(arch: str = "llama", tied: bool = False) -> ModelConfig:
@@ -40,25 +53,55 @@ def batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
     return x[:, :-1].contiguous(), x[:, 1:].contiguous()
 
 
-def train(model, opt, ctx: DistContext, steps: range, pcfg: ParallelConfig | None = None) -> list[float]:
+def pipeline(model, ctx: DistContext, pcfg: ParallelConfig | None) -> Pipeline | None:
+    return Pipeline(model, pcfg, ctx, GLOBAL_BATCH // ctx.dp_size, SEQ) if ctx.pp_size > 1 else None
+
+
+def rank_rows(step: int, ctx: DistContext) -> tuple[torch.Tensor, torch.Tensor]:
+    """This data-parallel rank's rows of the global batch of `step`."""
+    x, y = batch(step)
+    rows = GLOBAL_BATCH // ctx.dp_size
+    return x[ctx.dp_rank * rows:(ctx.dp_rank + 1) * rows], y[ctx.dp_rank * rows:(ctx.dp_rank + 1) * rows]
+
+
+def train(model, opt, ctx: DistContext, steps: range, pipe: Pipeline | None = None) -> list[float]:
     """Train on the global batches of `steps`; each data-parallel rank takes its rows.
-    Returns the global mean token loss of every step (the same number on every rank)."""
-    pipe = Pipeline(model, pcfg, ctx, GLOBAL_BATCH // ctx.dp_size, SEQ) if ctx.pp_size > 1 else None
+    Returns the global mean token loss of every step (the same number on every rank).
+    Vocabulary-sharded logits (loss parallelism) get the loss and backward in `loss_parallel()`,
+    as in the trainer."""
     losses = []
     for s in steps:
-        x, y = batch(s)
-        rows = GLOBAL_BATCH // ctx.dp_size
-        x, y = x[ctx.dp_rank * rows:(ctx.dp_rank + 1) * rows], y[ctx.dp_rank * rows:(ctx.dp_rank + 1) * rows]
+        x, y = rank_rows(s, ctx)
         if pipe is not None:
             loss = all_reduce_mean(pipe.step(x, y), ctx)
         else:
-            logits = model(x)
-            lsum = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="sum")
-            # data-parallel gradient averaging divides by dp_size: scale so the result is the global mean
-            (lsum * ctx.dp_size / (GLOBAL_BATCH * SEQ)).backward()
+            with loss_parallel_context(ctx.tp_size > 1):  # a no-op on plain-tensor logits
+                lsum = CausalLMObjective().loss(model, {"input_ids": x, "labels": y}).loss_sum
+                # data-parallel gradient averaging divides by dp_size: scale so the result is the global mean
+                (lsum * ctx.dp_size / (GLOBAL_BATCH * SEQ)).backward()
             loss = all_reduce_sum(lsum.detach(), ctx) / ctx.tp_size / (GLOBAL_BATCH * SEQ)
         clip_grad_norm_(model.parameters(), 1.0, ctx)
         opt.step()
         opt.zero_grad(set_to_none=True)
         losses.append(float(loss))
     return losses
+
+
+@torch.no_grad()
+def validate(model, ctx: DistContext, pipe: Pipeline | None = None) -> dict:
+    """Loss and bits per byte on the held-out batch, as the trainer's validation computes them,
+    and how the head hands out its logits ("Shard(2)" under loss parallelism, else "full")."""
+    x, y = rank_rows(VAL_STEP, ctx)
+    placement = "full"
+    if pipe is not None:
+        sums = pipe.eval_sums(x, y, TOKEN_BYTES)
+    else:
+        with loss_parallel_context(ctx.tp_size > 1):
+            logits = model(x)
+            if isinstance(logits, DTensor):
+                (tp_placement,) = logits.placements
+                placement = f"Shard({tp_placement.dim})" if tp_placement.is_shard() else str(tp_placement)
+            sums = nll_byte_sums(token_nll(logits, y), y, TOKEN_BYTES)
+    if ctx.dp_size > 1:
+        torch.distributed.all_reduce(sums)  # tensor / pipeline peers add equal sums: ratios stay exact
+    return {"loss": float(sums[0] / sums[1]), "bpb": float(sums[2] / (math.log(2) * sums[3])), "logits": placement}

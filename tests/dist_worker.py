@@ -4,8 +4,9 @@
 
 Each layout: {"name", "parallel": {...ParallelConfig fields}, "steps": [a, b], "arch", "tied",
 "resume": name of an earlier layout whose checkpoint to load first, "meta": build on the meta
-device with `build_parallel_model`}. Rank 0 writes
-OUT_DIR/<name>/losses.json; every layout saves a sharded checkpoint to OUT_DIR/<name>/.
+device with `build_parallel_model`}. Rank 0 writes OUT_DIR/<name>/losses.json and, after
+training, val.json (`dist_common.validate`); every layout saves a sharded checkpoint to
+OUT_DIR/<name>/.
 """
 
 from __future__ import annotations
@@ -38,10 +39,13 @@ def main() -> None:
         opt = dist_common.optimizer(model)
         if lay.get("resume"):
             load_sharded(model, opt, out / lay["resume"])
-        losses = dist_common.train(model, opt, ctx, range(*lay["steps"]), pcfg)
+        pipe = dist_common.pipeline(model, ctx, pcfg)
+        losses = dist_common.train(model, opt, ctx, range(*lay["steps"]), pipe)
+        val = dist_common.validate(model, ctx, pipe)
         save_sharded(model, opt, out / lay["name"])
         if ctx.is_main:
             atomic_write_json(out / lay["name"] / "losses.json", losses)
+            atomic_write_json(out / lay["name"] / "val.json", val)
     teardown_distributed()
 
 

@@ -1,8 +1,11 @@
 """Distributed training on real gloo processes (torchrun) against the single-process run.
 
 Every layout trains the same tiny model on the same global batches for 4 steps and must give
-the single-process loss curve (relative tolerance 1e-5: fp32, only the reduction order differs)
-and, loaded back from its sharded checkpoint into one process, the same weights (abs 5e-5).
+the single-process loss curve (relative tolerance 1e-5: fp32, only the reduction order differs),
+then the same validation loss and bits per byte on a held-out batch, and, loaded back from its
+sharded checkpoint into one process, the same weights (abs 5e-5). Under tensor parallelism
+(without pipeline stages) the logits must stay sharded over the vocabulary (loss parallelism)
+unless `loss_parallel` is off.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ LAYOUTS_2 = [
     {"name": "ddp2", "parallel": {"dp_replicate": 2}},
     {"name": "fsdp2", "parallel": {"dp_shard": 2}},
     {"name": "tp2", "parallel": {"tp": 2}},
+    {"name": "tp2-gathered", "parallel": {"tp": 2, "loss_parallel": False}},
     {"name": "pp2-gpipe", "parallel": {"pp": 2, "pp_schedule": "gpipe", "pp_microbatches": 4}},
     {"name": "pp2-1f1b", "parallel": {"pp": 2, "pp_schedule": "1f1b", "pp_microbatches": 4}},
     {"name": "tp2-gpt2-tied", "parallel": {"tp": 2}, "arch": "gpt2", "tied": True},
@@ -43,6 +47,7 @@ LAYOUTS_4 = [
     {"name": "hsdp2x2", "parallel": {"dp_replicate": 2, "dp_shard": 2}},
     {"name": "fsdp2xtp2", "parallel": {"dp_shard": 2, "tp": 2}},
     {"name": "pp2xtp2", "parallel": {"pp": 2, "tp": 2, "pp_microbatches": 2}},
+    {"name": "pp2xddp2", "parallel": {"pp": 2, "dp_replicate": 2, "pp_microbatches": 2}},
     # FSDP on 4 ranks trains 2 steps and saves; FSDP x TP loads it (fresh init otherwise) and goes on
     {"name": "fsdp4-half", "parallel": {"dp_shard": 4}, "steps": [0, 2]},
     {"name": "resume-fsdp2xtp2", "parallel": {"dp_shard": 2, "tp": 2}, "steps": [2, 4], "resume": "fsdp4-half"},
@@ -73,13 +78,14 @@ def runs(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def reference() -> dict:
-    """Single-process losses and final weights per model variant."""
+    """Single-process losses, final weights and validation figures per model variant."""
     ref = {}
     for arch, tied in (("llama", False), ("gpt2", True)):
         model = dist_common.build(arch, tied)
         opt = dist_common.optimizer(model)
         losses = dist_common.train(model, opt, DistContext(), range(*STEPS))
-        ref[arch, tied] = (losses, {k: v.clone() for k, v in model.state_dict().items()})
+        val = dist_common.validate(model, DistContext())
+        ref[arch, tied] = (losses, {k: v.clone() for k, v in model.state_dict().items()}, val)
     return ref
 
 
@@ -88,10 +94,15 @@ def _full_layouts():
 
 
 def _check_layout(out: Path, reference: dict, layout: dict) -> None:
-    ref_losses, ref_weights = reference[layout.get("arch", "llama"), layout.get("tied", False)]
+    ref_losses, ref_weights, ref_val = reference[layout.get("arch", "llama"), layout.get("tied", False)]
     losses = json.loads((out / layout["name"] / "losses.json").read_text())
     assert losses == pytest.approx(ref_losses, rel=LOSS_RTOL)
     assert ref_losses[0] != pytest.approx(ref_losses[-1], rel=1e-4)  # the model does train
+    val = json.loads((out / layout["name"] / "val.json").read_text())
+    assert (val["loss"], val["bpb"]) == pytest.approx((ref_val["loss"], ref_val["bpb"]), rel=LOSS_RTOL)
+    par = layout["parallel"]
+    sharded = par.get("tp", 1) > 1 and par.get("pp", 1) == 1 and par.get("loss_parallel", True)
+    assert val["logits"] == ("Shard(2)" if sharded else "full"), "the head gathered the logits"
     weights = full_state_dict(out / layout["name"])  # sharded checkpoint -> one process
     for key, ref in ref_weights.items():
         if key == "lm_head.weight" and key not in weights:
@@ -114,7 +125,7 @@ def test_more_4_rank_layouts(reference, tmp_path):
 
 def test_resume_across_layouts(runs, reference):
     """FSDP x 4 checkpoint (weights + AdamW state) -> FSDP 2 x TP 2 continues the exact curve."""
-    ref_losses, ref_weights = reference["llama", False]
+    ref_losses, ref_weights, _ = reference["llama", False]
     losses = json.loads((runs / "resume-fsdp2xtp2" / "losses.json").read_text())
     assert losses == pytest.approx(ref_losses[2:], rel=LOSS_RTOL)
     weights = full_state_dict(runs / "resume-fsdp2xtp2")

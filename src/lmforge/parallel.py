@@ -14,7 +14,10 @@ WORLD_SIZE. What each dim does:
 - dp_replicate > 1 alone: DDP (or replicated FSDP2, i.e. HSDP with shard size 1, under TP).
 - tp > 1: DTensor tensor parallelism with sequence parallelism (the torchtitan plan: embedding
   row-wise with a sequence-sharded output, norms `SequenceParallel`, q/k/v and gate/up
-  column-wise, o and down row-wise, the LM head column-wise gathering the logits).
+  column-wise, o and down row-wise, the LM head column-wise). With loss parallelism (the
+  default, `uses_loss_parallel`) the head's logits stay a DTensor sharded over the vocabulary
+  and the cross-entropy runs on the shards inside `loss_parallel_context`; otherwise the head
+  gathers the full logits.
 - pp > 1: `split_for_pipeline` keeps this rank's contiguous slice of layers (the first stage
   keeps the embeddings, the last the final norm and head; layer names and so checkpoint keys stay
   the same) and `Pipeline` drives a GPipe or 1F1B schedule over microbatches.
@@ -181,6 +184,24 @@ def teardown_distributed() -> None:
 # ---------------------------------------------------------------------------- the plan
 
 
+def uses_loss_parallel(cfg: ParallelConfig, ctx: DistContext) -> bool:
+    """Whether the LM head keeps its logits sharded over the vocabulary: `parallel.loss_parallel`
+    under tensor parallelism, but not under pipeline parallelism (the pipeline's last stage hands
+    plain tensors to its loss, so it gathers)."""
+    return cfg.loss_parallel and ctx.tp_size > 1 and ctx.pp_size == 1
+
+
+def loss_parallel_context(enabled: bool) -> contextlib.AbstractContextManager:
+    """`torch.distributed.tensor.parallel.loss_parallel()` when enabled: cross-entropy (and its
+    backward, which must run inside too) on vocabulary-sharded DTensor logits, computing the
+    softmax normaliser with two small all-reduces instead of gathering [B, T, vocab]."""
+    if not enabled:
+        return contextlib.nullcontext()
+    from torch.distributed.tensor.parallel import loss_parallel
+
+    return loss_parallel()
+
+
 def parallelize(
     model: nn.Module,
     cfg: ParallelConfig,
@@ -189,16 +210,22 @@ def parallelize(
     activation_checkpointing: bool = False,
     compile: bool = False,
     mixed_precision: bool | None = None,
+    loss_parallel: bool | None = None,
 ) -> nn.Module:
     """Apply pipeline split -> TP -> AC -> compile -> FSDP/DDP to a built model, keeping its weights.
 
     Returns the same module (parallelised in place; names and class unchanged).
     `mixed_precision` (default: on for CUDA) gives FSDP bf16 parameters and fp32 reductions.
+    `loss_parallel` (default: `uses_loss_parallel`) makes the model return vocabulary-sharded
+    DTensor logits, for a loss computed inside `loss_parallel_context`; the trainer passes False
+    for objectives other than the causal LM (DPO, reward, RL read the logits themselves).
     """
+    if loss_parallel is None:
+        loss_parallel = uses_loss_parallel(cfg, ctx)
     if ctx.pp_size > 1:
         split_for_pipeline(model, ctx.pp_rank, ctx.pp_size)
     if ctx.tp_size > 1:
-        apply_tp(model, ctx.submesh("tp"))
+        apply_tp(model, ctx.submesh("tp"), loss_parallel=loss_parallel and ctx.pp_size == 1)
     if activation_checkpointing:
         apply_ac(model)
     if compile:
@@ -206,7 +233,9 @@ def parallelize(
             block.compile()
     if mixed_precision is None:
         mixed_precision = ctx.device.type == "cuda"
-    if cfg.dp_shard > 1 or (cfg.dp_replicate > 1 and ctx.tp_size > 1):
+    # Replicas next to TP or PP are replicated FSDP2 (HSDP with shard size 1): DDP's reducer knows
+    # neither DTensor parameters nor a pipeline schedule's several forwards per backward.
+    if cfg.dp_shard > 1 or (cfg.dp_replicate > 1 and (ctx.tp_size > 1 or ctx.pp_size > 1)):
         dp_mesh = ctx.submesh("dp_replicate", "dp_shard") if cfg.dp_replicate > 1 else ctx.submesh("dp_shard")
         apply_fsdp(model, dp_mesh, mixed_precision, reshard_after_forward=ctx.pp_size == 1)
     elif cfg.dp_replicate > 1:
@@ -214,12 +243,14 @@ def parallelize(
     return model
 
 
-def apply_tp(model: nn.Module, tp_mesh) -> None:
+def apply_tp(model: nn.Module, tp_mesh, loss_parallel: bool = False) -> None:
     """Tensor + sequence parallelism over `tp_mesh` (REFERENCE.md §4's table).
 
     Between blocks the residual stream is sharded along the sequence (Shard(1)); attention and
     MLP inputs are all-gathered, their inner projections split by heads / hidden units, and their
     output projections reduce-scatter back to sequence shards. Heads and n_kv_head must divide by tp.
+    The head's logits are a DTensor sharded on the vocabulary (Shard(-1)) with `loss_parallel`,
+    otherwise gathered into a plain tensor.
     """
     from torch.distributed.tensor import Replicate, Shard
     from torch.distributed.tensor.parallel import (
@@ -244,7 +275,11 @@ def apply_tp(model: nn.Module, tp_mesh) -> None:
     if model.norm is not None:
         top["norm"] = SequenceParallel()
     if model.lm_head is not None:
-        top["lm_head"] = ColwiseParallel(input_layouts=Shard(1), output_layouts=Replicate(), use_local_output=True)
+        top["lm_head"] = ColwiseParallel(
+            input_layouts=Shard(1),
+            output_layouts=Shard(-1) if loss_parallel else Replicate(),
+            use_local_output=not loss_parallel,
+        )
     parallelize_module(model, tp_mesh, top)
     if model.tok_emb is None and len(model.layers):
         # A later pipeline stage receives the previous stage's sequence shard (pipeline peers share
@@ -413,11 +448,18 @@ class Pipeline:
                 f"train.micro_batch ({micro_batch}) must divide into parallel.pp_microbatches ({self.n_micro})"
             )
         self._count = torch.ones((), device=ctx.device)
+        self._eval_nll: list[torch.Tensor] | None = None  # per-token nll of each microbatch, in eval_sums
         stage = PipelineStage(model, ctx.pp_rank, ctx.pp_size, ctx.device, group=self.group)
         cls = {"gpipe": ScheduleGPipe, "1f1b": Schedule1F1B}[cfg.pp_schedule]
         self.schedule = cls(stage, self.n_micro, loss_fn=self._loss, scale_grads=False)
 
     def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self._eval_nll is not None:
+            from lmforge.train.objectives import token_nll
+
+            nll = token_nll(logits, labels)
+            self._eval_nll.append(nll)
+            return nll.sum()
         ce = torch.nn.functional.cross_entropy(
             logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100, reduction="sum"
         )
@@ -443,24 +485,34 @@ class Pipeline:
 
 
     @torch.no_grad()
-    def eval_sum(self, input_ids: torch.Tensor, labels: torch.Tensor) -> tuple[float, int]:
-        """(summed token cross-entropy, scored tokens) of a batch, forward only, on every rank.
+    def eval_sums(
+        self, input_ids: torch.Tensor, labels: torch.Tensor, token_bytes: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Validation sums of a batch (`objectives.nll_byte_sums`: nll, tokens, and the nll and
+        bytes for bits per byte), forward only, the same on every stage. The last stage keeps
+        each microbatch's per-token nll; in schedule order they make up the batch's [B, T].
         A batch of another size than the training micro-batch (the stages' buffers are shaped for
-        it) is skipped: (0.0, 0)."""
+        it) is skipped: zeros."""
         import torch.distributed as dist
 
+        from lmforge.train.objectives import nll_byte_sums
+
+        sums = torch.zeros(4, dtype=torch.float64, device=self.ctx.device)
         if input_ids.shape[0] != self.micro_batch:
-            return 0.0, 0
-        self._count = torch.ones((), device=self.ctx.device)
-        losses: list[torch.Tensor] = []
-        if self.ctx.is_first_stage:
-            self.schedule.eval(input_ids.to(self.ctx.device), target=labels.to(self.ctx.device), losses=losses)
-        else:
-            self.schedule.eval(target=labels.to(self.ctx.device), losses=losses)
-        total = torch.stack(losses).sum().double() if losses else torch.zeros((), device=self.ctx.device,
-                                                                                 dtype=torch.float64)
-        dist.all_reduce(total, group=self.group)
-        return float(total), int((labels != -100).sum())
+            return sums
+        labels = labels.to(self.ctx.device)
+        self._eval_nll = []
+        try:
+            if self.ctx.is_first_stage:
+                self.schedule.eval(input_ids.to(self.ctx.device), target=labels, losses=[])
+            else:
+                self.schedule.eval(target=labels, losses=[])
+            if self._eval_nll:
+                sums = nll_byte_sums(torch.cat(self._eval_nll).view(labels.shape), labels, token_bytes)
+        finally:
+            self._eval_nll = None
+        dist.all_reduce(sums, group=self.group)  # only the last stage contributes
+        return sums
 
 
 # ---------------------------------------------------------------------------- collectives

@@ -34,6 +34,7 @@ from lmforge.config import config_hash, to_dict
 from lmforge.errors import LmforgeError
 from lmforge.fileio import atomic_write_json, read_json
 from lmforge.model.config import flops_per_token
+from lmforge.parallel import loss_parallel_context
 from lmforge.train import checkpoint as ckpt_io
 from lmforge.train.config import ParallelConfig, TrainConfig
 from lmforge.train.guard import LossGuard
@@ -85,7 +86,7 @@ class Trainer:
         parallel_cfg: ParallelConfig | None = None,
         run_name: str = "",
     ):
-        from lmforge.parallel import parallelize, setup_distributed
+        from lmforge.parallel import parallelize, setup_distributed, uses_loss_parallel
 
         self.cfg, self.objective, self.loader = cfg, objective, train_loader
         self.out_dir, self.stage, self.seed = Path(out_dir), stage, seed
@@ -94,10 +95,14 @@ class Trainer:
         self.device = torch.device(self.ctx.device)
         self.model_cfg = model_cfg or ckpt_io.unwrap(model).cfg
         self.raw_model = ckpt_io.unwrap(model).to(self.device)
+        parallel_cfg = parallel_cfg or ParallelConfig()
+        # Loss parallelism (vocabulary-sharded logits) serves the causal LM's cross-entropy only:
+        # the post-training objectives read the logits themselves and get them whole.
+        self.loss_parallel = uses_loss_parallel(parallel_cfg, self.ctx) and type(objective).__name__ == "CausalLMObjective"
         # pipeline split -> TP -> activation checkpointing -> FSDP / DDP (lmforge.parallel)
         self.model = parallelize(
-            self.raw_model, parallel_cfg or ParallelConfig(), self.ctx,
-            activation_checkpointing=cfg.activation_checkpointing,
+            self.raw_model, parallel_cfg, self.ctx,
+            activation_checkpointing=cfg.activation_checkpointing, loss_parallel=self.loss_parallel,
         )
         self.pipeline = None
         if self.ctx.pp_size > 1:
@@ -301,10 +306,11 @@ class Trainer:
                     loss_sum += self.pipeline.step(batch["input_ids"], batch["labels"], denominator=1.0).float()
                 count += (batch["labels"] != -100).sum().float()
                 continue
-            with self.autocast():
-                out = self.objective.loss(self.fwd_model, batch)
-            backward_loss = out.loss_sum if self.scaler is None else self.scaler.scale(out.loss_sum)
-            backward_loss.backward()
+            with loss_parallel_context(self.loss_parallel):  # forward and backward both
+                with self.autocast():
+                    out = self.objective.loss(self.fwd_model, batch)
+                backward_loss = out.loss_sum if self.scaler is None else self.scaler.scale(out.loss_sum)
+                backward_loss.backward()
             loss_sum += out.loss_sum.detach().float()
             count += torch.as_tensor(out.count, device=self.device, dtype=torch.float32)
             for k, v in out.metrics.items():
@@ -395,44 +401,29 @@ class Trainer:
         """Validation loss (mean over scored units) and, for LM objectives, bits per byte."""
         if self.val_loader_fn is None:
             return {}
-        if self.pipeline is not None:  # forward-only schedule; loss only (no bits per byte)
-            sums = [self.pipeline.eval_sum(b["input_ids"], b["labels"]) for b in self.val_loader_fn()]
-            nll = torch.tensor([sum(s for s, _ in sums), sum(n for _, n in sums)], dtype=torch.float64)
-            if self.ctx.dp_size > 1:
-                torch.distributed.all_reduce(nll)  # pipeline peers hold equal sums: ratios stay exact
-            result = {"step": self.step, "val_loss": float(nll[0] / nll[1].clamp(min=1))}
-            self.last_val = result
-            if self.logger:
-                self.logger.log(result)
-            self.say(f"step {self.step}: val loss {result['val_loss']:.4f}")
-            return result
+        from lmforge.train.objectives import nll_byte_sums
+
         self.model.eval()
-        nll_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        units = torch.zeros((), dtype=torch.float64, device=self.device)
-        bpb_nats = torch.zeros((), dtype=torch.float64, device=self.device)
-        n_bytes = torch.zeros((), dtype=torch.float64, device=self.device)
+        # [nll, scored units, nll of tokens with bytes, bytes] (objectives.nll_byte_sums)
+        sums = torch.zeros(4, dtype=torch.float64, device=self.device)
         token_bytes = self.token_bytes()
         per_token = getattr(self.objective, "token_nll", None)
         for batch in self.val_loader_fn():
             batch = {k: v.to(self.device) for k, v in batch.items()}
-            with self.autocast():
+            if self.pipeline is not None:  # a forward-only schedule; the last stage scores
+                sums += self.pipeline.eval_sums(batch["input_ids"], batch["labels"], token_bytes)
+                continue
+            with self.autocast(), loss_parallel_context(self.loss_parallel):
                 if per_token is not None:
                     nll, labels = per_token(self.fwd_model, batch)
-                    scored = labels != -100
-                    nll = nll.double()
-                    nll_sum += nll[scored].sum()
-                    units += scored.sum()
-                    if token_bytes is not None:
-                        nb = token_bytes[labels.clamp(min=0)] * scored
-                        bpb_nats += (nll * (nb > 0)).sum()
-                        n_bytes += nb.sum()
+                    sums += nll_byte_sums(nll, labels, token_bytes)
                 else:
                     out = self.objective.loss(self.fwd_model, batch)
-                    nll_sum += out.loss_sum.double()
-                    units += float(out.count)
+                    sums[0] += out.loss_sum.double()
+                    sums[1] += float(out.count)
         if self.ctx.dp_size > 1 and torch.distributed.is_initialized():
-            for t in (nll_sum, units, bpb_nats, n_bytes):
-                torch.distributed.all_reduce(t)
+            torch.distributed.all_reduce(sums)  # tensor and pipeline peers hold equal sums: ratios stay exact
+        nll_sum, units, bpb_nats, n_bytes = sums
         result: dict[str, Any] = {"step": self.step, "val_loss": float(nll_sum / units.clamp(min=1))}
         if n_bytes > 0:
             result["val_bpb"] = float(bpb_nats / (math.log(2) * n_bytes))
