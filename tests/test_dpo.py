@@ -117,3 +117,19 @@ def test_training_on_separable_pairs_lowers_the_loss():
     out = objective.loss(model, batch)
     assert out.loss_sum.item() < 0.3 and out.metrics["rewards/accuracies"].item() == 1.0
     assert out.metrics["rewards/margins"].item() > 0
+
+
+def test_rpo_alpha_adds_the_chosen_per_token_nll():
+    torch.manual_seed(0)
+    model = Bigram()
+    batch = pair_batch()  # chosen: 2 completion tokens (4, 5 after 3), rejected: 1
+    with torch.no_grad():
+        model.table.add_(torch.randn_like(model.table))
+    ref = DPOObjective(beta=0.1, ref_model=copy.deepcopy(model))
+    rpo = DPOObjective(beta=0.1, ref_model=copy.deepcopy(model), rpo_alpha=0.5)
+    logp = torch.log_softmax(model.table, -1)
+    nll = -(logp[3, 4] + logp[4, 5]).item() / 2
+    out = rpo.loss(model, batch)
+    assert out.loss_sum.item() == pytest.approx(math.log(2) + 0.5 * nll, rel=1e-6)
+    assert out.metrics["nll_loss"].item() == pytest.approx(nll, rel=1e-6)
+    assert "nll_loss" not in ref.loss(model, batch).metrics

@@ -92,11 +92,14 @@ class DPOConfig:
     loss: Literal["sigmoid", "ipo"] = "sigmoid"
     label_smoothing: float = 0.0  # robust DPO (cDPO) epsilon, sigmoid loss only
     precompute_ref: bool = False  # true: reference log-probs computed once up front (no second model)
+    rpo_alpha: float = 0.0  # weight of the chosen completions' per-token NLL added to the loss (RPO; 0: plain DPO)
     train: PreferenceTrainConfig = field(default_factory=PreferenceTrainConfig)
 
     def validate(self) -> None:
         if self.beta <= 0:
             raise ValueError("beta must be positive")
+        if self.rpo_alpha < 0:
+            raise ValueError("rpo_alpha must be >= 0")
         if not 0.0 <= self.label_smoothing < 0.5:
             raise ValueError("label_smoothing must be in [0, 0.5)")
 

@@ -4,6 +4,9 @@ With Δ = log πθ(y|x) − log π_ref(y|x) summed over completion tokens, and z
   sigmoid  −log σ(z)                                       (the paper's Eq. 7)
   robust   (−(1−ε)·log σ(z) + ε·log σ(−z)) / (1 − 2ε)        (label smoothing ε; TRL "robust")
   ipo      (Δ_chosen − Δ_rejected − 1/(2β))²                 (Azar et al.; TRL "ipo")
+With rpo_alpha α > 0 each pair adds α·NLL(chosen), the chosen completion's mean per-token negative
+log-likelihood (RPO, Pang et al. 2024; TRL's rpo_alpha, which averages over the batch's tokens
+instead of per pair): it keeps DPO from lowering the likelihood of the chosen answers.
 Metrics follow TRL: rewards/chosen = β·Δ_chosen, rewards/rejected = β·Δ_rejected,
 rewards/margins = their mean difference, rewards/accuracies = mean(chosen > rejected) (strict).
 The reference is either precomputed once (batch["ref_logps"], the default: no second model in
@@ -16,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from lmforge.posttrain.preference import sequence_logps
+from lmforge.posttrain.sft_data import IGNORE
 from lmforge.train.objectives import LossOutput
 
 
@@ -47,8 +51,11 @@ def dpo_losses(
 class DPOObjective:
     """loss(model, batch) on a [chosen; rejected] batch (lmforge.posttrain.preference); count = pairs."""
 
-    def __init__(self, beta: float = 0.1, loss_type: str = "sigmoid", label_smoothing: float = 0.0, ref_model=None):
-        self.beta, self.loss_type, self.label_smoothing = beta, loss_type, label_smoothing
+    def __init__(
+        self, beta: float = 0.1, loss_type: str = "sigmoid", label_smoothing: float = 0.0, ref_model=None,
+        rpo_alpha: float = 0.0,
+    ):
+        self.beta, self.loss_type, self.label_smoothing, self.rpo_alpha = beta, loss_type, label_smoothing, rpo_alpha
         self.ref_model = ref_model
         if ref_model is not None:
             ref_model.eval().requires_grad_(False)
@@ -74,4 +81,9 @@ class DPOObjective:
             "logps/chosen": logps[:n].detach().mean(),
             "logps/rejected": logps[n:].detach().mean(),
         }
+        if self.rpo_alpha:
+            tokens = (batch["labels"][:n] != IGNORE).sum(-1).clamp(min=1)
+            nll = -logps[:n] / tokens
+            losses = losses + self.rpo_alpha * nll
+            metrics["nll_loss"] = nll.detach().mean()
         return LossOutput(losses.sum(), n, metrics)

@@ -203,9 +203,12 @@ def dpo_stage(recipe: Recipe, run_dir: Path) -> dict:
         say(f"dpo: reference log-probs of {len(pairs)} pairs precomputed in {time.time() - t0:.1f}s")
     else:
         ref_model = copy.deepcopy(model)
-    say(f"dpo: {len(pairs)} pairs, beta {sec.beta}, loss {sec.loss}, label smoothing {sec.label_smoothing}")
+    say(
+        f"dpo: {len(pairs)} pairs, beta {sec.beta}, loss {sec.loss}, label smoothing {sec.label_smoothing}, "
+        f"rpo_alpha {sec.rpo_alpha}"
+    )
     loader = PreferenceLoader(pairs, cfg.micro_batch, recipe.seed, pad, ref_logps, ctx.dp_rank, ctx.dp_size)
-    objective = DPOObjective(sec.beta, sec.loss, sec.label_smoothing, ref_model)
+    objective = DPOObjective(sec.beta, sec.loss, sec.label_smoothing, ref_model, sec.rpo_alpha)
     torch.manual_seed(recipe.seed)
     trainer = make_trainer(recipe, model, objective, loader, cfg, run_dir, "dpo", tok)
     if ref_model is not None:
