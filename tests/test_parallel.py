@@ -24,7 +24,14 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import dist_common  # noqa: E402
 from lmforge.errors import LmforgeError  # noqa: E402
-from lmforge.parallel import DistContext, check_degrees, setup_distributed, split_for_pipeline, stage_layers  # noqa: E402
+from lmforge.parallel import (  # noqa: E402
+    DistContext,
+    check_degrees,
+    setup_distributed,
+    split_for_pipeline,
+    stage_layers,
+    uses_loss_parallel,
+)
 from lmforge.train.config import ParallelConfig  # noqa: E402
 from lmforge.train.distckpt import consolidate, full_state_dict, is_sharded, load_sharded  # noqa: E402
 
@@ -211,3 +218,11 @@ def test_pipeline_split_keeps_names():
     assert "tok_emb.weight" in stages[0] and "lm_head.weight" in stages[1] and "layers.3.attn.wq.weight" in stages[1]
     with pytest.raises(LmforgeError, match="tie_embeddings"):
         split_for_pipeline(dist_common.build(tied=True), 0, 2)
+
+
+def test_loss_parallel_applies_to_tensor_parallel_without_pipeline():
+    on, off = ParallelConfig(), ParallelConfig(loss_parallel=False)
+    assert uses_loss_parallel(on, DistContext(tp_size=2))
+    assert not uses_loss_parallel(off, DistContext(tp_size=2))
+    assert not uses_loss_parallel(on, DistContext())  # nothing to shard
+    assert not uses_loss_parallel(on, DistContext(tp_size=2, pp_size=2))  # the last stage's loss takes plain tensors
