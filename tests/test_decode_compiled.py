@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from lmforge.data.embedded import embedded_documents
-from lmforge.inference import Engine, SamplingParams
-from lmforge.inference.static_decode import StaticKVCache, static_cache_length
+from lmforge.inference import Engine, SamplingParams, static_decode
+from lmforge.inference.static_decode import CompiledDecodeStep, StaticKVCache, static_cache_length
 from lmforge.model.config import ModelConfig
 from lmforge.model.transformer import Transformer
 from lmforge.tokenizer import Tokenizer
@@ -17,6 +17,14 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(autouse=True)
+def fresh_dynamo():
+    """Compiled steps are cached per code object: each test compiles under its own settings."""
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
 
 
 @pytest.fixture(scope="module")
@@ -39,19 +47,37 @@ def build(tok, arch):
 
 
 GREEDY = SamplingParams(max_new_tokens=12, temperature=0.0, ignore_eos=True)
+SINGLE = ["ROMEO: But soft"]
+PADDED = ["O", "Now is the winter of our", "To be, or"]
+
+
+def assert_compiled_equals_eager(tok, model, texts, backend="inductor"):
+    prompts = [tok.encode(t) for t in texts]
+    eager, compiled = Engine(model, tok), Engine(model, tok, max_batch_size=len(prompts), compile=True)
+    compiled.decode_step = CompiledDecodeStep(model, backend)
+    want = [c.token_ids for c in eager.generate(prompts, GREEDY)]
+    assert [c.token_ids for c in compiled.generate(prompts, GREEDY)] == want
+    assert compiled.compile_seconds > 0 and eager.compile_seconds == 0
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
-def test_compiled_greedy_equals_eager_batch1_and_padded(tok, arch):
-    model = build(tok, arch)
-    single = [tok.encode("ROMEO: But soft")]
-    padded = [tok.encode(t) for t in ["O", "Now is the winter of our", "To be, or"]]
-    assert len({len(p) for p in padded}) == 3
-    eager, compiled = Engine(model, tok), Engine(model, tok, max_batch_size=3, compile=True)
-    for prompts in (single, padded):
-        want = [c.token_ids for c in eager.generate(prompts, GREEDY)]
-        assert [c.token_ids for c in compiled.generate(prompts, GREEDY)] == want
-    assert compiled.compile_seconds > 0 and eager.compile_seconds == 0
+@pytest.mark.parametrize("texts", [SINGLE, PADDED], ids=["batch1", "padded"])
+def test_static_shape_step_greedy_equals_eager(tok, arch, texts):
+    """The static cache, masks and positions, traced whole by dynamo (no code generation)."""
+    assert len({len(tok.encode(t)) for t in PADDED}) == 3
+    assert_compiled_equals_eager(tok, build(tok, arch), texts, backend="aot_eager")
+
+
+def test_inductor_step_greedy_equals_eager(tok, monkeypatch):
+    # Inductor's default settings: autotuning every product takes minutes on a shared 2-core box.
+    monkeypatch.setattr(static_decode, "INDUCTOR_CONFIG", {})
+    assert_compiled_equals_eager(tok, build(tok, "llama"), PADDED)
+
+
+@pytest.mark.slow
+def test_frozen_autotuned_step_greedy_equals_eager(tok):
+    """The shipped settings (frozen weights, C++ GEMM template) on a padded llama batch (~1 min)."""
+    assert_compiled_equals_eager(tok, build(tok, "llama"), PADDED)
 
 
 def test_static_cache_prefill_then_position_writes():

@@ -37,7 +37,13 @@ log = logging.getLogger("lmforge.inference")
 # Inductor settings of the compiled step (see the module docstring), patched in while it compiles
 # (`torch.compile(options=...)` does not reach `freezing`). On CUDA the C++ GEMM template does not
 # apply; inductor then autotunes its Triton / cuBLAS choices.
-INDUCTOR_CONFIG = {"freezing": True, "max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN"}
+INDUCTOR_CONFIG = {
+    "freezing": True,
+    "max_autotune": True,
+    "max_autotune_gemm_backends": "CPP,ATEN",
+    "max_autotune_report_choices_stats": False,  # else every tuned product is printed to stderr
+    "autotune_num_choices_displayed": 0,
+}
 MAX_COMPILED_SHAPES = 64  # dynamo's recompile limit for the step (its default, 8, is low here)
 
 
@@ -78,11 +84,11 @@ class CompiledDecodeStep:
     (pads = each row's left padding) and attends to the slots <= pos where `valid` is True.
     """
 
-    def __init__(self, model) -> None:
+    def __init__(self, model, backend: str = "inductor") -> None:
         self.model = model
         self.compile_seconds = 0.0
         self._compiled_shapes: set[tuple] = set()
-        self._step = torch.compile(self._forward, fullgraph=True, dynamic=False)
+        self._step = torch.compile(self._forward, backend=backend, fullgraph=True, dynamic=False)
 
     def _forward(self, tokens, pos, pads, valid, cache):
         slots = torch.arange(valid.shape[1], device=valid.device)
