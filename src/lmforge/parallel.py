@@ -11,7 +11,7 @@ WORLD_SIZE. What each dim does:
 - dp_shard > 1: FSDP2 `fully_shard` per transformer block, then the root (bf16 params / fp32
   reductions on GPU). With dp_replicate > 1 too it is HSDP (shard inside a group, replicate
   across groups) on the 2-D (dp_replicate, dp_shard) mesh.
-- dp_replicate > 1 alone: DDP (or replicated FSDP2, i.e. HSDP with shard size 1, under TP).
+- dp_replicate > 1 alone: DDP (or replicated FSDP2, i.e. HSDP with shard size 1, under TP or PP).
 - tp > 1: DTensor tensor parallelism with sequence parallelism (the torchtitan plan: embedding
   row-wise with a sequence-sharded output, norms `SequenceParallel`, q/k/v and gate/up
   column-wise, o and down row-wise, the LM head column-wise). With loss parallelism (the
