@@ -26,8 +26,8 @@ SMALL = [
 ]
 
 
-def pretrain(run_dir: Path, steps: int, *layout: str) -> None:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "lmforge",
+def pretrain(run_dir: Path, steps: int, *layout: str, nproc: int = 2) -> None:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m", "lmforge",
            "pretrain", "recipes/shakespeare.yaml", "--run_dir", str(run_dir), "--train.max_steps", str(steps),
            *SMALL, *layout]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -105,17 +105,36 @@ def test_trainer_tp_pp_match_single_process(prepared, tmp_path, layout):
     assert proc.returncode == 0, proc.stderr[-3000:]
     pretrain(dist, 4, *layout, *untied)
 
-    def losses(d: Path) -> list[float]:
-        rows = [json.loads(line) for line in (d / "pretrain" / "metrics.jsonl").read_text().splitlines()]
-        return [r["loss"] for r in rows if "loss" in r]
+    assert_same_curves(dist, single)
 
-    assert losses(dist) == pytest.approx(losses(single), rel=1e-5)
+
+def assert_same_curves(run: Path, want: Path) -> None:
+    """Training losses, validation losses and bits per byte (two validations) agree to 1e-5."""
+
+    def rows(d: Path) -> list[dict]:
+        return [json.loads(line) for line in (d / "pretrain" / "metrics.jsonl").read_text().splitlines()]
+
+    def losses(d: Path) -> list[float]:
+        return [r["loss"] for r in rows(d) if "loss" in r]
 
     def validation(d: Path) -> list[tuple[float, float]]:
-        rows = [json.loads(line) for line in (d / "pretrain" / "metrics.jsonl").read_text().splitlines()]
-        return [(r["val_loss"], r["val_bpb"]) for r in rows if "val_loss" in r]
+        return [(r["val_loss"], r["val_bpb"]) for r in rows(d) if "val_loss" in r]
 
-    # loss and bits per byte: under TP from vocabulary-sharded logits, under PP from the last stage
-    assert len(validation(dist)) == 2
-    for got, want in zip(validation(dist), validation(single)):
-        assert got == pytest.approx(want, rel=1e-5)
+    assert losses(run) == pytest.approx(losses(want), rel=1e-5)
+    assert len(validation(run)) == 2
+    for got, expected in zip(validation(run), validation(want)):
+        assert got == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.slow
+def test_trainer_pipeline_with_replicas_matches_ddp(prepared, tmp_path):
+    """PP 2 x 2 data-parallel replicas on 4 ranks reads the batch stream of DDP on 2 (the same
+    data-parallel size): same losses, validation losses and bits per byte."""
+    untied = ["--model.tie_embeddings", "false"]
+    ddp, pp_ddp = tmp_path / "ddp", tmp_path / "pp_ddp"
+    shutil.copytree(prepared, ddp)
+    shutil.copytree(prepared, pp_ddp)
+    pretrain(ddp, 4, "--parallel.dp_replicate", "2", *untied)
+    pretrain(pp_ddp, 4, "--parallel.dp_replicate", "2", "--parallel.pp", "2", "--parallel.pp_microbatches", "2",
+             *untied, nproc=4)
+    assert_same_curves(pp_ddp, ddp)
