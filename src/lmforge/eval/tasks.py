@@ -18,8 +18,9 @@ A task spec is `KIND:PATH` (or just PATH, the kind guessed from the file) or a b
                     held out by scene, as plain text for a base model
   plays_chat        the same questions in the chat template, answered as the assistant (the SFT format)
   val_bpb           bits per byte on the val token shard of the checkpoint's run (RUN/tokens)
-  plays_pref        held-out preference pairs: is the true next line more likely than a line from
-                    another play (chance 50%), in the chat template
+  plays_pref        the demo's held-out preference pairs (the recipe's sft.demo.preference_mix of
+                    which-play, echo and loop pairs): is the chosen completion more likely than the
+                    rejected one (chance 50%), in the chat template
 
 Prompts follow lm-eval's task templates (target delimiter " ", few-shot delimiter "\\n\\n").
 """

@@ -58,7 +58,7 @@ class DemoConfig:
     continue_speech: int = 200  # SFT conversations: "continue this speech"
     preference_pairs: int = 1500  # DPO / reward training pairs
     # fraction of the pairs (training and held-out alike) of each kind (demo_tasks.PAIR_KINDS)
-    preference_mix: dict[str, float] = field(default_factory=lambda: {"which_play": 0.75, "next_line": 0.25})
+    preference_mix: dict[str, float] = field(default_factory=lambda: {"which_play": 0.25, "echo": 0.25, "loop": 0.5})
     eval_items: int = 200  # held-out 4-choice questions and held-out preference pairs, each
     passage_lines: int = 3  # verse lines shown in a "which play" passage
 

@@ -5,10 +5,14 @@ of each play's scenes, drawn from the seed), so nothing evaluated was post-train
 From the training scenes come
   - SFT conversations: "which play is this passage from" (4 titles offered, the answer is the
     title), "who speaks these lines" and "continue this speech";
-  - preference pairs of two kinds (`preference_which_play` of them the first kind):
-    which-play pairs, the 4-choice question as the prompt, the right title chosen and one of
-    the 3 wrong listed titles rejected; and next-line pairs, a speech opening as the prompt,
-    its true next line chosen, a line of similar length from another play rejected;
+  - preference pairs of the kinds in PAIR_KINDS, mixed by `preference_mix`:
+      which_play  the 4-choice question; the right title chosen, one of the 3 wrong listed titles rejected
+      echo        a "continue this speech" prompt; its true next line chosen, the prompt's last
+                  line repeated rejected
+      loop        the same prompt; the true next line chosen, its first two words repeated to its
+                  length rejected (a repetition loop)
+      next_line   the same prompt; the true next line chosen, a line of similar length from
+                  another play rejected
 and from the evaluation scenes the same 4-choice questions (chance 25%) and preference pairs.
 Everything is deterministic given the seed and the DemoConfig.
 
