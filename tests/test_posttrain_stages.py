@@ -98,7 +98,7 @@ def test_sft_then_dpo_reward_rl(run_dir, capsys, monkeypatch):
     rm, head, _ = load_reward_model(run_dir / "reward")  # model.safetensors is a plain Transformer again
     assert head.weight.shape == (1, 32) and not hasattr(rm, "value_head")
 
-    recipe = load_recipe(None, {**overrides(run_dir), "rl.reward": "model"})
+    recipe = load_recipe(None, {**overrides(run_dir), "rl.reward": "model", "rl.num_iterations": 2})
     rl = rl_stage(recipe, run_dir)
     rl_metrics = [json.loads(line) for line in (run_dir / "rl" / "metrics.jsonl").read_text().splitlines()]
     assert rl["train"]["step"] == 2 and "reward" in rl_metrics[0] and "clip_ratio" in rl_metrics[0]

@@ -124,4 +124,9 @@ class RLConfig:
     epsilon: float = 0.2  # PPO clip range
     beta: float = 0.0  # KL (k3) weight to the reference; 0: no reference model
     scale_rewards: Literal["group", "none"] = "group"
+    num_iterations: int = 1  # optimizer steps per rollout batch (TRL's num_iterations; 1: ratio is 1 in value)
     train: RLTrainConfig = field(default_factory=RLTrainConfig)
+
+    def validate(self) -> None:
+        if self.num_iterations < 1:
+            raise ValueError("num_iterations must be >= 1")

@@ -7,8 +7,12 @@ turns each group's rewards into advantages A = (r − mean) / (std + 1e-4) (Bess
 `scale_rewards: none` keeps r − mean; NaN → 0). The objective's per-token loss is
   −min(ρ·A, clip(ρ, 1−ε, 1+ε)·A) + β·k3,   k3 = exp(ref − logp) − (ref − logp) − 1,
 summed over completion tokens; the Trainer divides by the completion tokens of the whole
-accumulated batch (TRL's "dapo" aggregation). One policy update per rollout (TRL's
-num_iterations = 1), so ρ = exp(logp − logp.detach()) is 1 in value and carries the gradient.
+accumulated batch (TRL's "dapo" aggregation). With `num_iterations` μ = 1 (the default) there is
+one policy update per rollout and ρ = exp(logp − logp.detach()) is 1 in value and carries the
+gradient. With μ > 1 (TRL's num_iterations) the loader samples one optimizer step's rollouts
+(`rollouts_per_step`, the Trainer's micro-batches per step), records the sampling policy's
+log-probs as `old_logps`, and serves the same rollouts for μ optimizer steps: from the second
+step on ρ ≠ 1 and the clip bounds how far the policy moves from the one that sampled.
 
 Reward functions are called as f(prompts, completions, **columns) -> list[float], with prompts
 and completions as text, `prompt_ids`/`completion_ids` as token lists, and every extra column
@@ -115,6 +119,14 @@ class RewardModelScorer:
         return sequence_rewards(self.model, self.head, batch).cpu().tolist()
 
 
+@torch.no_grad()
+def _token_logps(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Per-token log-probs [N, T] of the batch's labels under `model` (0 where unlabelled), on the CPU."""
+    device = next(model.parameters()).device
+    logits = model(batch["input_ids"].to(device))
+    return (-token_nll(logits, batch["labels"].to(device))).cpu()
+
+
 class RolloutLoader:
     """Trainer loader protocol; each batch is freshly sampled from `policy` (see module docstring)."""
 
@@ -130,16 +142,23 @@ class RolloutLoader:
         seed: int,
         ref_model=None,
         scale_rewards: str = "group",
+        num_iterations: int = 1,
+        rollouts_per_step: int = 1,
     ):
         from lmforge.inference import Engine
 
         if not prompts:
             raise LmforgeError("rl: no prompts")
+        if num_iterations < 1 or rollouts_per_step < 1:
+            raise ValueError("num_iterations and rollouts_per_step must be >= 1")
         self.policy, self.tok, self.prompts, self.reward_fn = policy, tokenizer, prompts, reward_fn
         self.G, self.P, self.sampling, self.seed = num_generations, prompts_per_step, sampling, seed
         self.ref_model, self.scale = ref_model, scale_rewards
+        self.num_iterations, self.rollouts_per_step = num_iterations, rollouts_per_step
         self.engine = Engine(policy, tokenizer)
         self.epoch, self.cursor, self.rollouts = 0, 0, 0
+        self._buffer: list[dict[str, torch.Tensor]] = []  # this step's rollouts, served num_iterations times
+        self._served = 0
         self._order = self._epoch_order()
 
     def _epoch_order(self) -> list[int]:
@@ -158,6 +177,16 @@ class RolloutLoader:
         return out
 
     def next(self) -> dict[str, torch.Tensor]:
+        if self.num_iterations == 1:
+            return self._rollout()
+        if self._served == len(self._buffer) * self.num_iterations:
+            self._buffer = [self._rollout() for _ in range(self.rollouts_per_step)]
+            self._served = 0
+        batch = self._buffer[self._served % len(self._buffer)]
+        self._served += 1
+        return dict(batch)
+
+    def _rollout(self) -> dict[str, torch.Tensor]:
         import dataclasses
 
         items = self._take()
@@ -185,10 +214,9 @@ class RolloutLoader:
         batch = pad_rows(rows, self.tok.special_ids.get("<|eos|>", 0))
         batch["advantages"] = group_advantages(rewards, self.G, self.scale)
         if self.ref_model is not None:
-            with torch.no_grad():
-                device = next(self.ref_model.parameters()).device
-                logits = self.ref_model(batch["input_ids"].to(device))
-                batch["ref_logps"] = (-token_nll(logits, batch["labels"].to(device))).cpu()
+            batch["ref_logps"] = _token_logps(self.ref_model, batch)
+        if self.num_iterations > 1:
+            batch["old_logps"] = _token_logps(self.policy, batch)
         std = rewards.view(-1, self.G).std(dim=1) if self.G > 1 else torch.zeros(len(items))
         batch[STAT_PREFIX + "reward"] = rewards.mean()
         batch[STAT_PREFIX + "reward_std"] = std.mean()
@@ -197,6 +225,7 @@ class RolloutLoader:
         return batch
 
     def state_dict(self) -> dict:
+        """Where the prompts and sampling seeds are; a resumed run starts with a fresh rollout."""
         return {"epoch": self.epoch, "cursor": self.cursor, "rollouts": self.rollouts}
 
     def load_state_dict(self, state: dict) -> None:

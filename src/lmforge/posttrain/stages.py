@@ -261,6 +261,7 @@ def rl_stage(recipe: Recipe, run_dir: Path) -> dict:
     from lmforge.parallel import main_process_first
     from lmforge.posttrain.chat_data import load_prompts
     from lmforge.posttrain.grpo import GRPOObjective, RewardModelScorer, RolloutLoader, load_reward_function
+    from lmforge.train.trainer import grad_accum_steps
 
     run_dir = Path(run_dir)
     sec = recipe.rl
@@ -283,9 +284,12 @@ def rl_stage(recipe: Recipe, run_dir: Path) -> dict:
     sampling = SamplingParams(max_new_tokens=sec.max_new_tokens, temperature=sec.temperature, top_p=sec.top_p, seed=recipe.seed)
     loader = RolloutLoader(
         model, tok, prompts, reward_fn, sec.num_generations, sec.prompts_per_step, sampling, recipe.seed, ref_model,
-        sec.scale_rewards,
+        sec.scale_rewards, sec.num_iterations, grad_accum_steps(cfg),
     )
-    say(f"rl: GRPO, {len(prompts)} prompts, {sec.prompts_per_step} x {sec.num_generations} completions per step")
+    say(
+        f"rl: GRPO, {len(prompts)} prompts, {sec.prompts_per_step} x {sec.num_generations} completions per rollout, "
+        f"{sec.num_iterations} optimizer step(s) per rollout"
+    )
     torch.manual_seed(recipe.seed)
     trainer = make_trainer(recipe, model, GRPOObjective(sec.epsilon, sec.beta), loader, cfg, run_dir, "rl", tok)
     result = trainer.fit()
