@@ -7,6 +7,8 @@ How a call runs:
      boolean attention mask that hides the padding; unpadded batches take the plain causal path.
   3. Decode: one token per row per step, each step a single-token forward against the cache.
      Rows that finish are dropped from the batch (and from the cache) so the rest run faster.
+     With `compile=True` a step is one `torch.compile`d graph of static shapes instead
+     (`lmforge.inference.static_decode`), and finished rows stay in the batch, ignored.
   4. Text: every row keeps an incremental detokenizer (it holds back bytes of an unfinished
      UTF-8 character, so every delta is valid text) and a stop-string matcher (it holds back a
      tail that could still become a stop string, so no part of one is ever emitted).
@@ -288,8 +290,8 @@ class Engine:
         if not rows:
             return
         model = self.model
-        p = next(model.parameters())
-        device = p.device
+        param = next(model.parameters())
+        device = param.device
         gens = None if params.greedy else make_generators([seeds[r.index] for r in rows], device)
         lens = torch.tensor([len(r.prompt) for r in rows], device=device)
         L = int(lens.max())
@@ -300,7 +302,7 @@ class Engine:
         ids = ids.to(device)
         if self.decode_step is not None:
             S = static_cache_length(L + steps)
-            cache = StaticKVCache(model.cfg, len(rows), S, device, p.dtype)
+            cache = StaticKVCache(model.cfg, len(rows), S, device, param.dtype)
         else:
             S = L + steps
             cache = model.new_cache(len(rows), S)
