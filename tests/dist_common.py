@@ -90,18 +90,29 @@ def train(model, opt, ctx: DistContext, steps: range, pipe: Pipeline | None = No
 @torch.no_grad()
 def validate(model, ctx: DistContext, pipe: Pipeline | None = None) -> dict:
     """Loss and bits per byte on the held-out batch, as the trainer's validation computes them,
-    and how the head hands out its logits ("Shard(2)" under loss parallelism, else "full")."""
+    and how the LM head (on the last pipeline stage) hands out its logits: "Shard(2)" under loss
+    parallelism, else "full"."""
     x, y = rank_rows(VAL_STEP, ctx)
-    placement = "full"
+    placements: list[str] = []
+
+    def record(module, args, logits):
+        shard = isinstance(logits, DTensor) and logits.placements[0].is_shard()
+        placements.append(f"Shard({logits.placements[0].dim})" if shard else "full")
+
+    hook = model.lm_head.register_forward_hook(record) if model.lm_head is not None else None
     if pipe is not None:
         sums = pipe.eval_sums(x, y, TOKEN_BYTES)
     else:
         with loss_parallel_context(ctx.tp_size > 1):
             logits = model(x)
-            if isinstance(logits, DTensor):
-                (tp_placement,) = logits.placements
-                placement = f"Shard({tp_placement.dim})" if tp_placement.is_shard() else str(tp_placement)
             sums = nll_byte_sums(token_nll(logits, y), y, TOKEN_BYTES)
+    if hook is not None:
+        hook.remove()
+    if ctx.distributed:
+        every_rank: list[list[str]] = [[] for _ in range(ctx.world_size)]
+        torch.distributed.all_gather_object(every_rank, placements)
+        placements = [p for rank in every_rank for p in rank]
     if ctx.dp_size > 1:
         torch.distributed.all_reduce(sums)  # tensor / pipeline peers add equal sums: ratios stay exact
-    return {"loss": float(sums[0] / sums[1]), "bpb": float(sums[2] / (math.log(2) * sums[3])), "logits": placement}
+    loss, bpb = float(sums[0] / sums[1]), float(sums[2] / (math.log(2) * sums[3]))
+    return {"loss": loss, "bpb": bpb, "logits": "/".join(sorted(set(placements)))}

@@ -186,9 +186,8 @@ def teardown_distributed() -> None:
 
 def uses_loss_parallel(cfg: ParallelConfig, ctx: DistContext) -> bool:
     """Whether the LM head keeps its logits sharded over the vocabulary: `parallel.loss_parallel`
-    under tensor parallelism, but not under pipeline parallelism (the pipeline's last stage hands
-    plain tensors to its loss, so it gathers)."""
-    return cfg.loss_parallel and ctx.tp_size > 1 and ctx.pp_size == 1
+    under tensor parallelism (with pipeline stages too: the last stage's loss runs on the shards)."""
+    return cfg.loss_parallel and ctx.tp_size > 1
 
 
 def loss_parallel_context(enabled: bool) -> contextlib.AbstractContextManager:
@@ -225,7 +224,7 @@ def parallelize(
     if ctx.pp_size > 1:
         split_for_pipeline(model, ctx.pp_rank, ctx.pp_size)
     if ctx.tp_size > 1:
-        apply_tp(model, ctx.submesh("tp"), loss_parallel=loss_parallel and ctx.pp_size == 1)
+        apply_tp(model, ctx.submesh("tp"), loss_parallel=loss_parallel)
     if activation_checkpointing:
         apply_ac(model)
     if compile:
@@ -434,7 +433,9 @@ class Pipeline:
     Feeds `n_microbatches` microbatches through a GPipe or 1F1B schedule. The loss of each
     microbatch is its summed token cross-entropy divided by the token count of the whole batch,
     and the schedule does not rescale gradients, so the gradient is that of the exact token mean
-    (as in the single-process loop). The returned loss is broadcast to every rank.
+    (as in the single-process loop). The returned loss is broadcast to every rank. Under loss
+    parallelism the last stage's logits are vocabulary shards and the schedule runs inside
+    `loss_parallel_context`.
     """
 
     def __init__(self, model: nn.Module, cfg: ParallelConfig, ctx: DistContext, micro_batch: int, seq_len: int):
@@ -449,21 +450,23 @@ class Pipeline:
             )
         self._count = torch.ones((), device=ctx.device)
         self._eval_nll: list[torch.Tensor] | None = None  # per-token nll of each microbatch, in eval_sums
+        # the schedule runs the loss and its backward: under loss parallelism both on vocabulary shards
+        self.loss_parallel = uses_loss_parallel(cfg, ctx)
         stage = PipelineStage(model, ctx.pp_rank, ctx.pp_size, ctx.device, group=self.group)
         cls = {"gpipe": ScheduleGPipe, "1f1b": Schedule1F1B}[cfg.pp_schedule]
         self.schedule = cls(stage, self.n_micro, loss_fn=self._loss, scale_grads=False)
 
     def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        if self._eval_nll is not None:
-            from lmforge.train.objectives import token_nll
+        from lmforge.train.objectives import replicated_value, token_nll
 
+        if self._eval_nll is not None:
             nll = token_nll(logits, labels)
             self._eval_nll.append(nll)
             return nll.sum()
         ce = torch.nn.functional.cross_entropy(
             logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100, reduction="sum"
         )
-        return ce / self._count
+        return replicated_value(ce) / self._count
 
     def step(self, input_ids: torch.Tensor, labels: torch.Tensor, denominator: float | None = None) -> torch.Tensor:
         """Forward + backward of one batch; the loss is sum(CE) / denominator (default: the
@@ -475,10 +478,11 @@ class Pipeline:
         else:
             self._count = torch.tensor(float(denominator), device=self.ctx.device)
         losses: list[torch.Tensor] = []
-        if self.ctx.is_first_stage:
-            self.schedule.step(input_ids.to(self.ctx.device), target=labels.to(self.ctx.device), losses=losses)
-        else:
-            self.schedule.step(target=labels.to(self.ctx.device), losses=losses)
+        with loss_parallel_context(self.loss_parallel):
+            if self.ctx.is_first_stage:
+                self.schedule.step(input_ids.to(self.ctx.device), target=labels.to(self.ctx.device), losses=losses)
+            else:
+                self.schedule.step(target=labels.to(self.ctx.device), losses=losses)
         total = torch.stack(losses).sum().detach() if losses else torch.zeros((), device=self.ctx.device)
         dist.all_reduce(total, group=self.group)  # only the last stage contributes
         return total
@@ -503,10 +507,11 @@ class Pipeline:
         labels = labels.to(self.ctx.device)
         self._eval_nll = []
         try:
-            if self.ctx.is_first_stage:
-                self.schedule.eval(input_ids.to(self.ctx.device), target=labels, losses=[])
-            else:
-                self.schedule.eval(target=labels, losses=[])
+            with loss_parallel_context(self.loss_parallel):
+                if self.ctx.is_first_stage:
+                    self.schedule.eval(input_ids.to(self.ctx.device), target=labels, losses=[])
+                else:
+                    self.schedule.eval(target=labels, losses=[])
             if self._eval_nll:
                 sums = nll_byte_sums(torch.cat(self._eval_nll).view(labels.shape), labels, token_bytes)
         finally:
