@@ -74,5 +74,5 @@ class ParallelConfig:
     pp_microbatches: int = field(default=4, metadata={"help": "pipeline microbatches (divide train.micro_batch)"})
     loss_parallel: bool = field(
         default=True,
-        metadata={"help": "under tp > 1: cross-entropy on vocab-sharded logits (never gathered); causal LM, no pp"},
+        metadata={"help": "under tp > 1: cross-entropy on vocab-sharded logits, never gathered (causal LM objective)"},
     )
