@@ -97,12 +97,15 @@ def test_sft_then_dpo_reward_rl(run_dir, capsys, monkeypatch):
     assert (ckpt / VALUE_HEAD_FILE).exists() and 0.0 <= reward["held_out_accuracy"] <= 1.0
     rm, head, _ = load_reward_model(run_dir / "reward")  # model.safetensors is a plain Transformer again
     assert head.weight.shape == (1, 32) and not hasattr(rm, "value_head")
+    more = reward_stage(load_recipe(None, {**overrides(run_dir), "reward.train.max_steps": 3}), run_dir)
+    assert more["train"]["step"] == 3 and "resumed from" in capsys.readouterr().out  # continues the split checkpoint
+    assert load_reward_model(run_dir / "reward")[1].weight.shape == (1, 32)
 
     recipe = load_recipe(None, {**overrides(run_dir), "rl.reward": "model", "rl.num_iterations": 2})
     rl = rl_stage(recipe, run_dir)
     rl_metrics = [json.loads(line) for line in (run_dir / "rl" / "metrics.jsonl").read_text().splitlines()]
     assert rl["train"]["step"] == 2 and "reward" in rl_metrics[0] and "clip_ratio" in rl_metrics[0]
-    assert data_builds == ["inside"] * 4  # sft, dpo, reward, rl: each prepares its data rank 0 first
+    assert data_builds == ["inside"] * 5  # sft, dpo, reward twice, rl: each prepares its data rank 0 first
 
 
 def test_sft_from_jsonl_without_packing(run_dir, tmp_path):

@@ -116,6 +116,23 @@ def split_value_heads(ckpt_root: Path) -> None:
         atomic_write_bytes(d / WEIGHTS, save(rest, metadata={"format": "pt"}))
 
 
+def join_value_head(checkpoint_dir: Path) -> None:
+    """Undo `split_value_heads` for one checkpoint: value_head.* back into model.safetensors (and
+    value_head.safetensors removed), so a run resumed from it loads the head with the model."""
+    from safetensors.torch import load_file, save
+
+    from lmforge.fileio import atomic_write_bytes
+    from lmforge.train.checkpoint import WEIGHTS
+
+    path = Path(checkpoint_dir) / VALUE_HEAD_FILE
+    if not path.is_file():
+        return
+    sd = load_file(str(Path(checkpoint_dir) / WEIGHTS))
+    sd.update({f"value_head.{k}": v for k, v in load_file(str(path)).items()})
+    atomic_write_bytes(Path(checkpoint_dir) / WEIGHTS, save(sd, metadata={"format": "pt"}))
+    path.unlink()
+
+
 def load_value_head(checkpoint_dir: Path, d_model: int) -> nn.Linear:
     from safetensors.torch import load_file
 

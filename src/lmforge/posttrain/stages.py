@@ -222,7 +222,14 @@ def reward_stage(recipe: Recipe, run_dir: Path) -> dict:
 
     from lmforge.parallel import main_process_first, setup_distributed
     from lmforge.posttrain.preference import PreferenceLoader
-    from lmforge.posttrain.reward import RewardObjective, attach_value_head, pair_accuracy, split_value_heads
+    from lmforge.posttrain.reward import (
+        RewardObjective,
+        attach_value_head,
+        join_value_head,
+        pair_accuracy,
+        split_value_heads,
+    )
+    from lmforge.train.checkpoint import list_checkpoints
 
     run_dir = Path(run_dir)
     sec = recipe.reward
@@ -237,6 +244,9 @@ def reward_stage(recipe: Recipe, run_dir: Path) -> dict:
     pad = tok.special_ids.get("<|eos|>", 0)
     ctx = setup_distributed(recipe.parallel, cfg.device)
     head = attach_value_head(model)
+    resumable = [d for _, d in list_checkpoints(run_dir / "reward" / "checkpoints") if (d / "state.json").exists()]
+    if resumable and cfg.resume != "never":  # the Trainer resumes from it: the head goes back into its weights
+        join_value_head(resumable[-1])
     loader = PreferenceLoader(pairs, cfg.micro_batch, recipe.seed, pad, None, ctx.dp_rank, ctx.dp_size)
     torch.manual_seed(recipe.seed)
     trainer = make_trainer(recipe, model, RewardObjective(head, sec.center_rewards), loader, cfg, run_dir, "reward", tok)
