@@ -31,8 +31,8 @@ ARCH = dict(n_layer=2, d_model=256, n_head=8, n_kv_head=4, d_ff=1024, vocab=1638
 MIB = 2**20
 
 
-def saved_bytes(run) -> int:
-    """Bytes of the unique storages autograd saves while `run()` builds the graph (an
+def with_saved_bytes(fn, *args):
+    """(fn(*args), bytes of the unique storages autograd saves while it builds the graph; an
     upper bound where a wrapper tensor is counted beside the storage it will wait for)."""
     import torch
     from torch.distributed.tensor import DTensor
@@ -49,8 +49,8 @@ def saved_bytes(run) -> int:
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        run()
-    return sum(seen.values())
+        value = fn(*args)
+    return value, sum(seen.values())
 
 
 def worker(loss_parallel: bool, steps: int) -> None:
@@ -84,20 +84,16 @@ def worker(loss_parallel: bool, steps: int) -> None:
         batch = {"input_ids": x[:, :-1], "labels": x[:, 1:]}
         t0 = time.process_time()
         with loss_parallel_context(loss_parallel):
-            out = {}
-
-            def forward():
-                out["loss"] = objective.loss(model, batch).loss_sum / batch["labels"].numel()
-
-            size = saved_bytes(forward)
-            out["loss"].backward()
+            out, size = with_saved_bytes(objective.loss, model, batch)
+            loss = out.loss_sum / batch["labels"].numel()
+            loss.backward()
         clip_grad_norm_(model.parameters(), 1.0, ctx)
         opt.step()
         opt.zero_grad(set_to_none=True)
         if step:  # the first step warms up
             cpu.append(time.process_time() - t0)
         saved = max(saved, size)
-        losses.append(round(float(out["loss"]), 6))
+        losses.append(round(float(loss), 6))
     if ctx.is_main:
         print(json.dumps({
             "loss_parallel": loss_parallel, "logits_mib": local.numel() * local.element_size() / MIB,
