@@ -39,6 +39,7 @@ from lmforge.train import checkpoint as ckpt_io
 from lmforge.train.config import ParallelConfig, TrainConfig
 from lmforge.train.guard import LossGuard
 from lmforge.train.metrics import MetricsLogger, device_peak_flops, memory_gb, truncate_metrics
+from lmforge.train.objectives import nll_byte_sums
 from lmforge.train.optim import build_optimizer, lr_at
 
 # Train settings that may change when a run is resumed (they do not change the trajectory).
@@ -98,7 +99,9 @@ class Trainer:
         parallel_cfg = parallel_cfg or ParallelConfig()
         # Loss parallelism (vocabulary-sharded logits) serves the causal LM's cross-entropy only:
         # the post-training objectives read the logits themselves and get them whole.
-        self.loss_parallel = uses_loss_parallel(parallel_cfg, self.ctx) and type(objective).__name__ == "CausalLMObjective"
+        self.loss_parallel = (
+            uses_loss_parallel(parallel_cfg, self.ctx) and type(objective).__name__ == "CausalLMObjective"
+        )
         # pipeline split -> TP -> activation checkpointing -> FSDP / DDP (lmforge.parallel)
         self.model = parallelize(
             self.raw_model, parallel_cfg, self.ctx,
@@ -401,8 +404,6 @@ class Trainer:
         """Validation loss (mean over scored units) and, for LM objectives, bits per byte."""
         if self.val_loader_fn is None:
             return {}
-        from lmforge.train.objectives import nll_byte_sums
-
         self.model.eval()
         # [nll, scored units, nll of tokens with bytes, bytes] (objectives.nll_byte_sums)
         sums = torch.zeros(4, dtype=torch.float64, device=self.device)
