@@ -60,6 +60,9 @@ def test_memory_scales_with_layout():
     assert fsdp.params == pytest.approx(base.params / 8) and fsdp.activations == base.activations
     tp = estimate_memory(cfg, Layout(tp=2), 2, 2048)
     assert tp.activations == pytest.approx(base.activations / 2) and tp.params < 0.52 * base.params
+    assert tp.logits == pytest.approx(base.logits / 2)  # loss parallelism: vocab-sharded logits
+    gathered = estimate_memory(cfg, Layout(tp=2, loss_parallel=False), 2, 2048)
+    assert gathered.logits == base.logits
     ac = estimate_memory(cfg, Layout(), 2, 2048, activation_checkpointing=True)
     assert ac.activations < base.activations / 4
     pp = estimate_memory(cfg, Layout(pp=2, pp_microbatches=4), 2, 2048)

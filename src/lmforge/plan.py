@@ -14,7 +14,8 @@ NCCL buffers and allocator fragmentation come on top):
   (sequence parallel shards the rest); with full activation checkpointing only each block's
   input (2·d) plus one block's working set (the exact per-arch count is in
   `activation_bytes_per_token_layer`). Plus the logits: bf16 logits, their fp32 upcast and
-  gradient (10 bytes per vocabulary entry and token) on the last stage. Pipeline stages keep
+  gradient (10 bytes per vocabulary entry and token) on the last stage, divided by tp under loss
+  parallelism (the logits stay sharded over the vocabulary). Pipeline stages keep
   min(pp, microbatches) microbatches in flight under 1F1B, all of them under GPipe.
 
 Compute-optimal sizing (Chinchilla, Hoffmann et al. 2022): C = 6·N·D and D ≈ 20·N, so
@@ -43,6 +44,7 @@ class Layout:
     pp: int = 1
     pp_microbatches: int = 4
     pp_schedule: str = "1f1b"
+    loss_parallel: bool = True  # under tp > 1: the logits stay vocab-sharded (parallel.loss_parallel)
 
     @property
     def world(self) -> int:
@@ -165,7 +167,8 @@ def estimate_memory(
     else:
         acts = tokens * layers_here * per_layer
     logit_tokens = micro_batch * seq_len if layout.pp == 1 else micro_batch / layout.pp_microbatches * seq_len
-    logits = logit_tokens * cfg.vocab_size * (cb + 4 + 4) if last else 0.0
+    vocab_here = cfg.vocab_size / layout.tp if layout.loss_parallel else cfg.vocab_size
+    logits = logit_tokens * vocab_here * (cb + 4 + 4) if last else 0.0
     return MemoryEstimate(
         params=4 * shard, grads=4 * shard, optimizer=8 * shard, fsdp_buffers=buffers, activations=acts, logits=logits
     )

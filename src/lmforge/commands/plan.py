@@ -79,6 +79,7 @@ def main(args: argparse.Namespace, overrides: list[str]) -> int:
             pp=args.pp or par.pp,
             pp_microbatches=args.pp_microbatches or par.pp_microbatches,
             pp_schedule=par.pp_schedule,
+            loss_parallel=par.loss_parallel,
         )
         from_recipe = bool(args.recipe) and not args.preset
         seq = args.seq_len or (recipe.train.seq_len if from_recipe else cfg.max_seq_len)
