@@ -20,8 +20,8 @@ batch decodes:
 
 Costs: each new (batch size, S, device, dtype) compiles once per process (tens of seconds on
 a CPU, mostly autotuning; `CompiledDecodeStep.compile_seconds` sums them), and freezing keeps a
-second, prepacked copy of the weights, taken at that first call: weights changed afterwards
-(training) are not seen by the compiled step. Greedy tokens match eager decoding (tested); the
+second, prepacked copy of the weights, taken when it compiles; an in-place change of the
+weights afterwards (training) makes the next step compile again. Greedy tokens match eager decoding (tested); the
 arithmetic is the same up to float rounding order.
 """
 
@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import time
+import types
 
 import torch
 
@@ -77,35 +78,55 @@ class StaticKVCache:
         return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
 
 
+def _decode_forward(model, tokens, pos, pads, valid, cache):
+    slots = torch.arange(valid.shape[1], device=valid.device)
+    mask = (valid & (slots <= pos))[:, None, None, :]
+    positions = (pos - pads)[:, None]
+    return model(tokens, cache=cache, start_pos=pos, positions=positions, attn_mask=mask)[:, -1]
+
+
 class CompiledDecodeStep:
     """`step(tokens [B, 1], pos [1], pads [B], valid [B, S], cache) -> logits [B, vocab]`.
 
     `pos` is the cache slot the tokens go to; row b's token sits at position pos - pads[b]
     (pads = each row's left padding) and attends to the slots <= pos where `valid` is True.
+
+    Frozen weights are constants of the compiled graph, and dynamo caches graphs per code
+    object, not per model state. So each instance compiles its own copy of the step's code,
+    and recompiles (a fresh copy) when an in-place update of the weights (an optimizer step,
+    `load_state_dict`) has bumped a parameter's version counter since it compiled.
     """
 
     def __init__(self, model, backend: str = "inductor") -> None:
         self.model = model
+        self.backend = backend
         self.compile_seconds = 0.0
-        self._compiled_shapes: set[tuple] = set()
-        self._step = torch.compile(self._forward, backend=backend, fullgraph=True, dynamic=False)
+        self._params = list(model.parameters())
+        self._fresh_step()
 
-    def _forward(self, tokens, pos, pads, valid, cache):
-        slots = torch.arange(valid.shape[1], device=valid.device)
-        mask = (valid & (slots <= pos))[:, None, None, :]
-        positions = (pos - pads)[:, None]
-        return self.model(tokens, cache=cache, start_pos=pos, positions=positions, attn_mask=mask)[:, -1]
+    def _fresh_step(self) -> None:
+        code = _decode_forward.__code__.replace()  # a distinct code object: an empty dynamo cache
+        fn = types.FunctionType(code, _decode_forward.__globals__, "decode_step")
+        self._step = torch.compile(fn, backend=self.backend, fullgraph=True, dynamic=False)
+        self._compiled_shapes: set[tuple] = set()
+        self._versions = self._weight_versions()
+
+    def _weight_versions(self) -> tuple[int, ...]:
+        return tuple(p._version for p in self._params)
 
     def __call__(self, tokens, pos, pads, valid, cache: StaticKVCache) -> torch.Tensor:
+        if self._weight_versions() != self._versions:
+            log.info("the model's weights changed since the decode step compiled: compiling again")
+            self._fresh_step()
         shape = (tuple(valid.shape), str(tokens.device), cache.k[0].dtype)
         if shape in self._compiled_shapes:
-            return self._step(tokens, pos, pads, valid, cache)
+            return self._step(self.model, tokens, pos, pads, valid, cache)
         t0 = time.perf_counter()
         with (
             torch._dynamo.config.patch(recompile_limit=MAX_COMPILED_SHAPES),
             torch._inductor.config.patch(INDUCTOR_CONFIG),
         ):
-            logits = self._step(tokens, pos, pads, valid, cache)
+            logits = self._step(self.model, tokens, pos, pads, valid, cache)
         seconds = time.perf_counter() - t0
         self.compile_seconds += seconds
         self._compiled_shapes.add(shape)
