@@ -35,7 +35,7 @@ def tok():
 
 def build(tok, arch):
     torch.manual_seed(0)
-    cfg = ModelConfig(arch=arch, vocab_size=tok.vocab_size, n_layer=2, d_model=32, n_head=4, max_seq_len=64)
+    cfg = ModelConfig(arch=arch, vocab_size=tok.vocab_size, n_layer=2, d_model=32, n_head=4, max_seq_len=128)
     if arch == "llama":
         cfg.n_kv_head = 2  # grouped-query attention in the compiled step too
     model = Transformer(cfg).eval()
@@ -51,21 +51,23 @@ SINGLE = ["ROMEO: But soft"]
 PADDED = ["O", "Now is the winter of our", "To be, or"]
 
 
-def assert_compiled_equals_eager(tok, model, texts, backend="inductor"):
+def assert_compiled_equals_eager(tok, model, texts, backend="inductor", params=GREEDY):
     prompts = [tok.encode(t) for t in texts]
     eager, compiled = Engine(model, tok), Engine(model, tok, max_batch_size=len(prompts), compile=True)
     compiled.decode_step = CompiledDecodeStep(model, backend)
-    want = [c.token_ids for c in eager.generate(prompts, GREEDY)]
-    assert [c.token_ids for c in compiled.generate(prompts, GREEDY)] == want
+    want = [c.token_ids for c in eager.generate(prompts, params)]
+    assert [c.token_ids for c in compiled.generate(prompts, params)] == want
     assert compiled.compile_seconds > 0 and eager.compile_seconds == 0
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
 @pytest.mark.parametrize("texts", [SINGLE, PADDED], ids=["batch1", "padded"])
 def test_static_shape_step_greedy_equals_eager(tok, arch, texts):
-    """The static cache, masks and positions, traced whole by dynamo (no code generation)."""
+    """The static cache, masks, positions and attention windows (64 then 128 slots: the
+    completion crosses slot 64), traced whole by dynamo (no code generation)."""
     assert len({len(tok.encode(t)) for t in PADDED}) == 3
-    assert_compiled_equals_eager(tok, build(tok, arch), texts, backend="aot_eager")
+    long = SamplingParams(max_new_tokens=70, temperature=0.0, ignore_eos=True)
+    assert_compiled_equals_eager(tok, build(tok, arch), texts, backend="aot_eager", params=long)
 
 
 def test_frozen_inductor_step_equals_eager_and_follows_weight_updates(tok, monkeypatch):

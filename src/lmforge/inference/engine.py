@@ -301,7 +301,7 @@ class Engine:
             ids[b, L - len(r.prompt) :] = torch.tensor(r.prompt)
         ids = ids.to(device)
         if self.decode_step is not None:
-            S = static_cache_length(L + steps)
+            S = max(self.max_seq_len, L + steps)  # one length for every call: one set of strides
             cache = StaticKVCache(model.cfg, len(rows), S, device, param.dtype)
         else:
             S = L + steps
@@ -364,16 +364,23 @@ class Engine:
             pos += 1
 
     def _decode_static(self, rows, logits, params, gens, cache, L, pads, valid):
-        """Decode steps of the compiled static-shape step; finished rows stay (ignored) in the batch."""
+        """Decode steps of the compiled static-shape step; finished rows stay (ignored) in the batch.
+        A step attends over the first `window` cache slots, the slots used so far rounded up to a
+        power of two, so early steps do not pay for the whole context."""
         device = logits.device
-        pos = L
+        pos, view = L, cache
         while True:
             tokens = sample_next(logits, params, gens)
             events, keep = self._advance(rows, tokens.tolist())
             yield events
             if not keep:
                 return
-            logits = self.decode_step(tokens[:, None], torch.tensor([pos], device=device), pads, valid, cache)
+            window = min(static_cache_length(pos + 1), cache.max_len)
+            if window != view.max_len:
+                view = cache.window(window)
+            logits = self.decode_step(
+                tokens[:, None], torch.tensor([pos], device=device), pads, valid[:, :window], view
+            )
             pos += 1
 
 

@@ -62,6 +62,14 @@ class StaticKVCache:
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
         self.max_len = max_len
 
+    def window(self, n: int) -> StaticKVCache:
+        """The first n slots of every layer, as a cache that shares this one's memory."""
+        view = object.__new__(StaticKVCache)
+        view.k = [k[:, :, :n] for k in self.k]
+        view.v = [v[:, :, :n] for v in self.v]
+        view.max_len = n
+        return view
+
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor, start_pos: int | torch.Tensor):
         """Store k, v [B, H_kv, T, D] from start_pos on. An int start_pos (the prefill) returns the
         positions so far, as `KVCache` does; a position tensor (a compiled decode step, T = 1)
@@ -118,7 +126,7 @@ class CompiledDecodeStep:
         if self._weight_versions() != self._versions:
             log.info("the model's weights changed since the decode step compiled: compiling again")
             self._fresh_step()
-        shape = (tuple(valid.shape), str(tokens.device), cache.k[0].dtype)
+        shape = (tuple(valid.shape), cache.k[0].stride(), str(tokens.device), cache.k[0].dtype)
         if shape in self._compiled_shapes:
             return self._step(self.model, tokens, pos, pads, valid, cache)
         t0 = time.perf_counter()
