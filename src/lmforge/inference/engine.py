@@ -301,7 +301,7 @@ class Engine:
             ids[b, L - len(r.prompt) :] = torch.tensor(r.prompt)
         ids = ids.to(device)
         if self.decode_step is not None:
-            S = max(self.max_seq_len, L + steps)  # one length for every call: one set of strides
+            S = static_cache_length(L + steps)
             cache = StaticKVCache(model.cfg, len(rows), S, device, param.dtype)
         else:
             S = L + steps
