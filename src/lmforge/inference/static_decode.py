@@ -12,13 +12,15 @@ batch decodes:
     the in-place write cheap: a write into a view of a bigger graph input makes inductor copy
     the whole input back.
   * S is the batch's prompt + new tokens rounded up to a power of two (`static_cache_length`),
-    so calls of similar lengths reuse one compiled step; rows that finish stay in the batch
-    (their tokens are ignored) instead of shrinking it.
+    so calls of similar lengths reuse one compiled step. The engine passes a window of the
+    first slots (`StaticKVCache.window`: the slots used so far, rounded up the same way), so
+    early steps of a long generation attend over fewer slots; each window is one more compiled
+    shape. Rows that finish stay in the batch (their tokens are ignored) instead of shrinking it.
   * Inductor runs with `freezing` (weights become constants, prepacked for the CPU GEMM
     kernels) and `max_autotune` with its C++ GEMM template, which on a CPU moves the
     matrix-vector products much closer to memory bandwidth than the default BLAS call.
 
-Costs: each new (batch size, S, device, dtype) compiles once per process (tens of seconds on
+Costs: each new (batch size, S, window, device, dtype) compiles once per process (tens of seconds on
 a CPU, mostly autotuning; `CompiledDecodeStep.compile_seconds` sums them), and freezing keeps a
 second, prepacked copy of the weights, taken when it compiles; an in-place change of the
 weights afterwards (training) makes the next step compile again. Greedy tokens match eager decoding (tested); the
