@@ -41,7 +41,7 @@ SHAPES = {
     # recipes/shakespeare.yaml's pretrain model and micro-batch (what `make demo` trains)
     "demo": dict(n_layer=4, d_model=128, n_head=4, d_ff=384, vocab=4096, seq=256, batch=8),
 }
-ARCH = SHAPES["small"]
+ARCH = dict(SHAPES["small"])  # set from --model in main()
 
 
 def tokens():
