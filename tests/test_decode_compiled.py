@@ -11,14 +11,6 @@ from lmforge.model.transformer import Transformer
 from lmforge.tokenizer import Tokenizer
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(autouse=True)
 def fresh_dynamo():
     """Compiled steps are cached per code object: each test compiles under its own settings."""

@@ -12,15 +12,6 @@ from lmforge.model.transformer import Transformer
 from lmforge.tokenizer import Tokenizer
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny matmuls on a shared 2-core box: OpenMP threads fighting other jobs cost 100x.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def tok():
     text = embedded_documents("shakespeare")[0][1][:20_000]

@@ -14,14 +14,6 @@ from lmforge.tokenizer import Tokenizer
 from lmforge.train.checkpoint import save_model_checkpoint
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
     tok = Tokenizer.train([embedded_documents("shakespeare")[1][1][:20_000]], vocab_size=400, progress=False, workers=1)
