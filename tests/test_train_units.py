@@ -247,25 +247,21 @@ def test_training_reduces_loss_and_mfu_is_reported(tmp_path):
     assert (tmp_path / "checkpoints" / "step_000030" / "state.json").exists()  # the final checkpoint
 
 
+def three_step_losses(out, **overrides) -> list[float]:
+    cfg = train_cfg(max_steps=3, **overrides)
+    Trainer(tiny_model(), CausalLMObjective(), PretrainLoader(tokens(), 4, 16, 0), cfg, out).fit()
+    return [r["loss"] for r in records(out) if "loss" in r]
+
+
 def test_activation_checkpointing_gives_the_same_losses(tmp_path):
-    runs = []
-    for ac in (False, True):
-        cfg = train_cfg(max_steps=3, activation_checkpointing=ac)
-        out = tmp_path / str(ac)
-        Trainer(tiny_model(), CausalLMObjective(), PretrainLoader(tokens(), 4, 16, 0), cfg, out).fit()
-        runs.append([r["loss"] for r in records(out) if "loss" in r])
-    assert runs[0] == pytest.approx(runs[1], rel=1e-6)
+    plain = three_step_losses(tmp_path / "plain")
+    assert three_step_losses(tmp_path / "ac", activation_checkpointing=True) == pytest.approx(plain, rel=1e-6)
 
 
 @pytest.mark.slow
 def test_compiled_training_matches_eager(tmp_path):
-    runs = []
-    for compile_ in (False, True):
-        cfg = train_cfg(max_steps=3, compile=compile_)
-        out = tmp_path / str(compile_)
-        Trainer(tiny_model(), CausalLMObjective(), PretrainLoader(tokens(), 4, 16, 0), cfg, out).fit()
-        runs.append([r["loss"] for r in records(out) if "loss" in r])
-    assert runs[0] == pytest.approx(runs[1], rel=1e-4)
+    eager = three_step_losses(tmp_path / "eager")
+    assert three_step_losses(tmp_path / "compiled", compile=True) == pytest.approx(eager, rel=1e-4)
 
 
 def test_wandb_missing_is_a_clear_message_not_a_crash(tmp_path, monkeypatch, capsys):
