@@ -226,3 +226,9 @@ def test_loss_parallel_applies_under_tensor_parallel():
     assert not uses_loss_parallel(off, DistContext(tp_size=2))
     assert not uses_loss_parallel(on, DistContext())  # nothing to shard
     assert uses_loss_parallel(on, DistContext(tp_size=2, pp_size=2))  # on the last stage
+    from lmforge.posttrain.dpo import DPOObjective
+    from lmforge.train.objectives import CausalLMObjective
+
+    assert uses_loss_parallel(on, DistContext(tp_size=2), CausalLMObjective())
+    # DPO gathers its own log-probs over the vocabulary: it must get whole logits
+    assert not uses_loss_parallel(on, DistContext(tp_size=2), DPOObjective(beta=0.1))

@@ -184,10 +184,13 @@ def teardown_distributed() -> None:
 # ---------------------------------------------------------------------------- the plan
 
 
-def uses_loss_parallel(cfg: ParallelConfig, ctx: DistContext) -> bool:
+def uses_loss_parallel(cfg: ParallelConfig, ctx: DistContext, objective: Any = None) -> bool:
     """Whether the LM head keeps its logits sharded over the vocabulary: `parallel.loss_parallel`
-    under tensor parallelism (with pipeline stages too: the last stage's loss runs on the shards)."""
-    return cfg.loss_parallel and ctx.tp_size > 1
+    under tensor parallelism (with pipeline stages too: the last stage's loss runs on the shards),
+    for an objective that declares it takes sharded logits (`loss_parallel = True`, as
+    `CausalLMObjective`); other objectives read the logits themselves and get them whole."""
+    takes_shards = objective is None or getattr(objective, "loss_parallel", False)
+    return cfg.loss_parallel and ctx.tp_size > 1 and takes_shards
 
 
 def loss_parallel_context(enabled: bool) -> contextlib.AbstractContextManager:

@@ -80,6 +80,8 @@ class CausalLMObjective:
     `loss_parallel()` (see `replicated_value`).
     """
 
+    loss_parallel = True  # takes vocabulary-sharded logits (an objective without it gets them whole)
+
     def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> LossOutput:
         logits = model(batch["input_ids"])
         labels = batch["labels"]

@@ -97,11 +97,7 @@ class Trainer:
         self.model_cfg = model_cfg or ckpt_io.unwrap(model).cfg
         self.raw_model = ckpt_io.unwrap(model).to(self.device)
         parallel_cfg = parallel_cfg or ParallelConfig()
-        # Loss parallelism (vocabulary-sharded logits) serves the causal LM's cross-entropy only:
-        # the post-training objectives read the logits themselves and get them whole.
-        self.loss_parallel = (
-            uses_loss_parallel(parallel_cfg, self.ctx) and type(objective).__name__ == "CausalLMObjective"
-        )
+        self.loss_parallel = uses_loss_parallel(parallel_cfg, self.ctx, objective)
         # pipeline split -> TP -> activation checkpointing -> FSDP / DDP (lmforge.parallel)
         self.model = parallelize(
             self.raw_model, parallel_cfg, self.ctx,
