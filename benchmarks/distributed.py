@@ -2,7 +2,7 @@
 
 The model is the Shakespeare recipe's (6 layers, width 256, 8 heads, vocab 4096), fp32, AdamW,
 global batch 16 x 256 tokens per optimizer step. The single process trains the whole batch; under
-DDP / FSDP each of the 2 ranks trains half of it (lmforge.parallel: `replicate` / `fully_shard`
+DDP / FSDP each of the 2 ranks trains half of it (lmforge.distributed: `replicate` / `fully_shard`
 per block + root), launched with torchrun. Every run is a child process of this one; the figure is
 global tokens/s over the timed steps (after `--warmup` untimed ones). Threads: the 2-process runs
 use 1 thread per rank; the single process is measured with 1 and with 2 threads, so the ratio
@@ -31,10 +31,10 @@ def worker(layout: str, steps: int, warmup: int) -> None:
     import torch
     import torch.nn.functional as F
 
+    from lmforge.distributed import clip_grad_norm_, parallelize, setup_distributed
+    from lmforge.distributed.config import ParallelConfig
     from lmforge.model.config import ModelConfig
     from lmforge.model.transformer import Transformer
-    from lmforge.parallel import clip_grad_norm_, parallelize, setup_distributed
-    from lmforge.train.config import ParallelConfig
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     pcfg = ParallelConfig(dp_shard=world) if layout == "fsdp" else ParallelConfig(dp_replicate=world)

@@ -33,11 +33,11 @@ def main() -> None:
     from lm_eval.api.instance import Instance
     from lm_eval.models.huggingface import HFLM
 
+    from lmforge.checkpoint.consolidated import load_model, resolve_checkpoint
     from lmforge.eval.api import plays_kwargs
-    from lmforge.eval.scoring import loglikelihoods
     from lmforge.eval.tasks import load_task
+    from lmforge.inference.scoring import loglikelihoods
     from lmforge.model.convert import export_hf
-    from lmforge.train.checkpoint import load_model, resolve_checkpoint
 
     torch.set_num_threads(os.cpu_count() or 1)
     ckpt = resolve_checkpoint(args.model)

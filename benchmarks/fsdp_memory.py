@@ -1,6 +1,6 @@
 """FSDP2 peak memory per GPU for a preset, measured, against `lmforge plan`'s estimate.
 
-Builds the preset on the meta device, applies lmforge.parallel's FSDP2 plan (fully_shard per
+Builds the preset on the meta device, applies lmforge.distributed's FSDP2 plan (fully_shard per
 block + root, bf16 parameters / fp32 reductions), materialises and initialises the shards, and
 trains `--steps` steps of AdamW on random tokens at --micro-batch x --seq-len. Prints
 `torch.cuda.max_memory_allocated()` on every rank next to the plan's per-device estimate (the
@@ -39,9 +39,9 @@ def main() -> None:
     import torch.nn.functional as F
     from torch.distributed.device_mesh import init_device_mesh
 
+    from lmforge.distributed import apply_ac, apply_fsdp
     from lmforge.model.config import num_params
     from lmforge.model.transformer import Transformer
-    from lmforge.parallel import apply_ac, apply_fsdp
     from lmforge.plan import GIB, Layout, estimate_memory, preset_config
 
     cuda = not args.cpu_smoke

@@ -57,10 +57,10 @@ def worker(loss_parallel: bool, steps: int) -> None:
     import torch
     from torch.distributed.tensor import DTensor
 
+    from lmforge.distributed import clip_grad_norm_, loss_parallel_context, parallelize, setup_distributed
+    from lmforge.distributed.config import ParallelConfig
     from lmforge.model.config import ModelConfig
     from lmforge.model.transformer import Transformer
-    from lmforge.parallel import clip_grad_norm_, loss_parallel_context, parallelize, setup_distributed
-    from lmforge.train.config import ParallelConfig
     from lmforge.train.objectives import CausalLMObjective
 
     pcfg = ParallelConfig(tp=int(os.environ["WORLD_SIZE"]), loss_parallel=loss_parallel)

@@ -45,12 +45,12 @@ def free_port() -> int:
 def build(workdir: Path) -> tuple[Path, Path]:
     import torch
 
+    from lmforge.checkpoint.consolidated import save_model_checkpoint
     from lmforge.data.embedded import embedded_documents
     from lmforge.model.config import ModelConfig
     from lmforge.model.convert import export_hf
     from lmforge.model.transformer import Transformer
     from lmforge.tokenizer import Tokenizer
-    from lmforge.train.checkpoint import save_model_checkpoint
 
     texts = [t[:200_000] for _, t in embedded_documents("shakespeare")[:4]]
     tok = Tokenizer.train(texts, vocab_size=2048, workers=1, progress=False)

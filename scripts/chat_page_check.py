@@ -57,7 +57,7 @@ def tiny_model():
 def start_server(model, tokenizer, name: str):
     import uvicorn
 
-    from lmforge.inference.server import ServerConfig, create_app
+    from lmforge.serve.server import ServerConfig, create_app
 
     app = create_app(model, tokenizer, ServerConfig(model_name=name))
     sock = socket.socket()
@@ -89,7 +89,7 @@ def main() -> int:
     from selenium.webdriver.support.ui import WebDriverWait
 
     if args.model:
-        from lmforge.train.checkpoint import load_model
+        from lmforge.checkpoint.consolidated import load_model
 
         model, tok = load_model(args.model)
         name = Path(args.model).name

@@ -8,9 +8,7 @@ import math
 import torch
 from torch.distributed.tensor import DTensor
 
-from lmforge.model.config import ModelConfig
-from lmforge.model.transformer import Transformer
-from lmforge.parallel import (
+from lmforge.distributed import (
     DistContext,
     Pipeline,
     all_reduce_mean,
@@ -18,7 +16,9 @@ from lmforge.parallel import (
     clip_grad_norm_,
     loss_parallel_context,
 )
-from lmforge.train.config import ParallelConfig
+from lmforge.distributed.config import ParallelConfig
+from lmforge.model.config import ModelConfig
+from lmforge.model.transformer import Transformer
 from lmforge.train.objectives import CausalLMObjective, nll_byte_sums, token_nll
 
 GLOBAL_BATCH, SEQ, VOCAB = 8, 16, 64

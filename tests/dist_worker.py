@@ -18,10 +18,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 import dist_common  # noqa: E402
+from lmforge.checkpoint.sharded import load_sharded, save_sharded  # noqa: E402
+from lmforge.distributed import build_parallel_model, parallelize, setup_distributed, teardown_distributed  # noqa: E402
+from lmforge.distributed.config import ParallelConfig  # noqa: E402
 from lmforge.fileio import atomic_write_json  # noqa: E402
-from lmforge.parallel import build_parallel_model, parallelize, setup_distributed, teardown_distributed  # noqa: E402
-from lmforge.train.config import ParallelConfig  # noqa: E402
-from lmforge.train.distckpt import load_sharded, save_sharded  # noqa: E402
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ import sys
 import pytest
 import torch
 
+from lmforge.checkpoint.consolidated import save_model_checkpoint
 from lmforge.cli import main
 from lmforge.commands.chat import fit_history
 from lmforge.data.embedded import embedded_documents
@@ -15,7 +16,6 @@ from lmforge.inference import Engine, SamplingParams
 from lmforge.model.config import ModelConfig
 from lmforge.model.transformer import Transformer
 from lmforge.tokenizer import Tokenizer
-from lmforge.train.checkpoint import save_model_checkpoint
 
 SYSTEM = "Thou art a player."
 

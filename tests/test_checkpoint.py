@@ -9,11 +9,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from lmforge.errors import LmforgeError
-from lmforge.model.config import ModelConfig
-from lmforge.model.transformer import Transformer
-from lmforge.tokenizer import Tokenizer
-from lmforge.train.checkpoint import (
+from lmforge.checkpoint.consolidated import (
     list_checkpoints,
     load_model,
     prune_checkpoints,
@@ -21,6 +17,10 @@ from lmforge.train.checkpoint import (
     save_model_checkpoint,
     write_checkpoint,
 )
+from lmforge.errors import LmforgeError
+from lmforge.model.config import ModelConfig
+from lmforge.model.transformer import Transformer
+from lmforge.tokenizer import Tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,8 @@
 import pytest
 
-from lmforge.config import Recipe, config_hash, dump_yaml, load_recipe, parse_overrides
+from lmforge.config import config_hash, dump_yaml, parse_overrides
 from lmforge.errors import LmforgeError
+from lmforge.recipe import Recipe, load_recipe
 
 
 def write(tmp_path, text):

@@ -220,8 +220,8 @@ def test_stopword_language_fallback():
 
 
 def test_shakespeare_recipe_data_stage(tmp_path):
-    from lmforge.config import load_recipe
-    from lmforge.data.stage import run_stage
+    from lmforge.recipe import load_recipe
+    from lmforge.stages.data import run_stage
 
     recipe = load_recipe(Path(__file__).parents[1] / "recipes" / "shakespeare.yaml")
     t0 = time.time()
@@ -235,8 +235,8 @@ def test_shakespeare_recipe_data_stage(tmp_path):
 
 
 def test_bad_config_is_a_clear_error(tmp_path):
-    from lmforge.config import load_recipe
     from lmforge.errors import LmforgeError
+    from lmforge.recipe import load_recipe
 
     p = tmp_path / "r.yaml"
     p.write_text(yaml.safe_dump({"data": {"steps": ["normalise"]}}))

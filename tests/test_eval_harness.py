@@ -14,10 +14,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 lm_eval = pytest.importorskip("lm_eval")
 
+from lmforge.checkpoint.consolidated import save_model_checkpoint  # noqa: E402
 from lmforge.eval.api import evaluate_checkpoint  # noqa: E402
 from lmforge.model.config import ModelConfig  # noqa: E402
 from lmforge.model.transformer import Transformer  # noqa: E402
-from lmforge.train.checkpoint import save_model_checkpoint  # noqa: E402
 from test_eval_helpers import small_tokenizer  # noqa: E402
 
 FIX = Path(__file__).parent / "fixtures" / "eval"

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from lmforge.eval import scoring
+from lmforge.inference import scoring
 from lmforge.model.config import ModelConfig
 from lmforge.model.transformer import Transformer
 from test_eval_helpers import hf_llama_from, small_tokenizer

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
+from lmforge.checkpoint.consolidated import save_model_checkpoint
 from lmforge.cli import main as cli
 from lmforge.errors import LmforgeError
 from lmforge.eval import runner, tasks
 from lmforge.eval.api import evaluate_checkpoint
 from lmforge.model.config import ModelConfig
 from lmforge.model.transformer import Transformer
-from lmforge.train.checkpoint import save_model_checkpoint
 from test_eval_helpers import small_tokenizer
 
 FIX = Path(__file__).parent / "fixtures" / "eval"
@@ -111,8 +111,8 @@ def test_mc_metrics_acc_norm_uses_characters():
 
 
 def test_bpb_text_equals_definition(ckpt):
-    from lmforge.eval import scoring
-    from lmforge.train.checkpoint import load_model
+    from lmforge.checkpoint.consolidated import load_model
+    from lmforge.inference import scoring
 
     model, tok = load_model(ckpt)
     text = (FIX / "text.txt").read_text()
@@ -126,7 +126,7 @@ def test_bpb_text_equals_definition(ckpt):
 
 
 def test_bpb_on_token_shard_skips_specials(ckpt, tmp_path):
-    from lmforge.train.checkpoint import load_model
+    from lmforge.checkpoint.consolidated import load_model
 
     model, tok = load_model(ckpt)
     text = (FIX / "text.txt").read_text()
@@ -194,8 +194,8 @@ def test_eval_cli_writes_results_and_compares(ckpt, tmp_path, capsys):
 
 
 def test_plays_tasks_are_the_posttrain_demo_items(ckpt):
-    from lmforge.posttrain.config import DemoConfig
-    from lmforge.posttrain.demo_tasks import build_demo_tasks
+    from lmforge.tasks.config import DemoConfig
+    from lmforge.tasks.demo import build_demo_tasks
 
     res = evaluate_checkpoint(ckpt, ["plays", "plays_chat", "plays_pref"], limit=8, progress=False)["tasks"]
     assert res["plays"]["n"] == 8 and res["plays"]["chance"] == 0.25 and res["plays_pref"]["chance"] == 0.5

@@ -121,7 +121,7 @@ def test_gpt2_with_grouped_query_attention_is_refused(tmp_path):
 
 
 def test_cli_export_bfloat16(tmp_path, capsys):
-    from lmforge.train.checkpoint import save_model_checkpoint
+    from lmforge.checkpoint.consolidated import save_model_checkpoint
 
     ours = model()
     ckpt = save_model_checkpoint(ours, tokenizer(), tmp_path / "ckpt")

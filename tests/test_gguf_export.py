@@ -153,7 +153,7 @@ def test_rope_permutation_matches_llama_cpp_interleaved_rope():
 
 
 def test_cli_gguf_export(tmp_path):
-    from lmforge.train.checkpoint import save_model_checkpoint
+    from lmforge.checkpoint.consolidated import save_model_checkpoint
 
     ckpt = save_model_checkpoint(model(), tokenizer(), tmp_path / "ckpt")
     out = tmp_path / "out" / "m.gguf"

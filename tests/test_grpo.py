@@ -80,11 +80,11 @@ def test_objective_gradient_is_the_policy_gradient():
 def test_load_reward_function_errors():
     from lmforge.errors import LmforgeError
 
-    assert load_reward_function("lmforge.posttrain.demo_tasks:play_title_reward")
+    assert load_reward_function("lmforge.tasks.demo:play_title_reward")
     with pytest.raises(LmforgeError, match="expected 'model' or"):
         load_reward_function("nocolon")
     with pytest.raises(LmforgeError, match="cannot import"):
-        load_reward_function("lmforge.posttrain.demo_tasks:nope")
+        load_reward_function("lmforge.tasks.demo:nope")
 
 
 def test_rollout_loader_groups_and_rewards():

@@ -11,10 +11,10 @@ from interop_common import SAMPLES, TEXTS, tokenizer
 
 transformers = pytest.importorskip("transformers")
 
+from lmforge.checkpoint.consolidated import load_model  # noqa: E402
 from lmforge.cli import main as cli  # noqa: E402
 from lmforge.errors import LmforgeError  # noqa: E402
 from lmforge.model.convert import load_hf, tokenizer_from_hf  # noqa: E402
-from lmforge.train.checkpoint import load_model  # noqa: E402
 
 
 def llama_dir(path, vocab_size, tie=False, **kw):

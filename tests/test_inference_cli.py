@@ -5,13 +5,13 @@ import json
 import pytest
 import torch
 
+from lmforge.checkpoint.consolidated import save_model_checkpoint
 from lmforge.cli import main
 from lmforge.data.embedded import embedded_documents
 from lmforge.inference import Engine, SamplingParams
 from lmforge.model.config import ModelConfig
 from lmforge.model.transformer import Transformer
 from lmforge.tokenizer import Tokenizer
-from lmforge.train.checkpoint import save_model_checkpoint
 
 
 @pytest.fixture(scope="module")

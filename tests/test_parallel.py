@@ -23,8 +23,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 
 import dist_common  # noqa: E402
-from lmforge.errors import LmforgeError  # noqa: E402
-from lmforge.parallel import (  # noqa: E402
+from lmforge.checkpoint.sharded import consolidate, full_state_dict, is_sharded, load_sharded  # noqa: E402
+from lmforge.distributed import (  # noqa: E402
     DistContext,
     check_degrees,
     setup_distributed,
@@ -32,8 +32,8 @@ from lmforge.parallel import (  # noqa: E402
     stage_layers,
     uses_loss_parallel,
 )
-from lmforge.train.config import ParallelConfig  # noqa: E402
-from lmforge.train.distckpt import consolidate, full_state_dict, is_sharded, load_sharded  # noqa: E402
+from lmforge.distributed.config import ParallelConfig  # noqa: E402
+from lmforge.errors import LmforgeError  # noqa: E402
 
 LOSS_RTOL, WEIGHT_ATOL = 1e-5, 5e-5
 STEPS = [0, 4]

@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from lmforge.config import load_recipe
+from lmforge.recipe import load_recipe
 from lmforge.run import run_recipe
 
 SMALL = [
@@ -51,8 +51,8 @@ def prepared(tmp_path_factory) -> Path:
 
 
 def test_fsdp_pretrain_then_resume_under_ddp(prepared, tmp_path):
-    from lmforge.train.checkpoint import load_model
-    from lmforge.train.distckpt import is_sharded
+    from lmforge.checkpoint.consolidated import load_model
+    from lmforge.checkpoint.sharded import is_sharded
 
     straight = tmp_path / "straight"
     shutil.copytree(prepared, straight)

@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from lmforge.errors import LmforgeError
-from lmforge.posttrain.chat_data import load_conversations, load_preferences, load_prompts
 from lmforge.posttrain.config import DemoConfig
-from lmforge.posttrain.demo_tasks import build_demo_tasks, play_title_reward, split_scenes
 from lmforge.posttrain.preference import collate_pairs, tokenize_pair
 from lmforge.posttrain.sft_data import IGNORE, SFTLoader, collate, make_example, pack, sft_examples
+from lmforge.tasks.chat_data import load_conversations, load_preferences, load_prompts
+from lmforge.tasks.demo import build_demo_tasks, play_title_reward, split_scenes
 from lmforge.tokenizer import Tokenizer
 
 TEXT = (
@@ -105,7 +105,7 @@ def test_preference_and_prompt_files(tmp_path, tok):
 
 
 def test_preference_rows_supervise_only_the_completion(tok):
-    from lmforge.posttrain.chat_data import Preference
+    from lmforge.tasks.chat_data import Preference
 
     pair = tokenize_pair(Preference([{"role": "user", "content": "Say hi"}], "hello there", "no"), tok, 256)
     end = tok.special_ids["<|end|>"]

@@ -7,12 +7,12 @@ import json
 import pytest
 import torch
 
-from lmforge.config import load_recipe
+from lmforge.checkpoint.consolidated import list_checkpoints, load_model, save_model_checkpoint
 from lmforge.model.config import ModelConfig
 from lmforge.model.transformer import Transformer
-from lmforge.posttrain.demo_tasks import build_demo_tasks
+from lmforge.recipe import load_recipe
+from lmforge.tasks.demo import build_demo_tasks
 from lmforge.tokenizer import Tokenizer
-from lmforge.train.checkpoint import list_checkpoints, load_model, save_model_checkpoint
 
 TINY_TRAIN = {"max_steps": 2, "micro_batch": 2, "seq_len": 96, "batch_tokens": 192, "warmup_steps": 1, "samples": 0}
 
@@ -46,8 +46,8 @@ def rank0_first_recorder(monkeypatch) -> list[str]:
     when it runs within the rank-0-first block (under torchrun: rank 0 builds, then the others)."""
     import contextlib
 
-    import lmforge.parallel
-    from lmforge.posttrain import stages
+    import lmforge.distributed
+    from lmforge.stages import posttrain as stages
 
     calls: list[str] = []
     depth = [0]
@@ -64,14 +64,14 @@ def rank0_first_recorder(monkeypatch) -> list[str]:
         calls.append("inside" if depth[0] else "outside")
         return build(recipe)
 
-    monkeypatch.setattr(lmforge.parallel, "main_process_first", recording)
+    monkeypatch.setattr(lmforge.distributed, "main_process_first", recording)
     monkeypatch.setattr(stages, "demo_tasks", recorded_build)
     return calls
 
 
 def test_sft_then_dpo_reward_rl(run_dir, capsys, monkeypatch):
     from lmforge.posttrain.reward import VALUE_HEAD_FILE, load_reward_model
-    from lmforge.posttrain.stages import dpo_stage, reward_stage, rl_stage, sft_stage
+    from lmforge.stages.posttrain import dpo_stage, reward_stage, rl_stage, sft_stage
 
     data_builds = rank0_first_recorder(monkeypatch)
     recipe = load_recipe(None, overrides(run_dir))
@@ -109,7 +109,7 @@ def test_sft_then_dpo_reward_rl(run_dir, capsys, monkeypatch):
 
 
 def test_sft_from_jsonl_without_packing(run_dir, tmp_path):
-    from lmforge.posttrain.stages import sft_stage
+    from lmforge.stages.posttrain import sft_stage
 
     data = tmp_path / "chat.jsonl"
     rows = [{"instruction": "Name a play.", "output": "Hamlet"}, {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]}]
@@ -122,7 +122,7 @@ def test_sft_from_jsonl_without_packing(run_dir, tmp_path):
 
 def test_missing_start_checkpoint_is_a_clear_error(tmp_path):
     from lmforge.errors import LmforgeError
-    from lmforge.posttrain.stages import dpo_stage
+    from lmforge.stages.posttrain import dpo_stage
 
     with pytest.raises(LmforgeError, match="dpo: no checkpoint to start from"):
         dpo_stage(load_recipe(None, overrides(tmp_path)), tmp_path)

@@ -4,12 +4,12 @@ import json
 
 import torch
 
-from lmforge.config import load_recipe
+from lmforge.checkpoint.consolidated import save_model_checkpoint
 from lmforge.model.config import ModelConfig
 from lmforge.model.transformer import Transformer
+from lmforge.recipe import load_recipe
 from lmforge.report import collect, summarize, write_report
 from lmforge.run import run_recipe
-from lmforge.train.checkpoint import save_model_checkpoint
 from test_eval_helpers import small_tokenizer
 
 STATS = {

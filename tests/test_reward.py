@@ -62,8 +62,8 @@ def test_zero_initialised_head_gives_ln2(model):
 
 
 def test_value_head_is_split_out_of_the_checkpoint(model, tmp_path):
+    from lmforge.checkpoint.consolidated import load_model, save_model_checkpoint
     from lmforge.tokenizer import Tokenizer
-    from lmforge.train.checkpoint import load_model, save_model_checkpoint
 
     tok = Tokenizer.train(["some text here " * 20], vocab_size=262, progress=False, workers=1)
     model = Transformer(ModelConfig(n_layer=1, d_model=16, n_head=2, vocab_size=tok.vocab_size, max_seq_len=32))

@@ -17,7 +17,7 @@ httpx = pytest.importorskip("httpx")
 uvicorn = pytest.importorskip("uvicorn")
 
 from lmforge.inference import Engine, SamplingParams  # noqa: E402
-from lmforge.inference.server import Busy, Job, ServerConfig, Worker, create_app  # noqa: E402
+from lmforge.serve.server import Busy, Job, ServerConfig, Worker, create_app  # noqa: E402
 
 KEY = "sk-test-key"
 
@@ -275,7 +275,7 @@ def test_lmforge_serve_command(tmp_path):
     import subprocess
     import sys
 
-    from lmforge.train.checkpoint import save_model_checkpoint
+    from lmforge.checkpoint.consolidated import save_model_checkpoint
 
     ckpt = save_model_checkpoint(model(max_seq_len=64), tokenizer(), tmp_path / "run" / "sft" / "checkpoints" / "step_000005")
     with socket.socket() as s:

@@ -88,7 +88,7 @@ def test_errors(tok: Tokenizer, tmp_path) -> None:
 
 
 def test_stages_through_runner(tmp_path) -> None:
-    from lmforge.config import load_recipe
+    from lmforge.recipe import load_recipe
     from lmforge.run import run_recipe
 
     recipe = load_recipe(

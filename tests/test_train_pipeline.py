@@ -73,7 +73,7 @@ def losses(run_dir: Path) -> list[tuple[int, float]]:
 
 
 def test_sigkill_then_resume_matches_uninterrupted_run_bitwise(prepared, tmp_path):
-    from lmforge.train.checkpoint import list_checkpoints
+    from lmforge.checkpoint.consolidated import list_checkpoints
 
     steps = 120
     full = make_run(prepared, tmp_path, "full", max_steps=steps, checkpoint_every=20, eval_every=50)
@@ -118,7 +118,7 @@ def test_time_budget_stops_early_with_a_final_checkpoint_and_tensorboard(prepare
     steps = losses(run_dir)
     last = steps[-1][0]
     assert 0 < last < 100_000
-    from lmforge.train.checkpoint import load_model, resolve_checkpoint
+    from lmforge.checkpoint.consolidated import load_model, resolve_checkpoint
 
     assert resolve_checkpoint(run_dir).name == f"step_{last:06d}"
     model, tok = load_model(run_dir)

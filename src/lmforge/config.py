@@ -1,10 +1,9 @@
-"""Recipes: dataclass configs, YAML loading, dotted overrides, validation.
+"""Generic dataclass configuration: YAML reading, dotted overrides, validation, hashing.
 
-A recipe is one YAML file whose top-level sections map onto the dataclasses below. Every
-subsystem owns the dataclass of its section (``lmforge.model.config.ModelConfig`` and so on);
-this module only composes them, loads YAML, applies ``--section.key value`` overrides and
-validates: an unknown key or a wrong type is an `LmforgeError` naming the key and the file
-and suggesting the nearest valid key.
+Every subsystem owns the dataclass of its recipe section (``lmforge.model.config.ModelConfig``
+and so on); `lmforge.recipe` composes them. This module knows no section: it loads YAML, applies
+``--section.key value`` overrides and validates, so an unknown key or a wrong type is an
+`LmforgeError` naming the key and the file and suggesting the nearest valid key.
 """
 
 from __future__ import annotations
@@ -15,71 +14,12 @@ import hashlib
 import json
 import types
 import typing
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union
 
 import yaml
 
-from lmforge.data.config import DataConfig
 from lmforge.errors import LmforgeError
-from lmforge.eval.config import EvalConfig
-from lmforge.model.config import ModelConfig
-from lmforge.posttrain.config import DPOConfig, RewardConfig, RLConfig, SFTConfig
-from lmforge.tokenizer.config import TokenizerConfig
-from lmforge.train.config import ParallelConfig, TrainConfig
-
-
-@dataclass
-class Recipe:
-    """A whole run: every stage's settings. Sections default to sensible values."""
-
-    name: str = "run"
-    seed: int = 1337
-    run_dir: str = ""  # default: runs/<name>
-    stages: list[str] = field(default_factory=lambda: ["data", "tokenizer", "tokenize", "pretrain"])
-    data: DataConfig = field(default_factory=DataConfig)
-    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    parallel: ParallelConfig = field(default_factory=ParallelConfig)
-    sft: SFTConfig = field(default_factory=SFTConfig)
-    dpo: DPOConfig = field(default_factory=DPOConfig)
-    reward: RewardConfig = field(default_factory=RewardConfig)
-    rl: RLConfig = field(default_factory=RLConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-
-    @property
-    def run_path(self) -> Path:
-        return Path(self.run_dir or f"runs/{self.name}")
-
-
-# ---------------------------------------------------------------------------- loading
-
-
-def load_recipe(path: str | Path | None, overrides: list[str] | dict | None = None) -> Recipe:
-    """Read a recipe file (or none: all defaults), apply overrides, validate, return it."""
-    source = str(path) if path else "<defaults>"
-    raw: dict = {}
-    if path:
-        raw = read_yaml(resolve_recipe_path(path))
-    if isinstance(overrides, dict):
-        for key, value in overrides.items():
-            set_dotted(raw, key, value, source="override")
-    else:
-        for key, value in parse_overrides(overrides or []):
-            set_dotted(raw, key, value, source="command line")
-    return from_dict(Recipe, raw, where="", source=source)
-
-
-def resolve_recipe_path(path: str | Path) -> Path:
-    p = Path(path)
-    if p.exists():
-        return p
-    for candidate in (Path("recipes") / p, Path("recipes") / f"{p}.yaml"):
-        if candidate.exists():
-            return candidate
-    raise LmforgeError(f"recipe {path}: file not found (looked in . and recipes/)")
 
 
 def read_yaml(path: Path) -> dict:

@@ -15,9 +15,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from lmforge.config import Recipe, config_hash, dump_yaml, to_dict
+from lmforge.config import config_hash, dump_yaml, to_dict
 from lmforge.errors import LmforgeError
 from lmforge.fileio import atomic_write_json, atomic_write_text, read_json
+from lmforge.recipe import Recipe
 
 
 @dataclass(frozen=True)
@@ -30,15 +31,15 @@ class Stage:
 
 # The full chain, in order. A recipe's `stages` picks a subsequence.
 STAGES: list[Stage] = [
-    Stage("data", "lmforge.data.stage:run_stage", ("data",), "raw sources -> clean documents"),
-    Stage("tokenizer", "lmforge.tokenizer.stage:train_stage", ("tokenizer",), "train the BPE tokenizer"),
-    Stage("tokenize", "lmforge.shards:tokenize_stage", ("tokenizer",), "documents -> token shards"),
-    Stage("pretrain", "lmforge.train.stages:pretrain_stage", ("model", "train", "parallel"), "pretrain"),
-    Stage("sft", "lmforge.posttrain.stages:sft_stage", ("sft",), "supervised fine-tuning (chat, prompt-masked loss)"),
-    Stage("dpo", "lmforge.posttrain.stages:dpo_stage", ("sft", "dpo"), "direct preference optimization"),
-    Stage("reward", "lmforge.posttrain.stages:reward_stage", ("sft", "reward"), "reward model (Bradley-Terry)"),
-    Stage("rl", "lmforge.posttrain.stages:rl_stage", ("sft", "rl"), "GRPO from a reward function or model"),
-    Stage("eval", "lmforge.eval.stage:eval_stage", ("eval",), "evaluate every trained stage (bpb, tasks, samples)"),
+    Stage("data", "lmforge.stages.data:run_stage", ("data",), "raw sources -> clean documents"),
+    Stage("tokenizer", "lmforge.stages.tokenizer:train_stage", ("tokenizer",), "train the BPE tokenizer"),
+    Stage("tokenize", "lmforge.stages.tokenize:tokenize_stage", ("tokenizer",), "documents -> token shards"),
+    Stage("pretrain", "lmforge.stages.pretrain:pretrain_stage", ("model", "train", "parallel"), "pretrain"),
+    Stage("sft", "lmforge.stages.posttrain:sft_stage", ("sft",), "supervised fine-tuning (chat, prompt-masked loss)"),
+    Stage("dpo", "lmforge.stages.posttrain:dpo_stage", ("sft", "dpo"), "direct preference optimization"),
+    Stage("reward", "lmforge.stages.posttrain:reward_stage", ("sft", "reward"), "reward model (Bradley-Terry)"),
+    Stage("rl", "lmforge.stages.posttrain:rl_stage", ("sft", "rl"), "GRPO from a reward function or model"),
+    Stage("eval", "lmforge.stages.eval:eval_stage", ("eval",), "evaluate every trained stage (bpb, tasks, samples)"),
     Stage("report", "lmforge.report:report_stage", (), "the report card: report.html + report.md"),
 ]
 

@@ -178,28 +178,3 @@ def check_tokenizer(directory: str | Path, tokenizer: Any) -> None:
             f"{Path(directory) / 'meta.json'}: the shards were made with tokenizer {meta['tokenizer_hash']}, "
             f"but the tokenizer given is {tokenizer.hash}; re-run `lmforge tokenize` with this tokenizer"
         )
-
-
-def tokenize_stage(recipe: Any, run_dir: Path) -> None:
-    """The `tokenize` stage of `lmforge run`: documents -> RUN_DIR/tokens with RUN_DIR/tokenizer."""
-    from lmforge.tokenizer import Tokenizer
-    from lmforge.tokenizer.stage import InputReport, read_documents, stage_inputs
-
-    cfg = recipe.tokenizer
-    tokenizer = Tokenizer.load(Path(run_dir) / "tokenizer")
-    specs = stage_inputs(recipe, run_dir)
-    report = InputReport()
-    meta = tokenize_documents(
-        tokenizer,
-        read_documents(specs, cfg.text_field, cfg.bad_input, report),
-        Path(run_dir) / "tokens",
-        val_fraction=cfg.val_fraction,
-        seed=recipe.seed,
-        workers=cfg.workers,
-        extra_meta={"inputs": specs, "skipped": report.skipped, "replaced": report.replaced},  # filled while reading
-    )
-    print(
-        f"[lmforge] tokenize: {meta['train_tokens']:,} train / {meta['val_tokens']:,} val tokens "
-        f"from {meta['documents']} documents ({meta['dtype']})",
-        flush=True,
-    )

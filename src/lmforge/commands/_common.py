@@ -6,7 +6,8 @@ import argparse
 import dataclasses
 import typing
 
-from lmforge.config import Recipe, describe_fields
+from lmforge.config import describe_fields
+from lmforge.recipe import Recipe
 
 
 def add_recipe_argument(parser: argparse.ArgumentParser, sections: list[str], required: bool = True) -> None:

@@ -43,9 +43,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace, overrides: list[str]) -> int:
     if args.recipe == "train-classifier":
         return train_classifier(args)
-    from lmforge.config import load_recipe
     from lmforge.data.pipeline import preview, render_summary, run_pipeline
-    from lmforge.data.stage import output_dir
+    from lmforge.recipe import load_recipe
+    from lmforge.stages.data import output_dir
 
     recipe = load_recipe(args.recipe, overrides)
     if args.dry_run:

@@ -27,7 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace, overrides: list[str]) -> int:
-    from lmforge.train.checkpoint import load_model, resolve_checkpoint
+    from lmforge.checkpoint.consolidated import load_model, resolve_checkpoint
 
     ckpt = resolve_checkpoint(args.model)
     model, tokenizer = load_model(ckpt)

@@ -93,8 +93,8 @@ def load_engine(args: argparse.Namespace):
     """(Engine, SamplingParams) from the shared options."""
     import torch
 
+    from lmforge.checkpoint.consolidated import load_model
     from lmforge.inference import Engine, SamplingParams
-    from lmforge.train.checkpoint import load_model
 
     device = args.device
     if device == "auto":

@@ -28,9 +28,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace, overrides: list[str]) -> int:
+    from lmforge.checkpoint.consolidated import save_model_checkpoint
     from lmforge.errors import LmforgeError
     from lmforge.model.convert import load_hf
-    from lmforge.train.checkpoint import save_model_checkpoint
 
     model, tokenizer, report = load_hf(args.from_hf, dtype=args.dtype, max_seq_len=args.max_seq_len or None)
     if tokenizer is None:

@@ -44,7 +44,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace, overrides: list[str]) -> int:
     import dataclasses
 
-    from lmforge.config import load_recipe
     from lmforge.errors import LmforgeError
     from lmforge.plan import (
         Layout,
@@ -55,6 +54,7 @@ def main(args: argparse.Namespace, overrides: list[str]) -> int:
         format_memory,
         preset_config,
     )
+    from lmforge.recipe import load_recipe
 
     budget = args.flops > 0 or args.gpu_hours > 0
     if args.recipe or overrides or not budget or args.preset:

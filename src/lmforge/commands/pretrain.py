@@ -36,7 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace, overrides: list[str]) -> int:
-    from lmforge.config import load_recipe
+    from lmforge.recipe import load_recipe
     from lmforge.run import run_recipe
 
     overrides = list(overrides)
@@ -48,7 +48,7 @@ def main(args: argparse.Namespace, overrides: list[str]) -> int:
     stages = list(recipe.stages)
     before = stages[: stages.index("pretrain")] if "pretrain" in stages else []
     if before:  # under torchrun rank 0 prepares data and tokenizer while the others wait
-        from lmforge.parallel import main_process_first
+        from lmforge.distributed import main_process_first
 
         with main_process_first(recipe.train.device):
             run_recipe(recipe, only=before)

@@ -26,7 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace, overrides: list[str]) -> int:
-    from lmforge.config import load_recipe
+    from lmforge.recipe import load_recipe
     from lmforge.run import run_recipe
 
     recipe = load_recipe(args.recipe, overrides)

@@ -41,9 +41,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace, overrides: list[str]) -> int:
     import torch
 
+    from lmforge.checkpoint.consolidated import load_model, resolve_checkpoint
     from lmforge.errors import LmforgeError
-    from lmforge.inference.server import ServerConfig, serve
-    from lmforge.train.checkpoint import load_model, resolve_checkpoint
+    from lmforge.serve.server import ServerConfig, serve
 
     dtypes = {"": None, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
     if args.dtype not in dtypes:

@@ -35,10 +35,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace, overrides: list[str]) -> int:
     import sys
 
+    from lmforge.data.inputs import InputReport, read_input_documents
     from lmforge.errors import LmforgeError
     from lmforge.shards import tokenize_documents
     from lmforge.tokenizer import Tokenizer
-    from lmforge.tokenizer.stage import InputReport, read_documents
 
     if not 0.0 <= args.val_fraction < 1.0:
         raise LmforgeError(f"--val-fraction must be in [0, 1), got {args.val_fraction}")
@@ -46,7 +46,7 @@ def main(args: argparse.Namespace, overrides: list[str]) -> int:
     report = InputReport()
     meta = tokenize_documents(
         tok,
-        read_documents(args.input, args.text_field, args.bad_input, report),
+        read_input_documents(args.input, args.text_field, args.bad_input, report),
         args.out,
         val_fraction=args.val_fraction,
         seed=args.seed,

@@ -78,11 +78,11 @@ def main(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from lmforge.data.inputs import InputReport, read_input_documents
     from lmforge.tokenizer import Tokenizer
-    from lmforge.tokenizer.stage import InputReport, read_documents
 
     report = InputReport()
-    docs = read_documents(args.input, args.text_field, args.bad_input, report)
+    docs = read_input_documents(args.input, args.text_field, args.bad_input, report)
     tok = Tokenizer.train(
         (d.text for d in docs),
         args.vocab_size,

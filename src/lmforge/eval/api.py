@@ -36,7 +36,7 @@ def run_config(ckpt: Path) -> dict:
 def plays_kwargs(tokenizer, ckpt: Path | None = None, seed: int | None = None) -> dict:
     """The demo builder's seed and settings: the run's own, so held-out scenes stay held out."""
     from lmforge.config import from_dict
-    from lmforge.posttrain.config import DemoConfig
+    from lmforge.tasks.config import DemoConfig
 
     cfg = run_config(ckpt) if ckpt else {}
     demo = (cfg.get("sft") or {}).get("demo") or {}
@@ -63,11 +63,11 @@ def evaluate_checkpoint(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Load the checkpoint (or use `model_and_tokenizer`) and run every task on it."""
-    from lmforge.train.checkpoint import read_checkpoint_config, resolve_checkpoint
+    from lmforge.checkpoint.consolidated import read_checkpoint_config, resolve_checkpoint
 
     ckpt = resolve_checkpoint(model_path)
     if model_and_tokenizer is None:
-        from lmforge.train.checkpoint import load_model
+        from lmforge.checkpoint.consolidated import load_model
 
         model_and_tokenizer = load_model(ckpt, device=device)
     model, tok = model_and_tokenizer

@@ -12,7 +12,7 @@ must register "lmforge" before its CLI resolves the name. Three ways, pick one:
 * Python: `import lmforge.eval.harness` (registers on import), or pass an instance:
   `lm_eval.simple_evaluate(model=LmforgeLM(path=CKPT), tasks=[...])`.
 
-Scoring is lmforge.eval.scoring (the same code as `lmforge eval`): loglikelihood through lm-eval's
+Scoring is lmforge.inference.scoring (the same code as `lmforge eval`): loglikelihood through lm-eval's
 own `_encode_pair`, loglikelihood_rolling with lm-eval's disjoint windows, generate_until greedy
 through lmforge.inference.Engine. model_args: path (checkpoint, stage or run dir), device,
 dtype (float32|bfloat16|float16), batch_size, max_gen_toks.
@@ -25,7 +25,7 @@ import sys
 from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import model_registry
 
-from lmforge.eval import scoring
+from lmforge.inference import scoring
 
 
 class LmforgeLM(TemplateLM):
@@ -48,7 +48,7 @@ class LmforgeLM(TemplateLM):
                 raise ValueError("lmforge model needs path=CHECKPOINT (a checkpoint, stage or run directory)")
             import torch
 
-            from lmforge.train.checkpoint import load_model
+            from lmforge.checkpoint.consolidated import load_model
 
             if str(device).startswith("cuda") and not torch.cuda.is_available():
                 device = "cpu"  # lm-eval's command line asks for cuda by default

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from lmforge.errors import LmforgeError
-from lmforge.eval import scoring
+from lmforge.inference import scoring
 from lmforge.eval.tasks import GenDoc, MCDoc, Task
 
 

@@ -330,9 +330,9 @@ _DEMO_CACHE: dict = {}  # (seed, DemoConfig) -> DemoTasks: building takes second
 
 
 def load_plays_task(kind: str, tokenizer=None, seed: int = 1337, demo_cfg=None) -> Task:
-    """The demo's held-out items (lmforge.posttrain.demo_tasks, the one builder)."""
-    from lmforge.posttrain.config import DemoConfig
-    from lmforge.posttrain.demo_tasks import build_demo_tasks
+    """The demo's held-out items (lmforge.tasks.demo, the one builder)."""
+    from lmforge.tasks.config import DemoConfig
+    from lmforge.tasks.demo import build_demo_tasks
 
     demo_cfg = demo_cfg or DemoConfig()
     key = (seed, repr(demo_cfg))

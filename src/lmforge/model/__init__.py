@@ -1,8 +1,8 @@
-"""The model: configuration, the transformer, and loading a trained one from disk."""
+"""The model: configuration and the transformer (loading a checkpoint is `lmforge.checkpoint`)."""
 
 from lmforge.model.config import PRESETS, ModelConfig, flops_per_token, num_params
 
-__all__ = ["PRESETS", "ModelConfig", "Transformer", "KVCache", "flops_per_token", "load_model", "num_params"]
+__all__ = ["PRESETS", "ModelConfig", "Transformer", "KVCache", "flops_per_token", "num_params"]
 
 
 def __getattr__(name: str):
@@ -11,8 +11,4 @@ def __getattr__(name: str):
         from lmforge.model import transformer
 
         return getattr(transformer, name)
-    if name == "load_model":
-        from lmforge.train.checkpoint import load_model
-
-        return load_model
     raise AttributeError(name)

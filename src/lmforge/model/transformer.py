@@ -8,7 +8,7 @@ Two families from one config (`ModelConfig.arch`):
 Attention goes through `F.scaled_dot_product_attention` (flash / memory-efficient kernels on GPU).
 Rotary embeddings use the "rotate half" layout of Hugging Face's Llama, so exported weights load
 there unchanged. Layers live in a ModuleDict keyed "0".."L-1" and the embedding, final norm and
-head may be None: pipeline parallelism (lmforge.parallel) deletes the parts a stage does not own
+head may be None: pipeline parallelism (lmforge.distributed) deletes the parts a stage does not own
 and the remaining names (and so checkpoints) stay stable. Parallel plans, losses, the training loop
 and the checkpoint format live elsewhere; this file only computes logits.
 """

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from lmforge.tasks.config import DemoConfig
 from lmforge.train.config import TrainConfig
 
 
@@ -49,34 +50,6 @@ class RLTrainConfig(PostTrainConfig):
 
 
 @dataclass
-class DemoConfig:
-    """The demo tasks derived from the plays (lmforge.posttrain.demo_tasks), held out by scene."""
-
-    eval_scene_fraction: float = 0.25  # scenes of each play kept for evaluation only
-    which_play: int = 3000  # SFT conversations: "which play is this passage from" (4 choices)
-    who_speaks: int = 200  # SFT conversations: "who speaks these lines"
-    continue_speech: int = 200  # SFT conversations: "continue this speech"
-    preference_pairs: int = 1500  # DPO / reward training pairs
-    # fraction of the pairs (training and held-out alike) of each kind (demo_tasks.PAIR_KINDS)
-    preference_mix: dict[str, float] = field(default_factory=lambda: {"which_play": 0.25, "echo": 0.25, "loop": 0.5})
-    eval_items: int = 200  # held-out 4-choice questions and held-out preference pairs, each
-    passage_lines: int = 3  # verse lines shown in a "which play" passage
-
-    def validate(self) -> None:
-        if not 0.0 < self.eval_scene_fraction < 1.0:
-            raise ValueError("eval_scene_fraction must be in (0, 1)")
-        kinds = ("which_play", "next_line", "echo", "loop")  # demo_tasks.PAIR_KINDS (not imported: it pulls the plays in)
-        unknown = sorted(set(self.preference_mix) - set(kinds))
-        if unknown:
-            raise ValueError(f"preference_mix: unknown pair kind(s) {unknown} (known: {', '.join(kinds)})")
-        total = sum(self.preference_mix.values())
-        if min(self.preference_mix.values(), default=-1.0) < 0 or abs(total - 1.0) > 1e-6:
-            raise ValueError(f"preference_mix: fractions must be >= 0 and sum to 1 (they sum to {total:g})")
-        if self.passage_lines < 1:
-            raise ValueError("passage_lines must be at least 1")
-
-
-@dataclass
 class SFTConfig:
     data: list[str] = field(default_factory=list)  # messages / Alpaca JSONL; empty: the demo task builder
     packing: bool = True  # several short conversations per row (no attention across them)
@@ -113,7 +86,7 @@ class RewardConfig:
 
 @dataclass
 class RLConfig:
-    reward: str = "lmforge.posttrain.demo_tasks:play_title_reward"  # "model" or "module:function"
+    reward: str = "lmforge.tasks.demo:play_title_reward"  # "model" or "module:function"
     reward_model: str = ""  # reward model checkpoint (reward: model); empty: RUN_DIR/reward
     data: list[str] = field(default_factory=list)  # prompt JSONL; empty: the demo questions
     num_generations: int = 8  # completions per prompt (the group)

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
-from lmforge.posttrain.chat_data import Preference
 from lmforge.posttrain.sft_data import IGNORE
+from lmforge.tasks.chat_data import Preference
 from lmforge.train.objectives import token_nll
 
 

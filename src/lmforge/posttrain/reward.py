@@ -102,8 +102,8 @@ def split_value_heads(ckpt_root: Path) -> None:
     value_head.safetensors, so model.safetensors is a plain Transformer again (load_model reads it)."""
     from safetensors.torch import load_file, save
 
+    from lmforge.checkpoint.consolidated import WEIGHTS, list_checkpoints
     from lmforge.fileio import atomic_write_bytes
-    from lmforge.train.checkpoint import WEIGHTS, list_checkpoints
 
     prefix = "value_head."
     for _, d in list_checkpoints(Path(ckpt_root)):
@@ -121,8 +121,8 @@ def join_value_head(checkpoint_dir: Path) -> None:
     value_head.safetensors removed), so a run resumed from it loads the head with the model."""
     from safetensors.torch import load_file, save
 
+    from lmforge.checkpoint.consolidated import WEIGHTS
     from lmforge.fileio import atomic_write_bytes
-    from lmforge.train.checkpoint import WEIGHTS
 
     path = Path(checkpoint_dir) / VALUE_HEAD_FILE
     if not path.is_file():
@@ -149,7 +149,7 @@ def load_value_head(checkpoint_dir: Path, d_model: int) -> nn.Linear:
 
 def load_reward_model(path: str | Path, device: str = "cpu"):
     """(model, value head, tokenizer) from a reward checkpoint (or a stage/run dir holding one)."""
-    from lmforge.train.checkpoint import load_model, resolve_checkpoint
+    from lmforge.checkpoint.consolidated import load_model, resolve_checkpoint
 
     ckpt = resolve_checkpoint(path)
     model, tok = load_model(ckpt, device=device)

@@ -1,4 +1,4 @@
-"""The `train` and `parallel` recipe sections (shared by every objective: pretrain, SFT, DPO, ...)."""
+"""The `train` recipe section (shared by every objective: pretrain, SFT, DPO, ...)."""
 
 from __future__ import annotations
 
@@ -60,19 +60,3 @@ class TrainConfig:
             raise ValueError("min_lr_ratio must be in [0, 1]")
         if not 0.0 < self.decay_fraction <= 1.0:
             raise ValueError("decay_fraction must be in (0, 1]")
-
-
-@dataclass
-class ParallelConfig:
-    """Parallel layout under torchrun (lmforge.parallel); the product of the degrees is the world size."""
-
-    dp_replicate: int = field(default=1, metadata={"help": "full replicas: DDP; HSDP replica groups with dp_shard"})
-    dp_shard: int = field(default=1, metadata={"help": "FSDP2: weights, grads, optimizer sharded over these ranks"})
-    tp: int = field(default=1, metadata={"help": "tensor + sequence parallel (divides n_head, n_kv_head, d_ff)"})
-    pp: int = field(default=1, metadata={"help": "pipeline stages (needs model.tie_embeddings false)"})
-    pp_schedule: Literal["1f1b", "gpipe"] = "1f1b"
-    pp_microbatches: int = field(default=4, metadata={"help": "pipeline microbatches (divide train.micro_batch)"})
-    loss_parallel: bool = field(
-        default=True,
-        metadata={"help": "under tp > 1: cross-entropy on vocab-sharded logits, never gathered (causal LM objective)"},
-    )

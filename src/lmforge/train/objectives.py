@@ -35,7 +35,7 @@ class Objective(Protocol):
 def replicated_value(t: torch.Tensor) -> torch.Tensor:
     """A plain tensor for a loss that may be a DTensor.
 
-    Under loss parallelism (`lmforge.parallel`, tensor parallel > 1) the logits are sharded over
+    Under loss parallelism (`lmforge.distributed`, tensor parallel > 1) the logits are sharded over
     the vocabulary and cross-entropy, run inside `loss_parallel()`, returns a DTensor replicated
     over the tensor-parallel ranks: its local value is already the full one (autograd flows
     through). Anything else is returned as it is.

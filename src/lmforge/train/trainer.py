@@ -30,13 +30,14 @@ from typing import Any
 
 import torch
 
+from lmforge.checkpoint import consolidated as ckpt_io
 from lmforge.config import config_hash, to_dict
+from lmforge.distributed import loss_parallel_context
+from lmforge.distributed.config import ParallelConfig
 from lmforge.errors import LmforgeError
 from lmforge.fileio import atomic_write_json, read_json
 from lmforge.model.config import flops_per_token
-from lmforge.parallel import loss_parallel_context
-from lmforge.train import checkpoint as ckpt_io
-from lmforge.train.config import ParallelConfig, TrainConfig
+from lmforge.train.config import TrainConfig
 from lmforge.train.guard import LossGuard
 from lmforge.train.metrics import MetricsLogger, device_peak_flops, memory_gb, truncate_metrics
 from lmforge.train.objectives import nll_byte_sums
@@ -87,7 +88,7 @@ class Trainer:
         parallel_cfg: ParallelConfig | None = None,
         run_name: str = "",
     ):
-        from lmforge.parallel import parallelize, setup_distributed, uses_loss_parallel
+        from lmforge.distributed import parallelize, setup_distributed, uses_loss_parallel
 
         self.cfg, self.objective, self.loader = cfg, objective, train_loader
         self.out_dir, self.stage, self.seed = Path(out_dir), stage, seed
@@ -98,14 +99,14 @@ class Trainer:
         self.raw_model = ckpt_io.unwrap(model).to(self.device)
         parallel_cfg = parallel_cfg or ParallelConfig()
         self.loss_parallel = uses_loss_parallel(parallel_cfg, self.ctx, objective)
-        # pipeline split -> TP -> activation checkpointing -> FSDP / DDP (lmforge.parallel)
+        # pipeline split -> TP -> activation checkpointing -> FSDP / DDP (lmforge.distributed)
         self.model = parallelize(
             self.raw_model, parallel_cfg, self.ctx,
             activation_checkpointing=cfg.activation_checkpointing, loss_parallel=self.loss_parallel,
         )
         self.pipeline = None
         if self.ctx.pp_size > 1:
-            from lmforge.parallel import Pipeline
+            from lmforge.distributed import Pipeline
 
             if type(objective).__name__ != "CausalLMObjective":
                 raise LmforgeError(f"pipeline parallelism supports the causal LM objective only, not {type(objective).__name__}")
@@ -183,7 +184,7 @@ class Trainer:
             self.say(f"moved the previous run's checkpoints and metrics to {stale}")
 
     def load_checkpoint(self, d: Path, restore_loader: bool, restore_rng: bool) -> None:
-        from lmforge.train import distckpt
+        from lmforge.checkpoint import sharded as distckpt
 
         state, opt = ckpt_io.load_training_state(d)
         if distckpt.is_sharded(d):  # written under a parallel layout: reshards onto this one
@@ -233,7 +234,7 @@ class Trainer:
         try:
             while self.step < cfg.max_steps:
                 if cfg.max_minutes > 0 and self.ctx.distributed:  # rank 0's clock decides for every rank
-                    from lmforge.parallel import agree
+                    from lmforge.distributed import agree
 
                     self.elapsed = agree(self.elapsed, self.ctx)
                     last["step_s"] = agree(last.get("step_s", 0.0), self.ctx)
@@ -295,7 +296,7 @@ class Trainer:
         n_tokens = 0
         for i in range(self.accum):
             if self.ctx.distributed:  # DDP all-reduces on the last micro-batch only
-                from lmforge.parallel import set_grad_sync
+                from lmforge.distributed import set_grad_sync
 
                 set_grad_sync(self.model, i == self.accum - 1)
             batch = {k: v.to(self.device, non_blocking=True) for k, v in self.loader.next().items()}
@@ -331,7 +332,7 @@ class Trainer:
                 p.grad.mul_(scale)
         clip = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
         if self.ctx.distributed:  # the norm over every shard, slice and stage
-            from lmforge.parallel import clip_grad_norm_
+            from lmforge.distributed import clip_grad_norm_
 
             grad_norm = float(clip_grad_norm_(self.params, clip, self.ctx))
         else:
@@ -457,7 +458,7 @@ class Trainer:
         if self.scaler is not None:
             opt_state["scaler"] = self.scaler.state_dict()
         if self.ctx.distributed:  # every rank writes its shards (DCP); rank 0 the rest
-            from lmforge.train import distckpt
+            from lmforge.checkpoint import sharded as distckpt
 
             opt_state.pop("optimizer")  # in dcp/, sharded
             d = distckpt.write_sharded_checkpoint(

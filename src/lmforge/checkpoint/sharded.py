@@ -216,8 +216,8 @@ def write_sharded_checkpoint(
     import torch.distributed.checkpoint as dcp
     from safetensors.torch import save
 
+    from lmforge.checkpoint import consolidated as ckpt_io
     from lmforge.fileio import atomic_rename_dir, atomic_write, atomic_write_json
-    from lmforge.train import checkpoint as ckpt_io
 
     ckpt_root = Path(ckpt_root)
     final = ckpt_root / ckpt_io.step_dir_name(step)

@@ -6,13 +6,13 @@
   preference_acc   held-out pairs whose chosen completion has a higher summed log-probability
                    than the rejected one (both + <|end|>, after the same prompt); with mixed
                    pair kinds also preference_acc/KIND for each kind
-Scoring is lmforge.eval.scoring.token_loglikelihoods (the one scorer) on pre-tokenized requests.
+Scoring is lmforge.inference.scoring.token_loglikelihoods (the one scorer) on pre-tokenized requests.
 """
 
 from __future__ import annotations
 
-from lmforge.posttrain.chat_data import Preference
-from lmforge.posttrain.demo_tasks import MCItem
+from lmforge.tasks.chat_data import Preference
+from lmforge.tasks.demo import MCItem
 
 
 def _reply(tokenizer, text: str) -> list[int]:
@@ -24,7 +24,7 @@ def _prompt(tokenizer, messages: list[dict]) -> list[int]:
 
 
 def which_play_accuracy(model, tokenizer, items: list[MCItem], batch_size: int = 32) -> float:
-    from lmforge.eval.scoring import token_loglikelihoods
+    from lmforge.inference.scoring import token_loglikelihoods
 
     requests = []
     for item in items:
@@ -41,7 +41,7 @@ def which_play_accuracy(model, tokenizer, items: list[MCItem], batch_size: int =
 
 def preference_hits(model, tokenizer, pairs: list[Preference], batch_size: int = 32) -> list[bool]:
     """Per pair: is the chosen completion more likely than the rejected one."""
-    from lmforge.eval.scoring import token_loglikelihoods
+    from lmforge.inference.scoring import token_loglikelihoods
 
     requests = []
     for p in pairs:

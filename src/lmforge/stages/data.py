@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lmforge.config import Recipe
+from lmforge.recipe import Recipe
 
 
 def output_dir(recipe: Recipe, run_dir: Path) -> Path:

@@ -83,7 +83,7 @@ class Preference:
     messages: list[dict]  # the prompt conversation
     chosen: str
     rejected: str
-    kind: str = ""  # the demo pairs' kind (lmforge.posttrain.demo_tasks.PAIR_KINDS); empty for data files
+    kind: str = ""  # the demo pairs' kind (lmforge.tasks.demo.PAIR_KINDS); empty for data files
 
 
 def to_preference(obj: dict, where: str) -> Preference:

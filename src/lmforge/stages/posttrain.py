@@ -15,9 +15,9 @@ import dataclasses
 import time
 from pathlib import Path
 
-from lmforge.config import Recipe
 from lmforge.errors import LmforgeError
 from lmforge.fileio import atomic_write_json
+from lmforge.recipe import Recipe
 
 STARTS = {
     "sft": ("pretrain",),
@@ -32,7 +32,7 @@ def say(text: str) -> None:
 
 
 def start_checkpoint(stage: str, init_from: str, run_dir: Path) -> Path:
-    from lmforge.train.checkpoint import list_checkpoints, resolve_checkpoint
+    from lmforge.checkpoint.consolidated import list_checkpoints, resolve_checkpoint
 
     if init_from:
         return resolve_checkpoint(init_from)
@@ -48,7 +48,7 @@ def start_checkpoint(stage: str, init_from: str, run_dir: Path) -> Path:
 
 
 def load_start(stage: str, train_cfg, run_dir: Path):
-    from lmforge.train.checkpoint import load_model
+    from lmforge.checkpoint.consolidated import load_model
 
     ckpt = start_checkpoint(stage, train_cfg.init_from, run_dir)
     say(f"{stage}: starting from {ckpt}")
@@ -58,7 +58,7 @@ def load_start(stage: str, train_cfg, run_dir: Path):
 
 
 def demo_tasks(recipe: Recipe):
-    from lmforge.posttrain.demo_tasks import build_demo_tasks
+    from lmforge.tasks.demo import build_demo_tasks
 
     t0 = time.time()
     tasks = build_demo_tasks(recipe.sft.demo, recipe.seed)
@@ -77,7 +77,7 @@ def demo_key(recipe: Recipe) -> str:
 
 
 def measure(label: str, model, tok, tasks) -> dict[str, float]:
-    from lmforge.posttrain.demo_eval import demo_metrics, format_metrics
+    from lmforge.tasks.demo_eval import demo_metrics, format_metrics
 
     m = demo_metrics(model, tok, tasks.mc_eval, tasks.preference_eval)
     print(format_metrics(label, m, len(tasks.mc_eval), len(tasks.preference_eval)), flush=True)
@@ -95,7 +95,7 @@ def measure_start(stage: str, ckpt: Path, recipe: Recipe, model, tok, tasks) -> 
     if saved.exists():
         data = read_json(saved)
         if data.get("checkpoint") == str(ckpt) and data.get("demo_key") == demo_key(recipe) and "after" in data:
-            from lmforge.posttrain.demo_eval import format_metrics
+            from lmforge.tasks.demo_eval import format_metrics
 
             print(format_metrics(f"before {stage}", data["after"], len(tasks.mc_eval), len(tasks.preference_eval)), flush=True)
             return data["after"]
@@ -112,7 +112,7 @@ def make_trainer(recipe: Recipe, model, objective, loader, cfg, run_dir: Path, s
 
 
 def finish(recipe: Recipe, stage: str, run_dir: Path, before: dict | None, model, tok, tasks, result: dict) -> dict:
-    from lmforge.train.checkpoint import list_checkpoints
+    from lmforge.checkpoint.consolidated import list_checkpoints
 
     final = list_checkpoints(run_dir / stage / "checkpoints")
     summary: dict = {"train": result, "checkpoint": str(final[-1][1]) if final else None, "demo_key": demo_key(recipe)}
@@ -129,9 +129,9 @@ def finish(recipe: Recipe, stage: str, run_dir: Path, before: dict | None, model
 def sft_stage(recipe: Recipe, run_dir: Path) -> dict:
     import torch
 
-    from lmforge.parallel import main_process_first, setup_distributed
-    from lmforge.posttrain.chat_data import load_conversations
+    from lmforge.distributed import main_process_first, setup_distributed
     from lmforge.posttrain.sft_data import SFTLoader, sft_examples
+    from lmforge.tasks.chat_data import load_conversations
     from lmforge.train.objectives import CausalLMObjective
 
     run_dir = Path(run_dir)
@@ -171,8 +171,8 @@ class PackedCausalLM:
 
 
 def preference_data(recipe: Recipe, data: list[str], tok, seq_len: int):
-    from lmforge.posttrain.chat_data import load_preferences
     from lmforge.posttrain.preference import tokenize_pair
+    from lmforge.tasks.chat_data import load_preferences
 
     tasks = demo_tasks(recipe) if not data else None
     pairs = tasks.preference_train if tasks is not None else load_preferences(data)
@@ -184,7 +184,7 @@ def preference_data(recipe: Recipe, data: list[str], tok, seq_len: int):
 def dpo_stage(recipe: Recipe, run_dir: Path) -> dict:
     import torch
 
-    from lmforge.parallel import main_process_first, setup_distributed
+    from lmforge.distributed import main_process_first, setup_distributed
     from lmforge.posttrain.dpo import DPOObjective
     from lmforge.posttrain.preference import PreferenceLoader, precompute_logps
 
@@ -220,7 +220,8 @@ def dpo_stage(recipe: Recipe, run_dir: Path) -> dict:
 def reward_stage(recipe: Recipe, run_dir: Path) -> dict:
     import torch
 
-    from lmforge.parallel import main_process_first, setup_distributed
+    from lmforge.checkpoint.consolidated import list_checkpoints
+    from lmforge.distributed import main_process_first, setup_distributed
     from lmforge.posttrain.preference import PreferenceLoader
     from lmforge.posttrain.reward import (
         RewardObjective,
@@ -229,7 +230,6 @@ def reward_stage(recipe: Recipe, run_dir: Path) -> dict:
         pair_accuracy,
         split_value_heads,
     )
-    from lmforge.train.checkpoint import list_checkpoints
 
     run_dir = Path(run_dir)
     sec = recipe.reward
@@ -267,10 +267,10 @@ def reward_stage(recipe: Recipe, run_dir: Path) -> dict:
 def rl_stage(recipe: Recipe, run_dir: Path) -> dict:
     import torch
 
+    from lmforge.distributed import main_process_first
     from lmforge.inference import SamplingParams
-    from lmforge.parallel import main_process_first
-    from lmforge.posttrain.chat_data import load_prompts
     from lmforge.posttrain.grpo import GRPOObjective, RewardModelScorer, RolloutLoader, load_reward_function
+    from lmforge.tasks.chat_data import load_prompts
     from lmforge.train.trainer import grad_accum_steps
 
     run_dir = Path(run_dir)

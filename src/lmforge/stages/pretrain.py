@@ -12,8 +12,8 @@ import functools
 import json
 from pathlib import Path
 
-from lmforge.config import Recipe
 from lmforge.errors import LmforgeError
+from lmforge.recipe import Recipe
 
 
 def build_model(recipe: Recipe, vocab_size: int, seed: int):
@@ -51,12 +51,12 @@ def pretrain_stage(recipe: Recipe, run_dir: Path) -> dict:
     train_tokens = load_tokens(tokens_dir, "train")
     val_tokens = load_tokens(tokens_dir, "val")
     cfg = recipe.train
-    from lmforge.parallel import setup_distributed
+    from lmforge.distributed import setup_distributed
 
     ctx = setup_distributed(recipe.parallel, cfg.device)
     model, model_cfg = build_model(recipe, tokenizer.vocab_size, recipe.seed)
     if cfg.init_from:
-        from lmforge.train.checkpoint import load_weights, resolve_checkpoint
+        from lmforge.checkpoint.consolidated import load_weights, resolve_checkpoint
 
         load_weights(model, resolve_checkpoint(cfg.init_from) / "model.safetensors")
     loader = PretrainLoader(train_tokens, cfg.micro_batch, cfg.seq_len, recipe.seed, ctx.dp_rank, ctx.dp_size)

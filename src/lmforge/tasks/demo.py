@@ -28,8 +28,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from lmforge.data.embedded import Play, Scene, Speech, shakespeare_plays
-from lmforge.posttrain.chat_data import Preference
-from lmforge.posttrain.config import DemoConfig
+from lmforge.tasks.chat_data import Preference
+from lmforge.tasks.config import DemoConfig
 
 WHICH_PLAY = "Which play is this passage from ({choices})?\n\n{passage}"
 WHO_SPEAKS = "Who speaks these lines in {title}?\n\n{lines}"

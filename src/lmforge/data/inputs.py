@@ -1,5 +1,4 @@
-"""The `tokenizer` stage of `lmforge run` (RUN_DIR/tokenizer/) and the input reading it shares with
-the `tokenize` stage and the CLI verbs.
+"""Reading documents for the tokenizer and tokenize steps, with a policy for unreadable records.
 
 Bad input (`bad_input`): "error" stops at the first unreadable record with a message naming the
 file and line; "skip" drops such records and reports them; "replace" decodes a text file that is
@@ -9,14 +8,13 @@ unreadable records are skipped and reported).
 
 from __future__ import annotations
 
-import shutil
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lmforge.fileio import atomic_rename_dir, atomic_write_json
+from lmforge.data.documents import Document
+from lmforge.data.readers import read_inputs
 
 BAD_INPUT = ("error", "skip", "replace")
 
@@ -36,13 +34,10 @@ class InputReport:
         return "; ".join(parts)
 
 
-def read_documents(
+def read_input_documents(
     specs: list[str], text_field: str = "text", bad_input: str = "error", report: InputReport | None = None
-) -> Iterator[Any]:  # Iterator[lmforge.data.documents.Document]
+) -> Iterator[Document]:
     """Documents of `specs` via the data readers, handling unreadable records as `bad_input` says."""
-    from lmforge.data.documents import Document
-    from lmforge.data.readers import read_inputs
-
     if bad_input not in BAD_INPUT:
         raise ValueError(f"bad_input must be one of {BAD_INPUT}, got {bad_input!r}")
     if bad_input == "error":
@@ -67,33 +62,3 @@ def read_documents(
     yield from recovered
 
 
-def stage_inputs(recipe: Any, run_dir: Path) -> list[str]:
-    """The recipe's tokenizer inputs, or the data stage's documents when none are given."""
-    from lmforge.data.stage import output_dir
-
-    return list(recipe.tokenizer.inputs) or [str(output_dir(recipe, run_dir) / "docs")]
-
-
-def train_stage(recipe: Any, run_dir: Path) -> None:
-    from lmforge.tokenizer import Tokenizer
-
-    cfg = recipe.tokenizer
-    report = InputReport()
-    docs = read_documents(stage_inputs(recipe, run_dir), cfg.text_field, cfg.bad_input, report)
-    tok = Tokenizer.train(
-        (doc.text for doc in docs),
-        cfg.vocab_size,
-        pattern=cfg.pattern,
-        special_tokens=cfg.special_tokens,
-        workers=cfg.workers,
-        max_chars=cfg.max_chars,
-    )
-    final = Path(run_dir) / "tokenizer"
-    tmp = final.with_name(".tokenizer.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tok.save(tmp)
-    atomic_write_json(tmp / "train_stats.json", {**tok.train_stats, "skipped": report.skipped, "replaced": report.replaced})
-    atomic_rename_dir(tmp, final)
-    print(f"[lmforge] tokenizer: {tok!r}, {tok.train_stats}", flush=True)
-    if report.summary():
-        print(f"[lmforge] tokenizer: {report.summary()}", file=sys.stderr, flush=True)

@@ -17,7 +17,7 @@ CHECKPOINT_STAGES = ("pretrain", "sft", "dpo", "rl")
 
 def trained_stages(run_dir: Path, only: list[str] | None = None) -> list[tuple[str, Path]]:
     """(stage, latest checkpoint) for each stage of the run that has checkpoints."""
-    from lmforge.train.checkpoint import list_checkpoints
+    from lmforge.checkpoint.consolidated import list_checkpoints
 
     out = []
     for stage in CHECKPOINT_STAGES:
@@ -40,8 +40,8 @@ def sample_generations(
 
 
 def eval_stage(recipe: Any, run_dir: Path) -> dict:
+    from lmforge.checkpoint.consolidated import load_model
     from lmforge.eval.api import evaluate_checkpoint, format_table
-    from lmforge.train.checkpoint import load_model
 
     cfg = recipe.eval
     stages = trained_stages(run_dir, cfg.stages or None)

@@ -1,0 +1,213 @@
+"""The parallel plan applied to a built model: tensor/sequence parallel, activation checkpointing,
+FSDP2 or DDP, and loss parallelism (torchtitan's order; see `lmforge.distributed`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from lmforge.distributed.config import ParallelConfig
+from lmforge.distributed.loss_parallel import uses_loss_parallel
+from lmforge.distributed.mesh import DistContext
+from lmforge.distributed.pipeline import split_for_pipeline
+from lmforge.errors import LmforgeError
+
+
+def parallelize(
+    model: nn.Module,
+    cfg: ParallelConfig,
+    ctx: DistContext,
+    *,
+    activation_checkpointing: bool = False,
+    compile: bool = False,
+    mixed_precision: bool | None = None,
+    loss_parallel: bool | None = None,
+) -> nn.Module:
+    """Apply pipeline split -> TP -> AC -> compile -> FSDP/DDP to a built model, keeping its weights.
+
+    Returns the same module (parallelised in place; names and class unchanged).
+    `mixed_precision` (default: on for CUDA) gives FSDP bf16 parameters and fp32 reductions.
+    `loss_parallel` (default: `uses_loss_parallel`) makes the model return vocabulary-sharded
+    DTensor logits, for a loss computed inside `loss_parallel_context`; the trainer passes False
+    for objectives other than the causal LM (DPO, reward, RL read the logits themselves).
+    """
+    if loss_parallel is None:
+        loss_parallel = uses_loss_parallel(cfg, ctx)
+    if ctx.pp_size > 1:
+        split_for_pipeline(model, ctx.pp_rank, ctx.pp_size)
+    if ctx.tp_size > 1:
+        apply_tp(model, ctx.submesh("tp"), loss_parallel=loss_parallel)
+    if activation_checkpointing:
+        apply_ac(model)
+    if compile:
+        for block in model.layers.values():
+            block.compile()
+    if mixed_precision is None:
+        mixed_precision = ctx.device.type == "cuda"
+    # Replicas next to TP or PP are replicated FSDP2 (HSDP with shard size 1): DDP's reducer knows
+    # neither DTensor parameters nor a pipeline schedule's several forwards per backward.
+    if cfg.dp_shard > 1 or (cfg.dp_replicate > 1 and (ctx.tp_size > 1 or ctx.pp_size > 1)):
+        dp_mesh = ctx.submesh("dp_replicate", "dp_shard") if cfg.dp_replicate > 1 else ctx.submesh("dp_shard")
+        apply_fsdp(model, dp_mesh, mixed_precision, reshard_after_forward=ctx.pp_size == 1)
+    elif cfg.dp_replicate > 1:
+        model = apply_ddp(model, ctx)
+    return model
+
+
+def apply_tp(model: nn.Module, tp_mesh, loss_parallel: bool = False) -> None:
+    """Tensor + sequence parallelism over `tp_mesh` (REFERENCE.md §4's table).
+
+    Between blocks the residual stream is sharded along the sequence (Shard(1)); attention and
+    MLP inputs are all-gathered, their inner projections split by heads / hidden units, and their
+    output projections reduce-scatter back to sequence shards. Heads and n_kv_head must divide by tp.
+    The head's logits are a DTensor sharded on the vocabulary (Shard(-1)) with `loss_parallel`,
+    otherwise gathered into a plain tensor.
+    """
+    from torch.distributed.tensor import Replicate, Shard
+    from torch.distributed.tensor.parallel import (
+        ColwiseParallel,
+        PrepareModuleInput,
+        RowwiseParallel,
+        SequenceParallel,
+        parallelize_module,
+    )
+
+    cfg = model.cfg
+    tp = tp_mesh.size()
+    for name, n in (("n_head", cfg.n_head), ("n_kv_head", cfg.n_kv_head), ("d_ff", cfg.d_ff)):
+        if n % tp:
+            raise LmforgeError(f"tensor parallel degree {tp} must divide model.{name} ({n})")
+    tied = cfg.tie_embeddings and model.tok_emb is not None and model.lm_head is not None
+    top: dict[str, Any] = {}
+    if model.tok_emb is not None:
+        top["tok_emb"] = RowwiseParallel(input_layouts=Replicate(), output_layouts=Shard(1))
+    if model.pos_emb is not None:
+        top["pos_emb"] = RowwiseParallel(input_layouts=Replicate(), output_layouts=Shard(1))
+    if model.norm is not None:
+        top["norm"] = SequenceParallel()
+    if model.lm_head is not None:
+        top["lm_head"] = ColwiseParallel(
+            input_layouts=Shard(1),
+            output_layouts=Shard(-1) if loss_parallel else Replicate(),
+            use_local_output=not loss_parallel,
+        )
+    parallelize_module(model, tp_mesh, top)
+    if model.tok_emb is None and len(model.layers):
+        # A later pipeline stage receives the previous stage's sequence shard (pipeline peers share
+        # the tp coordinate). Gather it so the model sees the whole sequence (positions, rotary
+        # tables), then hand the first block its shard again.
+        parallelize_module(model, tp_mesh, PrepareModuleInput(
+            input_layouts=(Shard(1),), desired_input_layouts=(Replicate(),), use_local_output=True))
+        parallelize_module(next(iter(model.layers.values())), tp_mesh, PrepareModuleInput(
+            input_layouts=(Replicate(), None, None, None, None),
+            desired_input_layouts=(Shard(1), None, None, None, None), use_local_output=True))
+    if tied:  # row-wise embedding and column-wise head both shard the [vocab, d] matrix on dim 0
+        model.lm_head.weight = model.tok_emb.weight
+    gpt2 = cfg.arch == "gpt2"
+    for block in model.layers.values():
+        plan = {
+            "attn_norm": SequenceParallel(),
+            # attn(x, rope, cache, start_pos, attn_mask): only x is redistributed
+            "attn": PrepareModuleInput(
+                input_layouts=(Shard(1), None, None, None, None),
+                desired_input_layouts=(Replicate(), None, None, None, None),
+            ),
+            "attn.wq": ColwiseParallel(),
+            "attn.wk": ColwiseParallel(),
+            "attn.wv": ColwiseParallel(),
+            "attn.wo": RowwiseParallel(output_layouts=Shard(1)),
+            "mlp_norm": SequenceParallel(),
+            "mlp": PrepareModuleInput(input_layouts=(Shard(1),), desired_input_layouts=(Replicate(),)),
+        }
+        if gpt2:
+            plan.update({"mlp.fc": ColwiseParallel(), "mlp.proj": RowwiseParallel(output_layouts=Shard(1))})
+        else:
+            plan.update(
+                {
+                    "mlp.w1": ColwiseParallel(),
+                    "mlp.w3": ColwiseParallel(),
+                    "mlp.w2": RowwiseParallel(output_layouts=Shard(1)),
+                }
+            )
+        parallelize_module(block, tp_mesh, plan)
+
+
+def apply_ac(model: nn.Module) -> None:
+    """Full activation checkpointing per block: keep only each block's input, recompute the rest
+    in backward. Done by replacing the block's forward (not wrapping the module) so parameter
+    names, and with them checkpoints, do not change."""
+    from torch.utils.checkpoint import checkpoint
+
+    for block in model.layers.values():
+        inner = block.forward
+
+        def forward(*args, _inner=inner, **kwargs):
+            if not torch.is_grad_enabled():  # evaluation and generation: nothing to save
+                return _inner(*args, **kwargs)
+            return checkpoint(_inner, *args, use_reentrant=False, **kwargs)
+
+        block.forward = forward
+
+
+def apply_fsdp(model: nn.Module, dp_mesh, mixed_precision: bool, reshard_after_forward: bool = True) -> None:
+    """FSDP2: `fully_shard` every block, then the root (embeddings, final norm, head).
+
+    A 2-D (dp_replicate, dp_shard) mesh gives HSDP. On GPU the policy keeps bf16 parameters for
+    compute and reduces gradients in fp32; the sharded fp32 master weights stay with the optimizer.
+    """
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if mixed_precision else None
+    kwargs = {"mesh": dp_mesh, "reshard_after_forward": reshard_after_forward}
+    if mp is not None:
+        kwargs["mp_policy"] = mp
+    blocks = list(model.layers.values())
+    for i, block in enumerate(blocks):
+        # the last block's parameters are needed again at once in backward: keep them gathered
+        fully_shard(block, **{**kwargs, "reshard_after_forward": reshard_after_forward and i < len(blocks) - 1})
+    fully_shard(model, **kwargs)
+
+
+def apply_ddp(model: nn.Module, ctx: DistContext) -> nn.Module:
+    """DDP through the composable `replicate` (torchtitan's choice): the module keeps its class
+    and parameter names, gradients are all-reduced in buckets during backward."""
+    from torch.distributed._composable.replicate import replicate
+
+    return replicate(model, device_mesh=ctx.submesh("dp_replicate"), bucket_cap_mb=100)
+
+
+def set_grad_sync(model: nn.Module, enabled: bool) -> None:
+    """Gradient accumulation without communication: under DDP the all-reduce is skipped for all
+    but the last micro-batch of a step (gradients just add up locally). FSDP keeps its
+    reduce-scatter on every micro-batch: skipping it would hold unsharded gradients."""
+    from torch.distributed._composable.replicate import DDP
+
+    if isinstance(model, DDP):
+        model.set_requires_gradient_sync(enabled)
+
+
+# ---------------------------------------------------------------------------- building
+
+
+def build_parallel_model(model_cfg, cfg: ParallelConfig, ctx: DistContext, seed: int = 0, **plan) -> nn.Module:
+    """Build the Transformer on the meta device, apply the plan, then materialise on ctx.device
+    and initialise: no rank ever holds the full unsharded model (what a 70B run needs).
+
+    Initial weights are seeded but, once sharded, not bit-identical to a single-process build
+    (each shard draws its own numbers); start from a checkpoint where that matters.
+    """
+    from lmforge.model.transformer import Transformer
+
+    with torch.device("meta"):
+        model = Transformer(model_cfg)
+    model = parallelize(model, cfg, ctx, **plan)
+    model.to_empty(device=ctx.device)
+    torch.manual_seed(seed + ctx.pp_rank)
+    with torch.no_grad():
+        model.init_weights()
+    return model
+
+
+# ---------------------------------------------------------------------------- pipeline

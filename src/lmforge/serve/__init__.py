@@ -1,0 +1,1 @@
+"""Serving: the OpenAI-compatible HTTP server and the chat page, on top of the inference engine."""
