@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 
 from lmforge.errors import LmforgeError
+from lmforge.eval.tasks import GenDoc, MCDoc, Task, need_field, read_jsonl_items
 from lmforge.inference import scoring
-from lmforge.eval.tasks import GenDoc, MCDoc, Task
 
 
 def mean_stderr(values: Sequence[float]) -> float:
@@ -143,9 +143,7 @@ def eval_gen(
 
 def read_bpb_documents(path: Path, limit: int) -> list[str]:
     if path.suffix == ".jsonl":
-        from lmforge.eval.tasks import _need, _read_jsonl
-
-        docs = [_need(obj, "text", f"{path}:{n}", str) for n, obj in _read_jsonl(path)]
+        docs = [need_field(obj, "text", f"{path}:{n}", str) for n, obj in read_jsonl_items(path)]
     else:
         try:
             docs = [path.read_text(encoding="utf-8")]
@@ -245,12 +243,3 @@ def evaluate_task(
                 ]
     result["seconds"] = round(time.time() - t0, 2)
     return result
-
-
-def headline(result: dict) -> tuple[str, float | None, float | None]:
-    """The metric a table shows first for a task result: (name, value, stderr)."""
-    m = result.get("metrics", {})
-    for key in ("acc_norm", "acc", "exact_match", "bits_per_byte"):
-        if key in m:
-            return key, m[key], m.get(f"{key}_stderr")
-    return "", None, None

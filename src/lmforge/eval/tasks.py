@@ -82,14 +82,16 @@ class Task:
 # ---------------------------------------------------------------------------- helpers
 
 
-def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
+def read_jsonl_items(path: Path) -> list[tuple[int, dict]]:
+    """(line number, object) of every line of a JSONL file; a file with none is an error."""
     rows = list(iter_jsonl(path))
     if not rows:
         raise LmforgeError(f"{path}: no items")
     return rows
 
 
-def _need(obj: dict, key: str, where: str, kind: type | tuple = object) -> Any:
+def need_field(obj: dict, key: str, where: str, kind: type | tuple = object) -> Any:
+    """obj[key], or an error naming `where` when it is missing or not of `kind`."""
     if key not in obj:
         raise LmforgeError(f"{where}: missing key {key!r} (have {sorted(obj)})")
     if not isinstance(obj[key], kind):
@@ -184,32 +186,32 @@ def hellaswag_preprocess(text: str) -> str:
 
 def load_hellaswag(name: str, path: Path) -> Task:
     docs = []
-    for lineno, obj in _read_jsonl(path):
+    for lineno, obj in read_jsonl_items(path):
         where = f"{path}:{lineno}"
-        endings = _need(obj, "endings", where, list)
-        ctx = _need(obj, "ctx_a", where, str) + " " + _need(obj, "ctx_b", where, str).capitalize()
-        query = hellaswag_preprocess(_need(obj, "activity_label", where, str) + ": " + ctx)
+        endings = need_field(obj, "endings", where, list)
+        ctx = need_field(obj, "ctx_a", where, str) + " " + need_field(obj, "ctx_b", where, str).capitalize()
+        query = hellaswag_preprocess(need_field(obj, "activity_label", where, str) + ": " + ctx)
         choices = [hellaswag_preprocess(e) for e in endings]
         docs.append(
-            MCDoc(query, choices, _answer_index(_need(obj, "label", where, (int, str)), choices, [], where))
+            MCDoc(query, choices, _answer_index(need_field(obj, "label", where, (int, str)), choices, [], where))
         )
     return Task(name, "mc", docs, chance=0.25)
 
 
 def load_arc(name: str, path: Path) -> Task:
     docs = []
-    for lineno, obj in _read_jsonl(path):
+    for lineno, obj in read_jsonl_items(path):
         where = f"{path}:{lineno}"
-        q = _need(obj, "question", where, (str, dict))
+        q = need_field(obj, "question", where, (str, dict))
         if isinstance(q, dict):  # AI2's original layout
-            stem = _need(q, "stem", where, str)
-            items = _need(q, "choices", where, list)
+            stem = need_field(q, "stem", where, str)
+            items = need_field(q, "choices", where, list)
             texts, labels = [c["text"] for c in items], [c["label"] for c in items]
         else:
             stem = q
-            ch = _need(obj, "choices", where, dict)
-            texts, labels = list(_need(ch, "text", where, list)), list(_need(ch, "label", where, list))
-        key = _need(obj, "answerKey", where, str)
+            ch = need_field(obj, "choices", where, dict)
+            texts, labels = list(need_field(ch, "text", where, list)), list(need_field(ch, "label", where, list))
+        key = need_field(obj, "answerKey", where, str)
         if key not in labels:
             raise LmforgeError(f"{where}: answerKey {key!r} is not one of the labels {labels}")
         docs.append(MCDoc(f"Question: {stem}\nAnswer:", texts, labels.index(key)))
@@ -218,16 +220,16 @@ def load_arc(name: str, path: Path) -> Task:
 
 def load_generic_mc(name: str, path: Path) -> Task:
     docs, n_choices = [], set()
-    for lineno, obj in _read_jsonl(path):
+    for lineno, obj in read_jsonl_items(path):
         where = f"{path}:{lineno}"
-        choices = [str(c) for c in _need(obj, "choices", where, list)]
+        choices = [str(c) for c in need_field(obj, "choices", where, list)]
         if len(choices) < 2:
             raise LmforgeError(f"{where}: need at least 2 choices, got {len(choices)}")
-        gold = _answer_index(_need(obj, "answer", where), choices, list(LETTERS[: len(choices)]), where)
+        gold = _answer_index(need_field(obj, "answer", where), choices, list(LETTERS[: len(choices)]), where)
         query = (
             obj["prompt"]
             if isinstance(obj.get("prompt"), str)
-            else f"Question: {_need(obj, 'question', where, str)}\nAnswer:"
+            else f"Question: {need_field(obj, 'question', where, str)}\nAnswer:"
         )
         docs.append(MCDoc(query, choices, gold))
         n_choices.add(len(choices))
@@ -237,14 +239,14 @@ def load_generic_mc(name: str, path: Path) -> Task:
 
 def load_generation(name: str, path: Path) -> Task:
     docs = []
-    for lineno, obj in _read_jsonl(path):
+    for lineno, obj in read_jsonl_items(path):
         where = f"{path}:{lineno}"
-        answer = _need(obj, "answer", where, (str, list, int, float))
+        answer = need_field(obj, "answer", where, (str, list, int, float))
         answers = [str(a) for a in answer] if isinstance(answer, list) else [str(answer)]
         query = (
             obj["prompt"]
             if isinstance(obj.get("prompt"), str)
-            else f"Question: {_need(obj, 'question', where, str)}\nAnswer:"
+            else f"Question: {need_field(obj, 'question', where, str)}\nAnswer:"
         )
         docs.append(GenDoc(query, answers))
     return Task(name, "gen", docs, chance=0.0)
@@ -262,7 +264,7 @@ def guess_kind(path: Path) -> str:
     if path.suffix == ".txt":
         return "bpb"
     if path.suffix == ".jsonl":
-        _, first = _read_jsonl(path)[0]
+        _, first = read_jsonl_items(path)[0]
         if "ctx_a" in first and "endings" in first:
             return "hellaswag"
         if "answerKey" in first:

@@ -51,11 +51,6 @@ def preference_hits(model, tokenizer, pairs: list[Preference], batch_size: int =
     return [scores[2 * i][0] > scores[2 * i + 1][0] for i in range(len(pairs))]
 
 
-def preference_accuracy(model, tokenizer, pairs: list[Preference], batch_size: int = 32) -> float:
-    hits = preference_hits(model, tokenizer, pairs, batch_size)
-    return sum(hits) / max(1, len(hits))
-
-
 def demo_metrics(model, tokenizer, mc_items: list[MCItem], pairs: list[Preference]) -> dict[str, float]:
     """which_play_acc, preference_acc, and preference_acc/KIND per pair kind when the pairs mix kinds."""
     hits = preference_hits(model, tokenizer, pairs)

@@ -220,9 +220,3 @@ def vocab_bytes(merges: list[tuple[int, int]]) -> list[bytes]:
     for a, b in merges:
         vocab.append(vocab[a] + vocab[b])
     return vocab
-
-
-def chunked(items: Iterable, size: int) -> Iterator[list]:
-    it = iter(items)
-    while batch := list(itertools.islice(it, size)):
-        yield batch
