@@ -111,3 +111,14 @@ def test_plan_cli(capsys):
     assert "vocab 4096" in out and "dp_shard 2" in out  # the recipe's tokenizer size and the override
     assert cli_main(["plan", "--preset", "124m", "--tp", "5"]) == 2
     assert "must divide" in capsys.readouterr().err
+
+
+def test_cpu_offload_moves_params_grads_optimizer_to_host():
+    cfg = preset_config("1b", 32768)
+    fsdp = estimate_memory(cfg, Layout(dp_shard=4), 2, 2048)
+    offload = estimate_memory(cfg, Layout(dp_shard=4, cpu_offload=True), 2, 2048)
+    assert offload.params == offload.grads == offload.optimizer == 0
+    assert offload.host == pytest.approx(fsdp.params + fsdp.grads + fsdp.optimizer)
+    assert offload.total == pytest.approx(fsdp.total - offload.host)
+    with pytest.raises(LmforgeError, match="dp_shard"):
+        estimate_memory(cfg, Layout(cpu_offload=True), 2, 2048)

@@ -45,6 +45,7 @@ class Layout:
     pp_microbatches: int = 4
     pp_schedule: str = "1f1b"
     loss_parallel: bool = True  # under tp > 1: the logits stay vocab-sharded (parallel.loss_parallel)
+    cpu_offload: bool = False  # FSDP2 CPUOffloadPolicy: params, grads and optimizer state in host memory
 
     @property
     def world(self) -> int:
@@ -59,13 +60,15 @@ class MemoryEstimate:
     fsdp_buffers: float
     activations: float
     logits: float
+    host: float = 0.0  # offloaded to host memory (parallel.cpu_offload); not part of the device total
 
     @property
     def total(self) -> float:
         return self.params + self.grads + self.optimizer + self.fsdp_buffers + self.activations + self.logits
 
     def rows(self) -> list[tuple[str, float]]:
-        return [(f.name, getattr(self, f.name)) for f in dataclasses.fields(self)] + [("total", self.total)]
+        device = [(f.name, getattr(self, f.name)) for f in dataclasses.fields(self) if f.name != "host"]
+        return device + [("total", self.total)] + ([("host (offload)", self.host)] if self.host else [])
 
 
 def _block_params(cfg: ModelConfig) -> tuple[int, int]:
@@ -169,6 +172,13 @@ def estimate_memory(
     logit_tokens = micro_batch * seq_len if layout.pp == 1 else micro_batch / layout.pp_microbatches * seq_len
     vocab_here = cfg.vocab_size / layout.tp if layout.loss_parallel else cfg.vocab_size
     logits = logit_tokens * vocab_here * (cb + 4 + 4) if last else 0.0
+    if layout.cpu_offload:
+        if not fsdp:
+            raise LmforgeError("cpu_offload offloads FSDP2 shards: it needs dp_shard > 1")
+        return MemoryEstimate(
+            params=0.0, grads=0.0, optimizer=0.0, fsdp_buffers=buffers, activations=acts, logits=logits,
+            host=16 * shard,
+        )
     return MemoryEstimate(
         params=4 * shard, grads=4 * shard, optimizer=8 * shard, fsdp_buffers=buffers, activations=acts, logits=logits
     )

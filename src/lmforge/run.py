@@ -6,11 +6,19 @@ setting re-runs that stage and every stage after it, and nothing before it.
 
 A stage function takes `(recipe, run_dir)` and writes only inside `run_dir`. Stage
 functions are looked up lazily ("module:function"), so the runner imports nothing heavy.
+
+Under torchrun (`torchrun --nproc-per-node N -m lmforge run RECIPE`) every rank runs this loop.
+The training stages (`distributed=True`) run on every rank together. The others run once, on
+global rank 0, while the other ranks wait for its completion marker by polling the run directory:
+no collective and so no process-group timeout, however long the stage takes (preparing a corpus
+can take hours). A stage that fails on rank 0 leaves `_failed.json`, and the waiting ranks stop
+with its message. Across nodes the run directory must be on a filesystem every node sees.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +35,7 @@ class Stage:
     target: str  # "module:function", called as function(recipe, run_dir)
     sections: tuple[str, ...]  # recipe sections whose values the stage depends on
     summary: str
+    distributed: bool = False  # runs on every rank under torchrun; otherwise once, on rank 0
 
 
 # The full chain, in order. A recipe's `stages` picks a subsequence.
@@ -34,11 +43,11 @@ STAGES: list[Stage] = [
     Stage("data", "lmforge.stages.data:run_stage", ("data",), "raw sources -> clean documents"),
     Stage("tokenizer", "lmforge.stages.tokenizer:train_stage", ("tokenizer",), "train the BPE tokenizer"),
     Stage("tokenize", "lmforge.stages.tokenize:tokenize_stage", ("tokenizer",), "documents -> token shards"),
-    Stage("pretrain", "lmforge.stages.pretrain:pretrain_stage", ("model", "train", "parallel"), "pretrain"),
-    Stage("sft", "lmforge.stages.posttrain:sft_stage", ("sft",), "supervised fine-tuning (chat, prompt-masked loss)"),
-    Stage("dpo", "lmforge.stages.posttrain:dpo_stage", ("sft", "dpo"), "direct preference optimization"),
-    Stage("reward", "lmforge.stages.posttrain:reward_stage", ("sft", "reward"), "reward model (Bradley-Terry)"),
-    Stage("rl", "lmforge.stages.posttrain:rl_stage", ("sft", "rl"), "GRPO from a reward function or model"),
+    Stage("pretrain", "lmforge.stages.pretrain:pretrain_stage", ("model", "train", "parallel"), "pretrain", distributed=True),
+    Stage("sft", "lmforge.stages.posttrain:sft_stage", ("sft",), "supervised fine-tuning (chat, prompt-masked loss)", distributed=True),
+    Stage("dpo", "lmforge.stages.posttrain:dpo_stage", ("sft", "dpo"), "direct preference optimization", distributed=True),
+    Stage("reward", "lmforge.stages.posttrain:reward_stage", ("sft", "reward"), "reward model (Bradley-Terry)", distributed=True),
+    Stage("rl", "lmforge.stages.posttrain:rl_stage", ("sft", "rl"), "GRPO from a reward function or model", distributed=True),
     Stage("eval", "lmforge.stages.eval:eval_stage", ("eval",), "evaluate every trained stage (bpb, tasks, samples)"),
     Stage("report", "lmforge.report:report_stage", (), "the report card: report.html + report.md"),
 ]
@@ -70,14 +79,49 @@ def check_stages(names: list[str]) -> None:
             raise LmforgeError(f"unknown stage {n!r}{hint} (stages: {', '.join(stage_names())})")
 
 
+def failure_path(run_dir: Path, stage: str) -> Path:
+    return run_dir / stage / "_failed.json"
+
+
+def launch_rank() -> tuple[int, int]:
+    """(global rank, world size) as torchrun sets them; (0, 1) in a plain process."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def launch_id() -> str:
+    """The same string on every rank of one torchrun launch (and "" in a plain process)."""
+    return os.environ.get("TORCHELASTIC_RUN_ID", "")
+
+
+def wait_for_stage(run_dir: Path, stage: str, stage_hash_: str, this_launch: bool, poll_seconds: float = 2.0) -> None:
+    """Block until rank 0 has finished `stage` with this hash (in this launch, when `this_launch`:
+    a forced re-run must not take the previous marker for the new one), or raise when it failed."""
+    marker, failed = marker_path(run_dir, stage), failure_path(run_dir, stage)
+
+    def matches(path: Path) -> bool:
+        if not path.exists():
+            return False
+        record = read_json(path)
+        return record.get("hash") == stage_hash_ and (not this_launch or record.get("launch") == launch_id())
+
+    while True:
+        if matches(marker):
+            return
+        if matches(failed):
+            raise LmforgeError(f"{stage}: failed on rank 0 ({read_json(failed).get('error', '')}); see {failed}")
+        time.sleep(poll_seconds)
+
+
 def run_recipe(recipe: Recipe, only: list[str] | None = None, force: bool = False) -> Path:
     """Run the recipe's stages (or `only` these), skipping finished ones unless `force`."""
     check_stages(recipe.stages)
     selected = only or recipe.stages
     check_stages(selected)
     run_dir = recipe.run_path
+    rank, world = launch_rank()
     run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.yaml", dump_yaml(recipe))
+    if rank == 0:
+        atomic_write_text(run_dir / "config.yaml", dump_yaml(recipe))
     chain = [s for s in STAGES if s.name in recipe.stages or s.name in selected]
     previous = ""
     timings: dict[str, float] = {}
@@ -88,19 +132,45 @@ def run_recipe(recipe: Recipe, only: list[str] | None = None, force: bool = Fals
             continue
         marker = marker_path(run_dir, stage.name)
         if not force and marker.exists() and read_json(marker).get("hash") == h:
-            print(f"[lmforge] {stage.name}: already done ({marker}), skipping", flush=True)
+            if rank == 0:
+                print(f"[lmforge] {stage.name}: already done ({marker}), skipping", flush=True)
             continue
+        if world > 1 and not stage.distributed and rank != 0:
+            wait_for_stage(run_dir, stage.name, h, this_launch=force)
+            continue
+        if force and rank == 0:
+            marker.unlink(missing_ok=True)
         print(f"[lmforge] {stage.name}: {stage.summary}", flush=True)
         t0 = time.time()
-        run_stage_function(stage, recipe, run_dir)
+        run_marked(stage, recipe, run_dir, h, leader=rank == 0)
+        if rank != 0:  # the next stage may read what rank 0 publishes last
+            wait_for_stage(run_dir, stage.name, h, this_launch=True)
         timings[stage.name] = time.time() - t0
-        atomic_write_json(marker, {"hash": h, "seconds": round(timings[stage.name], 2), "finished": time.time()})
         print(f"[lmforge] {stage.name}: done in {timings[stage.name]:.1f}s", flush=True)
-    if "report" not in selected and timings:  # every run that did something ends with a fresh report card
+    if "report" not in selected and timings and rank == 0:  # a run that did something ends with a report
         from lmforge.report import refresh_report
 
         refresh_report(run_dir)
     return run_dir
+
+
+def run_marked(stage: Stage, recipe: Recipe, run_dir: Path, h: str, leader: bool) -> None:
+    """Run a stage; the leader (rank 0) writes its completion marker, or `_failed.json` if it raises."""
+    failed = failure_path(run_dir, stage.name)
+    if leader:
+        failed.unlink(missing_ok=True)
+    t0 = time.time()
+    try:
+        run_stage_function(stage, recipe, run_dir)
+    except BaseException as e:
+        if leader:
+            error = f"{type(e).__name__}: {e}"[:2000]
+            atomic_write_json(failed, {"hash": h, "launch": launch_id(), "error": error, "at": time.time()})
+        raise
+    if leader:
+        seconds = round(time.time() - t0, 2)
+        record = {"hash": h, "launch": launch_id(), "seconds": seconds, "finished": time.time()}
+        atomic_write_json(marker_path(run_dir, stage.name), record)
 
 
 def run_stage_function(stage: Stage, recipe: Recipe, run_dir: Path) -> None:

@@ -32,6 +32,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         p.add_argument(f"--{name}", type=int, default=0, help=f"parallel degree (default: parallel.{name.replace('-', '_')} or 1)")
     p.add_argument("--pp-microbatches", type=int, default=0, help="pipeline microbatches (default: parallel.pp_microbatches)")
     p.add_argument("--ac", action="store_true", help="full activation checkpointing (default off)")
+    p.add_argument("--cpu-offload", action="store_true",
+                   help="FSDP2 CPU offload: params, grads, optimizer in host memory (default: parallel.cpu_offload)")
     p.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"], help="compute dtype (default bf16)")
     p.add_argument("--gpu-memory", type=float, default=0.0, help="GiB per device, to say whether it fits (default: none)")
     p.add_argument("--flops", type=float, default=0.0, help="compute budget in FLOPs (default: none)")
@@ -80,6 +82,7 @@ def main(args: argparse.Namespace, overrides: list[str]) -> int:
             pp_microbatches=args.pp_microbatches or par.pp_microbatches,
             pp_schedule=par.pp_schedule,
             loss_parallel=par.loss_parallel,
+            cpu_offload=args.cpu_offload or par.cpu_offload,
         )
         from_recipe = bool(args.recipe) and not args.preset
         seq = args.seq_len or (recipe.train.seq_len if from_recipe else cfg.max_seq_len)

@@ -16,6 +16,11 @@ class ParallelConfig:
     pp: int = field(default=1, metadata={"help": "pipeline stages (needs model.tie_embeddings false)"})
     pp_schedule: Literal["1f1b", "gpipe"] = "1f1b"
     pp_microbatches: int = field(default=4, metadata={"help": "pipeline microbatches (divide train.micro_batch)"})
+    cpu_offload: bool = field(
+        default=False,
+        metadata={"help": "FSDP2 CPUOffloadPolicy: sharded params, grads and optimizer state live in host memory "
+                  "(ZeRO-offload); needs dp_shard > 1"},
+    )
     loss_parallel: bool = field(
         default=True,
         metadata={"help": "under tp > 1: cross-entropy on vocab-sharded logits, never gathered (causal LM objective)"},

@@ -46,11 +46,13 @@ def parallelize(
             block.compile()
     if mixed_precision is None:
         mixed_precision = ctx.device.type == "cuda"
+    if cfg.cpu_offload and cfg.dp_shard == 1:
+        raise LmforgeError("parallel.cpu_offload offloads FSDP2 shards: it needs parallel.dp_shard > 1")
     # Replicas next to TP or PP are replicated FSDP2 (HSDP with shard size 1): DDP's reducer knows
     # neither DTensor parameters nor a pipeline schedule's several forwards per backward.
     if cfg.dp_shard > 1 or (cfg.dp_replicate > 1 and (ctx.tp_size > 1 or ctx.pp_size > 1)):
         dp_mesh = ctx.submesh("dp_replicate", "dp_shard") if cfg.dp_replicate > 1 else ctx.submesh("dp_shard")
-        apply_fsdp(model, dp_mesh, mixed_precision, reshard_after_forward=ctx.pp_size == 1)
+        apply_fsdp(model, dp_mesh, mixed_precision, reshard_after_forward=ctx.pp_size == 1, cpu_offload=cfg.cpu_offload)
     elif cfg.dp_replicate > 1:
         model = apply_ddp(model, ctx)
     return model
@@ -151,18 +153,24 @@ def apply_ac(model: nn.Module) -> None:
         block.forward = forward
 
 
-def apply_fsdp(model: nn.Module, dp_mesh, mixed_precision: bool, reshard_after_forward: bool = True) -> None:
+def apply_fsdp(
+    model: nn.Module, dp_mesh, mixed_precision: bool, reshard_after_forward: bool = True, cpu_offload: bool = False
+) -> None:
     """FSDP2: `fully_shard` every block, then the root (embeddings, final norm, head).
 
     A 2-D (dp_replicate, dp_shard) mesh gives HSDP. On GPU the policy keeps bf16 parameters for
     compute and reduces gradients in fp32; the sharded fp32 master weights stay with the optimizer.
+    `cpu_offload` keeps the shards (and so the gradients and the optimizer state) in host memory,
+    copied to the device for each block's forward and backward, and steps the optimizer on the CPU.
     """
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
 
     mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if mixed_precision else None
     kwargs = {"mesh": dp_mesh, "reshard_after_forward": reshard_after_forward}
     if mp is not None:
         kwargs["mp_policy"] = mp
+    if cpu_offload:
+        kwargs["offload_policy"] = CPUOffloadPolicy(pin_memory=torch.cuda.is_available())
     blocks = list(model.layers.values())
     for i, block in enumerate(blocks):
         # the last block's parameters are needed again at once in backward: keep them gathered
