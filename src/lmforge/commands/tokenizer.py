@@ -36,7 +36,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="special tokens, given ids after the merges in this order",
     )
     t.add_argument("--text-field", default="text", help="text key of .jsonl / parquet records")
-    t.add_argument("--max-chars", type=int, default=0, help="train on at most this many characters (0: all)")
+    t.add_argument("--max-chars", type=int, default=2_000_000_000,
+                   help="train on the first this-many characters of the inputs (default 2e9, as "
+                   "nanochat; 0: all)")
     t.add_argument("--workers", type=int, default=0, help="chunk-counting processes (0: all cores)")
     t.add_argument(
         "--bad-input",

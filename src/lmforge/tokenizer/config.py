@@ -16,7 +16,9 @@ class TokenizerConfig:
     inputs: list[str] = field(default_factory=list)  # empty: the data stage's output
     text_field: str = "text"  # the text key of .jsonl / parquet inputs
     bad_input: Literal["error", "skip", "replace"] = "error"  # unreadable / non-UTF-8 records
-    max_chars: int = 0  # 0: train on everything
+    # characters of training text read, from the start of the inputs; 2e9 as nanochat, 0: everything.
+    # Counting memory grows with the distinct chunks, not with this.
+    max_chars: int = 2_000_000_000
     val_fraction: float = 0.05  # documents held out into the val shard
     workers: int = 0  # 0: every CPU this process may use
 
