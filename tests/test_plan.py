@@ -122,3 +122,12 @@ def test_cpu_offload_moves_params_grads_optimizer_to_host():
     assert offload.total == pytest.approx(fsdp.total - offload.host)
     with pytest.raises(LmforgeError, match="dp_shard"):
         estimate_memory(cfg, Layout(cpu_offload=True), 2, 2048)
+
+
+def test_zero2_keeps_every_block_gathered():
+    cfg = preset_config("1b", 32768)
+    zero3 = estimate_memory(cfg, Layout(dp_shard=4), 2, 2048)
+    zero2 = estimate_memory(cfg, Layout(dp_shard=4, reshard_after_forward=False), 2, 2048)
+    block = zero3.fsdp_buffers / 8  # ZeRO-3: 2 gathered bf16 blocks (2 x 2 bytes) + one block's fp32 grads (4)
+    assert zero2.fsdp_buffers == pytest.approx(cfg.n_layer * 2 * block + 4 * block)
+    assert zero2.params == zero3.params and zero2.optimizer == zero3.optimizer

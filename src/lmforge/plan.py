@@ -46,6 +46,7 @@ class Layout:
     pp_schedule: str = "1f1b"
     loss_parallel: bool = True  # under tp > 1: the logits stay vocab-sharded (parallel.loss_parallel)
     cpu_offload: bool = False  # FSDP2 CPUOffloadPolicy: params, grads and optimizer state in host memory
+    reshard_after_forward: bool = True  # false (ZeRO-2): every block stays gathered from forward to backward
 
     @property
     def world(self) -> int:
@@ -111,6 +112,11 @@ def _stage_sizes(n_layer: int, pp: int) -> list[tuple[int, int]]:
     return out
 
 
+def layers_here_of(cfg: ModelConfig, layout: Layout) -> int:
+    """The most transformer blocks any pipeline stage holds."""
+    return max(n for _, n in _stage_sizes(cfg.n_layer, layout.pp))
+
+
 def activation_bytes_per_token_layer(cfg: ModelConfig, compute_bytes: int = 2) -> float:
     """Bytes autograd saves per token in one block when everything runs in one dtype (as under
     FSDP's bf16 parameters): checked against `saved_tensors_hooks` in tests/test_plan.py."""
@@ -153,11 +159,13 @@ def estimate_memory(
     if fsdp is None:
         fsdp = layout.dp_shard > 1
     buffers = 0.0
-    if fsdp:
+    if fsdp and not layout.reshard_after_forward:  # ZeRO-2: this stage's blocks all stay gathered
+        buffers = layers_here_of(cfg, layout) * block_tp * cb + block_tp * 4
+    elif fsdp:
         buffers = 2 * block_tp * cb + block_tp * 4  # 2 gathered blocks + one block's unsharded fp32 grads
     elif cb != 4:
         buffers = 2 * block_tp * cb  # autocast's low-precision weight copies of the running block
-    layers_here = max(n for _, n in _stage_sizes(cfg.n_layer, layout.pp))
+    layers_here = layers_here_of(cfg, layout)
     if layout.pp > 1:
         n_mb = layout.pp_microbatches
         in_flight = n_mb if layout.pp_schedule == "gpipe" else min(layout.pp, n_mb)

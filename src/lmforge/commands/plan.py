@@ -83,6 +83,7 @@ def main(args: argparse.Namespace, overrides: list[str]) -> int:
             pp_schedule=par.pp_schedule,
             loss_parallel=par.loss_parallel,
             cpu_offload=args.cpu_offload or par.cpu_offload,
+            reshard_after_forward=par.reshard_after_forward,
         )
         from_recipe = bool(args.recipe) and not args.preset
         seq = args.seq_len or (recipe.train.seq_len if from_recipe else cfg.max_seq_len)

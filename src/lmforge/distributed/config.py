@@ -16,6 +16,11 @@ class ParallelConfig:
     pp: int = field(default=1, metadata={"help": "pipeline stages (needs model.tie_embeddings false)"})
     pp_schedule: Literal["1f1b", "gpipe"] = "1f1b"
     pp_microbatches: int = field(default=4, metadata={"help": "pipeline microbatches (divide train.micro_batch)"})
+    reshard_after_forward: bool = field(
+        default=True,
+        metadata={"help": "FSDP2 frees gathered params after forward (ZeRO-3); false keeps them to backward "
+                  "(ZeRO-2: more memory, less communication); pipeline stages always keep them"},
+    )
     cpu_offload: bool = field(
         default=False,
         metadata={"help": "FSDP2 CPUOffloadPolicy: sharded params, grads and optimizer state live in host memory "

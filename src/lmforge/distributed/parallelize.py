@@ -52,7 +52,8 @@ def parallelize(
     # neither DTensor parameters nor a pipeline schedule's several forwards per backward.
     if cfg.dp_shard > 1 or (cfg.dp_replicate > 1 and (ctx.tp_size > 1 or ctx.pp_size > 1)):
         dp_mesh = ctx.submesh("dp_replicate", "dp_shard") if cfg.dp_replicate > 1 else ctx.submesh("dp_shard")
-        apply_fsdp(model, dp_mesh, mixed_precision, reshard_after_forward=ctx.pp_size == 1, cpu_offload=cfg.cpu_offload)
+        reshard = cfg.reshard_after_forward and ctx.pp_size == 1
+        apply_fsdp(model, dp_mesh, mixed_precision, reshard_after_forward=reshard, cpu_offload=cfg.cpu_offload)
     elif cfg.dp_replicate > 1:
         model = apply_ddp(model, ctx)
     return model
