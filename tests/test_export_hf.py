@@ -48,7 +48,7 @@ def test_no_custom_code_and_right_class(exported):
     assert type(hf).__name__ == want and config["architectures"] == [want]
     assert "auto_map" not in config
     assert sorted(p.name for p in out.iterdir()) == [
-        "config.json", "generation_config.json", "model.safetensors",
+        "config.json", "generation_config.json", "lmforge-manifest.json", "model.safetensors",
         "special_tokens_map.json", "tokenizer.json", "tokenizer_config.json",
     ]
 
@@ -135,5 +135,24 @@ def test_cli_export_bfloat16(tmp_path, capsys):
     assert cli(["export", "--model", str(ckpt), "--out", str(tmp_path / "hf")]) == 0
     for not_an_export in (tmp_path / "ckpt" / "tokenizer", tmp_path / "ckpt"):
         assert cli(["export", "--model", str(ckpt), "--out", str(not_an_export)]) == 2
-        assert "not an exported model directory" in capsys.readouterr().err
+        assert "was not written by lmforge export" in capsys.readouterr().err
     assert (tmp_path / "ckpt" / "tokenizer" / "lmforge_tokenizer.json").exists()
+
+
+def test_export_never_replaces_files_it_did_not_write_without_force(tmp_path, capsys):
+    """An HF config beside unrelated files (someone's model folder) is not an earlier export."""
+    from lmforge.checkpoint.consolidated import save_model_checkpoint
+
+    ckpt = save_model_checkpoint(model(), tokenizer(), tmp_path / "ckpt")
+    out = tmp_path / "folder"
+    out.mkdir()
+    (out / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    (out / "train.py").write_text("print('mine')")
+    export = ["export", "--model", str(ckpt), "--format", "hf", "--out", str(out)]
+    assert cli(export) == 2
+    assert "no lmforge-manifest.json" in capsys.readouterr().err and (out / "train.py").exists()
+    assert cli([*export, "--force"]) == 0 and not (out / "train.py").exists()
+    assert cli(export) == 0  # an earlier export holding only its own files is replaced
+    (out / "notes.md").write_text("added by hand")
+    assert cli(export) == 2
+    assert "did not write: notes.md" in capsys.readouterr().err and (out / "notes.md").exists()

@@ -164,6 +164,22 @@ def test_cli_gguf_export(tmp_path):
     assert cli(["export", "--model", str(ckpt), "--format", "gguf", "--out", str(out), "--dtype", "q4"]) == 2
 
 
+def test_gguf_out_that_exists_needs_force_and_a_directory_is_refused(tmp_path, capsys):
+    from lmforge.checkpoint.consolidated import save_model_checkpoint
+
+    ckpt = save_model_checkpoint(model(), tokenizer(), tmp_path / "ckpt")
+    mine = tmp_path / "notes.gguf"
+    mine.write_text("not yours to overwrite")
+    export = ["export", "--model", str(ckpt), "--format", "gguf", "--out"]
+    assert cli([*export, str(mine)]) == 2
+    assert f"{mine} exists; pass --force" in capsys.readouterr().err and mine.read_text() == "not yours to overwrite"
+    assert cli([*export, str(mine), "--force"]) == 0
+    assert read(mine)[0]["general.architecture"] == "llama"
+    assert cli([*export, str(tmp_path), "--force"]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path} is a directory" in err and "model.gguf" in err and "Traceback" not in err
+
+
 @pytest.mark.slow
 def test_llama_cpp_greedy_tokens_match(tmp_path):
     """llama.cpp (llama-cpp-python) runs the exported file and picks the same greedy tokens as lmforge."""

@@ -155,3 +155,64 @@ def test_pytorch_model_bin(tmp_path):
     (tmp_path / "bin" / "pytorch_model.bin").write_bytes(b"not a checkpoint")
     with pytest.raises(LmforgeError, match="pytorch_model.bin"):
         load_hf(tmp_path / "bin")
+
+
+def test_import_refuses_an_out_it_did_not_write(tmp_path, capsys):
+    tok = tokenizer()
+    llama_dir(tmp_path / "hf", tok.vocab_size)
+    tok.save_hf(tmp_path / "hf")
+    run = tmp_path / "runs" / "shakespeare"
+    (run / "pretrain").mkdir(parents=True)
+    (run / "config.yaml").write_text("name: shakespeare\n")
+    imp = ["import", "--from-hf", str(tmp_path / "hf"), "--out"]
+    assert cli([*imp, str(run)]) == 2
+    assert f"{run} is not empty and was not written by lmforge import" in capsys.readouterr().err
+    assert sorted(p.name for p in run.iterdir()) == ["config.yaml", "pretrain"]
+    assert cli([*imp, str(tmp_path / "ckpt")]) == 0
+    assert (tmp_path / "ckpt" / "lmforge-manifest.json").exists()
+    assert cli([*imp, str(tmp_path / "ckpt")]) == 0  # an earlier import is replaced
+    assert load_model(tmp_path / "ckpt")[0].cfg.d_model == 64
+    assert cli([*imp, str(run), "--force"]) == 0 and not (run / "config.yaml").exists()
+    assert sorted(p.name for p in run.parent.iterdir()) == ["shakespeare"]  # no temp left beside it
+
+
+def test_index_pointing_outside_the_model_folder_is_refused(tmp_path):
+    tok = tokenizer()
+    llama_dir(tmp_path / "a" / "hf", tok.vocab_size)
+    index = tmp_path / "a" / "hf" / "model.safetensors.index.json"
+    data = json.loads(index.read_text())
+    first = sorted(set(data["weight_map"].values()))[0]
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "a" / "hf" / first).rename(tmp_path / "elsewhere" / "model.safetensors")
+    for bad in ("../../elsewhere/model.safetensors", str(tmp_path / "elsewhere" / "model.safetensors")):
+        data["weight_map"] = {k: (bad if v == first else v) for k, v in data["weight_map"].items()}
+        index.write_text(json.dumps(data))
+        with pytest.raises(LmforgeError, match="model.safetensors.index.json: weight file .* outside the model folder"):
+            load_hf(tmp_path / "a" / "hf")
+
+
+def test_a_killed_import_leaves_nothing_after_the_next_one(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tok = tokenizer()
+    llama_dir(tmp_path / "hf", tok.vocab_size)
+    tok.save_hf(tmp_path / "hf")
+    code = (
+        "import os, signal, sys\n"
+        "import lmforge.checkpoint.consolidated as c\n"
+        "real = c.atomic_rename_dir\n"
+        "c.atomic_rename_dir = lambda tmp, final: (os.kill(os.getpid(), signal.SIGKILL) if final.name == 'ckpt'"
+        " else real(tmp, final))\n"
+        "from lmforge.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    argv = ["import", "--from-hf", str(tmp_path / "hf"), "--out", str(tmp_path / "out" / "ckpt")]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    proc = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, env=env)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    assert [p.name.startswith(".tmp-ckpt-") for p in (tmp_path / "out").iterdir()] == [True]
+    assert cli(argv) == 0
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["ckpt"]

@@ -1,14 +1,19 @@
 """The one way lmforge writes files: atomically (temp name, fsync, rename).
 
-A killed process never leaves a torn file where a good one is expected.
+A killed process never leaves a torn file where a good one is expected. Directories are written
+under a temp name that says which process owns it (`owned_temp_dir`), so the next writer can remove
+what a killed one left (`remove_stale_temps`) without touching a save in progress. Outputs that
+replace a user-named path carry a manifest (`write_manifest`), and only those are replaced without
+being told to (`check_replaceable`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
+import re
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -82,9 +87,104 @@ def read_json(path: str | os.PathLike) -> Any:
         raise LmforgeError(f"{path}: line {e.lineno}: not valid JSON ({e.msg})") from None
 
 
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+# ---------------------------------------------------------------------------- temp directories
+
+
+def _owner() -> str:
+    """`<pid>@<host>`: the process that owns a temp name (host letters and digits only)."""
+    host = re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:32] or "host"
+    return f"{os.getpid()}@{host}"
+
+
+_OWNED = re.compile(r"-(\d+)@([A-Za-z0-9]+)-[A-Za-z0-9_]+$")
+
+
+def owned_temp_name(label: str) -> str:
+    """`.tmp-<label>-<pid>@<host>-<random>`, for a temp directory someone else creates (DCP's writer)."""
+    return f".tmp-{label}-{_owner()}-{os.urandom(4).hex()}"
+
+
+def owned_temp_dir(parent: str | os.PathLike, label: str) -> Path:
+    """Create `parent/.tmp-<label>-<pid>@<host>-<random>` (and parent) and return it."""
+    parent = Path(parent)
+    parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".tmp-{label}-{_owner()}-", dir=parent))
+
+
+def remove_stale_temps(parent: str | os.PathLike, label: str = "") -> list[Path]:
+    """Delete the `.tmp-<label>*` entries in `parent` whose writer is gone: its pid no longer runs on
+    this host, or the name has no owner (lmforge before owned temp names). Temps of running processes
+    and of other hosts (which this one cannot check) are kept. Returns what was removed."""
+    import shutil
+
+    parent = Path(parent)
+    if not parent.is_dir():
+        return []
+    host = _owner().split("@", 1)[1]
+    removed = []
+    for entry in parent.iterdir():
+        if not entry.name.startswith(f".tmp-{label}"):
+            continue
+        m = _OWNED.search(entry.name)
+        if m and (m.group(2) != host or _running(int(m.group(1)))):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        removed.append(entry)
+    return removed
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+# ---------------------------------------------------------------------------- consent to replace
+
+MANIFEST = "lmforge-manifest.json"
+
+
+def write_manifest(directory: str | os.PathLike, writer: str) -> None:
+    """Record in `directory` that `writer` made it and which entries it holds (call it last)."""
+    directory = Path(directory)
+    entries = sorted(p.name for p in directory.iterdir() if p.name != MANIFEST)
+    atomic_write_json(directory / MANIFEST, {"written_by": writer, "entries": entries})
+
+
+def check_replaceable(path: str | os.PathLike, writer: str, force: bool = False) -> None:
+    """Raise LmforgeError unless the directory `path` may be replaced as a whole: it does not exist, is
+    empty, or `writer` wrote it (its manifest names the writer and lists every entry), or `force`.
+    A file is never replaced by a directory."""
+    from lmforge.errors import LmforgeError
+
+    path = Path(path)
+    if not path.exists() and not path.is_symlink():
+        return
+    if not path.is_dir():
+        raise LmforgeError(f"{path} is a file; the output is a directory, choose another path")
+    if force or not any(path.iterdir()):
+        return
+    why = f"it has no {MANIFEST}"
+    if (path / MANIFEST).is_file():
+        try:
+            manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+            listed = set(manifest["entries"]) | {MANIFEST}
+            foreign = sorted(p.name for p in path.iterdir() if p.name not in listed)
+            if manifest["written_by"] == writer and not foreign:
+                return
+            why = f"it holds files {writer} did not write: {', '.join(foreign[:5])}" if foreign else (
+                f"{MANIFEST} says it was written by {manifest['written_by']!r}"
+            )
+        except (OSError, ValueError, TypeError, KeyError):
+            why = f"its {MANIFEST} is unreadable"
+    raise LmforgeError(
+        f"{path} is not empty and was not written by {writer} ({why}); "
+        "choose another output path or pass --force to replace it"
+    )

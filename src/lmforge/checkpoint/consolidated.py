@@ -10,16 +10,19 @@ Layout of `<run_dir>/<stage>/checkpoints/step_NNNNNN/`:
 
 A checkpoint is written into a temp directory beside its final name and published with
 `atomic_rename_dir`, so a killed process leaves either the old set of checkpoints or the new
-one, never a torn directory. `checkpoints/best.json` names the best step by validation loss;
-pruning keeps the last K and that one.
+one, never a torn directory. The temp's name says which process owns it; what a killed save left
+is removed when the checkpoints are next listed or written (`remove_checkpoint_leftovers`).
+`checkpoints/best.json` names the best step by validation loss; pruning keeps the last K and that one.
+
+Nothing here unpickles: weights are safetensors, optimizer.pt is read with `weights_only=True`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +30,18 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from lmforge.errors import LmforgeError
-from lmforge.fileio import atomic_rename_dir, atomic_write_json, read_json
+from lmforge.fileio import (
+    atomic_rename_dir,
+    atomic_write_json,
+    owned_temp_dir,
+    read_json,
+    remove_stale_temps,
+    write_manifest,
+)
 
 STAGE_ORDER = ("pretrain", "sft", "dpo", "rl")  # load_model on a run dir picks the last one with checkpoints
 STEP_RE = re.compile(r"^step_(\d+)$")
+MOVED_ASIDE_RE = re.compile(r"^(step_\d+)\.old$")  # atomic_rename_dir's name for the directory it replaces
 WEIGHTS = "model.safetensors"
 
 
@@ -42,9 +53,11 @@ def step_dir_name(step: int) -> str:
 
 
 def list_checkpoints(ckpt_root: Path) -> list[tuple[int, Path]]:
-    """(step, dir) of the complete checkpoints under a `checkpoints/` folder, oldest first."""
+    """(step, dir) of the complete checkpoints under a `checkpoints/` folder, oldest first. Temp
+    folders of killed saves are removed on the way (a run's next start lists its checkpoints)."""
     if not ckpt_root.is_dir():
         return []
+    remove_stale_temps(ckpt_root, "step_")
     out = []
     for d in ckpt_root.iterdir():
         m = STEP_RE.match(d.name)
@@ -80,6 +93,23 @@ def resolve_checkpoint(path: str | Path) -> Path:
         f"{p}: no checkpoint found (expected a step_NNNNNN directory with {WEIGHTS} and config.json, "
         f"a stage directory holding checkpoints/, or a run directory with one of {', '.join(STAGE_ORDER)})"
     )
+
+
+def remove_checkpoint_leftovers(ckpt_root: Path) -> None:
+    """Undo what a killed save left in a `checkpoints/` folder: temp folders of writers that are gone,
+    and a `step_N.old` that `atomic_rename_dir` had moved aside (put back when `step_N` is missing,
+    deleted otherwise). Writers call it before they write; readers only remove temps (they never rename)."""
+    remove_stale_temps(ckpt_root, "step_")
+    if not ckpt_root.is_dir():
+        return
+    for d in ckpt_root.iterdir():
+        m = MOVED_ASIDE_RE.match(d.name)
+        if not m:
+            continue
+        if (ckpt_root / m.group(1)).exists():
+            shutil.rmtree(d, ignore_errors=True)
+        else:
+            os.replace(d, ckpt_root / m.group(1))
 
 
 # ---------------------------------------------------------------------------- weights
@@ -145,9 +175,9 @@ def write_checkpoint(
 ) -> Path:
     """Write `ckpt_root/step_NNNNNN` atomically and return it."""
     model = unwrap(model)
-    ckpt_root.mkdir(parents=True, exist_ok=True)
+    remove_checkpoint_leftovers(ckpt_root)
     final = ckpt_root / step_dir_name(step)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=ckpt_root))
+    tmp = owned_temp_dir(ckpt_root, final.name)
     try:
         save_file(model_state_dict(model), str(tmp / WEIGHTS), metadata={"format": "pt"})
         config = {
@@ -178,13 +208,17 @@ def save_model_checkpoint(
     stage: str = "import",
     step: int = 0,
     extra: dict | None = None,
+    written_by: str = "",
 ) -> Path:
-    """A weights-only checkpoint at exactly `out_dir` (for imports, merges, exports back in)."""
+    """A weights-only checkpoint at exactly `out_dir` (for imports, merges, exports back in), replacing
+    what is there. With `written_by` it carries a manifest naming that writer (fileio.check_replaceable)."""
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp_root = Path(tempfile.mkdtemp(prefix=f".tmp-{out_dir.name}-", dir=out_dir.parent))
+    remove_stale_temps(out_dir.parent, out_dir.name)
+    tmp_root = owned_temp_dir(out_dir.parent, out_dir.name)
     try:
         written = write_checkpoint(tmp_root, step, model, tokenizer, stage=stage, extra=extra)
+        if written_by:
+            write_manifest(written, written_by)
         atomic_rename_dir(written, out_dir)
     finally:
         shutil.rmtree(tmp_root, ignore_errors=True)

@@ -12,20 +12,135 @@ same tensors. Layout inside a checkpoint directory:
     step_000200/
       dcp/.metadata, dcp/__0_0.distcp, ...   (written here)
       config.json, tokenizer/, state.json     (written by the trainer's checkpoint module)
+
+Loading never runs code from the checkpoint. DCP's own reader unpickles `.metadata` with plain
+`pickle` and its planner unpickles non-tensor values (the optimizer's param_groups) with
+`torch.load(weights_only=False)`; a crafted file would run its payload on resume. Every load here
+goes through `SafeReader` (a restricted unpickler that knows only the classes DCP metadata is made
+of, and refuses data files outside the checkpoint folder) and `SafeLoadPlanner` (non-tensor values
+through `torch.load(weights_only=True)`).
 """
 
 from __future__ import annotations
 
+import pickle
 import shutil
-import uuid
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from typing import Any
 
 import torch
 import torch.nn as nn
+from torch.distributed.checkpoint import FileSystemReader
+from torch.distributed.checkpoint._traverse import set_element
+from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 
 from lmforge.errors import LmforgeError
 
 DCP_DIR = "dcp"
+
+# Every global a DCP `.metadata` pickle refers to (listed with pickletools from real checkpoints of
+# torch 2.13: model + AdamW state, single process and FSDP/TP layouts), plus the torch dtypes.
+_METADATA_GLOBALS = frozenset(
+    [("torch.distributed.checkpoint.metadata", name) for name in (
+        "Metadata", "TensorStorageMetadata", "BytesStorageMetadata", "ChunkStorageMetadata",
+        "TensorProperties", "MetadataIndex", "StorageMeta", "_MEM_FORMAT_ENCODING",
+    )]
+    + [
+        ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
+        ("torch", "Size"),
+        ("torch.serialization", "_get_layout"),
+        ("collections", "OrderedDict"),
+        ("pathlib", "PosixPath"),
+        ("pathlib", "PurePosixPath"),
+    ]
+)
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _METADATA_GLOBALS:
+            return super().find_class(module, name)
+        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
+            return getattr(torch, name)
+        raise pickle.UnpicklingError(f"{module}.{name} has no place in checkpoint metadata")
+
+
+def read_metadata(path: str | Path):
+    """A DCP `.metadata` file -> its Metadata, without running anything the file asks for: a global
+    outside `_METADATA_GLOBALS`, a foreign object or a data file outside the folder is an error."""
+    from torch.distributed.checkpoint.metadata import Metadata
+
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            meta = _MetadataUnpickler(f).load()
+    except FileNotFoundError:
+        raise LmforgeError(f"{path}: file not found") from None
+    except Exception as e:  # UnpicklingError, EOFError, the errors of a refused or torn pickle
+        raise LmforgeError(f"{path}: not a valid checkpoint metadata file ({e})") from None
+    if not isinstance(meta, Metadata) or not isinstance(meta.state_dict_metadata, dict):
+        raise LmforgeError(f"{path}: not a valid checkpoint metadata file (holds a {type(meta).__name__})")
+    for info in (meta.storage_data or {}).values():
+        rel = getattr(info, "relative_path", None)
+        if not isinstance(rel, str) or not _inside(rel):
+            raise LmforgeError(f"{path}: refers to data file {rel!r} outside its checkpoint folder")
+    return meta
+
+
+def _inside(relative: str) -> bool:
+    p = PurePosixPath(relative)
+    return bool(relative) and not p.is_absolute() and ".." not in p.parts and "\\" not in relative
+
+
+class SafeReader(FileSystemReader):
+    """DCP's FileSystemReader with `.metadata` read by `read_metadata` (the restricted unpickler)."""
+
+    def read_metadata(self, *args: Any, **kwargs: Any):
+        from torch.distributed.checkpoint.metadata import StorageMeta
+
+        rank = kwargs.get("rank")
+        meta = read_metadata(Path(self.path) / (".metadata" if rank is None else f"__{rank}.metadata"))
+        if meta.storage_meta is None:
+            meta.storage_meta = StorageMeta()
+        meta.storage_meta.load_id = self.load_id
+        return meta
+
+
+class SafeLoadPlanner(DefaultLoadPlanner):
+    """DCP's default load planner, with non-tensor values read by `torch.load(weights_only=True)`."""
+
+    def __init__(self, where: Path) -> None:
+        super().__init__()
+        self.where = where
+
+    def load_bytes(self, read_item, value) -> None:
+        try:
+            obj = torch.load(value, weights_only=True)
+        except Exception as e:
+            info = (self.metadata.storage_data or {}).get(read_item.storage_index) if self.metadata else None
+            name = getattr(info, "relative_path", "?")
+            raise LmforgeError(
+                f"{self.where / name}: cannot read {read_item.dest_index.fqn} ({_first_line(e)})"
+            ) from None
+        if self.flatten_state_dict:
+            set_element(self.original_state_dict, self.mappings[read_item.dest_index.fqn], obj)
+        else:
+            self.state_dict[read_item.dest_index.fqn] = obj
+
+
+def _load(state: dict, path: Path, no_dist: bool) -> None:
+    """dcp.load through the safe reader and planner; a LmforgeError raised inside DCP (which wraps
+    every rank's exception in a CheckpointException) comes out as itself."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    try:
+        dcp.load(state, storage_reader=SafeReader(str(path)), planner=SafeLoadPlanner(path), no_dist=no_dist)
+    except CheckpointException as e:
+        for exc, _ in e.failures.values():
+            if isinstance(exc, LmforgeError):
+                raise LmforgeError(str(exc)) from None
+        raise
 
 
 def dcp_path(ckpt_dir: str | Path) -> Path:
@@ -70,20 +185,24 @@ def _rank() -> int:
 
 def save_sharded(model: nn.Module, optimizer: torch.optim.Optimizer | None, ckpt_dir: str | Path) -> Path:
     """Collective: every rank calls it. Writes ckpt_dir/dcp atomically (a temp folder that rank 0
-    renames once every rank has finished) and returns that path."""
+    renames once every rank has finished) and returns that path. A temp folder a killed save left
+    in ckpt_dir is removed first."""
     import torch.distributed as dist
     import torch.distributed.checkpoint as dcp
 
+    from lmforge.fileio import atomic_rename_dir, owned_temp_name, remove_stale_temps
+
     final = Path(ckpt_dir) / DCP_DIR
-    token = [uuid.uuid4().hex[:8]]
+    name = [owned_temp_name(DCP_DIR) if _rank() == 0 else ""]
     if _is_dist():
-        dist.broadcast_object_list(token, src=0)  # one temp name for all ranks
-    tmp = Path(ckpt_dir) / f".{DCP_DIR}.tmp-{token[0]}"
+        dist.broadcast_object_list(name, src=0)  # one temp name for all ranks
+    if _rank() == 0:
+        remove_stale_temps(ckpt_dir, DCP_DIR)
+    _barrier()
+    tmp = Path(ckpt_dir) / name[0]
     dcp.save(_state(model, optimizer), checkpoint_id=str(tmp))
     _barrier()
     if _rank() == 0:
-        from lmforge.fileio import atomic_rename_dir
-
         atomic_rename_dir(tmp, final)
     _barrier()
     return final
@@ -92,20 +211,24 @@ def save_sharded(model: nn.Module, optimizer: torch.optim.Optimizer | None, ckpt
 def load_sharded(model: nn.Module, optimizer: torch.optim.Optimizer | None, ckpt_dir: str | Path) -> None:
     """Collective: load a DCP checkpoint into `model` (and `optimizer`) as they are sharded now,
     whatever layout wrote it. Works in a single process too (no process group needed)."""
-    import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.api import CheckpointException
     from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_state_dict
 
     path = dcp_path(ckpt_dir)
     if not (path / ".metadata").exists():
         raise LmforgeError(f"{ckpt_dir}: not a sharded checkpoint (no {DCP_DIR}/.metadata)")
+    meta = read_metadata(path / ".metadata")
     state = _state(model, optimizer)
-    if optimizer is not None and not _has_optim(path):
-        raise LmforgeError(f"{ckpt_dir}: the sharded checkpoint holds weights only, no optimizer state to resume")
+    if optimizer is not None and not any(k.startswith("optim.") for k in meta.state_dict_metadata):
+        raise LmforgeError(
+            f"{ckpt_dir}: the sharded checkpoint holds weights only, no optimizer state to resume"
+        )
     try:
-        dcp.load(state, checkpoint_id=str(path), no_dist=not _is_dist())
+        _load(state, path, no_dist=not _is_dist())
     except (CheckpointException, RuntimeError, ValueError) as e:  # missing keys, mismatched shapes
-        raise LmforgeError(f"{ckpt_dir}: cannot load the sharded checkpoint into this model ({_first_line(e)})") from e
+        raise LmforgeError(
+            f"{ckpt_dir}: cannot load the sharded checkpoint into this model ({_first_line(e)})"
+        ) from e
     if optimizer is None:
         set_model_state_dict(model, state["model"])
     else:
@@ -121,43 +244,19 @@ def _first_line(e: BaseException) -> str:
     return text
 
 
-def _has_optim(path: Path) -> bool:
-    import torch.distributed.checkpoint as dcp
-
-    meta = dcp.FileSystemReader(str(path)).read_metadata()
-    return any(k.startswith("optim.") for k in meta.state_dict_metadata)
-
-
 def full_state_dict(ckpt_dir: str | Path) -> dict[str, torch.Tensor]:
     """The model's full (unsharded) state dict from a sharded checkpoint, in one process on CPU:
     the conversion used for export and inference (`consolidate`)."""
-    import torch.distributed.checkpoint as dcp
-
     path = dcp_path(ckpt_dir)
     if not (path / ".metadata").exists():
         raise LmforgeError(f"{ckpt_dir}: not a sharded checkpoint (no {DCP_DIR}/.metadata)")
-    meta = dcp.FileSystemReader(str(path)).read_metadata()
+    meta = read_metadata(path / ".metadata")
     state: dict[str, torch.Tensor] = {}
     for key, md in meta.state_dict_metadata.items():
         if key.startswith("model.") and hasattr(md, "size"):
             state[key[len("model."):]] = torch.empty(md.size, dtype=md.properties.dtype)
-    dcp.load({"model": state}, checkpoint_id=str(path), no_dist=True)
+    _load({"model": state}, path, no_dist=True)
     return state
-
-
-def load_into_model(model: nn.Module, ckpt_dir: str | Path) -> None:
-    """Single process: fill a plain Transformer from a sharded checkpoint (strict on names)."""
-    state = full_state_dict(ckpt_dir)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not _tied_alias(model, k)]
-    if missing or unexpected:
-        raise LmforgeError(
-            f"{ckpt_dir}: sharded checkpoint does not match the model (missing {missing[:5]}, unexpected {unexpected[:5]})"
-        )
-
-
-def _tied_alias(model: nn.Module, key: str) -> bool:
-    return key == "lm_head.weight" and getattr(model.cfg, "tie_embeddings", False)
 
 
 def consolidate(ckpt_dir: str | Path, out_dir: str | Path | None = None) -> Path:
@@ -192,7 +291,6 @@ def _read_model_cfg(ckpt_dir: Path) -> dict:
     return read_json(cfg_path).get("model", {}) if cfg_path.exists() else {}
 
 
-
 def write_sharded_checkpoint(
     ckpt_root: Path,
     step: int,
@@ -217,14 +315,17 @@ def write_sharded_checkpoint(
     from safetensors.torch import save
 
     from lmforge.checkpoint import consolidated as ckpt_io
-    from lmforge.fileio import atomic_rename_dir, atomic_write, atomic_write_json
+    from lmforge.fileio import atomic_rename_dir, atomic_write, atomic_write_json, owned_temp_name
 
     ckpt_root = Path(ckpt_root)
     final = ckpt_root / ckpt_io.step_dir_name(step)
-    token = [uuid.uuid4().hex[:8]]
+    name = [owned_temp_name(final.name) if _rank() == 0 else ""]
     if _is_dist():
-        dist.broadcast_object_list(token, src=0)
-    tmp = ckpt_root / f".tmp-{final.name}-{token[0]}"
+        dist.broadcast_object_list(name, src=0)  # one temp name (rank 0's) for all ranks
+    if _rank() == 0:
+        ckpt_io.remove_checkpoint_leftovers(ckpt_root)
+    _barrier()
+    tmp = ckpt_root / name[0]
     dcp.save(_state(model, optimizer), checkpoint_id=str(tmp / DCP_DIR))
     _barrier()
     if _rank() == 0:

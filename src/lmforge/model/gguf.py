@@ -26,7 +26,7 @@ import torch
 
 from lmforge.errors import LmforgeError
 from lmforge.fileio import atomic_write
-from lmforge.model.config import ModelConfig
+from lmforge.model.config import ModelConfig, check_exportable
 
 log = logging.getLogger("lmforge.export")
 
@@ -84,9 +84,15 @@ def gguf_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def export_gguf(
-    model: torch.nn.Module, tokenizer, out_path: str | os.PathLike, dtype: str = "f32", name: str = "lmforge"
+    model: torch.nn.Module,
+    tokenizer,
+    out_path: str | os.PathLike,
+    dtype: str = "f32",
+    name: str = "lmforge",
+    force: bool = False,
 ) -> Path:
-    """Write `model` + `tokenizer` as one GGUF file (atomically). dtype: f32 or f16 for matrices."""
+    """Write `model` + `tokenizer` as one GGUF file (atomically). dtype: f32 or f16 for matrices.
+    An existing file is replaced only with `force`; a directory is never a GGUF path."""
     import gguf
 
     from lmforge.tokenizer.tokenizer import hf_files
@@ -94,7 +100,12 @@ def export_gguf(
     if dtype not in ("f32", "f16"):
         raise LmforgeError(f"GGUF dtype must be f32 or f16, got {dtype!r}")
     cfg: ModelConfig = model.cfg
+    check_exportable(cfg, "GGUF")
     out_path = Path(out_path)
+    if out_path.is_dir():
+        raise LmforgeError(f"{out_path} is a directory; the GGUF output is a file, e.g. {out_path / 'model.gguf'}")
+    if out_path.exists() and not force:
+        raise LmforgeError(f"{out_path} exists; pass --force to overwrite it")
     arch = {"llama": "llama", "gpt2": "gpt2"}.get(cfg.arch)
     if arch is None:
         raise LmforgeError(f"cannot export arch {cfg.arch!r} to GGUF (llama or gpt2)")
