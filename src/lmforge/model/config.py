@@ -9,6 +9,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
+from lmforge.errors import LmforgeError
+
 # name: (n_layer, d_model, n_head, n_kv_head, d_ff, max_seq_len, lr, batch_tokens)
 PRESETS: dict[str, tuple[int, int, int, int, int, int, float, int]] = {
     "tiny": (4, 128, 4, 4, 384, 256, 3e-3, 16_384),
@@ -32,7 +34,13 @@ class ModelConfig:
     n_kv_head, d_ff; the context stays `max_seq_len`), a `depth` (d_model = 64·depth, heads of
     64 dims; the nanochat dial), or the individual fields. `vocab_size: 0` means
     "take it from the tokenizer"; `n_kv_head: 0` means n_head (no GQA); `d_ff: 0` derives
-    the MLP width (SwiGLU 8/3·d rounded to 64; GELU 4·d).
+    the MLP width (SwiGLU 8/3·d rounded to 64; GELU and ReLU² 4·d).
+
+    Learning-efficiency options (docs/training.md), all off by default:
+    `qk_norm` RMS-normalises queries and keys per head before RoPE (as Qwen3 / modded-nanogpt);
+    `mlp` picks the MLP ("" = the arch's own: swiglu for llama, gelu for gpt2; relu2 is
+    proj(relu(fc(x))²)); `logit_softcap` > 0 squashes logits to cap·tanh(logits / cap);
+    `zero_init_proj` starts every residual output projection (attention out, MLP down) at zero.
     """
 
     arch: Literal["llama", "gpt2"] = "llama"
@@ -50,6 +58,10 @@ class ModelConfig:
     tie_embeddings: bool = True
     dropout: float = 0.0
     init_std: float = 0.02
+    qk_norm: bool = False
+    mlp: Literal["", "swiglu", "relu2", "gelu"] = ""
+    logit_softcap: float = 0.0
+    zero_init_proj: bool = False
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -68,8 +80,10 @@ class ModelConfig:
             self.n_head = max(1, self.d_model // 64)
         if self.n_kv_head == 0:
             self.n_kv_head = self.n_head
+        if not self.mlp:
+            self.mlp = "swiglu" if self.arch == "llama" else "gelu"
         if self.d_ff == 0:
-            if self.arch == "llama":
+            if self.mlp == "swiglu":
                 self.d_ff = 64 * math.ceil(8 * self.d_model / 3 / 64)
             else:
                 self.d_ff = 4 * self.d_model
@@ -86,6 +100,8 @@ class ModelConfig:
                 raise ValueError(f"{name} must be positive")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError("dropout must be in [0, 1)")
+        if self.logit_softcap < 0:
+            raise ValueError("logit_softcap must be >= 0 (0: off)")
 
     @property
     def head_dim(self) -> int:
@@ -99,12 +115,12 @@ def num_params(cfg: ModelConfig, include_embedding: bool = True) -> int:
     attn = d * (cfg.n_head * hd) + 2 * d * (cfg.n_kv_head * hd) + (cfg.n_head * hd) * d
     if bias:
         attn += cfg.n_head * hd + 2 * cfg.n_kv_head * hd + d
-    if cfg.arch == "llama":
-        mlp = 3 * d * cfg.d_ff
-        norms = 2 * d
-    else:
-        mlp = 2 * d * cfg.d_ff + cfg.d_ff + d
-        norms = 4 * d
+    mlp = (3 if cfg.mlp == "swiglu" else 2) * d * cfg.d_ff
+    if bias and cfg.mlp != "swiglu":
+        mlp += cfg.d_ff + d
+    norms = 2 * d if cfg.arch == "llama" else 4 * d
+    if cfg.qk_norm:
+        norms += 2 * hd
     total = L * (attn + mlp + norms) + (d if cfg.arch == "llama" else 2 * d)
     if include_embedding:
         total += V * d
@@ -124,3 +140,23 @@ def flops_per_token(cfg: ModelConfig, seq_len: int | None = None) -> float:
     if cfg.tie_embeddings:
         n += cfg.vocab_size * cfg.d_model  # tied head still costs a matmul
     return 6 * n + 12 * cfg.n_layer * cfg.n_head * cfg.head_dim * T
+
+
+# Options Hugging Face's LlamaForCausalLM / GPT2LMHeadModel and llama.cpp's llama / gpt2 graphs
+# have no equivalent for: an exported model would silently compute something else. (Qwen3 has
+# QK-norm and Gemma 2 a logit soft-cap, but neither matches the rest of this block.)
+def check_exportable(cfg: ModelConfig, target: str) -> None:
+    """Raise LmforgeError naming every set option of `cfg` the `target` format cannot express."""
+    found = []
+    if cfg.qk_norm:
+        found.append("model.qk_norm")
+    default_mlp = "swiglu" if cfg.arch == "llama" else "gelu"
+    if cfg.mlp != default_mlp:
+        found.append(f"model.mlp: {cfg.mlp} (its {cfg.arch} graph has {default_mlp})")
+    if cfg.logit_softcap > 0:
+        found.append("model.logit_softcap")
+    if found:
+        raise LmforgeError(
+            f"cannot export to {target}: the model uses {', '.join(found)}, which {target}'s {cfg.arch} "
+            "architecture does not have"
+        )

@@ -16,6 +16,7 @@ and the checkpoint format live elsewhere; this file only computes logits.
 from __future__ import annotations
 
 import math
+from typing import Protocol
 
 import torch
 import torch.nn as nn
@@ -59,23 +60,15 @@ def rope_cos_sin(inv_freq: torch.Tensor, positions: torch.Tensor, dtype: torch.d
     return emb.cos().to(dtype), emb.sin().to(dtype)
 
 
-class KVCache:
-    """Keys and values of every layer for `batch_size` sequences of up to `max_len` tokens."""
+class LayerKVCache(Protocol):
+    """What attention asks of a KV cache; the caches themselves live in lmforge.inference.kv_cache."""
 
-    def __init__(self, cfg: ModelConfig, batch_size: int, max_len: int, device=None, dtype=torch.float32):
-        shape = (cfg.n_layer, batch_size, cfg.n_kv_head, max_len, cfg.head_dim)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
-        self.max_len = max_len
-
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor, start_pos: int):
-        """Store k, v [B, H_kv, T, D] at positions start_pos.. and return all keys/values so far."""
-        end = start_pos + k.shape[2]
-        if end > self.max_len:
-            raise ValueError(f"KV cache holds {self.max_len} positions; asked for {end}")
-        self.k[layer, :, :, start_pos:end] = k
-        self.v[layer, :, :, start_pos:end] = v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+    def update(
+        self, layer: int, k: torch.Tensor, v: torch.Tensor, start_pos: int | torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store this chunk's k, v [B, H_kv, T, D] from start_pos on; return the keys and values
+        to attend over."""
+        ...
 
 
 class Attention(nn.Module):
@@ -88,13 +81,18 @@ class Attention(nn.Module):
         self.wk = nn.Linear(cfg.d_model, cfg.n_kv_head * cfg.head_dim, bias=bias)
         self.wv = nn.Linear(cfg.d_model, cfg.n_kv_head * cfg.head_dim, bias=bias)
         self.wo = nn.Linear(cfg.n_head * cfg.head_dim, cfg.d_model, bias=bias)
+        # QK-norm: per-head RMSNorm of queries and keys bounds the attention logits (Qwen3's q_norm/k_norm)
+        self.q_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else None
+        self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else None
 
-    def forward(self, x, rope=None, cache: KVCache | None = None, start_pos: int = 0, attn_mask=None):
+    def forward(self, x, rope=None, cache: LayerKVCache | None = None, start_pos: int = 0, attn_mask=None):
         B, T, _ = x.shape
         # -1 instead of the head count: under tensor parallelism each rank holds a slice of the heads.
         q = self.wq(x).view(B, T, -1, self.head_dim).transpose(1, 2)
         k = self.wk(x).view(B, T, -1, self.head_dim).transpose(1, 2)
         v = self.wv(x).view(B, T, -1, self.head_dim).transpose(1, 2)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             cos, sin = rope
             q = q * cos + rotate_half(q) * sin
@@ -133,12 +131,28 @@ class SwiGLU(nn.Module):
 class GeluMLP(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.fc = nn.Linear(cfg.d_model, cfg.d_ff)
-        self.proj = nn.Linear(cfg.d_ff, cfg.d_model)
+        self.fc = nn.Linear(cfg.d_model, cfg.d_ff, bias=cfg.arch == "gpt2")
+        self.proj = nn.Linear(cfg.d_ff, cfg.d_model, bias=cfg.arch == "gpt2")
         self.dropout = cfg.dropout
 
     def forward(self, x):
         return dropout(self.proj(F.gelu(self.fc(x), approximate="tanh")), self.dropout, self.training)
+
+
+class ReLU2MLP(nn.Module):
+    """proj(relu(fc(x))²): as cheap as GELU, and learns faster at small scale (modded-nanogpt)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.fc = nn.Linear(cfg.d_model, cfg.d_ff, bias=cfg.arch == "gpt2")
+        self.proj = nn.Linear(cfg.d_ff, cfg.d_model, bias=cfg.arch == "gpt2")
+        self.dropout = cfg.dropout
+
+    def forward(self, x):
+        return dropout(self.proj(F.relu(self.fc(x)).square()), self.dropout, self.training)
+
+
+MLPS = {"swiglu": SwiGLU, "gelu": GeluMLP, "relu2": ReLU2MLP}
 
 
 class Block(nn.Module):
@@ -147,7 +161,7 @@ class Block(nn.Module):
         self.attn_norm = make_norm(cfg)
         self.attn = Attention(cfg, layer)
         self.mlp_norm = make_norm(cfg)
-        self.mlp = SwiGLU(cfg) if cfg.arch == "llama" else GeluMLP(cfg)
+        self.mlp = MLPS[cfg.mlp](cfg)
 
     def forward(self, x, rope=None, cache=None, start_pos=0, attn_mask=None):
         x = x + self.attn(self.attn_norm(x), rope, cache, start_pos, attn_mask)
@@ -177,12 +191,16 @@ class Transformer(nn.Module):
     @torch.no_grad()
     def init_weights(self) -> None:
         """Normal(0, init_std) weights; residual output projections scaled by 1/sqrt(2·n_layer)
-        so the residual stream's variance stays flat with depth (GPT-2); norms one, biases zero."""
+        so the residual stream's variance stays flat with depth (GPT-2), or zero with
+        `zero_init_proj` (each block starts as the identity; modded-nanogpt); norms one, biases zero."""
         std = self.cfg.init_std
         for name, module in self.named_modules():
             if isinstance(module, nn.Linear):
                 scaled = name.endswith(("attn.wo", "mlp.w2", "mlp.proj"))
-                nn.init.normal_(module.weight, 0.0, std / math.sqrt(2 * self.cfg.n_layer) if scaled else std)
+                if scaled and self.cfg.zero_init_proj:
+                    nn.init.zeros_(module.weight)
+                else:
+                    nn.init.normal_(module.weight, 0.0, std / math.sqrt(2 * self.cfg.n_layer) if scaled else std)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
             elif isinstance(module, nn.Embedding):
@@ -200,7 +218,7 @@ class Transformer(nn.Module):
     def forward(
         self,
         idx: torch.Tensor,
-        cache: KVCache | None = None,
+        cache: LayerKVCache | None = None,
         start_pos: int = 0,
         positions: torch.Tensor | None = None,
         attn_mask: torch.Tensor | None = None,
@@ -226,11 +244,11 @@ class Transformer(nn.Module):
             h = self.norm(h)
         if return_hidden or self.lm_head is None:
             return h
-        return self.lm_head(h)
-
-    def new_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
-        p = next(self.parameters())
-        return KVCache(self.cfg, batch_size, max_len or self.cfg.max_seq_len, p.device, p.dtype)
+        logits = self.lm_head(h)
+        if self.cfg.logit_softcap > 0:  # cap·tanh(z / cap): bounded logits, no runaway confidence (Gemma 2)
+            cap = self.cfg.logit_softcap
+            logits = cap * torch.tanh(logits / cap)
+        return logits
 
     def num_params(self, include_embedding: bool = True) -> int:
         seen, total = set(), 0

@@ -47,6 +47,18 @@ class TrainConfig:
     samples: int = 3  # sample generations printed at the end of the pretrain stage (0: none)
     sample_tokens: int = 64
     sample_prompts: list[str] = field(default_factory=lambda: ["The ", "O, ", "What "])
+    # Learning efficiency (docs/training.md). muon: torch.optim.Muon for the 2-D matrices inside the
+    # blocks, AdamW for embeddings, head, norms and biases. Per-role learning rates; 0 = train.lr.
+    optimizer: Literal["adamw", "muon"] = "adamw"
+    muon_lr: float = 0.02
+    muon_momentum: float = 0.95
+    embedding_lr: float = 0.0
+    head_lr: float = 0.0
+    scalar_lr: float = 0.0
+    # Pretraining windows: random offsets, or starting at document starts (each document tiled in
+    # seq_len steps from its first token); doc_mask: no attention across a document boundary.
+    window_start: Literal["random", "document"] = "random"
+    doc_mask: bool = False
 
     def validate(self) -> None:
         for name in ("micro_batch", "seq_len", "batch_tokens"):
@@ -60,3 +72,6 @@ class TrainConfig:
             raise ValueError("min_lr_ratio must be in [0, 1]")
         if not 0.0 < self.decay_fraction <= 1.0:
             raise ValueError("decay_fraction must be in (0, 1]")
+        for name in ("muon_lr", "embedding_lr", "head_lr", "scalar_lr"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0")

@@ -5,6 +5,14 @@ Batch number k is a pure function of (seed, dp_rank, k): its window starts come 
 counter, saved in every checkpoint, and a resumed run sees exactly the batches the
 uninterrupted run would have seen. Data-parallel ranks draw from independent streams.
 
+Document awareness (`train.window_start`, `train.doc_mask`; the shards put <|eos|> after every
+document). `window_start: document` draws windows from a fixed set of starts aligned to the
+documents, as nanochat's BOS-aligned loader: each document is tiled in seq_len steps from the
+separator before it, so every document's opening is seen from its first token, with the
+separator in front acting as BOS. `doc_mask` adds, per window, `positions` restarting at 0 at
+each document and a block-diagonal causal `attn_mask` (the SFT packing format), so no token
+attends across a document boundary. A separator starts the document after it.
+
 Validation uses fixed, non-overlapping windows from the start of the val split, the same at
 every evaluation and in every run with the same tokens.
 """
@@ -25,25 +33,57 @@ def _windows(tokens: np.ndarray, starts: np.ndarray, seq_len: int) -> dict[str, 
     return {"input_ids": chunk[:, :-1].contiguous(), "labels": chunk[:, 1:].contiguous()}
 
 
+def document_starts(tokens: np.ndarray, eos_id: int, seq_len: int) -> np.ndarray:
+    """Window starts tiling every document in seq_len steps from the separator before it (the
+    first document from position 0), every start leaving room for a whole window."""
+    seps = np.flatnonzero(np.asarray(tokens) == eos_id)
+    bounds = np.concatenate(([0], seps[seps < len(tokens) - 1], [len(tokens)]))
+    starts = [np.arange(a, b, seq_len) for a, b in zip(bounds[:-1], bounds[1:])]
+    starts = np.concatenate(starts) if starts else np.zeros(0, dtype=np.int64)
+    return starts[starts <= len(tokens) - seq_len - 1].astype(np.int64)
+
+
+def document_mask(input_ids: torch.Tensor, eos_id: int) -> dict[str, torch.Tensor]:
+    """positions [B, T] restarting at every document and the block-diagonal causal attn_mask
+    [B, 1, T, T] (True = attend) for windows whose documents are separated by eos_id."""
+    B, T = input_ids.shape
+    doc = (input_ids == eos_id).long().cumsum(1)  # a separator opens the document after it
+    mask = (doc[:, :, None] == doc[:, None, :]) & torch.ones(T, T, dtype=torch.bool).tril()
+    first = torch.arange(T).expand(B, T) * (torch.diff(doc, dim=1, prepend=doc[:, :1] - 1) != 0)
+    positions = torch.arange(T) - torch.cummax(first, dim=1).values
+    return {"positions": positions, "attn_mask": mask[:, None]}
+
+
 class PretrainLoader:
     """`next()` -> {"input_ids": [micro_batch, seq_len], "labels": same, shifted by one} (int64, CPU)."""
 
     def __init__(
-        self, tokens: np.ndarray, micro_batch: int, seq_len: int, seed: int, dp_rank: int = 0, dp_size: int = 1
+        self, tokens: np.ndarray, micro_batch: int, seq_len: int, seed: int, dp_rank: int = 0, dp_size: int = 1,
+        *, window_start: str = "random", doc_mask: bool = False, eos_id: int | None = None,
     ):
         if len(tokens) < seq_len + 2:
             raise LmforgeError(
                 f"the training split has {len(tokens)} tokens, fewer than one window of seq_len + 1 = {seq_len + 1}"
             )
+        if (window_start == "document" or doc_mask) and eos_id is None:
+            raise LmforgeError("document-aware windows need the tokenizer's <|eos|> id (the document separator)")
         self.tokens, self.micro_batch, self.seq_len = tokens, micro_batch, seq_len
         self.seed, self.dp_rank, self.dp_size = seed, dp_rank, dp_size
+        self.doc_mask, self.eos_id = doc_mask, eos_id
+        self.starts = document_starts(tokens, eos_id, seq_len) if window_start == "document" else None
         self.counter = 0
 
     def next(self) -> dict[str, torch.Tensor]:
         rng = np.random.default_rng([self.seed, self.dp_rank, self.counter])
         self.counter += 1
-        starts = rng.integers(0, len(self.tokens) - self.seq_len - 1, size=self.micro_batch)
-        return _windows(self.tokens, starts, self.seq_len)
+        if self.starts is None:
+            starts = rng.integers(0, len(self.tokens) - self.seq_len - 1, size=self.micro_batch)
+        else:
+            starts = self.starts[rng.integers(0, len(self.starts), size=self.micro_batch)]
+        batch = _windows(self.tokens, starts, self.seq_len)
+        if self.doc_mask:
+            batch.update(document_mask(batch["input_ids"], self.eos_id))
+        return batch
 
     def state_dict(self) -> dict:
         return {"counter": self.counter, "seed": self.seed, "dp_rank": self.dp_rank}

@@ -1,49 +1,142 @@
-"""AdamW with decay / no-decay parameter groups, and the learning-rate schedules.
+"""The optimizers (AdamW, or Muon for the hidden matrices with AdamW for the rest) and the
+learning-rate schedules.
 
-No weight decay on norms, embeddings and biases (every parameter that is not a 2-D weight of a
-Linear layer): decaying a gain towards 0 or an embedding row that is rarely seen only hurts.
+Every trainable parameter has one role (`param_roles`): `matrix` (the 2-D weights inside the
+blocks), `head` (an untied LM head), `embedding` (token / position embeddings, and a tied head)
+and `scalar` (norm gains, biases). No weight decay on embeddings and scalars: decaying a gain
+towards 0 or an embedding row that is rarely seen only hurts.
+
+`train.optimizer: muon` gives the matrices to `torch.optim.Muon` (orthogonalised momentum,
+modded-nanogpt / nanochat) and everything else to AdamW. Each role has its own learning rate
+(`train.muon_lr`, `embedding_lr`, `head_lr`, `scalar_lr`; 0 = `train.lr`), as nanochat does.
+The schedule stays one curve: the trainer writes the scheduled lr into every group, and
+`Optimizers.step` multiplies it by the group's `lr_scale` (role lr / train.lr) for the update.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
 
 import torch
 
+from lmforge.errors import LmforgeError
 from lmforge.train.config import TrainConfig
 
+ROLES = ("matrix", "head", "embedding", "scalar")
 
-def param_groups(model: torch.nn.Module, weight_decay: float, params: list | None = None) -> list[dict]:
-    """[decay group (Linear weights), no-decay group (norms, embeddings, biases)]; tied weights once."""
-    linear_weights = set()
-    for module in model.modules():
-        if isinstance(module, torch.nn.Linear):
-            linear_weights.add(id(module.weight))
+
+def param_roles(model: torch.nn.Module, params: list | None = None) -> dict[str, list[torch.nn.Parameter]]:
+    """Trainable parameters by role (see the module docstring); tied weights once, as embeddings."""
     embeddings = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    head = getattr(model, "lm_head", None)
+    head_id = id(head.weight) if isinstance(head, torch.nn.Linear) else None
+    linear = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Linear)}
     allowed = None if params is None else {id(p) for p in params}
-    decay, no_decay, seen = [], [], set()
+    roles: dict[str, list] = {r: [] for r in ROLES}
+    seen: set[int] = set()
     for _, p in model.named_parameters():
         if not p.requires_grad or id(p) in seen or (allowed is not None and id(p) not in allowed):
             continue
         seen.add(id(p))
-        if id(p) in linear_weights and id(p) not in embeddings and p.dim() >= 2:
-            decay.append(p)
+        if id(p) in embeddings:
+            roles["embedding"].append(p)
+        elif id(p) == head_id:
+            roles["head"].append(p)
+        elif id(p) in linear and p.dim() == 2:
+            roles["matrix"].append(p)
         else:
-            no_decay.append(p)
+            roles["scalar"].append(p)
+    return roles
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float, params: list | None = None) -> list[dict]:
+    """[decay group (Linear weights), no-decay group (norms, embeddings, biases)]."""
+    roles = param_roles(model, params)
     return [
-        {"params": decay, "weight_decay": weight_decay, "name": "decay"},
-        {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"},
+        {"params": roles["matrix"] + roles["head"], "weight_decay": weight_decay, "name": "decay"},
+        {"params": roles["embedding"] + roles["scalar"], "weight_decay": 0.0, "name": "no_decay"},
     ]
 
 
-def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, params: list | None = None) -> torch.optim.AdamW:
-    """AdamW; the fused kernel on CUDA, the foreach one elsewhere."""
-    groups = [g for g in param_groups(model, cfg.weight_decay, params) if g["params"]]
-    device = groups[0]["params"][0].device
-    fused = device.type == "cuda"
-    return torch.optim.AdamW(
-        groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=1e-8, fused=fused, foreach=None if fused else True
-    )
+class Optimizers:
+    """Torch optimizers stepped as one, each param group at `lr_scale` x the scheduled lr.
+
+    The trainer's view of one optimizer: `param_groups` (all of them; the trainer sets "lr"),
+    `step`, `zero_grad`, `state_dict` / `load_state_dict`. Iterating gives the torch optimizers
+    themselves, which is what `torch.distributed.checkpoint.state_dict.get_state_dict` takes
+    for a sharded checkpoint.
+    """
+
+    def __init__(self, optimizers: list[torch.optim.Optimizer]):
+        self.optimizers = optimizers
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return [g for opt in self.optimizers for g in opt.param_groups]
+
+    def __iter__(self) -> Iterator[torch.optim.Optimizer]:
+        return iter(self.optimizers)
+
+    def step(self, closure: Callable | None = None) -> None:
+        scheduled = [g["lr"] for g in self.param_groups]
+        for g in self.param_groups:
+            g["lr"] = g["lr"] * g["lr_scale"]
+        try:
+            for opt in self.optimizers:
+                opt.step(closure)
+        finally:
+            for g, lr in zip(self.param_groups, scheduled):
+                g["lr"] = lr
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict:
+        return {"optimizers": [opt.state_dict() for opt in self.optimizers]}
+
+    def load_state_dict(self, state: dict) -> None:
+        saved = state.get("optimizers")
+        if saved is None or len(saved) != len(self.optimizers):
+            raise LmforgeError(
+                f"the checkpoint's optimizer state holds {len(saved or [])} optimizers, this run has "
+                f"{len(self.optimizers)}: was it trained with another train.optimizer?"
+            )
+        for opt, sd in zip(self.optimizers, saved):
+            opt.load_state_dict(sd)
+
+
+def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, params: list | None = None) -> Optimizers:
+    """AdamW (the fused kernel on CUDA, foreach elsewhere) for every role, or Muon for `matrix`
+    with AdamW for the rest (`train.optimizer`); one param group per role, at the role's lr."""
+    roles = param_roles(model, params)
+    role_lr = {
+        "matrix": cfg.muon_lr if cfg.optimizer == "muon" else cfg.lr,
+        "head": cfg.head_lr or cfg.lr,
+        "embedding": cfg.embedding_lr or cfg.lr,
+        "scalar": cfg.scalar_lr or cfg.lr,
+    }
+    decay = {"matrix": cfg.weight_decay, "head": cfg.weight_decay, "embedding": 0.0, "scalar": 0.0}
+
+    def group(role: str) -> dict:
+        return {"params": roles[role], "name": role, "weight_decay": decay[role], "lr": cfg.lr,
+                "lr_scale": role_lr[role] / cfg.lr if cfg.lr else 1.0}
+
+    adam_roles = [r for r in ROLES if roles[r] and not (cfg.optimizer == "muon" and r == "matrix")]
+    optimizers = []
+    if cfg.optimizer == "muon" and roles["matrix"]:
+        optimizers.append(torch.optim.Muon([group("matrix")], lr=cfg.lr, momentum=cfg.muon_momentum))
+    if adam_roles:
+        device = roles[adam_roles[0]][0].device
+        fused = device.type == "cuda"
+        optimizers.append(torch.optim.AdamW(
+            [group(r) for r in adam_roles], lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=1e-8, fused=fused,
+            foreach=None if fused else True,
+        ))
+    if not optimizers:
+        raise LmforgeError("nothing to optimise: the model has no trainable parameters")
+    return Optimizers(optimizers)
 
 
 def lr_at(step: int, cfg: TrainConfig, progress: float | None = None) -> float:
