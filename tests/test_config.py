@@ -80,3 +80,25 @@ def test_presets_and_depth():
 def test_recipe_file_loads():
     r = load_recipe("recipes/shakespeare.yaml")
     assert r.name == "shakespeare"
+
+
+def test_preset_lr_and_batch_are_used_unless_set(tmp_path, capsys):
+    recipe = load_recipe(None, ["--model.preset", "8b"])
+    assert (recipe.train.lr, recipe.train.batch_tokens) == (3e-4, 4_194_304)
+    assert "model.preset 8b: train.lr 0.0003 and train.batch_tokens 4,194,304" in capsys.readouterr().err
+    own = load_recipe(None, ["--model.preset", "8b", "--train.lr", "1e-3"])
+    assert (own.train.lr, own.train.batch_tokens) == (1e-3, 4_194_304)
+    path = tmp_path / "r.yaml"
+    path.write_text("model: {preset: 124m}\ntrain: {batch_tokens: 4096}\n")
+    from_file = load_recipe(path)
+    assert (from_file.train.lr, from_file.train.batch_tokens) == (6e-4, 4096)
+    assert load_recipe(None).train.lr == Recipe().train.lr  # no preset: the generic default
+
+
+def test_gpt2_preset_has_gpt2_shape():
+    from lmforge.model.config import ModelConfig, num_params
+
+    gpt2 = ModelConfig(arch="gpt2", preset="124m", vocab_size=50257, max_seq_len=1024)
+    assert (gpt2.n_layer, gpt2.d_model, gpt2.n_head, gpt2.d_ff) == (12, 768, 12, 3072)
+    assert num_params(gpt2) == 124_439_808  # GPT-2 small, tied embeddings
+    assert ModelConfig(preset="124m").d_ff == 2048  # llama: the SwiGLU width of the table

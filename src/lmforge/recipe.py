@@ -6,6 +6,7 @@ helpers of `lmforge.config`.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from lmforge.data.config import DataConfig
 from lmforge.distributed.config import ParallelConfig
 from lmforge.errors import LmforgeError
 from lmforge.eval.config import EvalConfig
-from lmforge.model.config import ModelConfig
+from lmforge.model.config import ModelConfig, preset_training
 from lmforge.posttrain.config import DPOConfig, RewardConfig, RLConfig, SFTConfig
 from lmforge.tokenizer.config import TokenizerConfig
 from lmforge.train.config import TrainConfig
@@ -56,7 +57,27 @@ def load_recipe(path: str | Path | None, overrides: list[str] | dict | None = No
     else:
         for key, value in parse_overrides(overrides or []):
             set_dotted(raw, key, value, source="command line")
-    return from_dict(Recipe, raw, where="", source=source)
+    recipe = from_dict(Recipe, raw, where="", source=source)
+    apply_preset_training(recipe, raw.get("train") or {})
+    return recipe
+
+
+def apply_preset_training(recipe: Recipe, train_raw: dict) -> None:
+    """With `model.preset` set, the preset's lr and batch_tokens replace the generic defaults of
+    the keys the recipe and the command line leave unset, and say so."""
+    if not recipe.model.preset:
+        return
+    lr, batch_tokens = preset_training(recipe.model.preset)
+    applied = []
+    if "lr" not in train_raw:
+        recipe.train.lr = lr
+        applied.append(f"train.lr {lr:g}")
+    if "batch_tokens" not in train_raw:
+        recipe.train.batch_tokens = batch_tokens
+        applied.append(f"train.batch_tokens {batch_tokens:,}")
+    if applied:
+        print(f"[lmforge] model.preset {recipe.model.preset}: {' and '.join(applied)} from the preset table",
+              file=sys.stderr, flush=True)
 
 
 def resolve_recipe_path(path: str | Path) -> Path:

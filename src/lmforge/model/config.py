@@ -72,8 +72,12 @@ class ModelConfig:
                 close = difflib.get_close_matches(self.preset, list(PRESETS), n=1)
                 hint = f"; did you mean {close[0]!r}?" if close else ""
                 raise ValueError(f"unknown preset {self.preset!r}{hint} (presets: {', '.join(PRESETS)})")
+            if not self.mlp:
+                self.mlp = "swiglu" if self.arch == "llama" else "gelu"
             n_layer, d_model, n_head, n_kv, d_ff, _, _, _ = PRESETS[self.preset]
-            self.n_layer, self.d_model, self.n_head, self.n_kv_head, self.d_ff = n_layer, d_model, n_head, n_kv, d_ff
+            self.n_layer, self.d_model, self.n_head, self.n_kv_head = n_layer, d_model, n_head, n_kv
+            # the table's width is SwiGLU's; GELU and ReLU² MLPs take GPT-2's 4·d (3072 for 124m)
+            self.d_ff = d_ff if self.mlp == "swiglu" else 4 * d_model
         elif self.depth > 0:
             self.n_layer = self.depth
             self.d_model = 64 * self.depth
@@ -106,6 +110,12 @@ class ModelConfig:
     @property
     def head_dim(self) -> int:
         return self.d_model // self.n_head
+
+
+def preset_training(name: str) -> tuple[float, int]:
+    """(learning rate, batch tokens) of a preset, for recipes that do not set their own."""
+    _, _, _, _, _, _, lr, batch_tokens = PRESETS[name]
+    return lr, batch_tokens
 
 
 def num_params(cfg: ModelConfig, include_embedding: bool = True) -> int:
