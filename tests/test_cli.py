@@ -1,7 +1,11 @@
 import subprocess
 import sys
 
+import pytest
+import torch
+
 from lmforge.cli import VERBS, main
+from lmforge.errors import LmforgeError
 
 
 def test_help_lists_every_verb(capsys):
@@ -26,3 +30,14 @@ def test_user_error_is_clean_message(tmp_path):
     )
     assert proc.returncode == 2
     assert "nope.yaml" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_device_cuda_without_cuda_is_one_clear_error():
+    from lmforge.distributed import pick_device
+
+    with pytest.raises(LmforgeError, match=r"device 'cuda': CUDA is not available .* --device cpu"):
+        pick_device("cuda")
+    with pytest.raises(LmforgeError, match="not a torch device"):
+        pick_device("gpu0")
+    assert pick_device("auto").type == "cpu"

@@ -52,10 +52,24 @@ class DistContext:
 
 
 def pick_device(name: str = "auto") -> torch.device:
+    """The torch device for `name` ("auto": this rank's GPU when there is one, else the CPU), or one
+    clear error when the name asks for hardware this PyTorch build cannot reach."""
     if name != "auto":
-        if name == "cuda" and torch.cuda.is_available():
+        try:
+            dev = torch.device(name)
+        except RuntimeError:
+            raise LmforgeError(f"device {name!r}: not a torch device (cpu, cuda, cuda:1, mps, ...)") from None
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            build = "a CPU-only build" if torch.version.cuda is None else "a CUDA build that sees no GPU"
+            raise LmforgeError(
+                f"device {name!r}: CUDA is not available (PyTorch {torch.__version__} is {build}); "
+                "install a CUDA build of torch >= 2.5 first, or use --device cpu"
+            )
+        if dev.type == "mps" and not torch.backends.mps.is_available():
+            raise LmforgeError(f"device {name!r}: MPS is not available on this machine; use --device cpu")
+        if dev.type == "cuda" and dev.index is None:
             return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        return torch.device(name)
+        return dev
     if torch.cuda.is_available():
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     return torch.device("cpu")
