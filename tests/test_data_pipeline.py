@@ -290,3 +290,18 @@ def test_ray_code_path_with_a_stand_in_module(tmp_path, monkeypatch):
     run_pipeline(DataConfig(inputs=inputs, steps=["normalize", "exact_dedup"], workers=1), tmp_path / "local")
     assert calls.count("init") == 2 and sorted(c for c in calls if c != "init") == [0, 0, 1, 1, 2, 2]
     assert tree_bytes(tmp_path / "ray") == tree_bytes(tmp_path / "local")
+
+
+def test_every_registered_step_is_built_from_its_own_section():
+    import dataclasses
+
+    from lmforge.data.process import build_steps
+    from lmforge.data.registry import DOC_STEPS
+
+    sections = {f.name for f in dataclasses.fields(DataConfig)}
+    assert set(DOC_STEPS) <= sections
+    cfg = DataConfig(steps=[s for s in DOC_STEPS if s != "classifier"])
+    cfg.extract.isolation = "signal"
+    steps = build_steps(cfg)
+    assert [s.name for s in steps] == cfg.steps
+    assert all(s.cfg is getattr(cfg, s.name) for s in steps)

@@ -8,7 +8,9 @@ import json
 
 import pytest
 
-from lmforge.data.documents import Document, ShardWriter, list_shards, read_documents, write_documents
+from lmforge.data.documents import Document, ShardWriter, read_documents
+from lmforge.data.extract import ExtractConfig
+from lmforge.data.inputs import read_text_documents
 from lmforge.data.readers import expand_inputs, read_inputs
 from lmforge.errors import LmforgeError
 
@@ -40,19 +42,23 @@ def write_warc(path, records):
                                                           http_headers=headers))
 
 
-def collect(specs, **kw):
+def collect(specs, extract=True, **kw):
+    """Documents and rejects of `specs`: as text (HTML extracted), or as the readers parse them."""
     rejects = []
-    docs = list(read_inputs([str(s) for s in specs], on_reject=rejects.append, **kw))
+    read = read_text_documents if extract else read_inputs
+    docs = list(read([str(s) for s in specs], on_reject=rejects.append, **kw))
     return docs, rejects
 
 
 def test_shards_roundtrip(tmp_path):
     docs = [Document(f"d{i}", f"text {i} ünïcode", "src", {"k": i}) for i in range(5)]
-    assert write_documents(tmp_path / "a.jsonl.zst", docs) == 5
-    assert list(read_documents(tmp_path / "a.jsonl.zst")) == docs
+    with ShardWriter(tmp_path / "a.jsonl.zst") as w:
+        for d in docs:
+            w.write(d)
+    assert w.count == 5 and list(read_documents(tmp_path / "a.jsonl.zst")) == docs
     with ShardWriter(tmp_path / "b.jsonl.zst") as w:
         w.write(docs[0])
-    assert [p.name for p in list_shards(tmp_path)] == ["a.jsonl.zst", "b.jsonl.zst"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.jsonl.zst", "b.jsonl.zst"]  # no temp files left
     # a folder of shards reads back through read_inputs with ids, sources and metadata intact
     back, rejects = collect([tmp_path])
     assert back == docs + docs[:1] and not rejects
@@ -176,7 +182,7 @@ def test_extraction_time_limit(monkeypatch):
 
     monkeypatch.setattr(trafilatura, "extract", stuck_on_x)
     for isolation in ("signal", "process"):
-        step = ExtractStep(timeout=0.5, isolation=isolation)
+        step = ExtractStep(ExtractConfig(timeout=0.5, isolation=isolation))
         t0 = time.time()
         stuck = Document("p", "<html><body><p>x</p></body></html>", metadata={"html": True})
         assert step(stuck) == "extract_timeout"
@@ -185,7 +191,7 @@ def test_extraction_time_limit(monkeypatch):
         ok = step(Document("q", ARTICLE, metadata={"html": True}))
         assert not isinstance(ok, str) and "civilisations" in ok.text
         step.close()
-    step = ExtractStep(timeout=5, isolation="process")
+    step = ExtractStep(ExtractConfig(timeout=5, isolation="process"))
     assert step(Document("b", "<html><body><p>boom</p></body></html>", metadata={"html": True})) == "extract_crashed"
     assert "civilisations" in step(Document("q", ARTICLE, metadata={"html": True})).text
     step.close()

@@ -43,7 +43,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace, overrides: list[str]) -> int:
     if args.recipe == "train-classifier":
         return train_classifier(args)
-    from lmforge.data.pipeline import preview, render_summary, run_pipeline
+    from lmforge.data.pipeline import run_pipeline
+    from lmforge.data.preview import preview
+    from lmforge.data.stats import render_summary
     from lmforge.recipe import load_recipe
     from lmforge.stages.data import output_dir
 
@@ -63,13 +65,13 @@ def train_classifier(args: argparse.Namespace) -> int:
     import numpy as np
 
     from lmforge.data.classifiers import Featurizer, HashedNgramClassifier
-    from lmforge.data.readers import read_inputs
+    from lmforge.data.inputs import read_text_documents
     from lmforge.errors import LmforgeError
 
     if not args.positive or not args.negative:
         raise LmforgeError("train-classifier needs --positive and --negative inputs")
-    pos = [d.text for d in read_inputs(args.positive, args.text_field)]
-    neg = [d.text for d in read_inputs(args.negative, args.text_field)]
+    pos = [d.text for d in read_text_documents(args.positive, args.text_field)]
+    neg = [d.text for d in read_text_documents(args.negative, args.text_field)]
     texts, labels = pos + neg, [1] * len(pos) + [0] * len(neg)
     rng = np.random.default_rng(args.seed)
     order = rng.permutation(len(texts))

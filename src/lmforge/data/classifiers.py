@@ -11,16 +11,15 @@ from __future__ import annotations
 import io
 import json
 import re
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import xxhash
 
-from lmforge.data.config import ClassifierConfig, WordListConfig
 from lmforge.data.documents import Document
 from lmforge.data.filters import split_words
+from lmforge.data.step import Step
 from lmforge.errors import LmforgeError
 from lmforge.fileio import atomic_write_bytes
 
@@ -29,6 +28,12 @@ _MIX = np.uint64(0x9E3779B97F4A7C15)
 
 
 # ---------------------------------------------------------------------------- word list
+
+
+@dataclass
+class WordListConfig:
+    path: str = ""  # one word or phrase a line; empty: the small built-in English list
+    max_fraction: float = 0.0  # drop when (matched words / words) exceeds this
 
 
 def load_wordlist(path: str | Path) -> list[str]:
@@ -42,13 +47,14 @@ def load_wordlist(path: str | Path) -> list[str]:
     return words
 
 
-class WordListStep:
+class WordListStep(Step):
     """Drop documents where listed words make up more than `max_fraction` of the words."""
 
     name = "wordlist"
+    cfg: WordListConfig
 
     def __init__(self, cfg: WordListConfig):
-        self.cfg = cfg
+        super().__init__(cfg)
         words = load_wordlist(cfg.path or BUILTIN_WORDLIST)
         alternatives = "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True))
         self.pattern = re.compile(rf"(?<!\w)(?:{alternatives})(?!\w)")
@@ -166,15 +172,21 @@ class HashedNgramClassifier:
         return cls(feat, weights, float(meta["bias"]))
 
 
-class ClassifierStep:
+@dataclass
+class ClassifierConfig:
+    path: str = ""  # a model file from `lmforge data train-classifier`
+    threshold: float = 0.5  # keep documents whose positive-class probability is >= threshold
+
+
+class ClassifierStep(Step):
     """Keep documents whose positive-class probability is at least the threshold."""
 
     name = "classifier"
+    cfg: ClassifierConfig
 
     def __init__(self, cfg: ClassifierConfig):
-        self.cfg = cfg
+        super().__init__(cfg)
         self.model = HashedNgramClassifier.load(cfg.path)
-        self.counters: Counter = Counter()
 
     def __call__(self, doc: Document) -> Document | str:
         p = float(self.model.predict_proba([doc.text])[0])

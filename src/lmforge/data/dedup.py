@@ -10,17 +10,32 @@ MinHash dedup (REFERENCE.md §1.7):
 4. keep one document per cluster, the first in input order; the rest are removed.
 
 Documents are addressed by their global index: task order, then position in the task, so the
-result does not depend on how many workers ran the tasks.
+result does not depend on how many workers ran the tasks. The runner and the dry-run preview
+share `DedupKeys` (what each kept document contributes) and `dedup_reasons` (the decision).
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 import numpy as np
 import xxhash
 
+from lmforge.data.documents import Document
+from lmforge.data.minhash import MinHashConfig, MinHasher
+
 _SPACE = re.compile(r"\s+")
+# dedup_reasons codes -> (step, rule) as they appear in stats.json
+DEDUP_REASONS = {1: ("exact_dedup", "duplicate_content"), 2: ("exact_dedup", "duplicate_url"),
+                 3: ("minhash_dedup", "near_duplicate")}
+_SIGNATURE_BATCH = 256
+
+
+@dataclass
+class ExactDedupConfig:
+    content: bool = True  # normalised-content hash (lowercase, whitespace collapsed)
+    url: bool = True  # metadata["url"], when present
 
 
 def content_key(text: str) -> int:
@@ -126,3 +141,69 @@ def near_duplicates(signatures: np.ndarray | list[np.ndarray], bands: int, rows:
     remove = np.ones(candidates.size, dtype=bool)
     remove[first] = False
     return candidates[remove]
+
+
+class DedupKeys:
+    """Content/URL keys and MinHash signatures of documents, added in input order."""
+
+    def __init__(self, exact: bool, minhash: MinHashConfig | None):
+        self.exact = exact
+        self.hasher = MinHasher(minhash.ngram, minhash.bands, minhash.rows, minhash.seed) if minhash else None
+        self.width = minhash.bands * minhash.rows if minhash else 0
+        self._keys: list[tuple[int, int]] = []
+        self._sigs: list[np.ndarray] = []
+        self._pending: list[str] = []
+
+    def add(self, doc: Document) -> None:
+        if self.exact:
+            self._keys.append((content_key(doc.text), url_key(doc.metadata.get("url"))))
+        if self.hasher is not None:
+            self._pending.append(doc.text)
+            if len(self._pending) >= _SIGNATURE_BATCH:
+                self._flush()
+
+    def _flush(self) -> None:
+        if self._pending and self.hasher is not None:
+            self._sigs.append(self.hasher.signatures(self._pending))
+            self._pending.clear()
+
+    def keys(self) -> np.ndarray:
+        """(n, 2) uint64: content key, URL key (0: no URL)."""
+        return np.array(self._keys, dtype=np.uint64).reshape(-1, 2)
+
+    def signatures(self) -> np.ndarray:
+        self._flush()
+        return np.concatenate(self._sigs) if self._sigs else np.empty((0, self.width), np.uint64)
+
+
+def dedup_reasons(
+    total: int,
+    keys: np.ndarray | None,
+    exact: ExactDedupConfig,
+    signatures: list[np.ndarray] | None,
+    minhash: MinHashConfig,
+) -> np.ndarray:
+    """Why each of `total` documents is removed (0: kept; codes in DEDUP_REASONS).
+
+    `keys` (from DedupKeys, all tasks in order) is None without exact dedup; `signatures` (one
+    part per task, may be memory-mapped) is None without MinHash dedup. Exact dedup runs first,
+    then near dedup among the survivors, each keeping the first document in input order.
+    """
+    alive = np.ones(total, dtype=bool)
+    reasons = np.zeros(total, dtype=np.int8)
+    if keys is not None and total:
+        if exact.content:
+            dup = first_occurrence_duplicates(keys[:, 0], alive)
+            alive[dup], reasons[dup] = False, 1
+        if exact.url:
+            dup = first_occurrence_duplicates(keys[:, 1], alive, skip_zero=True)
+            alive[dup], reasons[dup] = False, 2
+    if signatures is not None:
+        parts = [p for p in signatures if p.shape[0]]
+        # a document without words has an all-max signature: never anyone's near duplicate
+        has_words = np.concatenate([np.asarray(p[:, 0]) != np.iinfo(np.uint64).max for p in parts]
+                                   or [np.zeros(0, bool)])
+        dup = (near_duplicates(parts, minhash.bands, minhash.rows, alive & has_words) if parts
+               else np.empty(0, np.int64))
+        alive[dup], reasons[dup] = False, 3
+    return reasons

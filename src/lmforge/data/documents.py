@@ -8,7 +8,7 @@ from __future__ import annotations
 import io
 import json
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,7 +16,7 @@ from typing import Any
 from lmforge.errors import LmforgeError
 from lmforge.fileio import atomic_write
 
-SHARD_SUFFIX = ".jsonl.zst"
+HTML_FLAG = "html"  # metadata key set on documents whose text is still HTML (the extract step clears it)
 
 
 @dataclass
@@ -42,27 +42,13 @@ class Document:
 
 
 def encode_record(record: dict[str, Any]) -> bytes:
-    """One JSONL line (UTF-8, keys in a fixed order, no ASCII escaping, trailing newline)."""
-    return (json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
+    """One JSONL line (UTF-8, keys in a fixed order, no ASCII escaping, trailing newline).
 
-
-def write_documents(path: str | os.PathLike, docs: Iterable[Document], level: int = 3) -> int:
-    """Write `docs` to a jsonl.zst shard atomically; returns the number written."""
-    return write_records(path, (d.to_record() for d in docs), level=level)
-
-
-def write_records(path: str | os.PathLike, records: Iterable[dict[str, Any]], level: int = 3) -> int:
-    """Write plain dict records to a jsonl.zst file atomically; returns the number written."""
-    import zstandard
-
-    n = 0
-    with atomic_write(path, "wb") as raw:
-        cctx = zstandard.ZstdCompressor(level=level)
-        with cctx.stream_writer(raw, closefd=False) as zf:
-            for record in records:
-                zf.write(encode_record(record))
-                n += 1
-    return n
+    Standard JSON only: NaN or an infinity raises ValueError, a lone surrogate UnicodeEncodeError
+    (the readers reject such records, so a shard never holds them).
+    """
+    line = json.dumps(record, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    return (line + "\n").encode("utf-8")
 
 
 class ShardWriter:
@@ -120,23 +106,12 @@ def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, Any]]]:
         raise LmforgeError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
 
 
-def iter_records(path: str | os.PathLike) -> Iterator[dict[str, Any]]:
-    """Records of a jsonl.zst (or plain .jsonl) file; a bad line raises LmforgeError naming file and line."""
-    for _, record in iter_jsonl(path):
-        yield record
-
-
 def read_documents(path: str | os.PathLike) -> Iterator[Document]:
-    """Documents of one shard written by `write_documents`."""
-    for i, record in enumerate(iter_records(path)):
+    """Documents of one shard written by `ShardWriter`; a bad line raises LmforgeError naming file and line."""
+    for lineno, record in iter_jsonl(path):
         if "id" not in record or not isinstance(record.get("text"), str):
-            raise LmforgeError(f"{path}: record {i + 1}: expected keys 'id' and 'text' (a string)")
+            raise LmforgeError(f"{path}: line {lineno}: expected keys 'id' and 'text' (a string)")
         yield Document.from_record(record)
-
-
-def list_shards(folder: str | os.PathLike) -> list[Path]:
-    """The jsonl.zst shards of a folder, in name order (hidden temp files excluded)."""
-    return sorted(p for p in Path(folder).glob(f"*{SHARD_SUFFIX}") if not p.name.startswith("."))
 
 
 class open_text_lines:

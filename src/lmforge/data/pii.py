@@ -4,9 +4,19 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from dataclasses import dataclass
 
-from lmforge.data.config import PIIConfig
 from lmforge.data.documents import Document
+from lmforge.data.step import Step
+
+
+@dataclass
+class PIIConfig:
+    email: bool = True
+    ip: bool = True
+    email_placeholder: str = "<EMAIL>"
+    ip_placeholder: str = "<IP>"
+
 
 EMAIL = re.compile(r"\b[A-Za-z0-9._%+-]+@(?:[A-Za-z0-9-]+\.)+[A-Za-z]{2,}\b")
 _OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
@@ -35,12 +45,9 @@ def mask_pii(text: str, cfg: PIIConfig, counters: Counter | None = None) -> str:
     return text
 
 
-class PIIStep:
+class PIIStep(Step):
     name = "pii"
-
-    def __init__(self, cfg: PIIConfig):
-        self.cfg = cfg
-        self.counters: Counter = Counter()
+    cfg: PIIConfig
 
     def __call__(self, doc: Document) -> Document | str:
         doc.text = mask_pii(doc.text, self.cfg, self.counters)

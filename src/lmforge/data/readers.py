@@ -3,23 +3,33 @@
 A spec is a file, a folder (read recursively, known suffixes only), a glob, ``embedded:shakespeare``
 or ``hf:NAME[:SPLIT]`` (a Hugging Face dataset, when the ``datasets`` package is installed).
 `expand_inputs` turns specs into a sorted list of *units* (one file each); the pipeline makes
-its tasks over units. A record that cannot be read (invalid UTF-8, malformed JSON, a truncated
-archive, a WARC record without HTML, an empty file) is passed to `on_reject` with its source,
-position and reason; without a callback it raises `LmforgeError` naming the file and line.
+its tasks over units. Readers only parse formats: HTML stays HTML (flagged `HTML_FLAG`) for
+the `extract` step.
+
+Hostile input never raises out of a reader: a record that cannot be read (invalid UTF-8,
+malformed or non-standard JSON, a number too large, nesting too deep, a lone surrogate, a
+truncated or corrupt archive, a WARC record without HTML, an empty file, a file name that is
+not UTF-8) is passed to `on_reject` with its source, position and reason, and reading goes on
+with the next record (for a damaged archive: what was readable before the damage is kept).
+Without a callback a reject raises `LmforgeError` naming the file and line. Every document a
+reader yields encodes as standard JSON (`documents.encode_record`).
 """
 
 from __future__ import annotations
 
 import glob
 import json
+import math
 import os
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+import re
+import zlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from lmforge.data.documents import Document
+from lmforge.data.documents import HTML_FLAG, Document
 from lmforge.data.embedded import EMBEDDED_PREFIX, embedded_documents
+from lmforge.data.rejects import OnReject, Reject, printable_path, raise_reject
 from lmforge.errors import LmforgeError
 
 HF_PREFIX = "hf:"
@@ -29,27 +39,11 @@ PARQUET_SUFFIXES = (".parquet",)
 WARC_SUFFIXES = (".warc", ".warc.gz")
 HTML_SUFFIXES = (".html", ".htm")
 KNOWN_SUFFIXES = TEXT_SUFFIXES + JSONL_SUFFIXES + PARQUET_SUFFIXES + WARC_SUFFIXES + HTML_SUFFIXES
-HTML_FLAG = "html"  # metadata key set on documents whose text is still HTML
-
-
-@dataclass
-class Reject:
-    """A record the reader could not turn into a document."""
-
-    source: str
-    position: str  # "line 12", "offset 3456", "row 7", "file"
-    reason: str
-    excerpt: str = ""
-
-    def to_record(self) -> dict[str, Any]:
-        return {"source": self.source, "position": self.position, "reason": self.reason, "excerpt": self.excerpt}
-
-
-OnReject = Callable[[Reject], None]
-
-
-def raise_reject(r: Reject) -> None:
-    raise LmforgeError(f"{r.source}: {r.position}: {r.reason}")
+EXCERPT_CHARS = 200
+# a JSON escape of a UTF-16 surrogate (\ud800-\udfff): the one way a JSON line decodes to a string
+# that is not valid Unicode, when the surrogate is not part of a pair
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def file_format(path: str) -> str | None:
@@ -99,22 +93,17 @@ def _hidden(path: str | Path) -> bool:
     return any(part.startswith(".") and part not in (".", "..") for part in Path(path).parts[-1:])
 
 
-def read_inputs(
-    specs: list[str],
-    text_field: str = "text",
-    on_reject: OnReject | None = None,
-    extract: bool = True,
-) -> Iterator[Document]:
-    """Documents of every spec, in a deterministic order. HTML is turned into text when `extract`."""
+def read_inputs(specs: list[str], text_field: str = "text", on_reject: OnReject | None = None
+                ) -> Iterator[Document]:
+    """Documents of every spec, in a deterministic order (HTML documents still flagged as HTML)."""
     for unit in expand_inputs(specs):
-        yield from read_unit(unit, text_field=text_field, on_reject=on_reject, extract=extract)
+        yield from read_unit(unit, text_field=text_field, on_reject=on_reject)
 
 
 def read_unit(
     unit: str,
     text_field: str = "text",
     on_reject: OnReject | None = None,
-    extract: bool = True,
     max_bytes: int = 0,
 ) -> Iterator[Document]:
     """Documents of one unit from `expand_inputs`. A file or line over `max_bytes` (0: no limit)
@@ -128,6 +117,11 @@ def read_unit(
     if unit.startswith(HF_PREFIX):
         yield from _read_hf(unit, text_field, reject)
         return
+    try:
+        unit.encode("utf-8")
+    except UnicodeEncodeError:  # os.listdir hands such bytes over as surrogates; no output could hold them
+        reject(Reject(printable_path(unit), "file", "file name is not valid UTF-8 (rename the file)"))
+        return
     fmt = file_format(unit)
     try:
         if os.path.getsize(unit) == 0:
@@ -136,14 +130,9 @@ def read_unit(
     except OSError as e:
         reject(Reject(unit, "file", f"cannot read: {e.strerror}"))
         return
-    readers = {"text": _read_text, "jsonl": _read_jsonl, "parquet": _read_parquet, "warc": _read_warc, "html": _read_html}
-    docs = readers[fmt](unit, text_field, reject, max_bytes)  # type: ignore[index]
-    if not extract:
-        yield from docs
-        return
-    from lmforge.data.extract import extract_documents
-
-    yield from extract_documents(docs, on_reject=reject)
+    readers = {"text": _read_text, "jsonl": _read_jsonl, "parquet": _read_parquet, "warc": _read_warc,
+               "html": _read_html}
+    yield from readers[fmt](unit, text_field, reject, max_bytes)  # type: ignore[index]
 
 
 # ---------------------------------------------------------------------------- formats
@@ -185,19 +174,32 @@ def _read_html(path: str, text_field: str, reject: OnReject, max_bytes: int = 0)
 
 
 def decode_html(data: bytes, charset: str | None = None) -> str:
-    """HTML bytes -> str: UTF-8, else the declared charset, else cp1252 with replacement (never fails)."""
+    """HTML bytes -> str: UTF-8, else the declared charset, else cp1252 with replacement (never fails).
+
+    A declared charset that decodes to lone surrogates (utf-7, unicode_escape, ...) counts as failed.
+    """
     for enc in ("utf-8", charset):
         if enc:
             try:
-                return data.decode(enc)
-            except (UnicodeDecodeError, LookupError):
+                text = data.decode(enc)
+            except (UnicodeDecodeError, LookupError, ValueError):
                 continue
+            if enc == "utf-8" or not _SURROGATE.search(text):
+                return text
     return data.decode("cp1252", errors="replace")
+
+
+class CorruptArchive(Exception):
+    """A compressed stream that cannot be decoded past some point."""
+
+
+# what decompressing a damaged .gz / .zst raises, after the data before the damage came out
+_ARCHIVE_ERRORS = (EOFError, OSError, zlib.error, CorruptArchive)
 
 
 def _binary_lines(path: str, max_bytes: int = 0) -> Iterator[bytes | None]:
     """Raw lines of a plain, .gz or .zst file (None for a line over `max_bytes`, which is skipped
-    unread); a truncated archive raises EOFError after its last full line."""
+    unread); a truncated or corrupt archive raises one of _ARCHIVE_ERRORS after its last full line."""
     with open(path, "rb") as raw:
         if path.endswith(".zst"):
             yield from _split_lines(_zstd_chunks(raw), max_bytes)
@@ -210,15 +212,22 @@ def _binary_lines(path: str, max_bytes: int = 0) -> Iterator[bytes | None]:
             yield from _split_lines(iter(lambda: raw.read(1 << 20), b""), max_bytes)
 
 
-def _zstd_chunks(raw: Any, size: int = 1 << 20) -> Iterator[bytes]:
-    """Decompressed chunks of a (multi-frame) zstd stream, as soon as they decode; EOFError if truncated."""
+def _zstd_chunks(raw: Any, size: int = 1 << 16) -> Iterator[bytes]:
+    """Decompressed chunks of a (multi-frame) zstd stream, as soon as they decode; EOFError if truncated.
+
+    The input goes in small pieces: a piece that holds a damaged block raises without returning
+    what it decoded, so small pieces lose little more than the damaged block itself.
+    """
     import zstandard
 
     dctx = zstandard.ZstdDecompressor()
     obj = dctx.decompressobj()
     while chunk := raw.read(size):
         while chunk:
-            out = obj.decompress(chunk)
+            try:
+                out = obj.decompress(chunk)
+            except zstandard.ZstdError as e:
+                raise CorruptArchive(f"zstd: {e}") from None
             if out:
                 yield out
             chunk = obj.unused_data if obj.eof else b""
@@ -254,35 +263,86 @@ def _split_lines(chunks: Iterator[bytes], max_bytes: int = 0) -> Iterator[bytes 
         yield b"".join(pending)
 
 
-def _read_jsonl(path: str, text_field: str, reject: OnReject, max_bytes: int = 0) -> Iterator[Document]:
+def _numbered_lines(path: str, max_bytes: int, reject: OnReject) -> Iterator[tuple[int, bytes | None]]:
+    """(line number, raw line) of a file; damage to an archive ends it with one reject at the damaged line."""
     lineno = 0
     try:
         for lineno, line in enumerate(_binary_lines(path, max_bytes), 1):  # noqa: B007
-            pos = f"line {lineno}"
-            if line is None:
-                reject(Reject(path, pos, f"too_long: line over the {max_bytes}-byte limit (data.max_doc_chars)"))
-                continue
-            if not line.strip():
-                continue
-            text_line = _decode(line, path, pos, reject)
-            if text_line is None:
-                continue
-            try:
-                record = json.loads(text_line)
-            except json.JSONDecodeError as e:
-                reject(Reject(path, pos, f"malformed JSON ({e.msg} at column {e.colno})", text_line[:200]))
-                continue
-            if not isinstance(record, dict):
-                reject(Reject(path, pos, f"expected a JSON object, got {type(record).__name__}", text_line[:200]))
-                continue
-            text = record.get(text_field)
-            if not isinstance(text, str):
-                found = "missing" if text is None else type(text).__name__
-                reject(Reject(path, pos, f"text field {text_field!r} is {found} (expected a string)", text_line[:200]))
-                continue
-            yield _jsonl_document(record, text_field, text, path, lineno)
-    except (EOFError, OSError, ValueError) as e:
+            yield lineno, line
+    except _ARCHIVE_ERRORS as e:
         reject(Reject(path, f"line {lineno + 1}", f"truncated or corrupt archive: {e}"))
+
+
+class NonStandardJSON(ValueError):
+    pass
+
+
+def _reject_constant(name: str) -> Any:
+    raise NonStandardJSON(f"{name} is not a JSON value")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise NonStandardJSON(f"the number {text[:40]} overflows a double")
+    return value
+
+
+# one decoder for every line: json.loads with hooks would build a new one per call
+_STRICT_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
+
+
+def parse_json_line(line: str) -> tuple[Any, str]:
+    """(value, "") or (None, why not): strict JSON as RFC 8259 has it, in bounds Python can hold."""
+    try:
+        return _STRICT_DECODER.decode(line), ""
+    except json.JSONDecodeError as e:
+        return None, f"malformed JSON ({e.msg} at column {e.colno})"
+    except NonStandardJSON as e:
+        return None, f"non-standard JSON ({e})"
+    except ValueError as e:  # int() refuses more than sys.get_int_max_str_digits() digits
+        return None, f"number too large ({str(e).split(';')[0]})"
+    except RecursionError:
+        return None, "nested too deeply (JSON arrays/objects deeper than the parser's recursion limit)"
+
+
+def _lone_surrogate(record: dict) -> str:
+    """The first unpaired surrogate in the record's keys or strings, escaped (\\udXXX); "" if none."""
+    try:
+        json.dumps(record, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as e:
+        return e.object[e.start : e.end].encode("unicode_escape").decode("ascii")
+    return ""
+
+
+def _read_jsonl(path: str, text_field: str, reject: OnReject, max_bytes: int = 0) -> Iterator[Document]:
+    for lineno, line in _numbered_lines(path, max_bytes, reject):
+        pos = f"line {lineno}"
+        if line is None:
+            reject(Reject(path, pos, f"too_long: line over the {max_bytes}-byte limit (data.max_doc_chars)"))
+            continue
+        if not line.strip():
+            continue
+        text_line = _decode(line, path, pos, reject)
+        if text_line is None:
+            continue
+        excerpt = text_line[:EXCERPT_CHARS]
+        record, why = parse_json_line(text_line)
+        if why:
+            reject(Reject(path, pos, why, excerpt))
+            continue
+        if not isinstance(record, dict):
+            reject(Reject(path, pos, f"expected a JSON object, got {type(record).__name__}", excerpt))
+            continue
+        text = record.get(text_field)
+        if not isinstance(text, str):
+            found = "missing" if text is None else type(text).__name__
+            reject(Reject(path, pos, f"text field {text_field!r} is {found} (expected a string)", excerpt))
+            continue
+        if _SURROGATE_ESCAPE.search(line) and (bad := _lone_surrogate(record)):
+            reject(Reject(path, pos, f"lone surrogate {bad} in a string or key (not valid Unicode)", excerpt))
+            continue
+        yield _jsonl_document(record, text_field, text, path, lineno)
 
 
 def _jsonl_document(record: dict, text_field: str, text: str, path: str, lineno: int) -> Document:
@@ -301,6 +361,7 @@ def _jsonl_document(record: dict, text_field: str, text: str, path: str, lineno:
 
 
 def _read_parquet(path: str, text_field: str, reject: OnReject, max_bytes: int = 0) -> Iterator[Document]:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     row = 0
@@ -317,12 +378,21 @@ def _read_parquet(path: str, text_field: str, reject: OnReject, max_bytes: int =
                     reject(Reject(path, f"row {row}", f"column {text_field!r} is not a string"))
                     continue
                 yield _jsonl_document(_json_safe(record), text_field, text, path, row)
-    except (OSError, ValueError) as e:  # pyarrow errors subclass these
-        reject(Reject(path, f"row {row + 1}", f"unreadable parquet: {e}"))
+    except (pa.ArrowException, OSError, ValueError, TypeError) as e:  # a damaged file, footer or page
+        reject(Reject(path, f"row {row + 1}", f"unreadable parquet: {type(e).__name__}: {e}"))
 
 
-def _json_safe(record: dict) -> dict:
-    return {k: v if isinstance(v, (str, int, float, bool, type(None), dict, list)) else str(v) for k, v in record.items()}
+def _json_safe(value: Any) -> Any:
+    """A column value as standard JSON: NaN and infinities -> null, other types (dates, bytes) -> str."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if value is None or isinstance(value, (str, int, bool)):
+        return value
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return str(value)
 
 
 def _read_warc(path: str, text_field: str, reject: OnReject, max_bytes: int = 0) -> Iterator[Document]:
@@ -358,7 +428,8 @@ def _read_warc(path: str, text_field: str, reject: OnReject, max_bytes: int = 0)
     # warcio ends quietly on a cut file: check the gzip members, or that the last plain record
     # is followed by its \r\n\r\n terminator
     if path.endswith(".gz") and not _gzip_complete(path):
-        reject(Reject(path, f"offset {offset}", "truncated or corrupt WARC: the gzip stream is cut short"))
+        reject(Reject(path, f"offset {offset}",
+                      "truncated or corrupt WARC: the gzip stream is cut short or damaged"))
     elif not path.endswith(".gz") and end:
         with open(path, "rb") as f:
             f.seek(end)
@@ -368,14 +439,15 @@ def _read_warc(path: str, text_field: str, reject: OnReject, max_bytes: int = 0)
 
 
 def _gzip_complete(path: str) -> bool:
-    """Whether every gzip member of the file is complete (a cheap second pass, no parsing)."""
-    import zlib
-
+    """Whether every gzip member of the file is complete and intact (a cheap second pass, no parsing)."""
     with open(path, "rb") as f:
         obj = zlib.decompressobj(wbits=31)
         while chunk := f.read(1 << 20):
             while chunk:
-                obj.decompress(chunk)
+                try:
+                    obj.decompress(chunk)
+                except zlib.error:
+                    return False
                 chunk = obj.unused_data if obj.eof else b""
                 if obj.eof and chunk:
                     obj = zlib.decompressobj(wbits=31)
