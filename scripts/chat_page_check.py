@@ -8,6 +8,8 @@ Debian's chromium through selenium + chromedriver, checks that
      (the bubble is filled and loses its "pending" cursor);
   3. a sampling setting is sent (max tokens = 12 caps the reply) and "Clear conversation" empties it;
   4. a request the server refuses (max tokens beyond the context) shows the server's message;
+  5. against a server started with an API key, the page asks for the key (a wrong one is asked
+     for again), then shows the model and streams a reply;
 
 and saves a screenshot after the reply. Exit status 0 = all checks passed.
 
@@ -54,13 +56,14 @@ def tiny_model():
     return Transformer(cfg).eval(), tok
 
 
-def start_server(model, tokenizer, name: str):
+def start_server(model, tokenizer, name: str, api_key: str | None = None):
     import uvicorn
 
-    from lmforge.serve.server import ServerConfig, create_app
+    from lmforge.serve.app import create_app
+    from lmforge.serve.config import ServerConfig
 
-    app = create_app(model, tokenizer, ServerConfig(model_name=name))
-    sock = socket.socket()
+    app = create_app(model, tokenizer, ServerConfig(model_name=name, api_key=api_key))
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # TCP: asyncio sets NODELAY
     sock.bind(("127.0.0.1", 0))
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
@@ -70,6 +73,34 @@ def start_server(model, tokenizer, name: str):
             raise SystemExit("the server did not start")
         time.sleep(0.05)
     return server, thread, f"http://127.0.0.1:{sock.getsockname()[1]}/"
+
+
+def check_api_key(driver, wait, check, model, tok, name: str) -> None:
+    """Step 5: a server that needs a key; the page asks for it until the right one is given."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    server, thread, url = start_server(model, tok, name, api_key="page-check-key")
+    try:
+        driver.execute_script("sessionStorage.clear()")
+        driver.get(url)
+        dialog = driver.find_element(By.ID, "key-dialog")
+        wait.until(lambda d: dialog.get_attribute("open") is not None)
+        check(True, "the page asks for the API key: " + driver.find_element(By.ID, "key-reason").text)
+        driver.find_element(By.ID, "key-input").send_keys("wrong-key", Keys.ENTER)
+        wait.until(lambda d: "refused" in d.find_element(By.ID, "key-reason").text and dialog.get_attribute("open"))
+        check(True, "a wrong key is asked for again")
+        box = driver.find_element(By.ID, "key-input")
+        box.clear()
+        box.send_keys("page-check-key", Keys.ENTER)
+        wait.until(lambda d: name in d.find_element(By.ID, "model-name").text)
+        check(dialog.get_attribute("open") is None, "the right key closes the dialog and the model is shown")
+        driver.find_element(By.ID, "input").send_keys("hello", Keys.ENTER)
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".msg.assistant:not(.pending), .msg.error"))
+        check(not driver.find_elements(By.CSS_SELECTOR, ".msg.error"), "a reply streams in with the key")
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
 
 
 def main() -> int:
@@ -140,6 +171,7 @@ def main() -> int:
         wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".msg.error"))
         error = driver.find_element(By.CSS_SELECTOR, ".msg.error .content").text
         check("context" in error, f"a server error is shown to the user: {error!r}")
+        check_api_key(driver, wait, check, model, tok, name)
     finally:
         driver.quit()
         server.should_exit = True

@@ -20,7 +20,7 @@ import zstandard
 from lmforge.cli import main as cli_main
 from lmforge.data.config import DataConfig
 from lmforge.data.documents import encode_record
-from lmforge.data.pipeline import TEMP_GLOB, run_pipeline
+from lmforge.data.pipeline import run_pipeline
 from lmforge.data.readers import read_unit
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -277,12 +277,12 @@ def test_kill_during_the_write_phase_leaves_no_temp_files_after_the_rerun(tmp_pa
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None and not stale:
         if (out / "docs").is_dir():
-            stale = list((out / "docs").glob(TEMP_GLOB))
+            stale = list((out / "docs").glob(".tmp-*"))
     if proc.poll() is None:
         os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert stale, "the run finished before a shard write could be interrupted"
     assert not (out / "stats.json").exists()
-    assert list((out / "docs").glob(TEMP_GLOB)), "the kill left no half-written shard to clean up"
+    assert list((out / "docs").glob(".tmp-*")), "the kill left no half-written shard to clean up"
     assert cli_main(["data", str(recipe)]) == 0
-    assert tree_bytes(out) == ref_tree  # byte-identical, and no .*.tmp left anywhere (tree_bytes lists them)
+    assert tree_bytes(out) == ref_tree  # byte-identical, and no .tmp-* left anywhere (tree_bytes lists them)

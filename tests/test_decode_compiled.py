@@ -5,7 +5,7 @@ import torch
 
 from lmforge.data.embedded import embedded_documents
 from lmforge.inference import Engine, SamplingParams, static_decode
-from lmforge.inference.static_decode import CompiledDecodeStep, StaticKVCache, static_cache_length
+from lmforge.inference.static_decode import CompiledDecodeStep
 from lmforge.model.config import ModelConfig
 from lmforge.model.transformer import Transformer
 from lmforge.tokenizer import Tokenizer
@@ -80,14 +80,3 @@ def test_frozen_inductor_step_equals_eager_and_follows_weight_updates(tok, monke
 def test_frozen_autotuned_step_greedy_equals_eager(tok):
     """The shipped settings (frozen weights, C++ GEMM template) on a padded llama batch (~1 min)."""
     assert_compiled_equals_eager(tok, build(tok, "llama"), PADDED)
-
-
-def test_static_cache_prefill_then_position_writes():
-    cfg = ModelConfig(vocab_size=16, n_layer=1, d_model=8, n_head=2, max_seq_len=8)
-    cache = StaticKVCache(cfg, batch_size=1, max_len=4)
-    k = torch.ones(1, 2, 2, 4)
-    got_k, _ = cache.update(0, k, k, 0)
-    assert got_k.shape[2] == 2
-    got_k, _ = cache.update(0, 2 * k[:, :, :1], k[:, :, :1], torch.tensor([2]))
-    assert got_k.shape[2] == 4 and got_k[0, 0, :, 0].tolist() == [1, 1, 2, 0]
-    assert [static_cache_length(n) for n in (1, 64, 65, 200)] == [64, 64, 128, 256]

@@ -85,3 +85,21 @@ def test_check_replaceable_needs_a_manifest_that_lists_everything(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(LmforgeError, match="is a file"):
         check_replaceable(tmp_path / "file", "lmforge export", force=True)
+
+
+def test_atomic_write_temps_are_owned_and_removed_once_their_writer_is_gone(tmp_path):
+    from lmforge.fileio import atomic_write, remove_stale_temps
+
+    (tmp_path / "sub").mkdir()
+    with atomic_write(tmp_path / "sub" / "a.txt") as f:
+        f.write("x")
+        live = [p.name for p in (tmp_path / "sub").iterdir() if p.name.startswith(".tmp-a.txt-")]
+        assert len(live) == 1 and f"-{os.getpid()}@" in live[0]
+        assert remove_stale_temps(tmp_path, recursive=True) == []  # its writer (this process) runs
+    dead = tmp_path / "sub" / f".tmp-b.txt-999999999@{live[0].split('@')[1]}"  # same host, dead pid
+    dead.write_text("half")
+    legacy = tmp_path / ".c.txt.abcd1234.tmp"
+    legacy.write_text("half")
+    removed = remove_stale_temps(tmp_path, recursive=True)
+    assert sorted(p.name for p in removed) == sorted([dead.name, legacy.name])
+    assert (tmp_path / "sub" / "a.txt").read_text() == "x"

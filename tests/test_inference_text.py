@@ -16,11 +16,6 @@ TOK = Tokenizer([], special_tokens=DEFAULT_SPECIALS)  # byte-level: ids 0-255 ar
 EOS, END = TOK.special_ids["<|eos|>"], TOK.special_ids["<|end|>"]
 
 
-class _Cache:
-    def __init__(self, batch):
-        self.k = self.v = torch.zeros(1, batch, 1, 1, 1)
-
-
 class ScriptedModel(nn.Module):
     """At position p it predicts script[p + 1] (a one-hot 'hidden state' and an identity head)."""
 
@@ -30,9 +25,6 @@ class ScriptedModel(nn.Module):
         self.script = script
         self.dummy = nn.Parameter(torch.zeros(1))
         self.lm_head = nn.Identity()
-
-    def new_cache(self, batch, max_len=None):
-        return _Cache(batch)
 
     def forward(self, idx, cache=None, start_pos=0, positions=None, attn_mask=None, return_hidden=False):
         B, T = idx.shape

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
 import threading
 import time
@@ -11,38 +10,17 @@ import time
 import pytest
 
 from interop_common import model, tokenizer
+from serve_common import live_server
 
 openai = pytest.importorskip("openai")
 httpx = pytest.importorskip("httpx")
-uvicorn = pytest.importorskip("uvicorn")
+pytest.importorskip("uvicorn")
 
 from lmforge.inference import Engine, SamplingParams  # noqa: E402
-from lmforge.serve.server import Busy, Job, ServerConfig, Worker, create_app  # noqa: E402
+from lmforge.serve.config import ServerConfig  # noqa: E402
+from lmforge.serve.worker import Busy, Job, Worker  # noqa: E402
 
 KEY = "sk-test-key"
-
-
-@contextlib.contextmanager
-def live_server(config: ServerConfig, **model_kw):
-    """Run the app under uvicorn on 127.0.0.1 and a free port (bound before the thread starts)."""
-    ours = model(max_seq_len=96, **model_kw)
-    app = create_app(ours, tokenizer(), config)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not server.started:
-        assert time.time() < deadline and thread.is_alive(), "server did not start"
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}", ours, app
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
 
 
 @pytest.fixture(scope="module")
@@ -145,7 +123,7 @@ def test_bad_requests_get_4xx_and_server_survives(client, server):
 
 def test_disconnect_stops_generation_and_full_queue_gets_429(server, client):
     url, _, app = server
-    worker = app.state.worker
+    worker = app.state.service.worker
     produced = []
     real_stream = worker.engine.stream
 
@@ -221,7 +199,13 @@ def test_api_key_required():
             anonymous.completions.create(model="tiny", prompt="x", max_tokens=1)
         good = openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0)
         assert good.completions.create(model="tiny", prompt="x", max_tokens=1).choices
-        assert httpx.get(url + "/health").status_code == 200  # health and the page need no key
+        assert httpx.get(url + "/health").status_code == 401  # it names the model and its load
+        assert httpx.get(url + "/health", headers={"Authorization": "Bearer " + KEY}).json()["model"] == "tiny"
+        live = httpx.get(url + "/livez")  # the public liveness probe says nothing else
+        assert live.status_code == 200 and live.json() == {"status": "ok"}
+        page = httpx.get(url + "/")  # the page loads (it carries no model data) and asks for the key
+        assert page.status_code == 200 and 'id="key-dialog"' in page.text
+        assert httpx.get(url + "/static/chat.js").status_code == 200
 
 
 def test_no_input_crashes_the_server(server):
@@ -290,7 +274,7 @@ def test_lmforge_serve_command(tmp_path):
         while True:
             assert proc.poll() is None, proc.stdout.read()
             try:
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
+                if httpx.get(url + "/livez", timeout=1).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass

@@ -1,8 +1,9 @@
 """The one way lmforge writes files: atomically (temp name, fsync, rename).
 
-A killed process never leaves a torn file where a good one is expected. Directories are written
-under a temp name that says which process owns it (`owned_temp_dir`), so the next writer can remove
-what a killed one left (`remove_stale_temps`) without touching a save in progress. Outputs that
+A killed process never leaves a torn file where a good one is expected. Files and directories are
+written under a temp name that says which process owns it (`.tmp-<name>-<pid>@<host>-<random>`,
+from `atomic_write` and `owned_temp_dir`), so the next writer can remove what a killed one left
+(`remove_stale_temps`) without touching a write in progress. Outputs that
 replace a user-named path carry a manifest (`write_manifest`), and only those are replaced without
 being told to (`check_replaceable`).
 """
@@ -25,7 +26,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str | None 
     """Open a temp file beside `path`; on success fsync and rename it over `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}-{_owner()}-", dir=path.parent)
     binary = "b" in mode
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the usual mode
@@ -97,6 +98,7 @@ def _owner() -> str:
 
 
 _OWNED = re.compile(r"-(\d+)@([A-Za-z0-9]+)-[A-Za-z0-9_]+$")
+_LEGACY_FILE = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")
 
 
 def owned_temp_name(label: str) -> str:
@@ -111,9 +113,10 @@ def owned_temp_dir(parent: str | os.PathLike, label: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=f".tmp-{label}-{_owner()}-", dir=parent))
 
 
-def remove_stale_temps(parent: str | os.PathLike, label: str = "") -> list[Path]:
-    """Delete the `.tmp-<label>*` entries in `parent` whose writer is gone: its pid no longer runs on
-    this host, or the name has no owner (lmforge before owned temp names). Temps of running processes
+def remove_stale_temps(parent: str | os.PathLike, label: str = "", recursive: bool = False) -> list[Path]:
+    """Delete the `.tmp-<label>*` entries in `parent` (and its subfolders with `recursive`) whose writer
+    is gone: its pid no longer runs on this host, or the name has no owner (lmforge before owned temp
+    names, including atomic_write's old `.NAME.XXXXXXXX.tmp`). Temps of running processes
     and of other hosts (which this one cannot check) are kept. Returns what was removed."""
     import shutil
 
@@ -122,8 +125,12 @@ def remove_stale_temps(parent: str | os.PathLike, label: str = "") -> list[Path]
         return []
     host = _owner().split("@", 1)[1]
     removed = []
+    if recursive:
+        for sub in sorted(p for p in parent.iterdir() if p.is_dir() and not p.name.startswith(".tmp-")):
+            removed += remove_stale_temps(sub, label, recursive=True)
     for entry in parent.iterdir():
-        if not entry.name.startswith(f".tmp-{label}"):
+        legacy_file = not label and _LEGACY_FILE.match(entry.name)  # atomic_write before owned names
+        if not entry.name.startswith(f".tmp-{label}") and not legacy_file:
             continue
         m = _OWNED.search(entry.name)
         if m and (m.group(2) != host or _running(int(m.group(1)))):

@@ -1,24 +1,29 @@
 """Serve a model over an OpenAI-compatible HTTP API, with a web chat page at `/`.
 
 Endpoints: /v1/models, /v1/completions, /v1/chat/completions (streaming with "stream": true),
-/health, and the chat page at http://HOST:PORT/. Binds 127.0.0.1 unless told otherwise; with
---api-key (or LMFORGE_API_KEY) every /v1 request needs `Authorization: Bearer KEY`.
-Requests beyond --max-queue (waiting + running) get 429; requests with the same sampling
-settings are batched up to --max-batch prompts.
+/health, /livez (liveness only) and the chat page at http://HOST:PORT/. Binds 127.0.0.1 unless
+told otherwise; with --api-key (or LMFORGE_API_KEY) every endpoint but /livez and the page's
+files needs `Authorization: Bearer KEY` (the page asks for it). Requests naming another model
+than --model-name get 404; bodies over --max-request-bytes get 413; requests beyond --max-queue
+(waiting + running) get 429; requests with the same sampling settings are batched up to
+--max-batch prompts.
 
 examples:
   lmforge serve --model runs/shakespeare
   lmforge serve --model runs/shakespeare/sft --port 8080 --api-key secret
   curl http://127.0.0.1:8000/v1/chat/completions -H 'Content-Type: application/json' \\
-       -d '{"model": "lmforge", "messages": [{"role": "user", "content": "Who is Hamlet?"}]}'
+       -d '{"messages": [{"role": "user", "content": "Who is Hamlet?"}]}'
   python -c "from openai import OpenAI; c = OpenAI(base_url='http://127.0.0.1:8000/v1', api_key='x'); \\
-             print(c.completions.create(model='lmforge', prompt='To be', max_tokens=20).choices[0].text)"
+             m = c.models.list().data[0].id; \\
+             print(c.completions.create(model=m, prompt='To be', max_tokens=20).choices[0].text)"
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+
+from lmforge.serve.config import ServerConfig
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -29,6 +34,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model-name", default="", help="id reported by /v1/models (default: the checkpoint's run name)")
     p.add_argument("--max-queue", type=int, default=16, help="requests waiting + running before 429 (default: 16)")
     p.add_argument("--max-batch", type=int, default=8, help="prompts per batched generation (default: 8)")
+    p.add_argument(
+        "--max-request-bytes",
+        type=int,
+        default=ServerConfig.max_request_bytes,
+        help=f"larger request bodies get 413 (default: {ServerConfig.max_request_bytes}, 1 MiB)",
+    )
     p.add_argument("--device", default="", help="cpu, cuda, mps (default: cuda if available, else cpu)")
     p.add_argument("--dtype", default="", help="float32|float16|bfloat16 (default: the checkpoint's)")
     p.add_argument(
@@ -43,13 +54,13 @@ def main(args: argparse.Namespace, overrides: list[str]) -> int:
 
     from lmforge.checkpoint.consolidated import load_model, resolve_checkpoint
     from lmforge.errors import LmforgeError
-    from lmforge.serve.server import ServerConfig, serve
+    from lmforge.serve.app import serve
 
     dtypes = {"": None, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
     if args.dtype not in dtypes:
         raise LmforgeError(f"--dtype must be one of float32, float16, bfloat16; got {args.dtype!r}")
-    if args.max_queue < 1 or args.max_batch < 1:
-        raise LmforgeError("--max-queue and --max-batch must be at least 1")
+    if args.max_queue < 1 or args.max_batch < 1 or args.max_request_bytes < 1:
+        raise LmforgeError("--max-queue, --max-batch and --max-request-bytes must be at least 1")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     ckpt = resolve_checkpoint(args.model)
     model, tokenizer = load_model(ckpt, device=device, dtype=dtypes[args.dtype])
@@ -59,6 +70,7 @@ def main(args: argparse.Namespace, overrides: list[str]) -> int:
         api_key=args.api_key or os.environ.get("LMFORGE_API_KEY") or None,
         max_queue=args.max_queue,
         max_batch=args.max_batch,
+        max_request_bytes=args.max_request_bytes,
         compile=args.compile,
     )
     print(f"serving {ckpt} as {name!r} on http://{args.host}:{args.port}/ (chat page at /, API at /v1)")

@@ -38,12 +38,11 @@ from lmforge.data.registry import DEDUP_STEPS
 from lmforge.data.rejects import Reject, reject_reason_kind
 from lmforge.data.stats import StatsRecorder, add_dedup_stats, merge_stats, record_dedup_drop, render_summary
 from lmforge.errors import LmforgeError
-from lmforge.fileio import atomic_write, atomic_write_json, atomic_write_text, read_json
+from lmforge.fileio import atomic_write, atomic_write_json, atomic_write_text, read_json, remove_stale_temps
 
 # A task's statistics file is written last and doubles as its completion marker.
 PHASE1_MARKER = "stats.json"
 PHASE3_MARKER = "write.json"
-TEMP_GLOB = ".*.tmp"  # the names fileio.atomic_write gives its temp files
 
 
 @dataclass
@@ -180,15 +179,6 @@ def make_plan(cfg: DataConfig, out: Path) -> Plan:
     return Plan(cfg=to_dict(cfg), out=str(out), units=[units[t::n_tasks] for t in range(n_tasks)])
 
 
-def remove_stale_temps(out: Path) -> int:
-    """Delete the temp files that killed writes left in the folders the pipeline writes; returns how many."""
-    found = [p for sub in ("docs", "rejects") for p in (out / sub).glob(TEMP_GLOB)]
-    found += list(out.glob(TEMP_GLOB)) + list((out / "_work").rglob(TEMP_GLOB))
-    for p in found:
-        p.unlink(missing_ok=True)
-    return len(found)
-
-
 def run_pipeline(cfg: DataConfig, out: str | Path, workers: int | None = None,
                  executor: str | None = None) -> dict:
     """Run the whole pipeline into `out` (docs/, rejects/, stats.json, summary.md); returns the stats."""
@@ -197,7 +187,7 @@ def run_pipeline(cfg: DataConfig, out: str | Path, workers: int | None = None,
     workers = workers if workers is not None else (cfg.workers or os.cpu_count() or 1)
     executor = executor or cfg.executor
     build_steps(cfg)  # fail fast on a bad step setting, before any worker starts
-    remove_stale_temps(out)
+    remove_stale_temps(out, recursive=True)  # what killed writes left behind
     signature = config_hash({"cfg": plan.cfg, "units": plan.units, "files": _file_stamps(plan)})
     state = plan.work / "plan.json"
     if not (state.exists() and read_json(state).get("hash") == signature):

@@ -30,8 +30,9 @@ import torch
 from tqdm import tqdm
 
 from lmforge.errors import LmforgeError
+from lmforge.inference.kv_cache import KVCache, StaticKVCache, static_cache_length
 from lmforge.inference.sampling import SamplingParams, make_generators, sample_next
-from lmforge.inference.static_decode import CompiledDecodeStep, StaticKVCache, static_cache_length
+from lmforge.inference.static_decode import CompiledDecodeStep
 
 log = logging.getLogger("lmforge.inference")
 
@@ -305,7 +306,7 @@ class Engine:
             cache = StaticKVCache(model.cfg, len(rows), S, device, param.dtype)
         else:
             S = L + steps
-            cache = model.new_cache(len(rows), S)
+            cache = KVCache.for_model(model, len(rows), S)
         pads = L - lens
         valid = torch.arange(S, device=device)[None, :] >= pads[:, None]  # [B, S]: False on padding
         positions = mask = None
@@ -351,7 +352,7 @@ class Engine:
             if len(keep) < len(rows):  # drop finished rows from the batch and the cache
                 idx = torch.tensor(keep, device=device)
                 rows = [rows[b] for b in keep]
-                cache.k, cache.v = cache.k[:, idx], cache.v[:, idx]
+                cache.keep_rows(idx)
                 pads, valid = pads[idx], valid[idx]
                 tokens = [tokens[b] for b in keep]
                 if gens is not None:

@@ -5,12 +5,10 @@ cache slicing), not on the matrix products. Here one decode step — embedding, 
 final norm, LM head — is a single `torch.compile`d graph whose shapes never change while a
 batch decodes:
 
-  * `StaticKVCache` holds every layer's keys/values in its own fixed [B, H_kv, S, D] tensor.
-    The (eager) prefill writes positions 0..L-1 as usual; a decode step writes its token at a
-    position *tensor* with `index_copy_` and attends over all S positions, with a boolean mask
-    of the positions written so far. One tensor per layer (not one [layers, ...] tensor) keeps
-    the in-place write cheap: a write into a view of a bigger graph input makes inductor copy
-    the whole input back.
+  * `StaticKVCache` (`lmforge.inference.kv_cache`) holds every layer's keys/values in its own
+    fixed [B, H_kv, S, D] tensor. The (eager) prefill writes positions 0..L-1 as usual; a
+    decode step writes its token at a position *tensor* with `index_copy_` and attends over all
+    S positions, with a boolean mask of the positions written so far.
   * S is the batch's prompt + new tokens rounded up to a power of two (`static_cache_length`),
     so calls of similar lengths reuse one compiled step. The engine passes a window of the
     first slots (`StaticKVCache.window`: the slots used so far, rounded up the same way), so
@@ -35,6 +33,8 @@ import types
 
 import torch
 
+from lmforge.inference.kv_cache import StaticKVCache
+
 log = logging.getLogger("lmforge.inference")
 
 # Inductor settings of the compiled step (see the module docstring), patched in while it compiles
@@ -48,44 +48,6 @@ INDUCTOR_CONFIG = {
     "autotune_num_choices_displayed": 0,
 }
 MAX_COMPILED_SHAPES = 64  # dynamo's recompile limit for the step (its default, 8, is low here)
-
-
-def static_cache_length(n: int) -> int:
-    """Cache positions for n tokens: the next power of two, at least 64."""
-    return max(64, 1 << (n - 1).bit_length())
-
-
-class StaticKVCache:
-    """Per-layer keys and values of a fixed length, for `Attention.forward`'s `cache.update`."""
-
-    def __init__(self, cfg, batch_size: int, max_len: int, device=None, dtype=torch.float32):
-        shape = (batch_size, cfg.n_kv_head, max_len, cfg.head_dim)
-        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
-        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
-        self.max_len = max_len
-
-    def window(self, n: int) -> StaticKVCache:
-        """The first n slots of every layer, as a cache that shares this one's memory."""
-        view = object.__new__(StaticKVCache)
-        view.k = [k[:, :, :n] for k in self.k]
-        view.v = [v[:, :, :n] for v in self.v]
-        view.max_len = n
-        return view
-
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor, start_pos: int | torch.Tensor):
-        """Store k, v [B, H_kv, T, D] from start_pos on. An int start_pos (the prefill) returns the
-        positions so far, as `KVCache` does; a position tensor (a compiled decode step, T = 1)
-        returns the whole fixed-length cache, to be masked."""
-        if isinstance(start_pos, torch.Tensor):
-            self.k[layer].index_copy_(2, start_pos, k)
-            self.v[layer].index_copy_(2, start_pos, v)
-            return self.k[layer], self.v[layer]
-        end = start_pos + k.shape[2]
-        if end > self.max_len:
-            raise ValueError(f"KV cache holds {self.max_len} positions; asked for {end}")
-        self.k[layer][:, :, start_pos:end] = k
-        self.v[layer][:, :, start_pos:end] = v
-        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
 
 
 def _decode_forward(model, tokens, pos, pads, valid, cache):

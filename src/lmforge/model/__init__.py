@@ -2,12 +2,12 @@
 
 from lmforge.model.config import PRESETS, ModelConfig, flops_per_token, num_params
 
-__all__ = ["PRESETS", "ModelConfig", "Transformer", "KVCache", "flops_per_token", "num_params"]
+__all__ = ["PRESETS", "ModelConfig", "Transformer", "flops_per_token", "num_params"]
 
 
 def __getattr__(name: str):
     # torch-heavy names load lazily so `import lmforge.model` stays cheap for the CLI.
-    if name in ("Transformer", "KVCache"):
+    if name == "Transformer":
         from lmforge.model import transformer
 
         return getattr(transformer, name)

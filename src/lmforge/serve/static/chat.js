@@ -6,12 +6,14 @@ const $ = (id) => document.getElementById(id);
 const conversation = []; // {role, content} messages sent with every request
 let controller = null; // AbortController of the reply being streamed
 
+// Sampling settings are remembered by the browser; the API key only by this tab (sessionStorage).
 const SETTINGS = ["system", "temperature", "top_p", "top_k", "max_tokens", "seed", "stop_strings", "api_key"];
 for (const id of SETTINGS) {
-  const saved = localStorage.getItem("lmforge." + id);
+  const store = id === "api_key" ? sessionStorage : localStorage;
+  const saved = store.getItem("lmforge." + id);
   if (saved !== null) $(id).value = saved;
   $(id).addEventListener("input", () => {
-    localStorage.setItem("lmforge." + id, $(id).value);
+    store.setItem("lmforge." + id, $(id).value);
     showRangeValues();
   });
 }
@@ -26,6 +28,19 @@ function headers() {
   const key = $("api_key").value.trim();
   if (key) h["Authorization"] = "Bearer " + key;
   return h;
+}
+
+// The server answers 401 when it needs a key and none (or a wrong one) was sent: ask for it,
+// then run `retry` with the new key.
+function askForKey(reason, retry) {
+  $("key-reason").textContent = reason;
+  $("key-input").value = $("api_key").value;
+  $("key-form").onsubmit = () => {
+    $("api_key").value = $("key-input").value.trim();
+    sessionStorage.setItem("lmforge.api_key", $("api_key").value);
+    if (retry) setTimeout(retry, 0);
+  };
+  if (!$("key-dialog").open) $("key-dialog").showModal();
 }
 
 function addMessage(role, text) {
@@ -45,7 +60,6 @@ function addMessage(role, text) {
 
 function requestBody() {
   const body = {
-    model: $("model-name").dataset.id || "lmforge",
     messages: [],
     stream: true,
     temperature: Number($("temperature").value),
@@ -53,6 +67,7 @@ function requestBody() {
     top_k: Number($("top_k").value) || 0,
     max_tokens: Number($("max_tokens").value) || 200,
   };
+  if ($("model-name").dataset.id) body.model = $("model-name").dataset.id;
   const system = $("system").value.trim();
   if (system) body.messages.push({ role: "system", content: system });
   body.messages.push(...conversation);
@@ -80,6 +95,7 @@ async function send(text) {
     });
     if (!response.ok) {
       const err = await response.json().catch(() => ({}));
+      if (response.status === 401) askForKey("The server refused the API key; enter it and send again.");
       throw new Error((err.error && err.error.message) || response.status + " " + response.statusText);
     }
     const reader = response.body.getReader();
@@ -149,11 +165,21 @@ $("clear").addEventListener("click", () => {
   $("stats").textContent = "";
 });
 
-fetch("/v1/models", { headers: headers() })
-  .then((r) => (r.ok ? r.json() : Promise.reject(new Error("HTTP " + r.status))))
-  .then((j) => {
-    const m = j.data[0];
+async function loadModel() {
+  try {
+    const r = await fetch("/v1/models", { headers: headers() });
+    if (r.status === 401) {
+      $("model-name").textContent = "waiting for the API key";
+      askForKey($("api_key").value ? "That API key was refused; try again." : "This server needs an API key.",
+        loadModel);
+      return;
+    }
+    if (!r.ok) throw new Error("HTTP " + r.status);
+    const m = (await r.json()).data[0];
     $("model-name").textContent = `${m.id} · context ${m.max_model_len} tokens`;
     $("model-name").dataset.id = m.id;
-  })
-  .catch((e) => { $("model-name").textContent = "model list unavailable (" + e.message + ")"; });
+  } catch (e) {
+    $("model-name").textContent = "model list unavailable (" + e.message + ")";
+  }
+}
+loadModel();
