@@ -10,10 +10,15 @@ if [ -z "$browser" ]; then
   echo "render_report.sh: no chromium found (Debian: apt-get install -y chromium)" >&2
   exit 1
 fi
+rm -f "$out"
 profile=$(mktemp -d)
 trap 'rm -rf "$profile"' EXIT
 "$browser" --headless --no-sandbox --disable-gpu --disable-background-networking \
   --disable-component-update --disable-sync --no-first-run --hide-scrollbars \
   --user-data-dir="$profile" --window-size="$size" \
   --screenshot="$(realpath -m "$out")" "file://$(realpath "$html")" >/dev/null 2>&1
+if [ ! -s "$out" ]; then
+  echo "render_report.sh: $browser wrote no screenshot" >&2
+  exit 1
+fi
 echo "wrote $out"

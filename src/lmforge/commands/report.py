@@ -1,9 +1,12 @@
 """Write a run's report card: RUN_DIR/report.html (self-contained, plots inline) and report.md.
 
-It shows the resolved recipe, the hardware, data statistics per filter rule, tokenizer and shard
-statistics, loss and learning-rate curves, throughput and MFU, the post-training demo's before/after
-metrics, evaluation tables per stage and sample generations; parts a run lacks are left out.
-`lmforge run` rewrites it at the end of every run.
+It opens with a summary (parameters, tokens, training FLOPs, wall time per stage, device, git
+commit) and a line per stage with the held-out bits per byte after it and what it cost, then one
+plot per series each stage logged (loss, val bpb, lr, grad norm, tokens/s, MFU, memory, DPO rewards,
+RL reward, ...), throughput and MFU, evaluation tables per stage and side by side, sample
+generations (post-trained stages as conversations), the post-training demo's before/after metrics,
+data statistics per filter rule, tokenizer and shard statistics and the resolved recipe; parts a
+run lacks are left out. `lmforge run` rewrites it at the end of every run.
 
 examples:
   lmforge report runs/shakespeare

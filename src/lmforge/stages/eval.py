@@ -1,7 +1,8 @@
 """The `eval` stage of `lmforge run`: every trained stage's latest checkpoint on the recipe's tasks.
 
 Writes RUN_DIR/eval/results.json (one entry per checkpoint, pretrain < sft < dpo < rl) and
-RUN_DIR/eval/samples.json (a few seeded generations per checkpoint, for the report card).
+RUN_DIR/eval/samples.json (a few seeded generations per checkpoint, for the report card):
+base checkpoints continue each prompt as text, post-trained ones answer it as a user's chat turn.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from lmforge.errors import LmforgeError
 from lmforge.fileio import atomic_write_json
 
 CHECKPOINT_STAGES = ("pretrain", "sft", "dpo", "rl")
+CHAT_STAGES = ("sft", "dpo", "rl")  # their checkpoints speak the chat template
 
 
 def trained_stages(run_dir: Path, only: list[str] | None = None) -> list[tuple[str, Path]]:
@@ -30,12 +32,18 @@ def trained_stages(run_dir: Path, only: list[str] | None = None) -> list[tuple[s
 
 
 def sample_generations(
-    model, tok, prompts: list[str], max_tokens: int, temperature: float, seed: int
+    model, tok, prompts: list[str], max_tokens: int, temperature: float, seed: int, chat: bool = False
 ) -> list[dict]:
+    """[{"prompt", "completion"}] or, with `chat`, [{"messages": [user, assistant]}] per prompt."""
     from lmforge.inference import Engine, SamplingParams
 
     params = SamplingParams(max_new_tokens=max_tokens, temperature=temperature, top_k=50, seed=seed)
-    outs = Engine(model, tok).generate(list(prompts), params)
+    engine = Engine(model, tok)
+    if chat:
+        turns = [[{"role": "user", "content": p}] for p in prompts]
+        replies = [engine.chat(t, params).text for t in turns]
+        return [{"messages": [*t, {"role": "assistant", "content": r}]} for t, r in zip(turns, replies)]
+    outs = engine.generate(list(prompts), params)
     return [{"prompt": p, "completion": o.text} for p, o in zip(prompts, outs)]
 
 
@@ -70,7 +78,8 @@ def eval_stage(recipe: Any, run_dir: Path) -> dict:
         print(format_table(entry), flush=True)
         if cfg.sample_prompts:
             samples[stage] = sample_generations(
-                model, tok, cfg.sample_prompts, cfg.sample_tokens, cfg.sample_temperature, recipe.seed
+                model, tok, cfg.sample_prompts, cfg.sample_tokens, cfg.sample_temperature, recipe.seed,
+                chat=stage in CHAT_STAGES,
             )
         atomic_write_json(run_dir / "eval" / "results.json", results)
     atomic_write_json(run_dir / "eval" / "samples.json", samples)
