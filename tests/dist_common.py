@@ -15,11 +15,14 @@ from lmforge.distributed import (
     all_reduce_sum,
     clip_grad_norm_,
     loss_parallel_context,
+    uses_loss_parallel,
 )
 from lmforge.distributed.config import ParallelConfig
 from lmforge.model.config import ModelConfig
+from lmforge.model.loss import IGNORE_INDEX, nll_byte_sums, token_nll
 from lmforge.model.transformer import Transformer
-from lmforge.train.objectives import CausalLMObjective, nll_byte_sums, token_nll
+from lmforge.posttrain.sft_data import Example
+from lmforge.train.objectives import CausalLMObjective, Objective
 
 GLOBAL_BATCH, SEQ, VOCAB = 8, 16, 64
 LR = 1e-2
@@ -54,7 +57,11 @@ def batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def pipeline(model, ctx: DistContext, pcfg: ParallelConfig | None) -> Pipeline | None:
-    return Pipeline(model, pcfg, ctx, GLOBAL_BATCH // ctx.dp_size, SEQ) if ctx.pp_size > 1 else None
+    """The schedule of a pipeline layout, scoring with the causal LM objective's loss."""
+    if ctx.pp_size == 1:
+        return None
+    return Pipeline(model, pcfg, ctx, GLOBAL_BATCH // ctx.dp_size, SEQ, CausalLMObjective().logits_loss,
+                    uses_loss_parallel(pcfg, ctx))
 
 
 def rank_rows(step: int, ctx: DistContext) -> tuple[torch.Tensor, torch.Tensor]:
@@ -116,3 +123,69 @@ def validate(model, ctx: DistContext, pipe: Pipeline | None = None) -> dict:
         torch.distributed.all_reduce(sums)  # tensor / pipeline peers add equal sums: ratios stay exact
     loss, bpb = float(sums[0] / sums[1]), float(sums[2] / (math.log(2) * sums[3]))
     return {"loss": loss, "bpb": bpb, "logits": "/".join(sorted(set(placements)))}
+
+
+# ---------------------------------------------------------------------------- SFT through the Trainer
+
+
+class Delegating(Objective):
+    """A wrapper of another class around an objective that keeps its hooks by delegating them."""
+
+    def __init__(self, inner: Objective):
+        self.inner = inner
+        self.takes_sharded_logits = inner.takes_sharded_logits
+        self.logits_loss = inner.logits_loss
+
+    def loss(self, model, batch):
+        return self.inner.loss(model, batch)
+
+    def model_inputs(self, batch):
+        return self.inner.model_inputs(batch)
+
+    def token_nll(self, model, batch):
+        return self.inner.token_nll(model, batch)
+
+
+def sft_examples(n: int = 32, seed: int = 0) -> list[Example]:
+    """Short conversations (3-8 tokens, the first half prompt: not scored) that pack several to a row."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        length = int(torch.randint(3, 9, (1,), generator=g))
+        ids = torch.randint(0, VOCAB, (length + 1,), generator=g).tolist()
+        prompt = length // 2
+        out.append(Example(ids[:-1], [IGNORE_INDEX] * prompt + ids[prompt + 1 :]))
+    return out
+
+
+def sft_trainer(out_dir, pcfg: ParallelConfig, ctx: DistContext, objective: str = "sft"):
+    """A Trainer with the sft stage's own objective and loader (or the objective behind
+    `Delegating`) for 3 steps of 2 micro-batches on packed rows, and the list the LM head's
+    forward hook fills with how it hands out the logits ("Shard(2)" or "full")."""
+    from types import SimpleNamespace
+
+    from lmforge.posttrain.config import PostTrainConfig
+    from lmforge.recipe import load_recipe
+    from lmforge.stages.posttrain import SFTStage, StageData
+    from lmforge.train.trainer import Trainer
+
+    cfg = PostTrainConfig(
+        max_steps=3, micro_batch=4, seq_len=SEQ, batch_tokens=8 * SEQ, lr=LR, warmup_steps=1, device="cpu",
+    )
+    stage = SFTStage(load_recipe(None, {"seed": 0}), out_dir)
+    model = build()
+    no_specials = SimpleNamespace(special_ids={})  # the pad id falls back to 0
+    obj, loader = stage.build(model, no_specials, cfg, StageData(None, sft_examples()), ctx)
+    if objective == "wrapped":
+        obj = Delegating(obj)
+    torch.manual_seed(0)
+    trainer = Trainer(model, obj, loader, cfg, out_dir, seed=0, stage="sft", parallel_cfg=pcfg, ctx=ctx)
+    placements: list[str] = []
+
+    def record(module, args, logits):
+        shard = isinstance(logits, DTensor) and logits.placements[0].is_shard()
+        placements.append(f"Shard({logits.placements[0].dim})" if shard else "full")
+
+    if trainer.raw_model.lm_head is not None:
+        trainer.raw_model.lm_head.register_forward_hook(record)
+    return trainer, placements

@@ -141,3 +141,97 @@ def test_load_model_matches_transformers_llama(tok, tmp_path):
     x = torch.randint(0, tok.vocab_size, (1, 12))
     with torch.no_grad():
         assert torch.allclose(hf(x).logits, loaded(x), atol=1e-5)
+
+
+# ---------------------------------------------------------------------------- the checkpoint manager
+
+
+class Counter:
+    """A loader whose state is how many batches it served."""
+
+    def __init__(self):
+        self.served = 0
+
+    def state_dict(self):
+        return {"served": self.served}
+
+    def load_state_dict(self, state):
+        self.served = state["served"]
+
+
+def manager_for(out, tok, config_hash="h1", keep_last=1, seed=1):
+    from lmforge.checkpoint.manager import CheckpointManager
+
+    model = model_for(tok)
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    mgr = CheckpointManager(out, model=model, raw_model=model, optimizer=opt, loader=Counter(), tokenizer=tok,
+                            stage="pretrain", config_hash=config_hash, keep_last=keep_last,
+                            device=torch.device("cpu"), run_files=("metrics.jsonl",), say=lambda _: None)
+    return mgr, model, opt
+
+
+def adam_step(model, opt):
+    model(torch.randint(0, model.cfg.vocab_size, (1, 8))).sum().backward()
+    opt.step()
+    opt.zero_grad()
+
+
+def test_manager_resumes_weights_optimizer_loader_and_rng_and_keeps_the_best(tok, tmp_path):
+    out = tmp_path / "pretrain"
+    mgr, model, opt = manager_for(out, tok)
+    adam_step(model, opt)
+    mgr.loader.served = 5
+    mgr.save(1, {"elapsed": 1.5}, val_loss=2.0)  # the best
+    adam_step(model, opt)
+    mgr.loader.served = 9
+    mgr.save(2, {"elapsed": 3.0}, val_loss=2.5)
+    want = {k: v.clone() for k, v in model.state_dict().items()}
+    torch.manual_seed(123)
+    mgr.save(3, {"elapsed": 4.0})
+    expected_draw = torch.rand(3)
+    assert [s for s, _ in list_checkpoints(out / "checkpoints")] == [1, 3]  # keep_last 1, plus the best
+    assert json.loads((out / "checkpoints" / "best.json").read_text())["step"] == 1
+
+    fresh, model2, opt2 = manager_for(out, tok, seed=2)
+    state = fresh.resume("auto")
+    assert state["step"] == 3 and state["elapsed"] == 4.0 and fresh.saved_step == 3
+    assert fresh.loader.served == 9 and fresh.best_val == 2.0
+    for k, v in model2.state_dict().items():
+        assert torch.equal(v, want[k]), k
+    assert opt2.state_dict()["state"][0]["step"] == 2  # AdamW's moments came back
+    assert torch.equal(torch.rand(3), expected_draw)  # the RNG stream continues where step 3 saved it
+
+    assert fresh.rollback() == 3
+    with torch.no_grad():
+        assert torch.equal(model2.norm.weight, want["norm.weight"])
+
+
+def test_manager_starts_fresh_on_another_config_and_refuses_when_told_to_resume(tok, tmp_path):
+    out = tmp_path / "pretrain"
+    mgr, _, _ = manager_for(out, tok)
+    mgr.save(1, {})
+    (out / "metrics.jsonl").write_text("{}\n")
+    with pytest.raises(LmforgeError, match="config differs"):
+        manager_for(out, tok, config_hash="h2")[0].resume("always")
+    other, _, _ = manager_for(out, tok, config_hash="h2")
+    assert other.resume("auto") is None and other.saved_step == -1
+    assert not (out / "checkpoints").exists() and not (out / "metrics.jsonl").exists()
+    assert (tmp_path / "pretrain.previous" / "checkpoints" / "step_000001").is_dir()
+    assert (tmp_path / "pretrain.previous" / "metrics.jsonl").exists()
+    with pytest.raises(LmforgeError, match="no resumable checkpoint"):
+        other.resume("always")
+    with pytest.raises(LmforgeError, match="no checkpoint to roll back to"):
+        other.rollback()
+
+
+def test_manager_rejects_a_torn_optimizer_file(tok, tmp_path):
+    out = tmp_path / "pretrain"
+    mgr, _, _ = manager_for(out, tok)
+    d = mgr.save(1, {})
+    (d / "optimizer.pt").write_bytes(b"\x80\x02 not a torch file")
+    with pytest.raises(LmforgeError, match="cannot read optimizer state"):
+        manager_for(out, tok)[0].resume("auto")

@@ -182,6 +182,47 @@ def test_load_sharded_rejects_wrong_model(runs):
         full_state_dict(runs)
 
 
+SFT_LAYOUTS = [
+    {"name": "sft-tp2", "parallel": {"tp": 2}, "objective": "sft"},
+    {"name": "sft-pp2", "parallel": {"pp": 2, "pp_microbatches": 2}, "objective": "sft"},
+    {"name": "wrapped-tp2", "parallel": {"tp": 2}, "objective": "wrapped"},
+    {"name": "wrapped-pp2-gpipe", "parallel": {"pp": 2, "pp_microbatches": 4, "pp_schedule": "gpipe"},
+     "objective": "wrapped"},
+]
+
+
+@pytest.fixture(scope="module")
+def sft_runs(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("sft-dist")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+           str(Path(__file__).parent / "sft_parallel_worker.py"), str(out), json.dumps(SFT_LAYOUTS)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=400)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    return out
+
+
+def trainer_losses(run: Path) -> list[float]:
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in rows if "loss" in r]
+
+
+@pytest.mark.parametrize("layout", SFT_LAYOUTS, ids=lambda lay: lay["name"])
+def test_sft_under_tensor_and_pipeline_parallelism_matches_one_process(sft_runs, tmp_path, layout):
+    """The sft stage's objective on packed rows (positions, block-diagonal mask): under TP 2 with
+    loss parallelism (the logits never gathered) and under PP 2 it trains the single process's
+    curve; so does a wrapper of another class that delegates the objective's hooks."""
+    trainer, _ = dist_common.sft_trainer(tmp_path / "one", ParallelConfig(), DistContext())
+    trainer.fit()
+    want = trainer_losses(tmp_path / "one")
+    assert len(want) == 3 and want[0] != pytest.approx(want[-1], rel=1e-3)
+    run = sft_runs / layout["name"]
+    assert trainer_losses(run) == pytest.approx(want, rel=LOSS_RTOL)
+    seen = json.loads((run / "seen.json").read_text())
+    tp = layout["parallel"].get("tp", 1) > 1
+    assert seen == {"loss_parallel": tp, "pipeline": not tp, "logits": ["Shard(2)"] if tp else ["full"]}
+
+
 # ---------------------------------------------------------------------------- no processes
 
 
@@ -226,9 +267,19 @@ def test_loss_parallel_applies_under_tensor_parallel():
     assert not uses_loss_parallel(off, DistContext(tp_size=2))
     assert not uses_loss_parallel(on, DistContext())  # nothing to shard
     assert uses_loss_parallel(on, DistContext(tp_size=2, pp_size=2))  # on the last stage
+    assert not uses_loss_parallel(on, DistContext(tp_size=2), takes_sharded_logits=False)
+
+
+def test_objectives_declare_what_parallelism_they_take():
+    """The causal LM objective (pretraining and SFT) takes sharded logits and runs under pipelines;
+    DPO, reward and GRPO read whole logits themselves and have no per-token stage loss."""
     from lmforge.posttrain.dpo import DPOObjective
+    from lmforge.posttrain.grpo import GRPOObjective
+    from lmforge.posttrain.reward import RewardObjective, new_value_head
     from lmforge.train.objectives import CausalLMObjective
 
-    assert uses_loss_parallel(on, DistContext(tp_size=2), CausalLMObjective())
-    # DPO gathers its own log-probs over the vocabulary: it must get whole logits
-    assert not uses_loss_parallel(on, DistContext(tp_size=2), DPOObjective(beta=0.1))
+    lm = CausalLMObjective()
+    assert lm.takes_sharded_logits and lm.logits_loss is not None
+    for other in (DPOObjective(beta=0.1), RewardObjective(new_value_head(8)), GRPOObjective()):
+        assert not other.takes_sharded_logits and other.logits_loss is None
+        assert other.token_nll(None, {}) is None and other.model_inputs({}) == {}

@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from lmforge.errors import LmforgeError
+from lmforge.model.loss import IGNORE_INDEX
 from lmforge.posttrain.config import DemoConfig
 from lmforge.posttrain.preference import collate_pairs, tokenize_pair
-from lmforge.posttrain.sft_data import IGNORE, SFTLoader, collate, make_example, pack, sft_examples
+from lmforge.posttrain.sft_data import SFTLoader, collate, make_example, pack, sft_examples
 from lmforge.tasks.chat_data import load_conversations, load_preferences, load_prompts
 from lmforge.tasks.demo import build_demo_tasks, play_title_reward, split_scenes
 from lmforge.tokenizer import Tokenizer
@@ -43,14 +44,14 @@ def test_supervised_ids_are_exactly_the_assistant_spans(tok):
     ex = make_example(*tok.render_chat(CONVO), max_len=10_000)
     end = tok.special_ids["<|end|>"]
     expected = tok.encode_ordinary("Shakespeare.") + [end] + tok.encode_ordinary("Him too.") + [end]
-    assert [t for t in ex.labels if t != IGNORE] == expected
+    assert [t for t in ex.labels if t != IGNORE_INDEX] == expected
     # every label is ignored or the next input token (the TRL check), and alignment is a shift by one
     ids, _ = tok.render_chat(CONVO)
     assert ex.input_ids == ids[:-1]
-    assert all(lab in (IGNORE, ids[t + 1]) for t, lab in enumerate(ex.labels))
+    assert all(lab in (IGNORE_INDEX, ids[t + 1]) for t, lab in enumerate(ex.labels))
     # system, user and role tokens are never targets
     never = {tok.special_ids[s] for s in ("<|bos|>", "<|system|>", "<|user|>", "<|assistant|>")}
-    assert not never & {t for t in ex.labels if t != IGNORE}
+    assert not never & {t for t in ex.labels if t != IGNORE_INDEX}
 
 
 def test_alpaca_and_messages_files(tmp_path, tok):
@@ -110,7 +111,7 @@ def test_preference_rows_supervise_only_the_completion(tok):
     pair = tokenize_pair(Preference([{"role": "user", "content": "Say hi"}], "hello there", "no"), tok, 256)
     end = tok.special_ids["<|end|>"]
     for (ids, labels), text in ((pair.chosen, "hello there"), (pair.rejected, "no")):
-        assert [t for t in labels if t != IGNORE] == tok.encode_ordinary(text) + [end]
+        assert [t for t in labels if t != IGNORE_INDEX] == tok.encode_ordinary(text) + [end]
         assert len(ids) == len(labels)
     batch = collate_pairs([pair], pad_id=0)
     assert batch["input_ids"].shape[0] == 2  # [chosen; rejected]
@@ -132,7 +133,7 @@ def test_packing_keeps_labels_and_blocks_attention_across_conversations(tok):
     n = [len(e.input_ids) for e in examples]
     flat_labels = [t for e in examples for t in e.labels]
     assert batch["labels"][0, : sum(n)].tolist() == flat_labels
-    assert (batch["labels"][0, sum(n) :] == IGNORE).all()
+    assert (batch["labels"][0, sum(n) :] == IGNORE_INDEX).all()
     mask = batch["attn_mask"][0, 0]
     assert not mask[n[0], n[0] - 1]  # the second conversation's first token cannot see the first
     assert mask[n[0] + 1, n[0]] and mask.diagonal().all()

@@ -275,3 +275,32 @@ def test_wandb_missing_is_a_clear_message_not_a_crash(tmp_path, monkeypatch, cap
     logger.close()
     assert "wandb is not installed" in capsys.readouterr().out
     assert json.loads((tmp_path / "metrics.jsonl").read_text())["loss"] == 2.0
+
+
+def test_pipeline_parallelism_refuses_an_objective_without_a_stage_loss(tmp_path):
+    """The refusal is by what the objective declares (no `logits_loss`), before any process group."""
+    from lmforge.distributed import DistContext
+    from lmforge.posttrain.dpo import DPOObjective
+
+    loader = PretrainLoader(tokens(), 4, 16, 0)
+    with pytest.raises(LmforgeError, match=r"dpo: pipeline parallelism \(parallel.pp 2\) needs a loss .*parallel.pp 1"):
+        Trainer(tiny_model(), DPOObjective(beta=0.1), loader, train_cfg(), tmp_path,
+                ctx=DistContext(world_size=2, pp_size=2), stage="dpo")
+
+
+def test_causal_lm_loss_on_a_packed_row_is_the_sum_over_its_conversations():
+    """SFT packing: the objective passes the row's positions and block-diagonal mask to the model,
+    so two conversations in one row score exactly as each alone."""
+    from lmforge.posttrain.sft_data import Example, collate
+
+    a = Example([5, 6, 7, 8], [-100, 7, 8, 9])
+    b = Example([10, 11, 12], [-100, -100, 13])
+    model, objective = tiny_model().eval(), CausalLMObjective()
+    with torch.no_grad():
+        packed = objective.loss(model, collate([[a, b]], pad_id=0, length=10))
+        alone = [objective.loss(model, collate([[e]], pad_id=0)) for e in (a, b)]
+        crossed = objective.loss(model, {"input_ids": torch.tensor([a.input_ids + b.input_ids]),
+                                         "labels": torch.tensor([a.labels + b.labels])})
+    assert int(packed.count) == 4
+    assert float(packed.loss_sum) == pytest.approx(sum(float(o.loss_sum) for o in alone), rel=1e-6)
+    assert float(crossed.loss_sum) != pytest.approx(float(packed.loss_sum), rel=1e-5)  # the mask matters

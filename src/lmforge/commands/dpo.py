@@ -16,20 +16,8 @@ examples:
 
 from __future__ import annotations
 
-import argparse
-
-from lmforge.commands._common import add_recipe_argument
+from lmforge.commands._posttrain import posttrain_verb
 
 ACCEPTS_OVERRIDES = True
 
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_recipe_argument(p, ["name", "seed", "run_dir", "dpo"])
-
-
-def main(args: argparse.Namespace, overrides: list[str]) -> int:
-    from lmforge.recipe import load_recipe
-    from lmforge.run import run_recipe
-
-    run_recipe(load_recipe(args.recipe, overrides), only=["dpo"], force=True)
-    return 0
+add_arguments, main = posttrain_verb("dpo")

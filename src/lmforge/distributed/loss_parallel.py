@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Any
 
 from lmforge.distributed.config import ParallelConfig
 from lmforge.distributed.mesh import DistContext
 
 
-def uses_loss_parallel(cfg: ParallelConfig, ctx: DistContext, objective: Any = None) -> bool:
+def uses_loss_parallel(cfg: ParallelConfig, ctx: DistContext, takes_sharded_logits: bool = True) -> bool:
     """Whether the LM head keeps its logits sharded over the vocabulary: `parallel.loss_parallel`
     under tensor parallelism (with pipeline stages too: the last stage's loss runs on the shards),
-    for an objective that declares it takes sharded logits (`loss_parallel = True`, as
-    `CausalLMObjective`); other objectives read the logits themselves and get them whole."""
-    takes_shards = objective is None or getattr(objective, "loss_parallel", False)
-    return cfg.loss_parallel and ctx.tp_size > 1 and takes_shards
+    for an objective that takes sharded logits (its `takes_sharded_logits`, as the causal LM
+    objective of pretraining and SFT); other objectives read the logits themselves and get them
+    whole."""
+    return cfg.loss_parallel and ctx.tp_size > 1 and takes_sharded_logits
 
 
 def loss_parallel_context(enabled: bool) -> contextlib.AbstractContextManager:

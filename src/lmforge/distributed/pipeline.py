@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn as nn
 
 from lmforge.distributed.config import ParallelConfig
-from lmforge.distributed.loss_parallel import loss_parallel_context, uses_loss_parallel
+from lmforge.distributed.loss_parallel import loss_parallel_context
 from lmforge.distributed.mesh import DistContext
 from lmforge.errors import LmforgeError
+from lmforge.model.loss import nll_byte_sums, scored_count, token_nll
 
 
 def stage_layers(n_layer: int, pp_rank: int, pp_size: int) -> list[int]:
@@ -39,18 +42,26 @@ def split_for_pipeline(model: nn.Module, pp_rank: int, pp_size: int) -> None:
         model.lm_head = None
 
 
-class Pipeline:
-    """One training step of a pipeline-parallel stage: `step(input_ids, labels) -> mean loss`.
+LogitsLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
-    Feeds `n_microbatches` microbatches through a GPipe or 1F1B schedule. The loss of each
-    microbatch is its summed token cross-entropy divided by the token count of the whole batch,
-    and the schedule does not rescale gradients, so the gradient is that of the exact token mean
-    (as in the single-process loop). The returned loss is broadcast to every rank. Under loss
-    parallelism the last stage's logits are vocabulary shards and the schedule runs inside
-    `loss_parallel_context`.
+
+class Pipeline:
+    """One training step of a pipeline-parallel stage: `step(input_ids, labels) -> loss`.
+
+    Feeds `n_microbatches` microbatches through a GPipe or 1F1B schedule. The last stage scores
+    each microbatch with the objective's `loss_fn(logits, labels)` (its loss summed over the
+    scored labels) divided by the denominator of the whole batch, and the schedule does not
+    rescale gradients, so the gradient is that of the exact token mean (as in the
+    single-process loop). Keyword inputs of the model (SFT's packed positions and attention
+    mask) are split into the same microbatches and given to every stage. The returned loss is
+    broadcast to every rank. With `loss_parallel` the last stage's logits are vocabulary shards
+    and the schedule runs inside `loss_parallel_context`.
     """
 
-    def __init__(self, model: nn.Module, cfg: ParallelConfig, ctx: DistContext, micro_batch: int, seq_len: int):
+    def __init__(
+        self, model: nn.Module, cfg: ParallelConfig, ctx: DistContext, micro_batch: int, seq_len: int,
+        loss_fn: LogitsLoss, loss_parallel: bool = False,
+    ):
         from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
 
         self.ctx = ctx
@@ -60,58 +71,59 @@ class Pipeline:
             raise LmforgeError(
                 f"train.micro_batch ({micro_batch}) must divide into parallel.pp_microbatches ({self.n_micro})"
             )
+        self.loss_fn, self.loss_parallel = loss_fn, loss_parallel
         self._count = torch.ones((), device=ctx.device)
         self._eval_nll: list[torch.Tensor] | None = None  # per-token nll of each microbatch, in eval_sums
-        # the schedule runs the loss and its backward: under loss parallelism both on vocabulary shards
-        self.loss_parallel = uses_loss_parallel(cfg, ctx)
         stage = PipelineStage(model, ctx.pp_rank, ctx.pp_size, ctx.device, group=self.group)
         cls = {"gpipe": ScheduleGPipe, "1f1b": Schedule1F1B}[cfg.pp_schedule]
-        self.schedule = cls(stage, self.n_micro, loss_fn=self._loss, scale_grads=False)
+        self.schedule = cls(stage, self.n_micro, loss_fn=self._microbatch_loss, scale_grads=False)
 
-    def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        from lmforge.train.objectives import replicated_value, token_nll
-
+    def _microbatch_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if self._eval_nll is not None:
             nll = token_nll(logits, labels)
             self._eval_nll.append(nll)
             return nll.sum()
-        ce = torch.nn.functional.cross_entropy(
-            logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100, reduction="sum"
-        )
-        return replicated_value(ce) / self._count
+        return self.loss_fn(logits, labels) / self._count
 
-    def step(self, input_ids: torch.Tensor, labels: torch.Tensor, denominator: float | None = None) -> torch.Tensor:
-        """Forward + backward of one batch; the loss is sum(CE) / denominator (default: the
-        batch's token count, i.e. the mean; the trainer passes 1 to get the sum it rescales)."""
+    def _run(self, run, input_ids: torch.Tensor, labels: torch.Tensor, inputs: dict | None, **kw) -> None:
+        """`schedule.step` or `schedule.eval` on this stage: the token ids enter the first stage,
+        the keyword inputs every stage, the labels the last."""
+        device = self.ctx.device
+        kwargs = {k: v.to(device) for k, v in (inputs or {}).items()}
+        args = (input_ids.to(device),) if self.ctx.is_first_stage else ()
+        with loss_parallel_context(self.loss_parallel):
+            run(*args, target=labels.to(device), **kw, **kwargs)
+
+    def step(
+        self, input_ids: torch.Tensor, labels: torch.Tensor, denominator: float | None = None,
+        inputs: dict[str, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """Forward + backward of one batch; the loss is sum(loss) / denominator (default: the
+        batch's scored label count, i.e. the mean; the trainer passes 1 to get the sum it
+        rescales). `inputs`: the model's keyword inputs, batched like input_ids."""
         import torch.distributed as dist
 
         if denominator is None:
-            self._count = (labels != -100).sum().clamp(min=1).to(self.ctx.device)
+            self._count = scored_count(labels).clamp(min=1).to(self.ctx.device)
         else:
             self._count = torch.tensor(float(denominator), device=self.ctx.device)
         losses: list[torch.Tensor] = []
-        with loss_parallel_context(self.loss_parallel):
-            if self.ctx.is_first_stage:
-                self.schedule.step(input_ids.to(self.ctx.device), target=labels.to(self.ctx.device), losses=losses)
-            else:
-                self.schedule.step(target=labels.to(self.ctx.device), losses=losses)
+        self._run(self.schedule.step, input_ids, labels, inputs, losses=losses)
         total = torch.stack(losses).sum().detach() if losses else torch.zeros((), device=self.ctx.device)
         dist.all_reduce(total, group=self.group)  # only the last stage contributes
         return total
 
-
     @torch.no_grad()
     def eval_sums(
-        self, input_ids: torch.Tensor, labels: torch.Tensor, token_bytes: torch.Tensor | None = None
+        self, input_ids: torch.Tensor, labels: torch.Tensor, token_bytes: torch.Tensor | None = None,
+        inputs: dict[str, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """Validation sums of a batch (`objectives.nll_byte_sums`: nll, tokens, and the nll and
-        bytes for bits per byte), forward only, the same on every stage. The last stage keeps
-        each microbatch's per-token nll; in schedule order they make up the batch's [B, T].
+        """Validation sums of a batch (`lmforge.model.loss.nll_byte_sums`: nll, tokens, and the
+        nll and bytes for bits per byte), forward only, the same on every stage. The last stage
+        keeps each microbatch's per-token nll; in schedule order they make up the batch's [B, T].
         A batch of another size than the training micro-batch (the stages' buffers are shaped for
         it) is skipped: zeros."""
         import torch.distributed as dist
-
-        from lmforge.train.objectives import nll_byte_sums
 
         sums = torch.zeros(4, dtype=torch.float64, device=self.ctx.device)
         if input_ids.shape[0] != self.micro_batch:
@@ -119,11 +131,7 @@ class Pipeline:
         labels = labels.to(self.ctx.device)
         self._eval_nll = []
         try:
-            with loss_parallel_context(self.loss_parallel):
-                if self.ctx.is_first_stage:
-                    self.schedule.eval(input_ids.to(self.ctx.device), target=labels, losses=[])
-                else:
-                    self.schedule.eval(target=labels, losses=[])
+            self._run(self.schedule.eval, input_ids, labels, inputs, losses=[])
             if self._eval_nll:
                 sums = nll_byte_sums(torch.cat(self._eval_nll).view(labels.shape), labels, token_bytes)
         finally:
@@ -131,5 +139,3 @@ class Pipeline:
         dist.all_reduce(sums, group=self.group)  # only the last stage contributes
         return sums
 
-
-# ---------------------------------------------------------------------------- collectives

@@ -18,9 +18,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from lmforge.model.loss import IGNORE_INDEX
 from lmforge.posttrain.preference import sequence_logps
-from lmforge.posttrain.sft_data import IGNORE
-from lmforge.train.objectives import LossOutput
+from lmforge.train.objectives import LossOutput, Objective
 
 
 def dpo_losses(
@@ -48,7 +48,7 @@ def dpo_losses(
     return losses, beta * delta_c.detach(), beta * delta_r.detach()
 
 
-class DPOObjective:
+class DPOObjective(Objective):
     """loss(model, batch) on a [chosen; rejected] batch (lmforge.posttrain.preference); count = pairs."""
 
     def __init__(
@@ -82,7 +82,7 @@ class DPOObjective:
             "logps/rejected": logps[n:].detach().mean(),
         }
         if self.rpo_alpha:
-            tokens = (batch["labels"][:n] != IGNORE).sum(-1).clamp(min=1)
+            tokens = (batch["labels"][:n] != IGNORE_INDEX).sum(-1).clamp(min=1)
             nll = -logps[:n] / tokens
             losses = losses + self.rpo_alpha * nll
             metrics["nll_loss"] = nll.detach().mean()

@@ -22,14 +22,15 @@ of the prompt data (e.g. "answer") as a list aligned with the completions (TRL's
 from __future__ import annotations
 
 import importlib
-import random
 from collections.abc import Callable
 
 import torch
 
 from lmforge.errors import LmforgeError
+from lmforge.model.loss import IGNORE_INDEX, token_nll
 from lmforge.posttrain.preference import completion_row, pad_rows
-from lmforge.train.objectives import LossOutput, token_nll
+from lmforge.posttrain.sampler import EpochSampler, shuffled
+from lmforge.train.objectives import LossOutput, Objective
 
 STAT_PREFIX = "stat/"
 
@@ -67,13 +68,15 @@ def grpo_token_losses(
     return losses, is_clipped, kl
 
 
-class GRPOObjective:
+class GRPOObjective(Objective):
+    """The clipped surrogate (+ k3 KL) per completion token; the batch carries the advantages."""
+
     def __init__(self, epsilon: float = 0.2, beta: float = 0.0):
         self.epsilon, self.beta = epsilon, beta
 
     def loss(self, model, batch: dict[str, torch.Tensor]) -> LossOutput:
         labels = batch["labels"]
-        active = (labels != -100).float()
+        active = (labels != IGNORE_INDEX).float()
         logps = -token_nll(model(batch["input_ids"]), labels)
         old = batch.get("old_logps", logps.detach())
         losses, clipped, kl = grpo_token_losses(
@@ -156,25 +159,10 @@ class RolloutLoader:
         self.ref_model, self.scale = ref_model, scale_rewards
         self.num_iterations, self.rollouts_per_step = num_iterations, rollouts_per_step
         self.engine = Engine(policy, tokenizer)
-        self.epoch, self.cursor, self.rollouts = 0, 0, 0
+        self.prompt_order = EpochSampler(lambda epoch: shuffled(len(prompts), seed, "rl", epoch))
+        self.rollouts = 0
         self._buffer: list[dict[str, torch.Tensor]] = []  # this step's rollouts, served num_iterations times
         self._served = 0
-        self._order = self._epoch_order()
-
-    def _epoch_order(self) -> list[int]:
-        order = list(range(len(self.prompts)))
-        random.Random(f"{self.seed}:rl:{self.epoch}").shuffle(order)
-        return order
-
-    def _take(self) -> list[dict]:
-        out = []
-        while len(out) < self.P:
-            if self.cursor >= len(self._order):
-                self.epoch, self.cursor = self.epoch + 1, 0
-                self._order = self._epoch_order()
-            out.append(self.prompts[self._order[self.cursor]])
-            self.cursor += 1
-        return out
 
     def next(self) -> dict[str, torch.Tensor]:
         if self.num_iterations == 1:
@@ -189,7 +177,7 @@ class RolloutLoader:
     def _rollout(self) -> dict[str, torch.Tensor]:
         import dataclasses
 
-        items = self._take()
+        items = [self.prompts[i] for i in self.prompt_order.take(self.P)]
         prompt_ids = [self.tok.render_chat(it["messages"], add_generation_prompt=True)[0] for it in items]
         end = self.tok.special_ids["<|end|>"]
         params = dataclasses.replace(
@@ -226,8 +214,8 @@ class RolloutLoader:
 
     def state_dict(self) -> dict:
         """Where the prompts and sampling seeds are; a resumed run starts with a fresh rollout."""
-        return {"epoch": self.epoch, "cursor": self.cursor, "rollouts": self.rollouts}
+        return {**self.prompt_order.state_dict(), "rollouts": self.rollouts}
 
     def load_state_dict(self, state: dict) -> None:
-        self.epoch, self.cursor, self.rollouts = int(state["epoch"]), int(state["cursor"]), int(state["rollouts"])
-        self._order = self._epoch_order()
+        self.prompt_order.load_state_dict(state)
+        self.rollouts = int(state["rollouts"])

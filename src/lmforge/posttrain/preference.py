@@ -2,21 +2,20 @@
 
 A pair is rendered as the prompt conversation with the generation prompt (`<|assistant|>`),
 then the completion's tokens and `<|end|>`. As in SFT, the input is ids[:-1] and labels are the
-next tokens, -100 everywhere except the completion (its content and `<|end|>`). A batch holds
+next tokens, IGNORE_INDEX everywhere except the completion (its content and `<|end|>`). A batch holds
 the chosen rows first and the rejected rows after them ([chosen; rejected], TRL's layout), right
 padded. Too-long pairs lose prompt tokens from the left; the completion is kept whole.
 """
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 
 import torch
 
-from lmforge.posttrain.sft_data import IGNORE
+from lmforge.model.loss import IGNORE_INDEX, token_nll
+from lmforge.posttrain.sampler import EpochSampler, rank_share, shuffled
 from lmforge.tasks.chat_data import Preference
-from lmforge.train.objectives import token_nll
 
 
 @dataclass
@@ -30,7 +29,7 @@ def completion_row(prompt_ids: list[int], completion_ids: list[int], max_len: in
     keep = max(1, max_len + 1 - len(completion_ids))
     prompt_ids = prompt_ids[-keep:]
     full = (prompt_ids + completion_ids)[: max_len + 1]
-    labels = [IGNORE] * (len(prompt_ids) - 1) + completion_ids
+    labels = [IGNORE_INDEX] * (len(prompt_ids) - 1) + completion_ids
     return full[:-1], labels[: len(full) - 1]
 
 
@@ -46,7 +45,7 @@ def tokenize_pair(pair: Preference, tokenizer, max_len: int) -> TokenizedPair:
 def pad_rows(rows: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
     T = max(len(ids) for ids, _ in rows)
     ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
-    labels = torch.full((len(rows), T), IGNORE, dtype=torch.long)
+    labels = torch.full((len(rows), T), IGNORE_INDEX, dtype=torch.long)
     for i, (x, y) in enumerate(rows):
         ids[i, : len(x)] = torch.tensor(x)
         labels[i, : len(y)] = torch.tensor(y)
@@ -99,23 +98,12 @@ class PreferenceLoader:
             raise ValueError("no preference pairs")
         self.pairs, self.micro_batch, self.seed, self.pad_id = pairs, micro_batch, seed, pad_id
         self.ref_logps, self.dp_rank, self.dp_size = ref_logps, dp_rank, dp_size
-        self.epoch, self.cursor = 0, 0
-        self._order = self._epoch_order()
-
-    def _epoch_order(self) -> list[int]:
-        order = list(range(len(self.pairs)))
-        random.Random(f"{self.seed}:pairs:{self.epoch}").shuffle(order)
-        usable = len(order) - len(order) % self.dp_size
-        return order[self.dp_rank : usable : self.dp_size] if usable else order
+        self.order = EpochSampler(
+            lambda epoch: rank_share(shuffled(len(pairs), seed, "pairs", epoch), dp_rank, dp_size)
+        )
 
     def next(self) -> dict[str, torch.Tensor]:
-        idx = []
-        while len(idx) < self.micro_batch:
-            if self.cursor >= len(self._order):
-                self.epoch, self.cursor = self.epoch + 1, 0
-                self._order = self._epoch_order()
-            idx.append(self._order[self.cursor])
-            self.cursor += 1
+        idx = self.order.take(self.micro_batch)
         batch = collate_pairs([self.pairs[i] for i in idx], self.pad_id)
         if self.ref_logps is not None:
             ref = [self.ref_logps[i][0] for i in idx] + [self.ref_logps[i][1] for i in idx]
@@ -123,8 +111,7 @@ class PreferenceLoader:
         return batch
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "cursor": self.cursor}
+        return self.order.state_dict()
 
     def load_state_dict(self, state: dict) -> None:
-        self.epoch, self.cursor = int(state["epoch"]), int(state["cursor"])
-        self._order = self._epoch_order()
+        self.order.load_state_dict(state)

@@ -17,8 +17,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from lmforge.errors import LmforgeError
-from lmforge.posttrain.sft_data import IGNORE
-from lmforge.train.objectives import LossOutput
+from lmforge.model.loss import IGNORE_INDEX
+from lmforge.train.objectives import LossOutput, Objective
 
 VALUE_HEAD_FILE = "value_head.safetensors"
 
@@ -27,7 +27,7 @@ def last_positions(labels: torch.Tensor) -> torch.Tensor:
     """Index of the last labelled position of every row [B] (0 for a row with no label)."""
     T = labels.shape[1]
     idx = torch.arange(T, device=labels.device).expand_as(labels)
-    return torch.where(labels != IGNORE, idx, torch.zeros_like(idx)).amax(dim=1)
+    return torch.where(labels != IGNORE_INDEX, idx, torch.zeros_like(idx)).amax(dim=1)
 
 
 def sequence_rewards(model, head: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -51,14 +51,11 @@ def new_value_head(d_model: int) -> nn.Linear:
     return head
 
 
-class RewardObjective:
+class RewardObjective(Objective):
     """Bradley–Terry on [chosen; rejected] batches; the value head is trained with the model."""
 
     def __init__(self, head: nn.Module, center: float = 0.0):
         self.head, self.center = head, center
-
-    def extra_parameters(self) -> list[nn.Parameter]:
-        return list(self.head.parameters())
 
     def loss(self, model, batch: dict[str, torch.Tensor]) -> LossOutput:
         rewards = sequence_rewards(model, self.head, batch)

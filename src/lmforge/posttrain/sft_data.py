@@ -2,25 +2,26 @@
 
 A conversation is rendered with THE chat template (`Tokenizer.render_chat`), whose mask is 1 on
 assistant content and the `<|end|>` closing each assistant turn. The model input is ids[:-1];
-the label at position t is ids[t+1] when that token is supervised, else -100 (ignored by the
-cross-entropy of `CausalLMObjective`). System, user, role tokens and padding are never targets.
+the label at position t is ids[t+1] when that token is supervised, else IGNORE_INDEX (ignored
+by the cross-entropy of `CausalLMObjective`). System, user, role tokens and padding are never targets.
 
 Packing puts several short conversations in one row. Each row carries `positions` (restarting
 at 0 for every conversation) and a block-diagonal causal `attn_mask`, so a token never attends
-to another conversation, and the labels stay exact across the boundaries. The loader follows
-the trainer's protocol: `next()`, `state_dict()`, `load_state_dict()`; it is deterministic in
-the seed, reshuffles every epoch and splits rows across data-parallel ranks.
+to another conversation, and the labels stay exact across the boundaries; the causal LM
+objective passes both to the model. The loader follows the trainer's protocol: `next()`,
+`state_dict()`, `load_state_dict()`; it is deterministic in the seed, reshuffles every epoch
+(`EpochSampler`) and splits rows across data-parallel ranks.
 """
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-IGNORE = -100
+from lmforge.model.loss import IGNORE_INDEX
+from lmforge.posttrain.sampler import EpochSampler, rank_share, shuffled
 
 
 @dataclass
@@ -32,7 +33,7 @@ class Example:
 def make_example(ids: list[int], mask: list[int], max_len: int) -> Example:
     """(ids, mask) of render_chat -> shifted input/labels, truncated to `max_len` positions."""
     ids, mask = ids[: max_len + 1], mask[: max_len + 1]
-    labels = [tok if m else IGNORE for tok, m in zip(ids[1:], mask[1:])]
+    labels = [tok if m else IGNORE_INDEX for tok, m in zip(ids[1:], mask[1:])]
     return Example(ids[:-1], labels)
 
 
@@ -41,7 +42,7 @@ def sft_examples(conversations: list[list[dict]], tokenizer, max_len: int) -> li
     out = []
     for messages in conversations:
         ex = make_example(*tokenizer.render_chat(messages), max_len)
-        if any(t != IGNORE for t in ex.labels):
+        if any(t != IGNORE_INDEX for t in ex.labels):
             out.append(ex)
     return out
 
@@ -70,7 +71,7 @@ def collate(rows: list[list[Example]], pad_id: int, length: int | None = None) -
     T = length or max(sum(len(e.input_ids) for e in row) for row in rows)
     B = len(rows)
     ids = np.full((B, T), pad_id, dtype=np.int64)
-    labels = np.full((B, T), IGNORE, dtype=np.int64)
+    labels = np.full((B, T), IGNORE_INDEX, dtype=np.int64)
     positions = np.zeros((B, T), dtype=np.int64)
     segment = np.full((B, T), -1, dtype=np.int64)
     for b, row in enumerate(rows):
@@ -113,34 +114,18 @@ class SFTLoader:
         self.examples, self.micro_batch, self.seq_len = examples, micro_batch, seq_len
         self.seed, self.pad_id, self.packing = seed, pad_id, packing
         self.dp_rank, self.dp_size = dp_rank, dp_size
-        self.epoch, self.cursor = 0, 0
-        self._rows = self._epoch_rows()
+        self.rows = EpochSampler(self._epoch_rows)
 
-    def _epoch_rows(self) -> list[list[Example]]:
-        order = list(range(len(self.examples)))
-        random.Random(f"{self.seed}:sft:{self.epoch}").shuffle(order)
-        shuffled = [self.examples[i] for i in order]
-        rows = pack(shuffled, self.seq_len) if self.packing else [[e] for e in shuffled]
-        usable = len(rows) - len(rows) % self.dp_size
-        return rows[self.dp_rank : usable : self.dp_size] if usable else rows
+    def _epoch_rows(self, epoch: int) -> list[list[Example]]:
+        order = [self.examples[i] for i in shuffled(len(self.examples), self.seed, "sft", epoch)]
+        rows = pack(order, self.seq_len) if self.packing else [[e] for e in order]
+        return rank_share(rows, self.dp_rank, self.dp_size)
 
     def next(self) -> dict[str, torch.Tensor]:
-        batch = []
-        while len(batch) < self.micro_batch:
-            if self.cursor >= len(self._rows):
-                self.epoch, self.cursor = self.epoch + 1, 0
-                self._rows = self._epoch_rows()
-            batch.append(self._rows[self.cursor])
-            self.cursor += 1
-        return collate(batch, self.pad_id, self.seq_len if self.packing else None)
+        return collate(self.rows.take(self.micro_batch), self.pad_id, self.seq_len if self.packing else None)
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "cursor": self.cursor}
+        return self.rows.state_dict()
 
     def load_state_dict(self, state: dict) -> None:
-        self.epoch, self.cursor = int(state["epoch"]), int(state["cursor"])
-        self._rows = self._epoch_rows()
-
-    @property
-    def rows_per_epoch(self) -> int:
-        return len(self._rows)
+        self.rows.load_state_dict(state)

@@ -1,6 +1,9 @@
 """The post-training stages: sft, dpo, reward, rl. Each runs the one Trainer with its objective.
 
-Called by `lmforge run` and by the verbs `lmforge sft|dpo|reward|rl RECIPE`. Each starts from
+Called by `lmforge run` and by the verbs `lmforge sft|dpo|reward|rl RECIPE`. Every stage has
+the same skeleton (`PostTrainStage.run`): load the starting checkpoint -> prepare the data
+(rank 0 first under torchrun) -> measure the start -> fit -> finish; a stage fills in its data,
+its objective and loader, and (the reward model) its finish. Each starts from
 `<section>.train.init_from` or, when empty, the previous stage's latest checkpoint in the run
 directory (sft <- pretrain; dpo, reward <- sft, else pretrain; rl <- dpo, else sft, else
 pretrain) and writes RUN_DIR/<stage>/checkpoints/step_N. With no `data` files the demo tasks
@@ -13,7 +16,9 @@ from __future__ import annotations
 import copy
 import dataclasses
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, ClassVar
 
 from lmforge.errors import LmforgeError
 from lmforge.fileio import atomic_write_json
@@ -102,15 +107,6 @@ def measure_start(stage: str, ckpt: Path, recipe: Recipe, model, tok, tasks) -> 
     return measure(f"before {stage}", model, tok, tasks)
 
 
-def make_trainer(recipe: Recipe, model, objective, loader, cfg, run_dir: Path, stage: str, tok):
-    from lmforge.train.trainer import Trainer
-
-    return Trainer(
-        model, objective, loader, cfg, run_dir / stage, tokenizer=tok, seed=recipe.seed, stage=stage,
-        parallel_cfg=recipe.parallel, run_name=recipe.name,
-    )
-
-
 def finish(recipe: Recipe, stage: str, run_dir: Path, before: dict | None, model, tok, tasks, result: dict) -> dict:
     from lmforge.checkpoint.consolidated import list_checkpoints
 
@@ -123,48 +119,94 @@ def finish(recipe: Recipe, stage: str, run_dir: Path, before: dict | None, model
     return summary
 
 
+@dataclass
+class StageData:
+    tasks: Any  # the demo tasks, or None when the section names data files
+    items: Any  # what the loader serves: SFT examples, tokenized pairs, RL prompts
+    extra: Any = None  # stage-specific: held-out pairs (reward), the reward function (rl)
+
+
+class PostTrainStage:
+    """One post-training stage: load -> data -> measure -> fit -> finish (see `run`)."""
+
+    name: ClassVar[str]
+    measures_demo: ClassVar[bool] = True  # print / save the demo metrics before and after
+
+    def __init__(self, recipe: Recipe, run_dir: Path):
+        self.recipe, self.run_dir = recipe, Path(run_dir)
+        self.section = getattr(recipe, self.name)
+
+    def run(self) -> dict:
+        import torch
+
+        from lmforge.distributed import main_process_first, setup_distributed
+        from lmforge.train.trainer import Trainer
+
+        recipe = self.recipe
+        model, tok, cfg, start = load_start(self.name, self.section.train, self.run_dir)
+        with main_process_first(cfg.device):
+            data = self.data(model, tok, cfg)
+        before = None
+        if self.measures_demo:
+            before = measure_start(self.name, start, recipe, model, tok, data.tasks)
+        ctx = setup_distributed(recipe.parallel, cfg.device)
+        objective, loader = self.build(model, tok, cfg, data, ctx)
+        torch.manual_seed(recipe.seed)
+        trainer = Trainer(
+            model, objective, loader, cfg, self.run_dir / self.name, tokenizer=tok, seed=recipe.seed,
+            stage=self.name, parallel_cfg=recipe.parallel, run_name=recipe.name,
+        )
+        result = trainer.fit()
+        return self.finish(trainer.raw_model, tok, data, before, result)
+
+    def data(self, model, tok, cfg) -> StageData:
+        """Read or build the stage's data (runs on rank 0 first under torchrun)."""
+        raise NotImplementedError
+
+    def build(self, model, tok, cfg, data: StageData, ctx) -> tuple[Any, Any]:
+        """(objective, loader) for the Trainer."""
+        raise NotImplementedError
+
+    def finish(self, model, tok, data: StageData, before: dict | None, result: dict) -> dict:
+        """Measure the trained model and write RUN_DIR/<stage>/demo_eval.json."""
+        return finish(self.recipe, self.name, self.run_dir, before, model, tok, data.tasks, result)
+
+    @staticmethod
+    def pad_id(tok) -> int:
+        return tok.special_ids.get("<|eos|>", 0)
+
+
 # ---------------------------------------------------------------------------- SFT
 
 
-def sft_stage(recipe: Recipe, run_dir: Path) -> dict:
-    import torch
+class SFTStage(PostTrainStage):
+    name = "sft"
 
-    from lmforge.distributed import main_process_first, setup_distributed
-    from lmforge.posttrain.sft_data import SFTLoader, sft_examples
-    from lmforge.tasks.chat_data import load_conversations
-    from lmforge.train.objectives import CausalLMObjective
+    def data(self, model, tok, cfg) -> StageData:
+        from lmforge.model.loss import IGNORE_INDEX
+        from lmforge.posttrain.sft_data import sft_examples
+        from lmforge.tasks.chat_data import load_conversations
 
-    run_dir = Path(run_dir)
-    sec = recipe.sft
-    model, tok, cfg, start = load_start("sft", sec.train, run_dir)
-    with main_process_first(cfg.device):
-        tasks = demo_tasks(recipe) if not sec.data else None
+        sec = self.section
+        tasks = demo_tasks(self.recipe) if not sec.data else None
         conversations = tasks.sft if tasks is not None else load_conversations(sec.data)
         examples = sft_examples(conversations, tok, sec.max_len or cfg.seq_len)
-    if not examples:
-        raise LmforgeError("sft: no conversation has an assistant token to learn from")
-    supervised = sum(sum(t != -100 for t in e.labels) for e in examples)
-    say(f"sft: {len(examples)} conversations, {supervised} supervised tokens, packing {'on' if sec.packing else 'off'}")
-    before = measure_start("sft", start, recipe, model, tok, tasks)
-    pad = tok.special_ids.get("<|eos|>", 0)
-    ctx = setup_distributed(recipe.parallel, cfg.device)
-    loader = SFTLoader(examples, cfg.micro_batch, cfg.seq_len, recipe.seed, pad, sec.packing, ctx.dp_rank, ctx.dp_size)
-    torch.manual_seed(recipe.seed)
-    trainer = make_trainer(recipe, model, PackedCausalLM(CausalLMObjective()), loader, cfg, run_dir, "sft", tok)
-    result = trainer.fit()
-    return finish(recipe, "sft", run_dir, before, trainer.raw_model, tok, tasks, result)
+        if not examples:
+            raise LmforgeError("sft: no conversation has an assistant token to learn from")
+        supervised = sum(sum(t != IGNORE_INDEX for t in e.labels) for e in examples)
+        packing = "on" if sec.packing else "off"
+        say(f"sft: {len(examples)} conversations, {supervised} supervised tokens, packing {packing}")
+        return StageData(tasks, examples)
 
+    def build(self, model, tok, cfg, data: StageData, ctx):
+        from lmforge.posttrain.sft_data import SFTLoader
+        from lmforge.train.objectives import CausalLMObjective
 
-class PackedCausalLM:
-    """The causal-LM objective, with the packed rows' positions and block-diagonal mask passed to
-    the model (CausalLMObjective calls `model(input_ids)`; this binds the extra arguments)."""
-
-    def __init__(self, inner):
-        self.inner = inner
-
-    def loss(self, model, batch):
-        extra = {k: batch[k] for k in ("positions", "attn_mask") if k in batch}
-        return self.inner.loss(lambda ids: model(ids, **extra), batch)
+        loader = SFTLoader(
+            data.items, cfg.micro_batch, cfg.seq_len, self.recipe.seed, self.pad_id(tok),
+            self.section.packing, ctx.dp_rank, ctx.dp_size,
+        )
+        return CausalLMObjective(), loader
 
 
 # ---------------------------------------------------------------------------- DPO and reward
@@ -181,126 +223,135 @@ def preference_data(recipe: Recipe, data: list[str], tok, seq_len: int):
     return [tokenize_pair(p, tok, seq_len) for p in pairs], tasks
 
 
-def dpo_stage(recipe: Recipe, run_dir: Path) -> dict:
-    import torch
+class DPOStage(PostTrainStage):
+    name = "dpo"
 
-    from lmforge.distributed import main_process_first, setup_distributed
-    from lmforge.posttrain.dpo import DPOObjective
-    from lmforge.posttrain.preference import PreferenceLoader, precompute_logps
+    def data(self, model, tok, cfg) -> StageData:
+        pairs, tasks = preference_data(self.recipe, self.section.data, tok, cfg.seq_len)
+        return StageData(tasks, pairs)
 
-    run_dir = Path(run_dir)
-    sec = recipe.dpo
-    model, tok, cfg, start = load_start("dpo", sec.train, run_dir)
-    with main_process_first(cfg.device):
-        pairs, tasks = preference_data(recipe, sec.data, tok, cfg.seq_len)
-    before = measure_start("dpo", start, recipe, model, tok, tasks)
-    pad = tok.special_ids.get("<|eos|>", 0)
-    ctx = setup_distributed(recipe.parallel, cfg.device)
-    ref_model, ref_logps = None, None
-    if sec.precompute_ref:
-        t0 = time.time()
-        ref_logps = precompute_logps(model, pairs, pad)
-        say(f"dpo: reference log-probs of {len(pairs)} pairs precomputed in {time.time() - t0:.1f}s")
-    else:
-        ref_model = copy.deepcopy(model)
-    say(
-        f"dpo: {len(pairs)} pairs, beta {sec.beta}, loss {sec.loss}, label smoothing {sec.label_smoothing}, "
-        f"rpo_alpha {sec.rpo_alpha}"
-    )
-    loader = PreferenceLoader(pairs, cfg.micro_batch, recipe.seed, pad, ref_logps, ctx.dp_rank, ctx.dp_size)
-    objective = DPOObjective(sec.beta, sec.loss, sec.label_smoothing, ref_model, sec.rpo_alpha)
-    torch.manual_seed(recipe.seed)
-    trainer = make_trainer(recipe, model, objective, loader, cfg, run_dir, "dpo", tok)
-    if ref_model is not None:
-        ref_model.to(trainer.device)
-    result = trainer.fit()
-    return finish(recipe, "dpo", run_dir, before, trainer.raw_model, tok, tasks, result)
+    def build(self, model, tok, cfg, data: StageData, ctx):
+        from lmforge.posttrain.dpo import DPOObjective
+        from lmforge.posttrain.preference import PreferenceLoader, precompute_logps
+
+        sec, pairs = self.section, data.items
+        ref_model, ref_logps = None, None
+        if sec.precompute_ref:
+            t0 = time.time()
+            ref_logps = precompute_logps(model, pairs, self.pad_id(tok))
+            say(f"dpo: reference log-probs of {len(pairs)} pairs precomputed in {time.time() - t0:.1f}s")
+        else:
+            ref_model = copy.deepcopy(model).to(ctx.device)
+        say(
+            f"dpo: {len(pairs)} pairs, beta {sec.beta}, loss {sec.loss}, "
+            f"label smoothing {sec.label_smoothing}, rpo_alpha {sec.rpo_alpha}"
+        )
+        loader = PreferenceLoader(
+            pairs, cfg.micro_batch, self.recipe.seed, self.pad_id(tok), ref_logps, ctx.dp_rank, ctx.dp_size,
+        )
+        return DPOObjective(sec.beta, sec.loss, sec.label_smoothing, ref_model, sec.rpo_alpha), loader
 
 
-def reward_stage(recipe: Recipe, run_dir: Path) -> dict:
-    import torch
+class RewardStage(PostTrainStage):
+    """The reward model: reports its held-out pair accuracy instead of the demo metrics."""
 
-    from lmforge.checkpoint.consolidated import list_checkpoints
-    from lmforge.distributed import main_process_first, setup_distributed
-    from lmforge.posttrain.preference import PreferenceLoader
-    from lmforge.posttrain.reward import (
-        RewardObjective,
-        attach_value_head,
-        join_value_head,
-        pair_accuracy,
-        split_value_heads,
-    )
+    name = "reward"
+    measures_demo = False
 
-    run_dir = Path(run_dir)
-    sec = recipe.reward
-    model, tok, cfg, start = load_start("reward", sec.train, run_dir)
-    with main_process_first(cfg.device):
-        pairs, tasks = preference_data(recipe, sec.data, tok, cfg.seq_len)
-    held_out = None
-    if tasks is not None:
+    def data(self, model, tok, cfg) -> StageData:
         from lmforge.posttrain.preference import tokenize_pair
 
-        held_out = [tokenize_pair(p, tok, cfg.seq_len) for p in tasks.preference_eval]
-    pad = tok.special_ids.get("<|eos|>", 0)
-    ctx = setup_distributed(recipe.parallel, cfg.device)
-    head = attach_value_head(model)
-    resumable = [d for _, d in list_checkpoints(run_dir / "reward" / "checkpoints") if (d / "state.json").exists()]
-    if resumable and cfg.resume != "never":  # the Trainer resumes from it: the head goes back into its weights
-        join_value_head(resumable[-1])
-    loader = PreferenceLoader(pairs, cfg.micro_batch, recipe.seed, pad, None, ctx.dp_rank, ctx.dp_size)
-    torch.manual_seed(recipe.seed)
-    trainer = make_trainer(recipe, model, RewardObjective(head, sec.center_rewards), loader, cfg, run_dir, "reward", tok)
-    result = trainer.fit()
-    split_value_heads(run_dir / "reward" / "checkpoints")
-    summary = {"train": result}
-    if held_out:
-        acc = pair_accuracy(trainer.raw_model, head, held_out, pad)
-        say(f"reward model: held-out pair accuracy {100 * acc:.1f}% ({len(held_out)} pairs, chance 50%)")
-        summary["held_out_accuracy"] = acc
-    atomic_write_json(run_dir / "reward" / "demo_eval.json", summary)
-    return summary
+        pairs, tasks = preference_data(self.recipe, self.section.data, tok, cfg.seq_len)
+        held_out = None
+        if tasks is not None:
+            held_out = [tokenize_pair(p, tok, cfg.seq_len) for p in tasks.preference_eval]
+        return StageData(tasks, pairs, held_out)
+
+    def build(self, model, tok, cfg, data: StageData, ctx):
+        from lmforge.checkpoint.manager import resumable_checkpoints
+        from lmforge.posttrain.preference import PreferenceLoader
+        from lmforge.posttrain.reward import RewardObjective, attach_value_head, join_value_head
+
+        self.head = attach_value_head(model)
+        resumable = resumable_checkpoints(self.run_dir / self.name / "checkpoints")
+        if resumable and cfg.resume != "never":  # the Trainer resumes from it: the head back into its weights
+            join_value_head(resumable[-1][1])
+        loader = PreferenceLoader(
+            data.items, cfg.micro_batch, self.recipe.seed, self.pad_id(tok), None, ctx.dp_rank, ctx.dp_size,
+        )
+        return RewardObjective(self.head, self.section.center_rewards), loader
+
+    def finish(self, model, tok, data: StageData, before: dict | None, result: dict) -> dict:
+        from lmforge.posttrain.reward import pair_accuracy, split_value_heads
+
+        split_value_heads(self.run_dir / self.name / "checkpoints")
+        summary: dict = {"train": result}
+        if data.extra:
+            acc = pair_accuracy(model, self.head, data.extra, self.pad_id(tok))
+            pairs = len(data.extra)
+            say(f"reward model: held-out pair accuracy {100 * acc:.1f}% ({pairs} pairs, chance 50%)")
+            summary["held_out_accuracy"] = acc
+        atomic_write_json(self.run_dir / self.name / "demo_eval.json", summary)
+        return summary
 
 
 # ---------------------------------------------------------------------------- RL (GRPO)
 
 
-def rl_stage(recipe: Recipe, run_dir: Path) -> dict:
-    import torch
+class RLStage(PostTrainStage):
+    name = "rl"
 
-    from lmforge.distributed import main_process_first
-    from lmforge.inference import SamplingParams
-    from lmforge.posttrain.grpo import GRPOObjective, RewardModelScorer, RolloutLoader, load_reward_function
-    from lmforge.tasks.chat_data import load_prompts
-    from lmforge.train.trainer import grad_accum_steps
+    def data(self, model, tok, cfg) -> StageData:
+        from lmforge.posttrain.grpo import RewardModelScorer, load_reward_function
+        from lmforge.tasks.chat_data import load_prompts
 
-    run_dir = Path(run_dir)
-    sec = recipe.rl
-    model, tok, cfg, start = load_start("rl", sec.train, run_dir)
-    with main_process_first(cfg.device):
-        tasks = demo_tasks(recipe) if not sec.data else None
+        sec = self.section
+        tasks = demo_tasks(self.recipe) if not sec.data else None
         prompts = tasks.rl_prompts if tasks is not None else load_prompts(sec.data)
-    pad = tok.special_ids.get("<|eos|>", 0)
-    if sec.reward == "model":
-        from lmforge.posttrain.reward import load_reward_model
+        if sec.reward == "model":
+            from lmforge.posttrain.reward import load_reward_model
 
-        rm, head, rm_tok = load_reward_model(sec.reward_model or run_dir / "reward")
-        if rm_tok.hash != tok.hash:
-            raise LmforgeError("rl: the reward model was trained with a different tokenizer than the policy")
-        reward_fn = RewardModelScorer(rm, head, pad)
-    else:
-        reward_fn = load_reward_function(sec.reward)
-    before = measure_start("rl", start, recipe, model, tok, tasks)
-    ref_model = copy.deepcopy(model) if sec.beta > 0 else None
-    sampling = SamplingParams(max_new_tokens=sec.max_new_tokens, temperature=sec.temperature, top_p=sec.top_p, seed=recipe.seed)
-    loader = RolloutLoader(
-        model, tok, prompts, reward_fn, sec.num_generations, sec.prompts_per_step, sampling, recipe.seed, ref_model,
-        sec.scale_rewards, sec.num_iterations, grad_accum_steps(cfg),
-    )
-    say(
-        f"rl: GRPO, {len(prompts)} prompts, {sec.prompts_per_step} x {sec.num_generations} completions per rollout, "
-        f"{sec.num_iterations} optimizer step(s) per rollout"
-    )
-    torch.manual_seed(recipe.seed)
-    trainer = make_trainer(recipe, model, GRPOObjective(sec.epsilon, sec.beta), loader, cfg, run_dir, "rl", tok)
-    result = trainer.fit()
-    return finish(recipe, "rl", run_dir, before, trainer.raw_model, tok, tasks, result)
+            rm, head, rm_tok = load_reward_model(sec.reward_model or self.run_dir / "reward")
+            if rm_tok.hash != tok.hash:
+                raise LmforgeError("rl: the reward model was trained with another tokenizer than the policy")
+            reward_fn = RewardModelScorer(rm, head, self.pad_id(tok))
+        else:
+            reward_fn = load_reward_function(sec.reward)
+        return StageData(tasks, prompts, reward_fn)
+
+    def build(self, model, tok, cfg, data: StageData, ctx):
+        from lmforge.inference import SamplingParams
+        from lmforge.posttrain.grpo import GRPOObjective, RolloutLoader
+        from lmforge.train.trainer import grad_accum_steps
+
+        sec, prompts = self.section, data.items
+        ref_model = copy.deepcopy(model) if sec.beta > 0 else None
+        sampling = SamplingParams(
+            max_new_tokens=sec.max_new_tokens, temperature=sec.temperature, top_p=sec.top_p,
+            seed=self.recipe.seed,
+        )
+        loader = RolloutLoader(
+            model, tok, prompts, data.extra, sec.num_generations, sec.prompts_per_step, sampling,
+            self.recipe.seed, ref_model, sec.scale_rewards, sec.num_iterations, grad_accum_steps(cfg),
+        )
+        say(
+            f"rl: GRPO, {len(prompts)} prompts, {sec.prompts_per_step} x {sec.num_generations} completions "
+            f"per rollout, {sec.num_iterations} optimizer step(s) per rollout"
+        )
+        return GRPOObjective(sec.epsilon, sec.beta), loader
+
+
+def sft_stage(recipe: Recipe, run_dir: Path) -> dict:
+    return SFTStage(recipe, run_dir).run()
+
+
+def dpo_stage(recipe: Recipe, run_dir: Path) -> dict:
+    return DPOStage(recipe, run_dir).run()
+
+
+def reward_stage(recipe: Recipe, run_dir: Path) -> dict:
+    return RewardStage(recipe, run_dir).run()
+
+
+def rl_stage(recipe: Recipe, run_dir: Path) -> dict:
+    return RLStage(recipe, run_dir).run()

@@ -1,4 +1,4 @@
-"""Objectives: what the one training loop minimises.
+"""Objectives: what the one training loop minimises, and the protocol the trainer relies on.
 
 An objective turns a micro-batch into a `LossOutput`: the loss SUMMED over the micro-batch's
 units (tokens for language modelling, pairs for preference objectives) and the unit count. The
@@ -6,19 +6,21 @@ trainer adds the sums and counts of all accumulation micro-batches (and data-par
 and divides once, so the step's loss is an exact mean however the batch is split (as TRL's
 `num_items_in_batch`). `metrics` are averaged over micro-batches and logged.
 
-Other objectives (SFT's masked LM is this same one; DPO, reward, RL) live beside it and follow
-the same protocol; an objective may expose `parameters_to_train` to restrict what is optimised.
+`Objective` declares everything the trainer, the pipeline schedule and loss parallelism ask of
+an objective; the trainer asks nothing else and never looks at class names. Objectives subclass
+it and inherit the defaults of what they do not support. The causal LM objective (pretraining
+and SFT) supports all of it; DPO, reward and GRPO live in `lmforge.posttrain`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
-import torch.nn.functional as F
 
-IGNORE_INDEX = -100
+from lmforge.model.loss import scored_count, summed_token_nll, token_nll
 
 
 @dataclass
@@ -28,72 +30,68 @@ class LossOutput:
     metrics: dict[str, float | torch.Tensor] = field(default_factory=dict)
 
 
+Batch = dict[str, torch.Tensor]
+
+
 class Objective(Protocol):
-    def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> LossOutput: ...
+    """What the trainer, the pipeline schedule and loss parallelism need from an objective."""
+
+    takes_sharded_logits: bool = False
+    """True when the loss reads the logits only through cross-entropy, so that under tensor
+    parallelism the LM head may keep them sharded over the vocabulary (loss parallelism).
+    False: the objective computes over the whole vocabulary itself and gets the logits whole."""
+
+    logits_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+    """(logits, labels) -> the loss summed over the scored labels, when the loss needs nothing
+    else: the last pipeline stage computes it, so the objective runs under pipeline
+    parallelism, and each microbatch counts its scored labels. None: it needs more than that
+    (both halves of a preference pair, per-row advantages) and pipelines refuse it."""
+
+    def loss(self, model: Callable[..., torch.Tensor], batch: Batch) -> LossOutput:
+        """The micro-batch's summed loss and unit count (forward included)."""
+        ...
+
+    def model_inputs(self, batch: Batch) -> Batch:
+        """Keyword arguments of the model's forward besides the token ids (every pipeline stage
+        gets them): none by default."""
+        return {}
+
+    def token_nll(
+        self, model: Callable[..., torch.Tensor], batch: Batch
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(per-token nll [B, T], labels [B, T]) for validation loss and bits per byte; None:
+        validation averages `loss` instead."""
+        return None
+
+    def parameters_to_train(self, model: torch.nn.Module) -> Iterable[torch.nn.Parameter] | None:
+        """The parameters the optimizer updates; None: every trainable parameter of the model."""
+        return None
 
 
-def replicated_value(t: torch.Tensor) -> torch.Tensor:
-    """A plain tensor for a loss that may be a DTensor.
-
-    Under loss parallelism (`lmforge.distributed`, tensor parallel > 1) the logits are sharded over
-    the vocabulary and cross-entropy, run inside `loss_parallel()`, returns a DTensor replicated
-    over the tensor-parallel ranks: its local value is already the full one (autograd flows
-    through). Anything else is returned as it is.
-    """
-    from torch.distributed.tensor import DTensor
-
-    return t.full_tensor() if isinstance(t, DTensor) else t
-
-
-def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Per-token negative log-likelihood [B, T] in fp32 (0 where labels == IGNORE_INDEX).
-
-    Vocabulary-sharded logits (a DTensor) need the `loss_parallel()` context around this call."""
-    V = logits.shape[-1]
-    nll = F.cross_entropy(logits.reshape(-1, V).float(), labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction="none")
-    return replicated_value(nll).view(labels.shape)
-
-
-def nll_byte_sums(nll: torch.Tensor, labels: torch.Tensor, token_bytes: torch.Tensor | None) -> torch.Tensor:
-    """What validation adds up over batches and ranks, float64 [4]: summed nll of the scored
-    tokens, their count, the summed nll of those that decode to at least one byte, and their
-    bytes. Loss = [0] / [1]; bits per byte = [2] / (ln 2 x [3]) (without `token_bytes`, the
-    tokenizer's byte length per token id, the last two are 0)."""
-    scored = labels != IGNORE_INDEX
-    nll = nll.double()
-    sums = torch.zeros(4, dtype=torch.float64, device=nll.device)
-    sums[0] = nll[scored].sum()
-    sums[1] = scored.sum()
-    if token_bytes is not None:
-        nb = token_bytes[labels.clamp(min=0)] * scored
-        sums[2] = (nll * (nb > 0)).sum()
-        sums[3] = nb.sum()
-    return sums
-
-
-class CausalLMObjective:
+class CausalLMObjective(Objective):
     """Next-token cross-entropy on batch["labels"] (IGNORE_INDEX = not scored).
 
     Serves pretraining (labels = inputs shifted by one) and SFT (labels masked outside the
-    assistant's tokens). The labels are already aligned with the inputs: logits[:, t] predicts
-    labels[:, t]. Under loss parallelism the trainer runs `loss` and its backward inside
-    `loss_parallel()` (see `replicated_value`).
+    assistant's tokens; packed rows pass their positions and mask to the model). Under loss parallelism the trainer runs `loss` and
+    its backward inside `loss_parallel()` (see `lmforge.model.loss.replicated_value`).
     """
 
-    loss_parallel = True  # takes vocabulary-sharded logits (an objective without it gets them whole)
+    takes_sharded_logits = True
+    # packed rows (SFT packing, document masking): positions restarting per segment and a
+    # block-diagonal causal mask, so no token attends across a segment boundary
+    PACKING_INPUTS = ("positions", "attn_mask")
 
-    def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> LossOutput:
-        logits = model(batch["input_ids"])
-        labels = batch["labels"]
-        V = logits.shape[-1]
-        loss_sum = F.cross_entropy(
-            logits.reshape(-1, V).float(), labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
-        )
-        loss_sum = replicated_value(loss_sum)
-        count = (labels != IGNORE_INDEX).sum()
-        return LossOutput(loss_sum, count)
+    def model_inputs(self, batch: Batch) -> Batch:
+        return {k: batch[k] for k in self.PACKING_INPUTS if k in batch}
+
+    def logits_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return summed_token_nll(logits, labels)
+
+    def loss(self, model, batch: Batch) -> LossOutput:
+        logits = model(batch["input_ids"], **self.model_inputs(batch))
+        return LossOutput(self.logits_loss(logits, batch["labels"]), scored_count(batch["labels"]))
 
     @torch.no_grad()
-    def token_nll(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(per-token nll [B, T], labels [B, T]) for validation loss and bits per byte."""
-        return token_nll(model(batch["input_ids"]), batch["labels"]), batch["labels"]
+    def token_nll(self, model, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = model(batch["input_ids"], **self.model_inputs(batch))
+        return token_nll(logits, batch["labels"]), batch["labels"]
