@@ -40,8 +40,13 @@ def worker(layout: str, steps: int, warmup: int) -> None:
     pcfg = ParallelConfig(dp_shard=world) if layout == "fsdp" else ParallelConfig(dp_replicate=world)
     ctx = setup_distributed(pcfg, "cpu")
     torch.manual_seed(0)
-    cfg = ModelConfig(n_layer=ARCH["n_layer"], d_model=ARCH["d_model"], n_head=ARCH["n_head"],
-                      vocab_size=ARCH["vocab"], max_seq_len=ARCH["seq"])
+    cfg = ModelConfig(
+        n_layer=ARCH["n_layer"],
+        d_model=ARCH["d_model"],
+        n_head=ARCH["n_head"],
+        vocab_size=ARCH["vocab"],
+        max_seq_len=ARCH["seq"],
+    )
     model = parallelize(Transformer(cfg), pcfg, ctx)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     rows = ARCH["batch"] // ctx.dp_size
@@ -73,7 +78,7 @@ def run(cmd: list[str], threads: int) -> dict:
     if proc.returncode:
         sys.exit(f"failed: {' '.join(cmd)}\n{proc.stderr[-3000:]}")
     line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT "))
-    return json.loads(line[len("RESULT "):])
+    return json.loads(line[len("RESULT ") :])
 
 
 def main() -> None:
@@ -92,16 +97,27 @@ def main() -> None:
         "1 process, 2 threads": run(single, 2),
     }
     for layout in ("ddp", "fsdp"):
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", *me,
-               "--worker", layout]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node=2",
+            *me,
+            "--worker",
+            layout,
+        ]
         results[f"2 processes {layout.upper()}, 1 thread each"] = run(cmd, 1)
     print(f"model {ARCH}, fp32, global batch {ARCH['batch']} x {ARCH['seq']} tokens, {os.cpu_count()} CPUs")
     for name, r in results.items():
         print(f"  {name:<34} {r['tokens_per_s']:9.0f} tokens/s  {r['ms_per_step']:8.1f} ms/step")
     for layout in ("DDP", "FSDP"):
         r = results[f"2 processes {layout}, 1 thread each"]["tokens_per_s"]
-        print(f"  {layout}: x{r / results['1 process, 2 threads']['tokens_per_s']:.2f} vs 1 process with 2 threads, "
-              f"x{r / results['1 process, 1 thread']['tokens_per_s']:.2f} vs 1 process with 1 thread")
+        print(
+            f"  {layout}: x{r / results['1 process, 2 threads']['tokens_per_s']:.2f} "
+            "vs 1 process with 2 threads, "
+            f"x{r / results['1 process, 1 thread']['tokens_per_s']:.2f} vs 1 process with 1 thread"
+        )
 
 
 if __name__ == "__main__":

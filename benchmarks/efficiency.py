@@ -51,8 +51,14 @@ CHANGES: dict[str, dict] = {
     "doc_mask": {"train.doc_mask": True},
 }
 NANOGPT = {
-    "model.arch": "gpt2", "model.tie_embeddings": True, "model.d_ff": 0, "train.lr": 1e-3, "train.beta2": 0.99,
-    "train.warmup_steps": 100, "train.schedule": "cosine", "train.min_lr_ratio": 0.1,
+    "model.arch": "gpt2",
+    "model.tie_embeddings": True,
+    "model.d_ff": 0,
+    "train.lr": 1e-3,
+    "train.beta2": 0.99,
+    "train.warmup_steps": 100,
+    "train.schedule": "cosine",
+    "train.min_lr_ratio": 0.1,
 }
 
 
@@ -65,7 +71,11 @@ def prepare():
 
     run_recipe(load_recipe(RECIPE, {"run_dir": DATA_DIR}), only=["data", "tokenizer", "tokenize"])
     run = Path(DATA_DIR)
-    return load_tokens(run / "tokens", "train"), load_tokens(run / "tokens", "val"), Tokenizer.load(run / "tokenizer")
+    return (
+        load_tokens(run / "tokens", "train"),
+        load_tokens(run / "tokens", "val"),
+        Tokenizer.load(run / "tokenizer"),
+    )
 
 
 def train_one(overrides: dict, seed: int, tflop: float, data) -> dict:
@@ -86,18 +96,39 @@ def train_one(overrides: dict, seed: int, tflop: float, data) -> dict:
     steps = max(1, round(tflop * 1e12 / (flops_per_token(mcfg, cfg.seq_len) * cfg.batch_tokens)))
     cfg.max_steps, cfg.max_minutes, cfg.schedule_by = steps, 0.0, "steps"
     cfg.eval_every, cfg.eval_tokens, cfg.checkpoint_every, cfg.samples, cfg.resume = 0, 0, 0, 0, "never"
-    loader = PretrainLoader(train_tokens, cfg.micro_batch, cfg.seq_len, seed, window_start=cfg.window_start,
-                            doc_mask=cfg.doc_mask, eos_id=tok.eos_id)
+    loader = PretrainLoader(
+        train_tokens,
+        cfg.micro_batch,
+        cfg.seq_len,
+        seed,
+        window_start=cfg.window_start,
+        doc_mask=cfg.doc_mask,
+        eos_id=tok.eos_id,
+    )
     val = functools.partial(val_batches, val_tokens, cfg.micro_batch, cfg.seq_len, 0)
     objective = DocumentMaskedLM() if cfg.doc_mask else CausalLMObjective()
     torch.manual_seed(seed)
     with tempfile.TemporaryDirectory() as d:
         t0 = time.time()
-        result = Trainer(model, objective, loader, cfg, Path(d), val_loader_fn=val, tokenizer=tok, seed=seed,
-                         model_cfg=mcfg).fit()
+        result = Trainer(
+            model,
+            objective,
+            loader,
+            cfg,
+            Path(d),
+            val_loader_fn=val,
+            tokenizer=tok,
+            seed=seed,
+            model_cfg=mcfg,
+        ).fit()
         wall = time.time() - t0
-    return {"val_bpb": result["val_bpb"], "wall_s": round(wall, 1), "steps": steps,
-            "tokens_per_s": result.get("tokens_per_s"), "params": model.num_params()}
+    return {
+        "val_bpb": result["val_bpb"],
+        "wall_s": round(wall, 1),
+        "steps": steps,
+        "tokens_per_s": result.get("tokens_per_s"),
+        "params": model.num_params(),
+    }
 
 
 class DocumentMaskedLM(CausalLMObjective):
@@ -120,7 +151,9 @@ def main() -> None:
     ap.add_argument("--tflop", type=float, default=10.0, help="training compute per run, in TFLOP")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--only", default="", help="comma-separated config names (default: all)")
-    ap.add_argument("--combined", default="", help="the changes to combine (default: those that beat baseline)")
+    ap.add_argument(
+        "--combined", default="", help="the changes to combine (default: those that beat baseline)"
+    )
     ap.add_argument("--log", default="", help="append one JSON line per run to this file")
     args = ap.parse_args()
     names = list(CHANGES) + ["combined", "nanogpt"]
@@ -128,13 +161,19 @@ def main() -> None:
         names = [n for n in args.only.split(",") if n]
         unknown = set(names) - set(CHANGES) - {"combined", "nanogpt"}
         if unknown:
-            raise SystemExit(f"unknown config(s) {sorted(unknown)}; known: {', '.join(list(CHANGES))}, combined, nanogpt")
+            raise SystemExit(
+                f"unknown config(s) {sorted(unknown)}; known: {', '.join(list(CHANGES))}, combined, nanogpt"
+            )
     data = prepare()
     results: dict[str, list[dict]] = {}
     for name in names:
         if name == "combined":
             picked = [c for c in args.combined.split(",") if c] or [
-                c for c in CHANGES if c != "baseline" and c in results and "baseline" in results
+                c
+                for c in CHANGES
+                if c != "baseline"
+                and c in results
+                and "baseline" in results
                 and statistics.mean(r["val_bpb"] for r in results[c])
                 < statistics.mean(r["val_bpb"] for r in results["baseline"])
             ]
@@ -145,7 +184,12 @@ def main() -> None:
             label = name
         rows = []
         for seed in range(1337, 1337 + args.seeds):
-            row = {"config": label, "seed": seed, "tflop": args.tflop, **train_one(overrides, seed, args.tflop, data)}
+            row = {
+                "config": label,
+                "seed": seed,
+                "tflop": args.tflop,
+                **train_one(overrides, seed, args.tflop, data),
+            }
             rows.append(row)
             print(json.dumps(row), flush=True)
             if args.log:

@@ -69,7 +69,8 @@ def main() -> None:
 
     diff = max(abs(a[0] - b[0]) for a, b in zip(ours, theirs))
     print(
-        f"checkpoint {ckpt} ({model.num_params():,} params), {len(requests)} requests, batch {args.batch_size}"
+        f"checkpoint {ckpt} ({model.num_params():,} params), {len(requests)} requests, "
+        f"batch {args.batch_size}"
     )
     print(f"lmforge scorer      {t_ours:8.2f} s   acc {acc(ours):.4f}")
     print(f"lm-eval HFLM (HF)   {t_theirs:8.2f} s   acc {acc(theirs):.4f}")

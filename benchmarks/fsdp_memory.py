@@ -31,7 +31,9 @@ def main() -> None:
     ap.add_argument("--seq-len", type=int, default=2048)
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--ac", action="store_true", help="full activation checkpointing")
-    ap.add_argument("--cpu-smoke", action="store_true", help="check the script on CPU (gloo; no memory figures)")
+    ap.add_argument(
+        "--cpu-smoke", action="store_true", help="check the script on CPU (gloo; no memory figures)"
+    )
     args = ap.parse_args()
 
     import torch
@@ -47,8 +49,13 @@ def main() -> None:
     cuda = not args.cpu_smoke
     if cuda and not torch.cuda.is_available():
         raise SystemExit("needs CUDA GPUs (or --cpu-smoke to check the script on CPU)")
-    for key, default in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0"),
-                         ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "29533")):
+    for key, default in (
+        ("RANK", "0"),
+        ("WORLD_SIZE", "1"),
+        ("LOCAL_RANK", "0"),
+        ("MASTER_ADDR", "127.0.0.1"),
+        ("MASTER_PORT", "29533"),
+    ):
         os.environ.setdefault(key, default)
     world, rank = int(os.environ["WORLD_SIZE"]), int(os.environ["RANK"])
     device = torch.device("cuda", int(os.environ["LOCAL_RANK"])) if cuda else torch.device("cpu")
@@ -82,22 +89,43 @@ def main() -> None:
     if cuda:
         torch.cuda.synchronize(device)
     dt = (time.perf_counter() - t0) / args.steps
-    peak = torch.tensor([torch.cuda.max_memory_allocated(device) if cuda else 0], device=device, dtype=torch.float64)
+    peak = torch.tensor(
+        [torch.cuda.max_memory_allocated(device) if cuda else 0], device=device, dtype=torch.float64
+    )
     peaks = [torch.zeros_like(peak) for _ in range(world)]
     dist.all_gather(peaks, peak)
-    est = estimate_memory(cfg, Layout(dp_shard=world), args.micro_batch, args.seq_len,
-                          activation_checkpointing=args.ac, fsdp=True)
+    est = estimate_memory(
+        cfg,
+        Layout(dp_shard=world),
+        args.micro_batch,
+        args.seq_len,
+        activation_checkpointing=args.ac,
+        fsdp=True,
+    )
     if rank == 0:
         measured = [float(p) / GIB for p in peaks]
-        print(f"{args.preset}: {num_params(cfg) / 1e9:.3f}B parameters, FSDP over {world} "
-              f"{torch.cuda.get_device_name(device) if cuda else 'CPU (smoke run)'}, micro-batch {args.micro_batch} x seq {args.seq_len}, "
-              f"AC {'full' if args.ac else 'off'}, {dt * 1000:.0f} ms/step")
+        print(
+            f"{args.preset}: {num_params(cfg) / 1e9:.3f}B parameters, FSDP over {world} "
+            f"{torch.cuda.get_device_name(device) if cuda else 'CPU (smoke run)'}, "
+            f"micro-batch {args.micro_batch} x seq {args.seq_len}, "
+            f"AC {'full' if args.ac else 'off'}, {dt * 1000:.0f} ms/step"
+        )
         print("plan estimate per device (GiB): " + ", ".join(f"{n} {v / GIB:.2f}" for n, v in est.rows()))
         print("measured peak allocated per device (GiB): " + ", ".join(f"{m:.2f}" for m in measured))
         if cuda:
             print(f"measured / estimate: {max(measured) / (est.total / GIB):.3f}")
-        print("RESULT " + json.dumps({"preset": args.preset, "world": world, "measured_gib": measured,
-                                      "estimate_gib": est.total / GIB, "ms_per_step": dt * 1000}))
+        print(
+            "RESULT "
+            + json.dumps(
+                {
+                    "preset": args.preset,
+                    "world": world,
+                    "measured_gib": measured,
+                    "estimate_gib": est.total / GIB,
+                    "ms_per_step": dt * 1000,
+                }
+            )
+        )
     dist.destroy_process_group()
 
 

@@ -4,9 +4,10 @@ All three run greedy decoding with a KV cache for exactly --new-tokens tokens fr
 prompts (random ids of --prompt-len tokens, one per batch row), in this process, interleaved
 round by round so all see the same machine load. "compiled" is `Engine(..., compile=True)`
 (`lmforge.inference.static_decode`): its first call compiles the decode step, which is paid
-once per process and shape; that time is printed in its own column, never in tokens/s. The weights are one randomly initialised lmforge
-Transformer, copied into a transformers LlamaForCausalLM through the interop converter
-(`lmforge.model.convert`, a 1:1 name mapping); the greedy tokens of both are compared.
+once per process and shape; that time is printed in its own column, never in tokens/s. The
+weights are one randomly initialised lmforge Transformer, copied into a transformers
+LlamaForCausalLM through the interop converter (`lmforge.model.convert`, a 1:1 name mapping);
+the greedy tokens of both are compared.
 
 tokens/s = batch x new tokens / wall time of one whole generate call (prefill included; the
 prompts are short). Each figure is the median of --rounds calls after one warm-up call (the
@@ -156,7 +157,8 @@ def main() -> None:
 
     print(
         f"torch {torch.__version__}, transformers {transformers.__version__}, device {args.device}, "
-        f"dtype {args.dtype}, threads {torch.get_num_threads()}, prompt {args.prompt_len}, new {args.new_tokens}"
+        f"dtype {args.dtype}, threads {torch.get_num_threads()}, prompt {args.prompt_len}, "
+        f"new {args.new_tokens}"
     )
     print(
         "| model | params | batch | lmforge eager tok/s | lmforge compiled tok/s | transformers tok/s "
@@ -168,7 +170,8 @@ def main() -> None:
         for batch in (int(b) for b in args.batch_sizes.split(",")):
             r = bench(name, batch, args)
             print(
-                f"| {r['model']} | {r['params_M']}M | {r['batch']} | {r['eager_tok_s']} | {r['compiled_tok_s']} "
+                f"| {r['model']} | {r['params_M']}M | {r['batch']} | {r['eager_tok_s']} "
+                f"| {r['compiled_tok_s']} "
                 f"| {r['hf_tok_s']} | {r['compile_s']} | {r['eager_ratio']} | {r['compiled_ratio']} "
                 f"| {r['same_tokens']} |",
                 flush=True,

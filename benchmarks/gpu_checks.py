@@ -34,7 +34,10 @@ def check_sdpa_backends(results: dict) -> None:
         v = torch.randn(4, n_kv, 1024, 64, device="cuda", dtype=torch.bfloat16)
         gqa = n_kv != 12
         ref = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=True, enable_gqa=gqa)
-        for name, backend in (("flash", SDPBackend.FLASH_ATTENTION), ("efficient", SDPBackend.EFFICIENT_ATTENTION)):
+        for name, backend in (
+            ("flash", SDPBackend.FLASH_ATTENTION),
+            ("efficient", SDPBackend.EFFICIENT_ATTENTION),
+        ):
             key = f"sdpa_{name}{'_gqa' if gqa else ''}_rel_err"
             try:
                 with sdpa_kernel([backend]):

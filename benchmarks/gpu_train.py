@@ -35,9 +35,18 @@ def run_variant(arch: str, compile_: bool, args, tokens: np.ndarray, out: Path) 
     mcfg = ModelConfig(arch=arch, preset="124m", vocab_size=VOCAB, max_seq_len=args.seq_len)
     model = Transformer(mcfg)
     cfg = TrainConfig(
-        max_steps=args.steps, batch_tokens=args.micro_batch * args.seq_len * args.accum, micro_batch=args.micro_batch,
-        seq_len=args.seq_len, lr=6e-4, warmup_steps=10, compile=compile_, eval_every=0, checkpoint_every=0,
-        samples=0, log_every=1000, resume="never",
+        max_steps=args.steps,
+        batch_tokens=args.micro_batch * args.seq_len * args.accum,
+        micro_batch=args.micro_batch,
+        seq_len=args.seq_len,
+        lr=6e-4,
+        warmup_steps=10,
+        compile=compile_,
+        eval_every=0,
+        checkpoint_every=0,
+        samples=0,
+        log_every=1000,
+        resume="never",
     )
     run_dir = out / f"{arch}_{'compile' if compile_ else 'eager'}"
     loader = PretrainLoader(tokens, args.micro_batch, args.seq_len, seed=0)
@@ -75,13 +84,18 @@ def main() -> int:
             for compile_ in (False, True):
                 rows.append(run_variant(arch, compile_, args, tokens, Path(tmp)))
                 print(json.dumps(rows[-1]), flush=True)
-    print(f"\ndevice: {torch.cuda.get_device_name()}, torch {torch.__version__}, micro-batch {args.micro_batch} x "
-          f"seq {args.seq_len}, bf16 autocast, {args.steps} steps (median after step {args.warmup})")
+    print(
+        f"\ndevice: {torch.cuda.get_device_name()}, torch {torch.__version__}, "
+        f"micro-batch {args.micro_batch} x "
+        f"seq {args.seq_len}, bf16 autocast, {args.steps} steps (median after step {args.warmup})"
+    )
     print("| arch | compile | params (M) | tokens/s | MFU % | peak mem (GB) |")
     print("|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['arch']} | {r['compile']} | {r['params_M']} | {r['tokens_per_s']:,} | {r['mfu_pct']} | "
-              f"{r['peak_mem_gb']} |")
+        print(
+            f"| {r['arch']} | {r['compile']} | {r['params_M']} | {r['tokens_per_s']:,} | {r['mfu_pct']} | "
+            f"{r['peak_mem_gb']} |"
+        )
     return 0
 
 

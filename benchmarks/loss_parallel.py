@@ -67,8 +67,14 @@ def worker(loss_parallel: bool, steps: int) -> None:
     ctx = setup_distributed(pcfg, "cpu")
     torch.manual_seed(0)
     cfg = ModelConfig(
-        arch="llama", vocab_size=ARCH["vocab"], n_layer=ARCH["n_layer"], d_model=ARCH["d_model"],
-        n_head=ARCH["n_head"], n_kv_head=ARCH["n_kv_head"], d_ff=ARCH["d_ff"], max_seq_len=ARCH["seq"],
+        arch="llama",
+        vocab_size=ARCH["vocab"],
+        n_layer=ARCH["n_layer"],
+        d_model=ARCH["d_model"],
+        n_head=ARCH["n_head"],
+        n_kv_head=ARCH["n_kv_head"],
+        d_ff=ARCH["d_ff"],
+        max_seq_len=ARCH["seq"],
         tie_embeddings=False,
     )
     model = parallelize(Transformer(cfg), pcfg, ctx)
@@ -95,10 +101,17 @@ def worker(loss_parallel: bool, steps: int) -> None:
         saved = max(saved, size)
         losses.append(round(float(loss), 6))
     if ctx.is_main:
-        print(json.dumps({
-            "loss_parallel": loss_parallel, "logits_mib": local.numel() * local.element_size() / MIB,
-            "saved_mib": saved / MIB, "cpu_s_per_step": sum(cpu) / len(cpu), "losses": losses,
-        }))
+        print(
+            json.dumps(
+                {
+                    "loss_parallel": loss_parallel,
+                    "logits_mib": local.numel() * local.element_size() / MIB,
+                    "saved_mib": saved / MIB,
+                    "cpu_s_per_step": sum(cpu) / len(cpu),
+                    "losses": losses,
+                }
+            )
+        )
     torch.distributed.destroy_process_group()
 
 
@@ -112,8 +125,18 @@ def main() -> None:
         return
     rows = []
     for mode in ("gathered", "loss_parallel"):
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", __file__,
-               "--worker", mode, "--steps", str(args.steps)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node=2",
+            __file__,
+            "--worker",
+            mode,
+            "--steps",
+            str(args.steps),
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
         if proc.returncode:
             sys.exit(proc.stderr[-4000:])
@@ -122,7 +145,10 @@ def main() -> None:
     print(f"{'head':<14} {'logits MiB':>10} {'saved MiB':>10} {'CPU s/step':>10}  losses")
     for r in rows:
         name = "loss parallel" if r["loss_parallel"] else "gathered"
-        print(f"{name:<14} {r['logits_mib']:>10.1f} {r['saved_mib']:>10.1f} {r['cpu_s_per_step']:>10.2f}  {r['losses']}")
+        print(
+            f"{name:<14} {r['logits_mib']:>10.1f} {r['saved_mib']:>10.1f} "
+            f"{r['cpu_s_per_step']:>10.2f}  {r['losses']}"
+        )
 
 
 if __name__ == "__main__":

@@ -9,8 +9,9 @@ Measures, in one process tree:
   * identical ids: lmforge vs the exported tokenizer.json on the held-out text.
 
 Corpora: `shakespeare` = the embedded plays (one document per play; every 10th play held out);
-`100mb` = the plays + the .py/.rst/.txt/.md files of the Python standard library, then of the installed
-site-packages, in sorted path order, up to 100 MB of UTF-8 (one document per file; every 50th document held out). Nothing is downloaded.
+`100mb` = the plays + the .py/.rst/.txt/.md files of the Python standard library, then of the
+installed site-packages, in sorted path order, up to 100 MB of UTF-8 (one document per file;
+every 50th document held out). Nothing is downloaded.
 
 usage:
   .venv/bin/python benchmarks/tokenizer.py --corpus shakespeare
@@ -61,7 +62,10 @@ def hf_trainer_tokenizer():
 
     tok = HFTokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Split(Regex(GPT4), "isolated"), pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
+        [
+            pre_tokenizers.Split(Regex(GPT4), "isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
     )
     return tok
 
@@ -109,7 +113,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--corpus", choices=["shakespeare", "100mb"], default="shakespeare")
     ap.add_argument("--vocab-size", type=int, default=8192)
-    ap.add_argument("--encode-mb", type=float, default=0, help="cap the encode-throughput text (0: the whole corpus)")
+    ap.add_argument(
+        "--encode-mb", type=float, default=0, help="cap the encode-throughput text (0: the whole corpus)"
+    )
     ap.add_argument("--skip-train-hf", action="store_true")
     ap.add_argument("--hf-encode-child", nargs=2, metavar=("JSON", "THREADS"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -118,8 +124,14 @@ def main() -> None:
         return
 
     train, held = load_corpus(args.corpus)
-    print(f"corpus {args.corpus}: {len(train)} train docs, {mb(train):.1f} MB; {len(held)} held-out docs, {mb(held):.2f} MB")
-    print(f"machine: {len(os.sched_getaffinity(0))} usable cores of {os.cpu_count()}; vocab {args.vocab_size}; pattern gpt4")
+    print(
+        f"corpus {args.corpus}: {len(train)} train docs, {mb(train):.1f} MB; "
+        f"{len(held)} held-out docs, {mb(held):.2f} MB"
+    )
+    print(
+        f"machine: {len(os.sched_getaffinity(0))} usable cores of {os.cpu_count()}; "
+        f"vocab {args.vocab_size}; pattern gpt4"
+    )
 
     t0 = time.perf_counter()
     ours = Tokenizer.train(train, args.vocab_size, progress=False)
@@ -134,7 +146,10 @@ def main() -> None:
     held_bytes = sum(len(d.encode()) for d in held)
     bpt_ours = held_bytes / sum(map(len, ours.encode_batch(held, disallowed_special=())))
     bpt_hf = held_bytes / sum(len(e.ids) for e in hf.encode_batch(held))
-    print(f"held-out bytes/token: lmforge {bpt_ours:.4f}  HF {bpt_hf:.4f}  ratio {bpt_ours / bpt_hf:.4f} (target within 1%)")
+    print(
+        f"held-out bytes/token: lmforge {bpt_ours:.4f}  HF {bpt_hf:.4f}  "
+        f"ratio {bpt_ours / bpt_hf:.4f} (target within 1%)"
+    )
 
     with tempfile.TemporaryDirectory() as tmp:
         ours.save(tmp)
@@ -164,7 +179,10 @@ def main() -> None:
             env = dict(os.environ, RAYON_NUM_THREADS=str(threads), TOKENIZERS_PARALLELISM="true")
             out = subprocess.run(
                 [sys.executable, __file__, "--hf-encode-child", str(job), str(threads)],
-                env=env, capture_output=True, text=True, check=True,
+                env=env,
+                capture_output=True,
+                text=True,
+                check=True,
             ).stdout
             t_h = json.loads(out.strip().splitlines()[-1])["seconds"]
             print(

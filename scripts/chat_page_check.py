@@ -52,7 +52,9 @@ def tiny_model():
     texts = [text[:50_000] for _, text in embedded_documents("shakespeare")[:2]]
     tok = Tokenizer.train(texts, vocab_size=512, workers=1, progress=False)
     torch.manual_seed(0)
-    cfg = ModelConfig(vocab_size=tok.vocab_size, n_layer=2, d_model=64, n_head=4, max_seq_len=256, init_std=0.08)
+    cfg = ModelConfig(
+        vocab_size=tok.vocab_size, n_layer=2, d_model=64, n_head=4, max_seq_len=256, init_std=0.08
+    )
     return Transformer(cfg).eval(), tok
 
 
@@ -88,7 +90,9 @@ def check_api_key(driver, wait, check, model, tok, name: str) -> None:
         wait.until(lambda d: dialog.get_attribute("open") is not None)
         check(True, "the page asks for the API key: " + driver.find_element(By.ID, "key-reason").text)
         driver.find_element(By.ID, "key-input").send_keys("wrong-key", Keys.ENTER)
-        wait.until(lambda d: "refused" in d.find_element(By.ID, "key-reason").text and dialog.get_attribute("open"))
+        wait.until(
+            lambda d: "refused" in d.find_element(By.ID, "key-reason").text and dialog.get_attribute("open")
+        )
         check(True, "a wrong key is asked for again")
         box = driver.find_element(By.ID, "key-input")
         box.clear()

@@ -14,7 +14,13 @@ TEXTS = [
     "Now is the winter of our discontent made glorious summer by this sun of York; 1599 folios.\n",
     "ROMEO. But soft, what light through yonder window breaks? It is the east, and Juliet is the sun.\n",
 ]
-SAMPLES = ["Hello world!", "To be, or not to be", "  spaces\n\nnewlines\t tabs 12345 ", "héllo wörld ✓ 你好 😉", ""]
+SAMPLES = [
+    "Hello world!",
+    "To be, or not to be",
+    "  spaces\n\nnewlines\t tabs 12345 ",
+    "héllo wörld ✓ 你好 😉",
+    "",
+]
 
 
 @functools.cache

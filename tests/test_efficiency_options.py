@@ -28,8 +28,17 @@ def build(seed: int = 0, **kw) -> Transformer:
     return Transformer(model_cfg(**kw))
 
 
-@pytest.mark.parametrize("kw", [{}, {"qk_norm": True}, {"mlp": "relu2"}, {"mlp": "gelu"},
-                                {"arch": "gpt2", "mlp": "relu2"}, {"tie_embeddings": False}])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {},
+        {"qk_norm": True},
+        {"mlp": "relu2"},
+        {"mlp": "gelu"},
+        {"arch": "gpt2", "mlp": "relu2"},
+        {"tie_embeddings": False},
+    ],
+)
 def test_parameter_count_matches_the_model(kw):
     assert build(**kw).num_params() == num_params(model_cfg(**kw))
 
@@ -71,8 +80,14 @@ def test_zero_init_projections_make_every_block_the_identity():
     assert torch.allclose(h, model.norm(model.tok_emb(x)), atol=1e-6)
 
 
-@pytest.mark.parametrize("kw, named", [({"qk_norm": True}, "model.qk_norm"), ({"mlp": "relu2"}, "model.mlp"),
-                                       ({"logit_softcap": 15.0}, "model.logit_softcap")])
+@pytest.mark.parametrize(
+    "kw, named",
+    [
+        ({"qk_norm": True}, "model.qk_norm"),
+        ({"mlp": "relu2"}, "model.mlp"),
+        ({"logit_softcap": 15.0}, "model.logit_softcap"),
+    ],
+)
 def test_export_refuses_options_the_target_lacks(kw, named, tmp_path):
     from lmforge.model.convert import export_hf
 
@@ -105,7 +120,9 @@ def test_muon_takes_the_hidden_matrices_and_adamw_the_rest():
     assert {names[id(p)] for p in groups["embedding"]["params"]} == {"tok_emb.weight", "pos_emb.weight"}
     assert [names[id(p)] for p in groups["head"]["params"]] == ["lm_head.weight"]
     assert all(p.dim() == 1 for p in groups["scalar"]["params"])
-    assert groups["head"]["lr_scale"] == pytest.approx(4.0) and muon.param_groups[0]["lr_scale"] == pytest.approx(20)
+    assert groups["head"]["lr_scale"] == pytest.approx(4.0) and muon.param_groups[0][
+        "lr_scale"
+    ] == pytest.approx(20)
 
 
 def test_each_role_steps_at_its_own_learning_rate():
@@ -113,7 +130,9 @@ def test_each_role_steps_at_its_own_learning_rate():
     = 3 x lr) must move exactly as plain AdamW at 3 x the scheduled lr, and the lr is restored."""
     model, ref = build(tie_embeddings=False), build(tie_embeddings=False)
     opt = build_optimizer(model, TrainConfig(lr=1e-2, embedding_lr=3e-2, weight_decay=0.0))
-    ref_opt = torch.optim.AdamW([ref.tok_emb.weight], lr=0.5 * 3e-2, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0)
+    ref_opt = torch.optim.AdamW(
+        [ref.tok_emb.weight], lr=0.5 * 3e-2, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0
+    )
     x = torch.randint(0, 64, (2, 8))
     for m, o in ((model, opt), (ref, ref_opt)):
         for g in o.param_groups:
@@ -131,18 +150,35 @@ def test_muon_checkpoint_round_trip_resumes_exactly(tmp_path):
     from lmforge.train.trainer import Trainer
 
     tokens = np.random.default_rng(0).integers(0, 64, 5000).astype(np.uint16)
-    cfg = TrainConfig(optimizer="muon", max_steps=6, batch_tokens=64, micro_batch=4, seq_len=16, lr=1e-2,
-                      muon_lr=0.05, embedding_lr=2e-2, warmup_steps=2, eval_every=0, checkpoint_every=3,
-                      samples=0, log_every=1)
+    cfg = TrainConfig(
+        optimizer="muon",
+        max_steps=6,
+        batch_tokens=64,
+        micro_batch=4,
+        seq_len=16,
+        lr=1e-2,
+        muon_lr=0.05,
+        embedding_lr=2e-2,
+        warmup_steps=2,
+        eval_every=0,
+        checkpoint_every=3,
+        samples=0,
+        log_every=1,
+    )
 
     def losses(out, max_steps):
         c = dataclasses.replace(cfg, max_steps=max_steps)
         torch.manual_seed(0)
-        Trainer(build(), CausalLMObjective(), PretrainLoader(tokens, 4, 16, 0), c, out, model_cfg=model_cfg()).fit()
+        Trainer(
+            build(), CausalLMObjective(), PretrainLoader(tokens, 4, 16, 0), c, out, model_cfg=model_cfg()
+        ).fit()
         import json
 
-        return [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()
-                if '"loss"' in line]
+        return [
+            json.loads(line)["loss"]
+            for line in (out / "metrics.jsonl").read_text().splitlines()
+            if '"loss"' in line
+        ]
 
     straight = losses(tmp_path / "a", 6)
     losses(tmp_path / "b", 3)

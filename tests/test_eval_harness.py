@@ -53,7 +53,8 @@ metric_list:
     "lf_mmlu": """task: lf_mmlu
 dataset_path: csv
 dataset_name: null
-dataset_kwargs: {{data_files: "{fix}/mmlu/test/astronomy_test.csv", column_names: [question, A, B, C, D, answer]}}
+dataset_kwargs: {{data_files: "{fix}/mmlu/test/astronomy_test.csv", \
+column_names: [question, A, B, C, D, answer]}}
 test_split: train
 output_type: multiple_choice
 description: "The following are multiple choice questions (with answers) about astronomy.\\n\\n"

@@ -51,7 +51,12 @@ def torch_payload(path: Path, marker: Path) -> None:
 def lmforge(*args: str, stdin: str = "") -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
     return subprocess.run(
-        [sys.executable, "-m", "lmforge", *args], capture_output=True, text=True, env=env, input=stdin, timeout=300
+        [sys.executable, "-m", "lmforge", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        input=stdin,
+        timeout=300,
     )
 
 
@@ -71,11 +76,22 @@ def run(tmp_path_factory) -> Path:
     tok = Tokenizer.train(docs, vocab_size=320)
     tok.save(run_dir / "tokenizer")
     tokenize_documents(tok, docs, run_dir / "tokens", val_fraction=0.2, seed=1, progress=False)
-    tiny = {"max_steps": 2, "micro_batch": 2, "seq_len": 96, "batch_tokens": 192, "warmup_steps": 1, "samples": 0,
-            "checkpoint_every": 1, "eval_every": 0}
+    tiny = {
+        "max_steps": 2,
+        "micro_batch": 2,
+        "seq_len": 96,
+        "batch_tokens": 192,
+        "warmup_steps": 1,
+        "samples": 0,
+        "checkpoint_every": 1,
+        "eval_every": 0,
+    }
     demo = {"which_play": 8, "who_speaks": 4, "continue_speech": 4, "preference_pairs": 8, "eval_items": 4}
     recipe = {
-        "name": "hostile", "seed": 3, "run_dir": str(run_dir), "stages": STAGES,
+        "name": "hostile",
+        "seed": 3,
+        "run_dir": str(run_dir),
+        "stages": STAGES,
         "model": {"n_layer": 1, "d_model": 32, "n_head": 4, "max_seq_len": 128},
         "train": {**tiny, "seq_len": 32, "batch_tokens": 64, "eval_tokens": 256},
         "sft": {"demo": demo, "train": tiny},
@@ -161,8 +177,10 @@ def test_commands_that_load_a_model_read_only_safetensors(hostile_checkpoint, tm
 def test_import_reads_pytorch_model_bin_weights_only(tmp_path):
     hf = tmp_path / "hf"
     hf.mkdir()
-    (hf / "config.json").write_text('{"model_type": "llama", "vocab_size": 300, "num_hidden_layers": 1, '
-                                    '"hidden_size": 32, "num_attention_heads": 4, "intermediate_size": 64}')
+    (hf / "config.json").write_text(
+        '{"model_type": "llama", "vocab_size": 300, "num_hidden_layers": 1, '
+        '"hidden_size": 32, "num_attention_heads": 4, "intermediate_size": 64}'
+    )
     marker = tmp_path / "ran"
     torch_payload(hf / "pytorch_model.bin", marker)
     proc = lmforge("import", "--from-hf", str(hf), "--out", str(tmp_path / "ckpt"))
@@ -248,8 +266,13 @@ def test_rollback_reads_the_checkpoint_through_the_same_safe_path(tmp_path):
                 pickle_payload(tmp_path / "checkpoints" / "step_000004" / "dcp" / ".metadata", marker)
             return super().loss(model, batch)
 
-    t = Trainer(tiny_model(), PlantingObjective({6, 7}, grad_accum_steps(cfg)), PretrainLoader(tokens(), 4, 16, 0),
-                cfg, tmp_path)
+    t = Trainer(
+        tiny_model(),
+        PlantingObjective({6, 7}, grad_accum_steps(cfg)),
+        PretrainLoader(tokens(), 4, 16, 0),
+        cfg,
+        tmp_path,
+    )
     with pytest.raises(LmforgeError, match=r"step_000004/dcp/\.metadata"):
         t.fit()
     assert not marker.exists()
@@ -270,7 +293,9 @@ def test_a_save_killed_before_publishing_leaves_nothing_after_the_next_start(run
     ckpts = latest(run, "pretrain").parent
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
     argv = ["pretrain", str(run), "--train.max_steps", "3"]
-    proc = subprocess.run([sys.executable, "-c", KILLED_AT_PUBLISH, *argv], capture_output=True, text=True, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-c", KILLED_AT_PUBLISH, *argv], capture_output=True, text=True, env=env
+    )
     assert proc.returncode == -9, proc.stderr[-3000:]
     torn = [d for d in ckpts.iterdir() if d.name.startswith(".tmp-step_000003")]
     assert len(torn) == 1 and (torn[0] / "model.safetensors").exists()  # the kill hit mid-save

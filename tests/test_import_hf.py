@@ -19,9 +19,18 @@ from lmforge.model.convert import load_hf, tokenizer_from_hf  # noqa: E402
 
 def llama_dir(path, vocab_size, tie=False, **kw):
     cfg = transformers.LlamaConfig(
-        vocab_size=vocab_size, hidden_size=64, intermediate_size=160, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-        rope_theta=2000.0, rms_norm_eps=1e-6, tie_word_embeddings=tie, initializer_range=0.08, **kw,
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=160,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        rope_theta=2000.0,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=tie,
+        initializer_range=0.08,
+        **kw,
     )
     torch.manual_seed(0)
     hf = transformers.LlamaForCausalLM(cfg).eval()
@@ -70,15 +79,20 @@ def test_foreign_id_layout_is_reordered(tmp_path):
     t.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     t.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=330, special_tokens=["<|endoftext|>", "<|pad|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+        vocab_size=330,
+        special_tokens=["<|endoftext|>", "<|pad|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
     )
     t.train_from_iterator(TEXTS * 5, trainer)
     (tmp_path / "hf").mkdir()
     t.save(str(tmp_path / "hf" / "tokenizer.json"))
     hf = llama_dir(tmp_path / "hf", t.get_vocab_size(), tie=True)
     model, tok, report = load_hf(tmp_path / "hf")
-    assert report["reordered"] and tok.special_ids == {"<|endoftext|>": tok.vocab_size - 2, "<|pad|>": tok.vocab_size - 1}
+    assert report["reordered"] and tok.special_ids == {
+        "<|endoftext|>": tok.vocab_size - 2,
+        "<|pad|>": tok.vocab_size - 1,
+    }
     order = report["hf_ids"]
     for text in SAMPLES + TEXTS:
         ours = tok.encode_ordinary(text)
@@ -111,7 +125,9 @@ def test_unsupported_checkpoints_are_refused(tmp_path):
     llama_dir(tmp_path / "hf", tok.vocab_size)
     config = json.loads((tmp_path / "hf" / "config.json").read_text())
     bad = {
-        "rope scaling 'llama3'": {"rope_parameters": {"rope_type": "llama3", "rope_theta": 1.0, "factor": 8.0}},
+        "rope scaling 'llama3'": {
+            "rope_parameters": {"rope_type": "llama3", "rope_theta": 1.0, "factor": 8.0}
+        },
         "attention/MLP biases": {"attention_bias": True},
         "model_type 'mistral'": {"model_type": "mistral"},
     }
@@ -187,7 +203,9 @@ def test_index_pointing_outside_the_model_folder_is_refused(tmp_path):
     for bad in ("../../elsewhere/model.safetensors", str(tmp_path / "elsewhere" / "model.safetensors")):
         data["weight_map"] = {k: (bad if v == first else v) for k, v in data["weight_map"].items()}
         index.write_text(json.dumps(data))
-        with pytest.raises(LmforgeError, match="model.safetensors.index.json: weight file .* outside the model folder"):
+        with pytest.raises(
+            LmforgeError, match="model.safetensors.index.json: weight file .* outside the model folder"
+        ):
             load_hf(tmp_path / "a" / "hf")
 
 
@@ -204,8 +222,8 @@ def test_a_killed_import_leaves_nothing_after_the_next_one(tmp_path):
         "import os, signal, sys\n"
         "import lmforge.checkpoint.consolidated as c\n"
         "real = c.atomic_rename_dir\n"
-        "c.atomic_rename_dir = lambda tmp, final: (os.kill(os.getpid(), signal.SIGKILL) if final.name == 'ckpt'"
-        " else real(tmp, final))\n"
+        "c.atomic_rename_dir = lambda tmp, final: (os.kill(os.getpid(), signal.SIGKILL)"
+        " if final.name == 'ckpt' else real(tmp, final))\n"
         "from lmforge.cli import main\n"
         "sys.exit(main(sys.argv[1:]))\n"
     )

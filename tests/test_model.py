@@ -6,7 +6,9 @@ from lmforge.model.transformer import Transformer
 
 
 def small(arch="llama", **kw):
-    base = dict(arch=arch, vocab_size=300, n_layer=2, d_model=64, n_head=4, n_kv_head=2 if arch == "llama" else 4)
+    base = dict(
+        arch=arch, vocab_size=300, n_layer=2, d_model=64, n_head=4, n_kv_head=2 if arch == "llama" else 4
+    )
     base.update(kw)
     return ModelConfig(**base)
 

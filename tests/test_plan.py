@@ -76,7 +76,11 @@ def _saved_bytes_per_token(cfg: ModelConfig, B: int, T: int) -> float:
     torch.manual_seed(0)
     model = Transformer(cfg)
     h = model.tok_emb(torch.randint(0, cfg.vocab_size, (B, T))).detach().requires_grad_()
-    rope = rope_cos_sin(model.inv_freq, torch.arange(T).expand(B, T), h.dtype) if model.inv_freq is not None else None
+    rope = (
+        rope_cos_sin(model.inv_freq, torch.arange(T).expand(B, T), h.dtype)
+        if model.inv_freq is not None
+        else None
+    )
     storages: dict[int, int] = {}
 
     def pack(t):
@@ -97,7 +101,10 @@ def test_activation_count_matches_autograd(arch):
 
 
 def test_plan_cli(capsys):
-    assert cli_main(["plan", "--preset", "1b", "--dp-shard", "8", "--micro-batch", "2", "--gpu-memory", "80"]) == 0
+    assert (
+        cli_main(["plan", "--preset", "1b", "--dp-shard", "8", "--micro-batch", "2", "--gpu-memory", "80"])
+        == 0
+    )
     out = capsys.readouterr().out
     assert "dp_shard 8" in out and "fits in 80 GiB" in out
     total = float(next(line.split()[-1] for line in out.splitlines() if line.strip().startswith("total")))
@@ -128,6 +135,8 @@ def test_zero2_keeps_every_block_gathered():
     cfg = preset_config("1b", 32768)
     zero3 = estimate_memory(cfg, Layout(dp_shard=4), 2, 2048)
     zero2 = estimate_memory(cfg, Layout(dp_shard=4, reshard_after_forward=False), 2, 2048)
-    block = zero3.fsdp_buffers / 8  # ZeRO-3: 2 gathered bf16 blocks (2 x 2 bytes) + one block's fp32 grads (4)
+    block = (
+        zero3.fsdp_buffers / 8
+    )  # ZeRO-3: 2 gathered bf16 blocks (2 x 2 bytes) + one block's fp32 grads (4)
     assert zero2.fsdp_buffers == pytest.approx(cfg.n_layer * 2 * block + 4 * block)
     assert zero2.params == zero3.params and zero2.optimizer == zero3.optimizer

@@ -13,32 +13,83 @@ from lmforge.fileio import read_json
 
 ROOT = Path(__file__).parent.parent
 TINY = [
-    "--tokenizer.vocab_size", "300", "--model.n_layer", "1", "--model.d_model", "32", "--model.n_head", "2",
-    "--train.micro_batch", "2", "--train.seq_len", "32", "--train.batch_tokens", "128",
-    "--train.max_minutes", "0", "--train.max_steps", "2", "--train.eval_every", "2",
-    "--train.eval_tokens", "256", "--train.samples", "0", "--train.warmup_steps", "1", "--parallel.dp_replicate", "2",
+    "--tokenizer.vocab_size",
+    "300",
+    "--model.n_layer",
+    "1",
+    "--model.d_model",
+    "32",
+    "--model.n_head",
+    "2",
+    "--train.micro_batch",
+    "2",
+    "--train.seq_len",
+    "32",
+    "--train.batch_tokens",
+    "128",
+    "--train.max_minutes",
+    "0",
+    "--train.max_steps",
+    "2",
+    "--train.eval_every",
+    "2",
+    "--train.eval_tokens",
+    "256",
+    "--train.samples",
+    "0",
+    "--train.warmup_steps",
+    "1",
+    "--parallel.dp_replicate",
+    "2",
 ]
 
 
-SINGLE_PROCESS = [("data", "raw sources -> clean documents"), ("tokenizer", "train the BPE tokenizer"),
-                  ("tokenize", "documents -> token shards")]
+SINGLE_PROCESS = [
+    ("data", "raw sources -> clean documents"),
+    ("tokenizer", "train the BPE tokenizer"),
+    ("tokenize", "documents -> token shards"),
+]
 
 
 def torchrun(run_dir: Path, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-           "--tee", "3", "-m", "lmforge", "run", "recipes/shakespeare.yaml", "--run_dir", str(run_dir), *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node=2",
+        "--tee",
+        "3",
+        "-m",
+        "lmforge",
+        "run",
+        "recipes/shakespeare.yaml",
+        "--run_dir",
+        str(run_dir),
+        *args,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout, cwd=ROOT)
 
 
 def test_torchrun_run_runs_single_process_stages_once(tmp_path):
     run_dir = tmp_path / "run"
-    proc = torchrun(run_dir, "--stages", "data,tokenizer,tokenize,pretrain", "--data.steps", "[normalize]",
-                    "--tokenizer.max_chars", "200000", *TINY)
+    proc = torchrun(
+        run_dir,
+        "--stages",
+        "data,tokenizer,tokenize,pretrain",
+        "--data.steps",
+        "[normalize]",
+        "--tokenizer.max_chars",
+        "200000",
+        *TINY,
+    )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-6000:]
     for stage, summary in SINGLE_PROCESS:
-        started = {line.split(":", 1)[0] for line in out.splitlines() if f"[lmforge] {stage}: {summary}" in line}
+        started = {
+            line.split(":", 1)[0] for line in out.splitlines() if f"[lmforge] {stage}: {summary}" in line
+        }
         assert started == {"[default0]"}, (stage, started)
         assert read_json(run_dir / stage / "_complete.json")["hash"]
     started = {line.split(":", 1)[0] for line in out.splitlines() if "[lmforge] pretrain: pretrain" in line}
@@ -49,7 +100,16 @@ def test_torchrun_run_runs_single_process_stages_once(tmp_path):
 
 def test_torchrun_run_stops_every_rank_when_rank0_fails(tmp_path):
     run_dir = tmp_path / "run"
-    proc = torchrun(run_dir, "--stages", "data", "--parallel.dp_replicate", "2", "--data.inputs", f"[{tmp_path / 'missing' / '*.jsonl'}]", timeout=120)
+    proc = torchrun(
+        run_dir,
+        "--stages",
+        "data",
+        "--parallel.dp_replicate",
+        "2",
+        "--data.inputs",
+        f"[{tmp_path / 'missing' / '*.jsonl'}]",
+        timeout=120,
+    )
     assert proc.returncode != 0
     failed = read_json(run_dir / "data" / "_failed.json")
     assert failed["error"]

@@ -20,7 +20,9 @@ def tok() -> Tokenizer:
     return Tokenizer.train(plays[:4], 700, progress=False)
 
 
-DOCS = [f"Document number {i}. " + "To be, or not to be: that is the question. " * (i % 5 + 1) for i in range(60)]
+DOCS = [
+    f"Document number {i}. " + "To be, or not to be: that is the question. " * (i % 5 + 1) for i in range(60)
+]
 
 
 def test_layout_and_contents(tok: Tokenizer, tmp_path) -> None:
@@ -47,7 +49,9 @@ def test_split_is_deterministic(tok: Tokenizer, tmp_path) -> None:
     b = tokenize_documents(tok, DOCS, tmp_path / "b", val_fraction=0.2, seed=7, workers=1, progress=False)
     c = tokenize_documents(tok, DOCS, tmp_path / "c", val_fraction=0.2, seed=8, progress=False)
     for split in ("train", "val"):
-        assert (tmp_path / "a" / f"{split}.bin").read_bytes() == (tmp_path / "b" / f"{split}.bin").read_bytes()
+        assert (tmp_path / "a" / f"{split}.bin").read_bytes() == (
+            tmp_path / "b" / f"{split}.bin"
+        ).read_bytes()
     assert a["val_tokens"] == b["val_tokens"]
     assert (tmp_path / "a" / "val.bin").read_bytes() != (tmp_path / "c" / "val.bin").read_bytes() or c == a
 
@@ -114,10 +118,26 @@ def test_cli_train_encode_decode_tokenize(tmp_path, capsys: pytest.CaptureFixtur
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     (corpus / "a.txt").write_text("the quick brown fox jumps over the lazy dog\n" * 200)
-    (corpus / "b.jsonl").write_text("\n".join(json.dumps({"body": f"line {i} of the jsonl file"}) for i in range(50)))
+    (corpus / "b.jsonl").write_text(
+        "\n".join(json.dumps({"body": f"line {i} of the jsonl file"}) for i in range(50))
+    )
     out = tmp_path / "tok"
-    rc = cli_main(["tokenizer", "train", "--input", str(corpus), "--vocab-size", "300", "--out", str(out),
-                   "--text-field", "body", "--workers", "1"])
+    rc = cli_main(
+        [
+            "tokenizer",
+            "train",
+            "--input",
+            str(corpus),
+            "--vocab-size",
+            "300",
+            "--out",
+            str(out),
+            "--text-field",
+            "body",
+            "--workers",
+            "1",
+        ]
+    )
     assert rc == 0 and (out / "lmforge_tokenizer.json").exists()
     capsys.readouterr()
     assert cli_main(["tokenizer", "encode", "--tokenizer", str(out), "the quick fox"]) == 0
@@ -125,8 +145,19 @@ def test_cli_train_encode_decode_tokenize(tmp_path, capsys: pytest.CaptureFixtur
     assert [int(i) for i in ids] == Tokenizer.load(out).encode("the quick fox")
     assert cli_main(["tokenizer", "decode", "--tokenizer", str(out), *ids]) == 0
     assert capsys.readouterr().out == "the quick fox\n"
-    rc = cli_main(["tokenize", "--tokenizer", str(out), "--input", str(corpus), "--out", str(tmp_path / "tokens"),
-                   "--text-field", "body"])
+    rc = cli_main(
+        [
+            "tokenize",
+            "--tokenizer",
+            str(out),
+            "--input",
+            str(corpus),
+            "--out",
+            str(tmp_path / "tokens"),
+            "--text-field",
+            "body",
+        ]
+    )
     assert rc == 0 and read_meta(tmp_path / "tokens")["documents"] == 51
 
 
@@ -135,21 +166,42 @@ def test_cli_bad_input_names_the_file(tmp_path, capsys: pytest.CaptureFixture) -
     bad.write_bytes(b"caf\xe9 au lait\n")
     good = tmp_path / "good.txt"
     good.write_text("some good text here\n")
-    rc = cli_main(["tokenizer", "train", "--input", str(bad), "--vocab-size", "300", "--out", str(tmp_path / "t")])
+    rc = cli_main(
+        ["tokenizer", "train", "--input", str(bad), "--vocab-size", "300", "--out", str(tmp_path / "t")]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and "bad.txt" in err and "UTF-8" in err
-    rc = cli_main(["tokenizer", "train", "--input", str(bad), str(good), "--vocab-size", "300",
-                   "--out", str(tmp_path / "t"), "--bad-input", "skip"])
+    rc = cli_main(
+        [
+            "tokenizer",
+            "train",
+            "--input",
+            str(bad),
+            str(good),
+            "--vocab-size",
+            "300",
+            "--out",
+            str(tmp_path / "t"),
+            "--bad-input",
+            "skip",
+        ]
+    )
     assert rc == 0 and "skipped 1 unreadable records" in capsys.readouterr().err
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "blank.txt").write_text("")
-    rc = cli_main(["tokenizer", "train", "--input", str(empty), "--vocab-size", "300", "--out", str(tmp_path / "t2")])
+    rc = cli_main(
+        ["tokenizer", "train", "--input", str(empty), "--vocab-size", "300", "--out", str(tmp_path / "t2")]
+    )
     assert rc == 2 and "empty" in capsys.readouterr().err
-    rc = cli_main(["tokenizer", "train", "--input", str(good), "--vocab-size", "100", "--out", str(tmp_path / "t3")])
+    rc = cli_main(
+        ["tokenizer", "train", "--input", str(good), "--vocab-size", "100", "--out", str(tmp_path / "t3")]
+    )
     assert rc == 2 and "too small" in capsys.readouterr().err
     (tmp_path / "t4").mkdir()
-    (tmp_path / "t4" / "lmforge_tokenizer.json").write_text(json.dumps({"format": "lmforge-bpe", "version": 7}))
+    (tmp_path / "t4" / "lmforge_tokenizer.json").write_text(
+        json.dumps({"format": "lmforge-bpe", "version": 7})
+    )
     rc = cli_main(["tokenizer", "encode", "--tokenizer", str(tmp_path / "t4"), "x"])
     assert rc == 2 and "unknown tokenizer format version 7" in capsys.readouterr().err
 
@@ -168,11 +220,36 @@ def test_bad_input_replace_reports_count(tmp_path, capsys: pytest.CaptureFixture
     bad = tmp_path / "bad.txt"
     bad.write_bytes(b"caf\xe9 au lait \xff\xfe and more text here\n" * 20)
     out = tmp_path / "tok"
-    rc = cli_main(["tokenizer", "train", "--input", str(bad), "--vocab-size", "300", "--out", str(out),
-                   "--bad-input", "replace"])
+    rc = cli_main(
+        [
+            "tokenizer",
+            "train",
+            "--input",
+            str(bad),
+            "--vocab-size",
+            "300",
+            "--out",
+            str(out),
+            "--bad-input",
+            "replace",
+        ]
+    )
     assert rc == 0 and "with 60 replacement characters" in capsys.readouterr().err
-    rc = cli_main(["tokenize", "--tokenizer", str(out), "--input", str(bad), "--out", str(tmp_path / "tokens"),
-                   "--bad-input", "replace", "--val-fraction", "0"])
+    rc = cli_main(
+        [
+            "tokenize",
+            "--tokenizer",
+            str(out),
+            "--input",
+            str(bad),
+            "--out",
+            str(tmp_path / "tokens"),
+            "--bad-input",
+            "replace",
+            "--val-fraction",
+            "0",
+        ]
+    )
     assert rc == 0 and read_meta(tmp_path / "tokens")["replaced"] == {str(bad): 60}
     rc = cli_main(["tokenize", "--tokenizer", str(out), "--input", str(bad), "--out", str(tmp_path / "t2")])
     assert rc == 2 and "bad.txt" in capsys.readouterr().err

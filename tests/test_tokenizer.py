@@ -228,7 +228,10 @@ def _hf_trained(texts: list[str], vocab_size: int):
 
     hf = HFTokenizer(models.BPE())
     hf.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Split(Regex(GPT4), "isolated"), pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
+        [
+            pre_tokenizers.Split(Regex(GPT4), "isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
     )
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
@@ -250,7 +253,10 @@ def test_merges_and_compression_match_hf_trainer(plays: list[str]) -> None:
 
     chars = bytes_to_unicode()
     ours_merges = {tuple("".join(chars[b] for b in ours.id_to_bytes(i)) for i in m) for m in ours.merges}
-    hf_merges = {tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in json.loads(hf.to_str())["model"]["merges"]}
+    hf_merges = {
+        tuple(m) if isinstance(m, list) else tuple(m.split(" "))
+        for m in json.loads(hf.to_str())["model"]["merges"]
+    }
     assert len(ours_merges & hf_merges) / len(hf_merges) > 0.98
     n_bytes = len(held.encode())
     ratio = (n_bytes / len(ours.encode(held))) / (n_bytes / len(hf.encode(held).ids))
@@ -275,7 +281,10 @@ def test_render_chat_mask(tok: Tokenizer) -> None:
     assert len(ids) == len(mask) and ids[0] == sp["<|bos|>"] and mask[0] == 0
     supervised = [i for i, m in zip(ids, mask) if m]
     expected = (
-        tok.encode_ordinary("Shakespeare, c. 1600.") + [sp["<|end|>"]] + tok.encode_ordinary("Also him.") + [sp["<|end|>"]]
+        tok.encode_ordinary("Shakespeare, c. 1600.")
+        + [sp["<|end|>"]]
+        + tok.encode_ordinary("Also him.")
+        + [sp["<|end|>"]]
     )
     assert supervised == expected
     assert tok.decode(ids) == (
@@ -292,7 +301,10 @@ def test_render_chat_mask(tok: Tokenizer) -> None:
     "messages, match",
     [
         ([], "non-empty list"),
-        ([{"role": "user", "content": "a"}, {"role": "system", "content": "b"}], "system message may only come first"),
+        (
+            [{"role": "user", "content": "a"}, {"role": "system", "content": "b"}],
+            "system message may only come first",
+        ),
         ([{"role": "tool", "content": "a"}], "unknown role 'tool'"),
         ([{"role": "user"}], "'role' and 'content'"),
         ([{"role": "user", "content": 3}], "content must be a string"),
@@ -345,7 +357,10 @@ def test_full_corpus_8192_against_hf(plays: list[str], tmp_path) -> None:
 
     chars = bytes_to_unicode()
     ours_merges = {tuple("".join(chars[b] for b in ours.id_to_bytes(i)) for i in m) for m in ours.merges}
-    hf_merges = {tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in json.loads(hf.to_str())["model"]["merges"]}
+    hf_merges = {
+        tuple(m) if isinstance(m, list) else tuple(m.split(" "))
+        for m in json.loads(hf.to_str())["model"]["merges"]
+    }
     assert len(ours_merges & hf_merges) / len(hf_merges) > 0.99
     ours.save(tmp_path)
     exported = HFTokenizer.from_file(str(tmp_path / "tokenizer.json"))

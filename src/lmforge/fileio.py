@@ -186,8 +186,10 @@ def check_replaceable(path: str | os.PathLike, writer: str, force: bool = False)
             foreign = sorted(p.name for p in path.iterdir() if p.name not in listed)
             if manifest["written_by"] == writer and not foreign:
                 return
-            why = f"it holds files {writer} did not write: {', '.join(foreign[:5])}" if foreign else (
-                f"{MANIFEST} says it was written by {manifest['written_by']!r}"
+            why = (
+                f"it holds files {writer} did not write: {', '.join(foreign[:5])}"
+                if foreign
+                else (f"{MANIFEST} says it was written by {manifest['written_by']!r}")
             )
         except (OSError, ValueError, TypeError, KeyError):
             why = f"its {MANIFEST} is unreadable"

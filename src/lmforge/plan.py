@@ -75,7 +75,9 @@ class MemoryEstimate:
 def _block_params(cfg: ModelConfig) -> tuple[int, int]:
     """(parameters of one transformer block, of which replicated under TP: norms)."""
     no_emb = dataclasses.replace(cfg, preset="", depth=0, n_layer=1)  # preset/depth would re-size it
-    one = num_params(no_emb, include_embedding=False) - (0 if cfg.tie_embeddings else cfg.vocab_size * cfg.d_model)
+    one = num_params(no_emb, include_embedding=False) - (
+        0 if cfg.tie_embeddings else cfg.vocab_size * cfg.d_model
+    )
     final_norm = cfg.d_model if cfg.arch == "llama" else 2 * cfg.d_model
     norms = 2 * final_norm
     return one - final_norm, norms
@@ -150,7 +152,9 @@ def estimate_memory(
         raise LmforgeError(f"pipeline degree {layout.pp} exceeds model.n_layer ({cfg.n_layer})")
     for name in ("n_head", "n_kv_head", "d_ff"):
         if getattr(cfg, name) % layout.tp:
-            raise LmforgeError(f"tensor parallel degree {layout.tp} must divide model.{name} ({getattr(cfg, name)})")
+            raise LmforgeError(
+                f"tensor parallel degree {layout.tp} must divide model.{name} ({getattr(cfg, name)})"
+            )
     cb = DTYPE_BYTES[compute_dtype]
     n_dev, last = stage_params(cfg, layout)
     shard = n_dev / layout.dp_shard
@@ -184,11 +188,21 @@ def estimate_memory(
         if not fsdp:
             raise LmforgeError("cpu_offload offloads FSDP2 shards: it needs dp_shard > 1")
         return MemoryEstimate(
-            params=0.0, grads=0.0, optimizer=0.0, fsdp_buffers=buffers, activations=acts, logits=logits,
+            params=0.0,
+            grads=0.0,
+            optimizer=0.0,
+            fsdp_buffers=buffers,
+            activations=acts,
+            logits=logits,
             host=16 * shard,
         )
     return MemoryEstimate(
-        params=4 * shard, grads=4 * shard, optimizer=8 * shard, fsdp_buffers=buffers, activations=acts, logits=logits
+        params=4 * shard,
+        grads=4 * shard,
+        optimizer=8 * shard,
+        fsdp_buffers=buffers,
+        activations=acts,
+        logits=logits,
     )
 
 
@@ -250,8 +264,14 @@ def human(n: float, unit: str = "") -> str:
     return f"{n:.0f}{unit}"
 
 
-def format_memory(cfg: ModelConfig, layout: Layout, est: MemoryEstimate, micro_batch: int, seq_len: int,
-                  gpu_memory_gib: float = 0.0) -> str:
+def format_memory(
+    cfg: ModelConfig,
+    layout: Layout,
+    est: MemoryEstimate,
+    micro_batch: int,
+    seq_len: int,
+    gpu_memory_gib: float = 0.0,
+) -> str:
     lines = [
         f"model: {cfg.arch}, {cfg.n_layer} layers, d_model {cfg.d_model}, {cfg.n_head} heads "
         f"({cfg.n_kv_head} kv), d_ff {cfg.d_ff}, vocab {cfg.vocab_size}: {human(num_params(cfg))} parameters",
@@ -263,16 +283,20 @@ def format_memory(cfg: ModelConfig, layout: Layout, est: MemoryEstimate, micro_b
         lines.append(f"  {name:<13} {value / GIB:9.2f}")
     if gpu_memory_gib > 0:
         verdict = "fits" if est.total / GIB <= gpu_memory_gib else "does NOT fit"
-        lines.append(f"  -> {verdict} in {gpu_memory_gib:g} GiB (add ~1 GiB for the CUDA context and fragmentation)")
+        lines.append(
+            f"  -> {verdict} in {gpu_memory_gib:g} GiB (add ~1 GiB for the CUDA context and fragmentation)"
+        )
     return "\n".join(lines)
 
 
 def format_compute(plan: ComputePlan, gpu_hours_per_device: float | None = None) -> str:
     lines = [
         f"compute budget: {plan.flops:.3g} FLOPs",
-        f"compute-optimal (C = 6ND, D = 20N): N = {human(plan.params)} parameters, D = {human(plan.tokens)} tokens",
+        f"compute-optimal (C = 6ND, D = 20N): N = {human(plan.params)} parameters, "
+        f"D = {human(plan.tokens)} tokens",
         f"nearest preset: {plan.preset} ({human(plan.preset_params)} parameters): the budget buys "
-        f"{human(plan.preset_tokens)} tokens by 6ND ({plan.preset_tokens / plan.preset_params:.1f} tokens/param), "
+        f"{human(plan.preset_tokens)} tokens by 6ND "
+        f"({plan.preset_tokens / plan.preset_params:.1f} tokens/param), "
         f"{human(plan.preset_tokens_exact)} counting attention FLOPs at its context length",
     ]
     if gpu_hours_per_device is not None:

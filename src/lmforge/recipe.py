@@ -76,8 +76,11 @@ def apply_preset_training(recipe: Recipe, train_raw: dict) -> None:
         recipe.train.batch_tokens = batch_tokens
         applied.append(f"train.batch_tokens {batch_tokens:,}")
     if applied:
-        print(f"[lmforge] model.preset {recipe.model.preset}: {' and '.join(applied)} from the preset table",
-              file=sys.stderr, flush=True)
+        print(
+            f"[lmforge] model.preset {recipe.model.preset}: {' and '.join(applied)} from the preset table",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def resolve_recipe_path(path: str | Path) -> Path:

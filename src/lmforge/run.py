@@ -43,12 +43,47 @@ STAGES: list[Stage] = [
     Stage("data", "lmforge.stages.data:run_stage", ("data",), "raw sources -> clean documents"),
     Stage("tokenizer", "lmforge.stages.tokenizer:train_stage", ("tokenizer",), "train the BPE tokenizer"),
     Stage("tokenize", "lmforge.stages.tokenize:tokenize_stage", ("tokenizer",), "documents -> token shards"),
-    Stage("pretrain", "lmforge.stages.pretrain:pretrain_stage", ("model", "train", "parallel"), "pretrain", distributed=True),
-    Stage("sft", "lmforge.stages.posttrain:sft_stage", ("sft",), "supervised fine-tuning (chat, prompt-masked loss)", distributed=True),
-    Stage("dpo", "lmforge.stages.posttrain:dpo_stage", ("sft", "dpo"), "direct preference optimization", distributed=True),
-    Stage("reward", "lmforge.stages.posttrain:reward_stage", ("sft", "reward"), "reward model (Bradley-Terry)", distributed=True),
-    Stage("rl", "lmforge.stages.posttrain:rl_stage", ("sft", "rl"), "GRPO from a reward function or model", distributed=True),
-    Stage("eval", "lmforge.stages.eval:eval_stage", ("eval",), "evaluate every trained stage (bpb, tasks, samples)"),
+    Stage(
+        "pretrain",
+        "lmforge.stages.pretrain:pretrain_stage",
+        ("model", "train", "parallel"),
+        "pretrain",
+        distributed=True,
+    ),
+    Stage(
+        "sft",
+        "lmforge.stages.posttrain:sft_stage",
+        ("sft",),
+        "supervised fine-tuning (chat, prompt-masked loss)",
+        distributed=True,
+    ),
+    Stage(
+        "dpo",
+        "lmforge.stages.posttrain:dpo_stage",
+        ("sft", "dpo"),
+        "direct preference optimization",
+        distributed=True,
+    ),
+    Stage(
+        "reward",
+        "lmforge.stages.posttrain:reward_stage",
+        ("sft", "reward"),
+        "reward model (Bradley-Terry)",
+        distributed=True,
+    ),
+    Stage(
+        "rl",
+        "lmforge.stages.posttrain:rl_stage",
+        ("sft", "rl"),
+        "GRPO from a reward function or model",
+        distributed=True,
+    ),
+    Stage(
+        "eval",
+        "lmforge.stages.eval:eval_stage",
+        ("eval",),
+        "evaluate every trained stage (bpb, tasks, samples)",
+    ),
     Stage("report", "lmforge.report:report_stage", (), "the report card: report.html + report.md"),
 ]
 
@@ -93,7 +128,9 @@ def launch_id() -> str:
     return os.environ.get("TORCHELASTIC_RUN_ID", "")
 
 
-def wait_for_stage(run_dir: Path, stage: str, stage_hash_: str, this_launch: bool, poll_seconds: float = 2.0) -> None:
+def wait_for_stage(
+    run_dir: Path, stage: str, stage_hash_: str, this_launch: bool, poll_seconds: float = 2.0
+) -> None:
     """Block until rank 0 has finished `stage` with this hash (in this launch, when `this_launch`:
     a forced re-run must not take the previous marker for the new one), or raise when it failed."""
     marker, failed = marker_path(run_dir, stage), failure_path(run_dir, stage)
@@ -108,7 +145,9 @@ def wait_for_stage(run_dir: Path, stage: str, stage_hash_: str, this_launch: boo
         if matches(marker):
             return
         if matches(failed):
-            raise LmforgeError(f"{stage}: failed on rank 0 ({read_json(failed).get('error', '')}); see {failed}")
+            raise LmforgeError(
+                f"{stage}: failed on rank 0 ({read_json(failed).get('error', '')}); see {failed}"
+            )
         time.sleep(poll_seconds)
 
 

@@ -137,13 +137,19 @@ def read_meta(directory: str | Path) -> dict[str, Any]:
     """The meta.json of a tokens directory, checked for the keys readers rely on."""
     path = Path(directory) / "meta.json"
     if not path.exists():
-        raise LmforgeError(f"{path}: not found; {directory} is not a tokens directory (run `lmforge tokenize`)")
+        raise LmforgeError(
+            f"{path}: not found; {directory} is not a tokens directory (run `lmforge tokenize`)"
+        )
     meta = read_json(path)
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise LmforgeError(f"{path}: not lmforge token shards (expected \"format\": \"{FORMAT}\")")
+        raise LmforgeError(f'{path}: not lmforge token shards (expected "format": "{FORMAT}")')
     if meta.get("version") != VERSION:
-        raise LmforgeError(f"{path}: unknown token shard version {meta.get('version')!r} (this lmforge reads {VERSION})")
-    missing = [k for k in ("dtype", "vocab_size", "tokenizer_hash", "train_tokens", "val_tokens") if k not in meta]
+        raise LmforgeError(
+            f"{path}: unknown token shard version {meta.get('version')!r} (this lmforge reads {VERSION})"
+        )
+    missing = [
+        k for k in ("dtype", "vocab_size", "tokenizer_hash", "train_tokens", "val_tokens") if k not in meta
+    ]
     if missing:
         raise LmforgeError(f"{path}: missing keys {missing}")
     return meta

@@ -140,7 +140,11 @@ def load_weights(model: torch.nn.Module, path: Path) -> None:
         raise LmforgeError(f"{path}: cannot read weights ({e})") from None
     model = unwrap(model)
     own = model.state_dict()
-    wrong = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in sd.items() if k in own and own[k].shape != v.shape]
+    wrong = [
+        f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}"
+        for k, v in sd.items()
+        if k in own and own[k].shape != v.shape
+    ]
     if wrong:
         raise LmforgeError(f"{path}: weights do not match the model config (shapes: {wrong[:3]})")
     missing, unexpected = model.load_state_dict(sd, strict=False)
@@ -148,7 +152,8 @@ def load_weights(model: torch.nn.Module, path: Path) -> None:
     missing = [k for k in missing if not (tied and k == "lm_head.weight")]
     if missing or unexpected:
         raise LmforgeError(
-            f"{path}: weights do not match the model config (missing: {missing[:5]}, unexpected: {unexpected[:5]})"
+            f"{path}: weights do not match the model config "
+            f"(missing: {missing[:5]}, unexpected: {unexpected[:5]})"
         )
 
 
@@ -266,7 +271,9 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torc
     tokenizer = Tokenizer.load(ckpt / "tokenizer")
     want = cfg_json.get("tokenizer_hash")
     if want and tokenizer.hash != want:
-        raise LmforgeError(f"{ckpt}: tokenizer/ has hash {tokenizer.hash} but the weights were trained with {want}")
+        raise LmforgeError(
+            f"{ckpt}: tokenizer/ has hash {tokenizer.hash} but the weights were trained with {want}"
+        )
     model = _build(Transformer, model_cfg)
     load_weights(model, ckpt / WEIGHTS)
     model = model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)

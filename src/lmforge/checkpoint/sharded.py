@@ -41,10 +41,19 @@ DCP_DIR = "dcp"
 # Every global a DCP `.metadata` pickle refers to (listed with pickletools from real checkpoints of
 # torch 2.13: model + AdamW state, single process and FSDP/TP layouts), plus the torch dtypes.
 _METADATA_GLOBALS = frozenset(
-    [("torch.distributed.checkpoint.metadata", name) for name in (
-        "Metadata", "TensorStorageMetadata", "BytesStorageMetadata", "ChunkStorageMetadata",
-        "TensorProperties", "MetadataIndex", "StorageMeta", "_MEM_FORMAT_ENCODING",
-    )]
+    [
+        ("torch.distributed.checkpoint.metadata", name)
+        for name in (
+            "Metadata",
+            "TensorStorageMetadata",
+            "BytesStorageMetadata",
+            "ChunkStorageMetadata",
+            "TensorProperties",
+            "MetadataIndex",
+            "StorageMeta",
+            "_MEM_FORMAT_ENCODING",
+        )
+    ]
     + [
         ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
         ("torch", "Size"),
@@ -254,7 +263,7 @@ def full_state_dict(ckpt_dir: str | Path) -> dict[str, torch.Tensor]:
     state: dict[str, torch.Tensor] = {}
     for key, md in meta.state_dict_metadata.items():
         if key.startswith("model.") and hasattr(md, "size"):
-            state[key[len("model."):]] = torch.empty(md.size, dtype=md.properties.dtype)
+            state[key[len("model.") :]] = torch.empty(md.size, dtype=md.properties.dtype)
     _load({"model": state}, path, no_dist=True)
     return state
 
@@ -335,13 +344,16 @@ def write_sharded_checkpoint(
                 state.pop("lm_head.weight", None)
             with atomic_write(tmp / ckpt_io.WEIGHTS, "wb") as f:
                 f.write(save({k: v.contiguous() for k, v in state.items()}, metadata={"format": "pt"}))
-            atomic_write_json(tmp / "config.json", {
-                "model": ckpt_io.model_config_dict(model.cfg),
-                "stage": stage,
-                "step": step,
-                "tokenizer_hash": getattr(tokenizer, "hash", None),
-                "arch_extra": dict(extra or {}),
-            })
+            atomic_write_json(
+                tmp / "config.json",
+                {
+                    "model": ckpt_io.model_config_dict(model.cfg),
+                    "stage": stage,
+                    "step": step,
+                    "tokenizer_hash": getattr(tokenizer, "hash", None),
+                    "arch_extra": dict(extra or {}),
+                },
+            )
             if tokenizer is not None:
                 tokenizer.save(tmp / "tokenizer")
             torch.save(optimizer_state, tmp / "optimizer.pt")

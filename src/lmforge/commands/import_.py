@@ -3,12 +3,13 @@
 The result is an ordinary weights-only lmforge checkpoint (model.safetensors, config.json,
 tokenizer/) that `generate`, `chat`, `serve`, `eval`, `export` accept and that fine-tuning starts
 from (`lmforge sft RECIPE --sft.train.init_from CKPT`). A byte-level BPE tokenizer.json is
-converted into an lmforge tokenizer; when its ids are laid out differently from lmforge's (bytes 0-255, then merges, then specials), the embedding and
-LM-head rows are reordered to match, so the model computes the same function. Other tokenizers
-(SentencePiece, prefix-space ByteLevel, normalizers) are refused with the reason. Nothing is
-downloaded: DIR must be a local directory, and a model.safetensors.index.json may name weight
-files inside DIR only. An existing --out is replaced only when it is empty or an earlier import
-(a checkpoint holding only what its lmforge-manifest.json lists), or with --force.
+converted into an lmforge tokenizer; when its ids are laid out differently from lmforge's
+(bytes 0-255, then merges, then specials), the embedding and LM-head rows are reordered to
+match, so the model computes the same function. Other tokenizers (SentencePiece, prefix-space
+ByteLevel, normalizers) are refused with the reason. Nothing is downloaded: DIR must be a local
+directory, and a model.safetensors.index.json may name weight files inside DIR only. An existing
+--out is replaced only when it is empty or an earlier import (a checkpoint holding only what its
+lmforge-manifest.json lists), or with --force.
 
 examples:
   lmforge import --from-hf ./TinyLlama-local --out runs/imported/checkpoint
@@ -30,7 +31,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--dtype", default="float32", help="float32|float16|bfloat16 (default: float32)")
     p.add_argument(
-        "--max-seq-len", type=int, default=0, help="context length for the imported model (default: config.json's)"
+        "--max-seq-len",
+        type=int,
+        default=0,
+        help="context length for the imported model (default: config.json's)",
     )
 
 

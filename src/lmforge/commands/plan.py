@@ -22,25 +22,71 @@ ACCEPTS_OVERRIDES = True
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("recipe", nargs="?", default=None, help="recipe whose model/parallel/train sections to plan")
-    p.add_argument("--preset", default="", help="model preset (tiny, mini, small, 124m, 350m, 1b, 3b, 8b, 70b)")
-    p.add_argument("--arch", default="llama", choices=["llama", "gpt2"], help="architecture with --preset (default llama)")
-    p.add_argument("--vocab-size", type=int, default=0, help="vocabulary size (default: the recipe's tokenizer's, else 32768)")
-    p.add_argument("--seq-len", type=int, default=0, help="sequence length (default: train.seq_len or the preset's context)")
-    p.add_argument("--micro-batch", type=int, default=0, help="sequences per device per forward (default: train.micro_batch, or 1)")
+    p.add_argument(
+        "recipe", nargs="?", default=None, help="recipe whose model/parallel/train sections to plan"
+    )
+    p.add_argument(
+        "--preset", default="", help="model preset (tiny, mini, small, 124m, 350m, 1b, 3b, 8b, 70b)"
+    )
+    p.add_argument(
+        "--arch",
+        default="llama",
+        choices=["llama", "gpt2"],
+        help="architecture with --preset (default llama)",
+    )
+    p.add_argument(
+        "--vocab-size",
+        type=int,
+        default=0,
+        help="vocabulary size (default: the recipe's tokenizer's, else 32768)",
+    )
+    p.add_argument(
+        "--seq-len",
+        type=int,
+        default=0,
+        help="sequence length (default: train.seq_len or the preset's context)",
+    )
+    p.add_argument(
+        "--micro-batch",
+        type=int,
+        default=0,
+        help="sequences per device per forward (default: train.micro_batch, or 1)",
+    )
     for name in ("dp-replicate", "dp-shard", "tp", "pp"):
-        p.add_argument(f"--{name}", type=int, default=0, help=f"parallel degree (default: parallel.{name.replace('-', '_')} or 1)")
-    p.add_argument("--pp-microbatches", type=int, default=0, help="pipeline microbatches (default: parallel.pp_microbatches)")
+        p.add_argument(
+            f"--{name}",
+            type=int,
+            default=0,
+            help=f"parallel degree (default: parallel.{name.replace('-', '_')} or 1)",
+        )
+    p.add_argument(
+        "--pp-microbatches",
+        type=int,
+        default=0,
+        help="pipeline microbatches (default: parallel.pp_microbatches)",
+    )
     p.add_argument("--ac", action="store_true", help="full activation checkpointing (default off)")
-    p.add_argument("--cpu-offload", action="store_true",
-                   help="FSDP2 CPU offload: params, grads, optimizer in host memory (default: parallel.cpu_offload)")
-    p.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"], help="compute dtype (default bf16)")
-    p.add_argument("--gpu-memory", type=float, default=0.0, help="GiB per device, to say whether it fits (default: none)")
+    p.add_argument(
+        "--cpu-offload",
+        action="store_true",
+        help="FSDP2 CPU offload: params, grads, optimizer in host memory (default: parallel.cpu_offload)",
+    )
+    p.add_argument(
+        "--dtype", default="bf16", choices=["bf16", "fp16", "fp32"], help="compute dtype (default bf16)"
+    )
+    p.add_argument(
+        "--gpu-memory", type=float, default=0.0, help="GiB per device, to say whether it fits (default: none)"
+    )
     p.add_argument("--flops", type=float, default=0.0, help="compute budget in FLOPs (default: none)")
     p.add_argument("--gpu-hours", type=float, default=0.0, help="compute budget in GPU-hours (default: none)")
     p.add_argument("--gpu", default="H100", help="GPU whose bf16 peak converts GPU-hours (default H100)")
     p.add_argument("--mfu", type=float, default=0.4, help="assumed model FLOPs utilisation (default 0.4)")
-    p.add_argument("--tokens-per-param", type=float, default=20.0, help="compute-optimal tokens per parameter (default 20)")
+    p.add_argument(
+        "--tokens-per-param",
+        type=float,
+        default=20.0,
+        help="compute-optimal tokens per parameter (default 20)",
+    )
 
 
 def main(args: argparse.Namespace, overrides: list[str]) -> int:
@@ -61,7 +107,11 @@ def main(args: argparse.Namespace, overrides: list[str]) -> int:
     budget = args.flops > 0 or args.gpu_hours > 0
     if args.recipe or overrides or not budget or args.preset:
         recipe = load_recipe(args.recipe, overrides)
-        vocab = args.vocab_size or recipe.model.vocab_size or (recipe.tokenizer.vocab_size if args.recipe else 32768)
+        vocab = (
+            args.vocab_size
+            or recipe.model.vocab_size
+            or (recipe.tokenizer.vocab_size if args.recipe else 32768)
+        )
         if args.preset:
             try:
                 cfg = preset_config(args.preset, vocab, args.arch)
@@ -94,7 +144,9 @@ def main(args: argparse.Namespace, overrides: list[str]) -> int:
     if budget:
         from lmforge.train.metrics import PEAK_FLOPS
 
-        key = next((k for k in sorted(PEAK_FLOPS, key=len, reverse=True) if k.lower() == args.gpu.lower()), None)
+        key = next(
+            (k for k in sorted(PEAK_FLOPS, key=len, reverse=True) if k.lower() == args.gpu.lower()), None
+        )
         if key is None and args.gpu_hours > 0:
             raise LmforgeError(f"--gpu {args.gpu!r}: unknown GPU (known: {', '.join(PEAK_FLOPS)})")
         peak = PEAK_FLOPS[key] if key else 0.0

@@ -20,7 +20,9 @@ ACCEPTS_OVERRIDES = True
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--stages", default="", help="comma-separated stages to run (default: the recipe's `stages`)")
+    p.add_argument(
+        "--stages", default="", help="comma-separated stages to run (default: the recipe's `stages`)"
+    )
     p.add_argument("--force", action="store_true", help="re-run the selected stages even if finished")
     add_recipe_argument(p, ["name", "seed", "run_dir", "stages"])
 

@@ -16,12 +16,20 @@ import argparse
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.formatter_class = argparse.RawDescriptionHelpFormatter
-    p.add_argument("--tokenizer", required=True, metavar="DIR", help="a directory written by `lmforge tokenizer train`")
-    p.add_argument("--input", nargs="+", required=True, metavar="PATH", help="files, folders, globs or embedded:NAME")
+    p.add_argument(
+        "--tokenizer", required=True, metavar="DIR", help="a directory written by `lmforge tokenizer train`"
+    )
+    p.add_argument(
+        "--input", nargs="+", required=True, metavar="PATH", help="files, folders, globs or embedded:NAME"
+    )
     p.add_argument("--out", required=True, metavar="DIR", help="output directory for the shards")
-    p.add_argument("--val-fraction", type=float, default=0.05, help="share of documents for val (default: 0.05)")
+    p.add_argument(
+        "--val-fraction", type=float, default=0.05, help="share of documents for val (default: 0.05)"
+    )
     p.add_argument("--seed", type=int, default=1337, help="seed of the train/val split (default: 1337)")
-    p.add_argument("--text-field", default="text", help="text key of .jsonl / parquet records (default: text)")
+    p.add_argument(
+        "--text-field", default="text", help="text key of .jsonl / parquet records (default: text)"
+    )
     p.add_argument(
         "--bad-input",
         choices=["error", "skip", "replace"],
@@ -53,10 +61,12 @@ def main(args: argparse.Namespace, overrides: list[str]) -> int:
         workers=args.workers,
         extra_meta={"inputs": args.input, "skipped": report.skipped, "replaced": report.replaced},
     )
+    text_bytes = meta["train_bytes"] + meta["val_bytes"]
+    bytes_per_token = text_bytes / max(1, meta["train_tokens"] + meta["val_tokens"] - meta["documents"])
     print(
         f"{meta['documents']} documents -> {args.out}: {meta['train_tokens']:,} train tokens, "
         f"{meta['val_tokens']:,} val tokens ({meta['dtype']}), "
-        f"{(meta['train_bytes'] + meta['val_bytes']) / max(1, meta['train_tokens'] + meta['val_tokens'] - meta['documents']):.2f} bytes/token"
+        f"{bytes_per_token:.2f} bytes/token"
     )
     if report.summary():
         print(report.summary(), file=sys.stderr)

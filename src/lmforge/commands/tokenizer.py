@@ -24,10 +24,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     fmt = argparse.ArgumentDefaultsHelpFormatter
 
     t = sub.add_parser("train", help="train a tokenizer on text files / corpora", formatter_class=fmt)
-    t.add_argument("--input", nargs="+", required=True, metavar="PATH", help="files, folders, globs or embedded:NAME")
+    t.add_argument(
+        "--input", nargs="+", required=True, metavar="PATH", help="files, folders, globs or embedded:NAME"
+    )
     t.add_argument("--vocab-size", type=int, default=8192, help="256 bytes + merges + special tokens")
     t.add_argument("--out", required=True, metavar="DIR", help="output directory")
-    t.add_argument("--pattern", default="gpt4", help="split regex: gpt4, gpt2, cl100k, nanochat, or a literal regex")
+    t.add_argument(
+        "--pattern", default="gpt4", help="split regex: gpt4, gpt2, cl100k, nanochat, or a literal regex"
+    )
     t.add_argument(
         "--special",
         nargs="*",
@@ -36,27 +40,35 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="special tokens, given ids after the merges in this order",
     )
     t.add_argument("--text-field", default="text", help="text key of .jsonl / parquet records")
-    t.add_argument("--max-chars", type=int, default=2_000_000_000,
-                   help="train on the first this-many characters of the inputs (default 2e9, as "
-                   "nanochat; 0: all)")
+    t.add_argument(
+        "--max-chars",
+        type=int,
+        default=2_000_000_000,
+        help="train on the first this-many characters of the inputs (default 2e9, as nanochat; 0: all)",
+    )
     t.add_argument("--workers", type=int, default=0, help="chunk-counting processes (0: all cores)")
     t.add_argument(
         "--bad-input",
         choices=["error", "skip", "replace"],
         default="error",
-        help="a record that is not valid UTF-8 (or malformed): stop with an error naming the file, skip it, or "
-        "(text files) decode with U+FFFD replacements; skipped records and replacements are reported",
+        help="a record that is not valid UTF-8 (or malformed): stop with an error naming the file, "
+        "skip it, or (text files) decode with U+FFFD replacements; skipped records and replacements "
+        "are reported",
     )
 
     e = sub.add_parser("encode", help="print the ids (and pieces) of a text", formatter_class=fmt)
     e.add_argument("--tokenizer", required=True, metavar="DIR")
     e.add_argument("text", nargs="?", help="text to encode (default: read stdin)")
-    e.add_argument("--allow-special", action="store_true", help="encode special-token strings as special tokens")
+    e.add_argument(
+        "--allow-special", action="store_true", help="encode special-token strings as special tokens"
+    )
     e.add_argument("--pieces", action="store_true", help="also print each token's text")
 
     d = sub.add_parser("decode", help="print the text of a list of ids", formatter_class=fmt)
     d.add_argument("--tokenizer", required=True, metavar="DIR")
-    d.add_argument("ids", nargs="*", type=int, help="token ids (default: read whitespace-separated ids from stdin)")
+    d.add_argument(
+        "ids", nargs="*", type=int, help="token ids (default: read whitespace-separated ids from stdin)"
+    )
 
 
 def main(args: argparse.Namespace, overrides: list[str]) -> int:
@@ -95,7 +107,10 @@ def _train(args: argparse.Namespace) -> int:
     )
     tok.save(args.out)
     print(f"{tok!r} -> {args.out}")
-    print(f"trained on {tok.train_stats['chars']:,} characters, {tok.train_stats['distinct_chunks']:,} distinct chunks")
+    print(
+        f"trained on {tok.train_stats['chars']:,} characters, "
+        f"{tok.train_stats['distinct_chunks']:,} distinct chunks"
+    )
     if report.summary():
         print(report.summary(), file=sys.stderr)
     return 0

@@ -100,14 +100,17 @@ def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, Any]]]:
                 except json.JSONDecodeError as e:
                     raise LmforgeError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
                 if not isinstance(record, dict):
-                    raise LmforgeError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
+                    raise LmforgeError(
+                        f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}"
+                    )
                 yield lineno, record
     except UnicodeDecodeError as e:
         raise LmforgeError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
 
 
 def read_documents(path: str | os.PathLike) -> Iterator[Document]:
-    """Documents of one shard written by `ShardWriter`; a bad line raises LmforgeError naming file and line."""
+    """Documents of one shard written by `ShardWriter`; a bad line raises LmforgeError naming file and
+    line."""
     for lineno, record in iter_jsonl(path):
         if "id" not in record or not isinstance(record.get("text"), str):
             raise LmforgeError(f"{path}: line {lineno}: expected keys 'id' and 'text' (a string)")

@@ -38,8 +38,9 @@ class InputReport:
         return "; ".join(parts)
 
 
-def read_text_documents(specs: list[str], text_field: str = "text", on_reject: OnReject | None = None
-                        ) -> Iterator[Document]:
+def read_text_documents(
+    specs: list[str], text_field: str = "text", on_reject: OnReject | None = None
+) -> Iterator[Document]:
     """Documents of `specs` with HTML turned into its main text; a page without text is a reject."""
     reject = on_reject or raise_reject
     step = ExtractStep(ExtractConfig(isolation="signal"))
@@ -80,5 +81,3 @@ def read_input_documents(
         recovered.clear()
         yield doc
     yield from recovered
-
-

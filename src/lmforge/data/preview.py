@@ -28,8 +28,13 @@ def preview(cfg: DataConfig, sample: int) -> dict[str, Any]:
     keys = DedupKeys("exact_dedup" in cfg.steps, cfg.minhash if "minhash_dedup" in cfg.steps else None)
     for doc in kept:
         keys.add(doc)
-    reasons = dedup_reasons(len(kept), keys.keys() if keys.exact else None, cfg.exact_dedup,
-                            [keys.signatures()] if keys.hasher is not None else None, cfg.minhash)
+    reasons = dedup_reasons(
+        len(kept),
+        keys.keys() if keys.exact else None,
+        cfg.exact_dedup,
+        [keys.signatures()] if keys.hasher is not None else None,
+        cfg.minhash,
+    )
     dropped: dict[str, Any] = {}
     for doc, code in zip(kept, reasons.tolist()):
         if code:

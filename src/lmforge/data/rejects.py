@@ -25,7 +25,12 @@ class Reject:
     excerpt: str = ""
 
     def to_record(self) -> dict[str, Any]:
-        return {"source": self.source, "position": self.position, "reason": self.reason, "excerpt": self.excerpt}
+        return {
+            "source": self.source,
+            "position": self.position,
+            "reason": self.reason,
+            "excerpt": self.excerpt,
+        }
 
 
 OnReject = Callable[[Reject], None]

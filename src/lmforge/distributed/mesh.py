@@ -89,12 +89,15 @@ def check_degrees(cfg: ParallelConfig, world_size: int) -> None:
     if product != world_size:
         layout = " x ".join(f"{k}={v}" for k, v in d.items())
         raise LmforgeError(
-            f"parallel degrees {layout} multiply to {product} but the world size (WORLD_SIZE) is {world_size}; "
+            f"parallel degrees {layout} multiply to {product} "
+            f"but the world size (WORLD_SIZE) is {world_size}; "
             f"set them so that pp x dp_replicate x dp_shard x tp = {world_size} "
             f"(e.g. --parallel.dp_shard {world_size} for FSDP over every rank)"
         )
     if cfg.pp > 1 and cfg.pp_microbatches < cfg.pp:
-        raise LmforgeError(f"parallel.pp_microbatches ({cfg.pp_microbatches}) must be >= parallel.pp ({cfg.pp})")
+        raise LmforgeError(
+            f"parallel.pp_microbatches ({cfg.pp_microbatches}) must be >= parallel.pp ({cfg.pp})"
+        )
 
 
 def setup_distributed(cfg: ParallelConfig, device: str = "auto") -> DistContext:

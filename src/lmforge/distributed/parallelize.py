@@ -53,7 +53,9 @@ def parallelize(
     if cfg.dp_shard > 1 or (cfg.dp_replicate > 1 and (ctx.tp_size > 1 or ctx.pp_size > 1)):
         dp_mesh = ctx.submesh("dp_replicate", "dp_shard") if cfg.dp_replicate > 1 else ctx.submesh("dp_shard")
         reshard = cfg.reshard_after_forward and ctx.pp_size == 1
-        apply_fsdp(model, dp_mesh, mixed_precision, reshard_after_forward=reshard, cpu_offload=cfg.cpu_offload)
+        apply_fsdp(
+            model, dp_mesh, mixed_precision, reshard_after_forward=reshard, cpu_offload=cfg.cpu_offload
+        )
     elif cfg.dp_replicate > 1:
         model = apply_ddp(model, ctx)
     return model
@@ -101,11 +103,22 @@ def apply_tp(model: nn.Module, tp_mesh, loss_parallel: bool = False) -> None:
         # A later pipeline stage receives the previous stage's sequence shard (pipeline peers share
         # the tp coordinate). Gather it so the model sees the whole sequence (positions, rotary
         # tables), then hand the first block its shard again.
-        parallelize_module(model, tp_mesh, PrepareModuleInput(
-            input_layouts=(Shard(1),), desired_input_layouts=(Replicate(),), use_local_output=True))
-        parallelize_module(next(iter(model.layers.values())), tp_mesh, PrepareModuleInput(
-            input_layouts=(Replicate(), None, None, None, None),
-            desired_input_layouts=(Shard(1), None, None, None, None), use_local_output=True))
+        parallelize_module(
+            model,
+            tp_mesh,
+            PrepareModuleInput(
+                input_layouts=(Shard(1),), desired_input_layouts=(Replicate(),), use_local_output=True
+            ),
+        )
+        parallelize_module(
+            next(iter(model.layers.values())),
+            tp_mesh,
+            PrepareModuleInput(
+                input_layouts=(Replicate(), None, None, None, None),
+                desired_input_layouts=(Shard(1), None, None, None, None),
+                use_local_output=True,
+            ),
+        )
     if tied:  # row-wise embedding and column-wise head both shard the [vocab, d] matrix on dim 0
         model.lm_head.weight = model.tok_emb.weight
     gpt2 = cfg.arch == "gpt2"
@@ -155,7 +168,11 @@ def apply_ac(model: nn.Module) -> None:
 
 
 def apply_fsdp(
-    model: nn.Module, dp_mesh, mixed_precision: bool, reshard_after_forward: bool = True, cpu_offload: bool = False
+    model: nn.Module,
+    dp_mesh,
+    mixed_precision: bool,
+    reshard_after_forward: bool = True,
+    cpu_offload: bool = False,
 ) -> None:
     """FSDP2: `fully_shard` every block, then the root (embeddings, final norm, head).
 
@@ -166,7 +183,11 @@ def apply_fsdp(
     """
     from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
 
-    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if mixed_precision else None
+    mp = (
+        MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+        if mixed_precision
+        else None
+    )
     kwargs = {"mesh": dp_mesh, "reshard_after_forward": reshard_after_forward}
     if mp is not None:
         kwargs["mp_policy"] = mp
@@ -175,7 +196,9 @@ def apply_fsdp(
     blocks = list(model.layers.values())
     for i, block in enumerate(blocks):
         # the last block's parameters are needed again at once in backward: keep them gathered
-        fully_shard(block, **{**kwargs, "reshard_after_forward": reshard_after_forward and i < len(blocks) - 1})
+        fully_shard(
+            block, **{**kwargs, "reshard_after_forward": reshard_after_forward and i < len(blocks) - 1}
+        )
     fully_shard(model, **kwargs)
 
 
@@ -200,7 +223,9 @@ def set_grad_sync(model: nn.Module, enabled: bool) -> None:
 # ---------------------------------------------------------------------------- building
 
 
-def build_parallel_model(model_cfg, cfg: ParallelConfig, ctx: DistContext, seed: int = 0, **plan) -> nn.Module:
+def build_parallel_model(
+    model_cfg, cfg: ParallelConfig, ctx: DistContext, seed: int = 0, **plan
+) -> nn.Module:
     """Build the Transformer on the meta device, apply the plan, then materialise on ctx.device
     and initialise: no rank ever holds the full unsharded model (what a 70B run needs).
 

@@ -193,7 +193,9 @@ def load_hellaswag(name: str, path: Path) -> Task:
         query = hellaswag_preprocess(need_field(obj, "activity_label", where, str) + ": " + ctx)
         choices = [hellaswag_preprocess(e) for e in endings]
         docs.append(
-            MCDoc(query, choices, _answer_index(need_field(obj, "label", where, (int, str)), choices, [], where))
+            MCDoc(
+                query, choices, _answer_index(need_field(obj, "label", where, (int, str)), choices, [], where)
+            )
         )
     return Task(name, "mc", docs, chance=0.25)
 
@@ -210,7 +212,10 @@ def load_arc(name: str, path: Path) -> Task:
         else:
             stem = q
             ch = need_field(obj, "choices", where, dict)
-            texts, labels = list(need_field(ch, "text", where, list)), list(need_field(ch, "label", where, list))
+            texts, labels = (
+                list(need_field(ch, "text", where, list)),
+                list(need_field(ch, "label", where, list)),
+            )
         key = need_field(obj, "answerKey", where, str)
         if key not in labels:
             raise LmforgeError(f"{where}: answerKey {key!r} is not one of the labels {labels}")

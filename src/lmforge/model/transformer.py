@@ -75,7 +75,12 @@ class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig, layer: int):
         super().__init__()
         bias = cfg.arch == "gpt2"
-        self.layer, self.n_head, self.n_kv_head, self.head_dim = layer, cfg.n_head, cfg.n_kv_head, cfg.head_dim
+        self.layer, self.n_head, self.n_kv_head, self.head_dim = (
+            layer,
+            cfg.n_head,
+            cfg.n_kv_head,
+            cfg.head_dim,
+        )
         self.dropout = cfg.dropout
         self.wq = nn.Linear(cfg.d_model, cfg.n_head * cfg.head_dim, bias=bias)
         self.wk = nn.Linear(cfg.d_model, cfg.n_kv_head * cfg.head_dim, bias=bias)
@@ -172,7 +177,9 @@ class Transformer(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         if cfg.vocab_size <= 0:
-            raise ValueError("ModelConfig.vocab_size must be set (from the tokenizer) before building the model")
+            raise ValueError(
+                "ModelConfig.vocab_size must be set (from the tokenizer) before building the model"
+            )
         self.cfg = cfg
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.pos_emb = nn.Embedding(cfg.max_seq_len, cfg.d_model) if cfg.arch == "gpt2" else None
@@ -182,7 +189,9 @@ class Transformer(nn.Module):
         if cfg.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
         if cfg.arch == "llama":
-            inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, cfg.head_dim, 2, dtype=torch.float32) / cfg.head_dim))
+            inv_freq = 1.0 / (
+                cfg.rope_theta ** (torch.arange(0, cfg.head_dim, 2, dtype=torch.float32) / cfg.head_dim)
+            )
             self.register_buffer("inv_freq", inv_freq, persistent=False)
         else:
             self.inv_freq = None
@@ -200,7 +209,9 @@ class Transformer(nn.Module):
                 if scaled and self.cfg.zero_init_proj:
                     nn.init.zeros_(module.weight)
                 else:
-                    nn.init.normal_(module.weight, 0.0, std / math.sqrt(2 * self.cfg.n_layer) if scaled else std)
+                    nn.init.normal_(
+                        module.weight, 0.0, std / math.sqrt(2 * self.cfg.n_layer) if scaled else std
+                    )
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
             elif isinstance(module, nn.Embedding):
@@ -212,7 +223,8 @@ class Transformer(nn.Module):
         if self.inv_freq is not None:
             cfg = self.cfg
             self.inv_freq.copy_(
-                1.0 / (cfg.rope_theta ** (torch.arange(0, cfg.head_dim, 2, dtype=torch.float32) / cfg.head_dim))
+                1.0
+                / (cfg.rope_theta ** (torch.arange(0, cfg.head_dim, 2, dtype=torch.float32) / cfg.head_dim))
             )
 
     def forward(

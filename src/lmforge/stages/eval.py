@@ -78,7 +78,12 @@ def eval_stage(recipe: Any, run_dir: Path) -> dict:
         print(format_table(entry), flush=True)
         if cfg.sample_prompts:
             samples[stage] = sample_generations(
-                model, tok, cfg.sample_prompts, cfg.sample_tokens, cfg.sample_temperature, recipe.seed,
+                model,
+                tok,
+                cfg.sample_prompts,
+                cfg.sample_tokens,
+                cfg.sample_temperature,
+                recipe.seed,
                 chat=stage in CHAT_STAGES,
             )
         atomic_write_json(run_dir / "eval" / "results.json", results)

@@ -24,7 +24,11 @@ def tokenize_stage(recipe: Any, run_dir: Path) -> None:
         val_fraction=cfg.val_fraction,
         seed=recipe.seed,
         workers=cfg.workers,
-        extra_meta={"inputs": specs, "skipped": report.skipped, "replaced": report.replaced},  # filled while reading
+        extra_meta={
+            "inputs": specs,
+            "skipped": report.skipped,
+            "replaced": report.replaced,
+        },  # filled while reading
     )
     print(
         f"[lmforge] tokenize: {meta['train_tokens']:,} train / {meta['val_tokens']:,} val tokens "

@@ -34,7 +34,9 @@ def train_stage(recipe: Any, run_dir: Path) -> None:
     tmp = final.with_name(".tokenizer.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tok.save(tmp)
-    atomic_write_json(tmp / "train_stats.json", {**tok.train_stats, "skipped": report.skipped, "replaced": report.replaced})
+    atomic_write_json(
+        tmp / "train_stats.json", {**tok.train_stats, "skipped": report.skipped, "replaced": report.replaced}
+    )
     atomic_rename_dir(tmp, final)
     print(f"[lmforge] tokenizer: {tok!r}, {tok.train_stats}", flush=True)
     if report.summary():

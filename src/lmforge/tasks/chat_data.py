@@ -28,7 +28,8 @@ def check_messages(messages: object, where: str) -> list[dict]:
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or not isinstance(m.get("content"), str) or m.get("role") not in ROLES:
             raise LmforgeError(
-                f"{where}: message {i} must be {{'role': system|user|assistant, 'content': str}}, got {m!r:.100}"
+                f"{where}: message {i} must be {{'role': system|user|assistant, 'content': str}}, "
+                f"got {m!r:.100}"
             )
         if m["role"] == "system" and i:
             raise LmforgeError(f"{where}: message {i}: a system message may only come first")
@@ -75,7 +76,9 @@ def _completion(value: object, key: str, where: str) -> str:
         msgs = [m for m in check_messages(value, f"{where}: {key}") if m["role"] == "assistant"]
         if msgs:
             return msgs[-1]["content"]
-    raise LmforgeError(f"{where}: {key!r} must be a string or a list of messages ending with an assistant turn")
+    raise LmforgeError(
+        f"{where}: {key!r} must be a string or a list of messages ending with an assistant turn"
+    )
 
 
 @dataclass
@@ -91,7 +94,9 @@ def to_preference(obj: dict, where: str) -> Preference:
         if key not in obj:
             raise LmforgeError(f"{where}: missing {key!r} (a preference line needs prompt, chosen, rejected)")
     return Preference(
-        prompt_messages(obj, where), _completion(obj["chosen"], "chosen", where), _completion(obj["rejected"], "rejected", where)
+        prompt_messages(obj, where),
+        _completion(obj["chosen"], "chosen", where),
+        _completion(obj["rejected"], "rejected", where),
     )
 
 

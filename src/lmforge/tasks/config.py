@@ -15,14 +15,21 @@ class DemoConfig:
     continue_speech: int = 200  # SFT conversations: "continue this speech"
     preference_pairs: int = 1500  # DPO / reward training pairs
     # fraction of the pairs (training and held-out alike) of each kind (lmforge.tasks.demo.PAIR_KINDS)
-    preference_mix: dict[str, float] = field(default_factory=lambda: {"which_play": 0.25, "echo": 0.25, "loop": 0.5})
+    preference_mix: dict[str, float] = field(
+        default_factory=lambda: {"which_play": 0.25, "echo": 0.25, "loop": 0.5}
+    )
     eval_items: int = 200  # held-out 4-choice questions and held-out preference pairs, each
     passage_lines: int = 3  # verse lines shown in a "which play" passage
 
     def validate(self) -> None:
         if not 0.0 < self.eval_scene_fraction < 1.0:
             raise ValueError("eval_scene_fraction must be in (0, 1)")
-        kinds = ("which_play", "next_line", "echo", "loop")  # lmforge.tasks.demo.PAIR_KINDS (not imported: it pulls the plays in)
+        kinds = (
+            "which_play",
+            "next_line",
+            "echo",
+            "loop",
+        )  # lmforge.tasks.demo.PAIR_KINDS (not imported: it pulls the plays in)
         unknown = sorted(set(self.preference_mix) - set(kinds))
         if unknown:
             raise ValueError(f"preference_mix: unknown pair kind(s) {unknown} (known: {', '.join(kinds)})")

@@ -66,7 +66,10 @@ def play_title(play: Play) -> str:
     if title and not title.isupper() and title != play.slug:
         return re.sub(r"Part I$", "Part 1", title)
     words = play.slug.replace("-s-", "'s-").split("-")
-    out = [w.upper() if _ROMAN.match(w) else w if i and w in _SMALL else w.capitalize() for i, w in enumerate(words)]
+    out = [
+        w.upper() if _ROMAN.match(w) else w if i and w in _SMALL else w.capitalize()
+        for i, w in enumerate(words)
+    ]
     return " ".join(out)
 
 
@@ -112,7 +115,11 @@ def _which_play(play: Play, scene: Scene, titles: list[str], rng: random.Random,
     choices = rng.sample([t for t in titles if t != gold], 3) + [gold]
     rng.shuffle(choices)
     listed = " / ".join(choices)
-    return MCItem([{"role": "user", "content": WHICH_PLAY.format(choices=listed, passage=text)}], choices, choices.index(gold))
+    return MCItem(
+        [{"role": "user", "content": WHICH_PLAY.format(choices=listed, passage=text)}],
+        choices,
+        choices.index(gold),
+    )
 
 
 def _who_speaks(play: Play, scene: Scene, rng: random.Random):
@@ -154,7 +161,8 @@ def _line_pool(pairs: list[tuple[Play, Scene]]) -> dict[str, list[str]]:
 
 
 def _similar_length(a: str, b: str) -> bool:
-    """Within 1/8 (at least 4 characters): summed log-probs favour short texts, so length alone must not decide."""
+    """Within 1/8 (at least 4 characters): summed log-probs favour short texts, so length alone must
+    not decide."""
     return abs(len(a) - len(b)) <= max(4, len(a) // 8)
 
 
@@ -228,8 +236,9 @@ def _pair_maker(kind: str, rng: random.Random, pool: dict[str, list[str]], title
     }[kind]
 
 
-def _pairs(n: int, mix: dict[str, float], pairs: list[tuple[Play, Scene]], titles: list[str], seed: str,
-           n_lines: int) -> list[Preference]:
+def _pairs(
+    n: int, mix: dict[str, float], pairs: list[tuple[Play, Scene]], titles: list[str], seed: str, n_lines: int
+) -> list[Preference]:
     """`n` preference pairs, round(mix[kind] * n) of each kind (the last kind takes the rounding), shuffled.
     Each kind draws from its own random stream, so a kind's pairs do not depend on the other kinds."""
     pool = _line_pool(pairs)
@@ -280,6 +289,8 @@ def build_demo_tasks(cfg: DemoConfig, seed: int, plays: Sequence[Play] | None = 
     return DemoTasks(sft, pref_train, pref_eval, mc_eval, rl_prompts, titles)
 
 
-def play_title_reward(prompts: list[str], completions: list[str], answer: list[str], **_: object) -> list[float]:
+def play_title_reward(
+    prompts: list[str], completions: list[str], answer: list[str], **_: object
+) -> list[float]:
     """The demo RL reward: 1 when the completion names the right play (whitespace ignored), else 0."""
     return [1.0 if c.strip() == a.strip() else 0.0 for c, a in zip(completions, answer)]

@@ -67,7 +67,9 @@ def demo_metrics(model, tokenizer, mc_items: list[MCItem], pairs: list[Preferenc
 
 
 def format_metrics(label: str, m: dict[str, float], n_mc: int, n_pairs: int) -> str:
-    by_kind = ", ".join(f"{k.split('/', 1)[1]} {100 * v:.1f}%" for k, v in m.items() if k.startswith("preference_acc/"))
+    by_kind = ", ".join(
+        f"{k.split('/', 1)[1]} {100 * v:.1f}%" for k, v in m.items() if k.startswith("preference_acc/")
+    )
     return (
         f"[lmforge] {label}: held-out which-play accuracy {100 * m['which_play_acc']:.1f}% "
         f"({n_mc} questions, chance 25%), held-out preference accuracy {100 * m['preference_acc']:.1f}% "

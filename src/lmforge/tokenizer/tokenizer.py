@@ -41,7 +41,9 @@ ROLES = ("system", "user", "assistant")
 class Tokenizer:
     """A byte-level BPE tokenizer: a split pattern, an ordered list of merges, special tokens."""
 
-    def __init__(self, merges: Sequence[Sequence[int]], pattern: str = "gpt4", special_tokens: Iterable[str] = ()):
+    def __init__(
+        self, merges: Sequence[Sequence[int]], pattern: str = "gpt4", special_tokens: Iterable[str] = ()
+    ):
         self.pattern = resolve_pattern(pattern)
         self.merges: list[tuple[int, int]] = []
         for i, m in enumerate(merges):
@@ -146,7 +148,10 @@ class Tokenizer:
         return state
 
     def __repr__(self) -> str:
-        return f"Tokenizer(vocab_size={self.vocab_size}, pattern={self.pattern_name or 'custom'}, hash={self.hash})"
+        return (
+            f"Tokenizer(vocab_size={self.vocab_size}, pattern={self.pattern_name or 'custom'}, "
+            f"hash={self.hash})"
+        )
 
     # ------------------------------------------------------------------ encoding
 
@@ -157,12 +162,16 @@ class Tokenizer:
         except ImportError:
             return None
 
-    def _check_special(self, text: str, allowed_special: set[str] | str, disallowed_special: set[str] | str) -> set[str]:
+    def _check_special(
+        self, text: str, allowed_special: set[str] | str, disallowed_special: set[str] | str
+    ) -> set[str]:
         allowed = set(self.special_ids) if allowed_special == "all" else set(allowed_special)
         unknown = allowed - set(self.special_ids)
         if unknown:
             raise LmforgeError(f"allowed_special names tokens this tokenizer lacks: {sorted(unknown)}")
-        disallowed = set(self.special_ids) - allowed if disallowed_special == "all" else set(disallowed_special)
+        disallowed = (
+            set(self.special_ids) - allowed if disallowed_special == "all" else set(disallowed_special)
+        )
         for s in disallowed:
             if s in text:
                 raise LmforgeError(
@@ -207,7 +216,9 @@ class Tokenizer:
             return [self.encode_reference(t, allowed) for t in texts]
         if not allowed:
             return enc.encode_ordinary_batch(list(texts), num_threads=num_threads)
-        return enc.encode_batch(list(texts), num_threads=num_threads, allowed_special=allowed, disallowed_special=())
+        return enc.encode_batch(
+            list(texts), num_threads=num_threads, allowed_special=allowed, disallowed_special=()
+        )
 
     def encode_reference(self, text: str, allowed_special: Iterable[str] = ()) -> list[int]:
         """The pure-Python encoder (reference and fallback): no special-token check here."""
@@ -254,7 +265,9 @@ class Tokenizer:
 
     # ------------------------------------------------------------------ chat
 
-    def render_chat(self, messages: list[dict], add_generation_prompt: bool = False) -> tuple[list[int], list[int]]:
+    def render_chat(
+        self, messages: list[dict], add_generation_prompt: bool = False
+    ) -> tuple[list[int], list[int]]:
         """THE chat template: ``<|bos|>`` then ``<|ROLE|>`` content ``<|end|>`` per message.
 
         Returns (ids, mask): mask is 1 exactly on assistant content tokens and the ``<|end|>``
@@ -286,7 +299,8 @@ class Tokenizer:
             "{{ '<|bos|>' }}"
             "{% for message in messages %}"
             "{% if message['role'] not in ['system', 'user', 'assistant'] %}"
-            "{{ raise_exception('unknown role ' + message['role'] + ': expected system, user or assistant') }}"
+            "{{ raise_exception('unknown role ' + message['role'] + "
+            "': expected system, user or assistant') }}"
             "{% elif message['role'] == 'system' and not loop.first %}"
             "{{ raise_exception('a system message may only come first') }}"
             "{% endif %}"
@@ -322,13 +336,16 @@ class Tokenizer:
         path = Path(path)
         file = path / FILENAME if path.is_dir() or not path.suffix else path
         if not file.exists():
-            raise LmforgeError(f"{file}: no tokenizer here (expected {FILENAME}, written by `lmforge tokenizer train`)")
+            raise LmforgeError(
+                f"{file}: no tokenizer here (expected {FILENAME}, written by `lmforge tokenizer train`)"
+            )
         data = read_json(file)
         if not isinstance(data, dict) or data.get("format") != FORMAT:
-            raise LmforgeError(f"{file}: not an lmforge tokenizer (expected \"format\": \"{FORMAT}\")")
+            raise LmforgeError(f'{file}: not an lmforge tokenizer (expected "format": "{FORMAT}")')
         if data.get("version") != VERSION:
             raise LmforgeError(
-                f"{file}: unknown tokenizer format version {data.get('version')!r} (this lmforge reads version {VERSION})"
+                f"{file}: unknown tokenizer format version {data.get('version')!r} "
+                f"(this lmforge reads version {VERSION})"
             )
         try:
             specials = data["special_tokens"]
@@ -381,7 +398,11 @@ def _check_message(m: Any, i: int) -> tuple[str, str]:
 
 def bytes_to_unicode() -> dict[int, str]:
     """GPT-2's byte -> printable character map used by HF's ByteLevel pre-tokenizer and decoder."""
-    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    keep = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
     table, extra = {}, 0
     for b in range(256):
         if b in keep:
@@ -405,8 +426,15 @@ def hf_files(tok: Tokenizer) -> dict[str, dict]:
         "truncation": None,
         "padding": None,
         "added_tokens": [
-            {"id": i, "content": s, "single_word": False, "lstrip": False, "rstrip": False,
-             "normalized": False, "special": True}
+            {
+                "id": i,
+                "content": s,
+                "single_word": False,
+                "lstrip": False,
+                "rstrip": False,
+                "normalized": False,
+                "special": True,
+            }
             for s, i in tok.special_ids.items()
         ],
         "normalizer": None,
@@ -445,4 +473,8 @@ def hf_files(tok: Tokenizer) -> dict[str, dict]:
         "lmforge_hash": tok.hash,
     }
     special_map = {**present, "additional_special_tokens": others}
-    return {"tokenizer.json": tokenizer_json, "tokenizer_config.json": config, "special_tokens_map.json": special_map}
+    return {
+        "tokenizer.json": tokenizer_json,
+        "tokenizer_config.json": config,
+        "special_tokens_map.json": special_map,
+    }

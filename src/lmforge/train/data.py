@@ -58,15 +58,27 @@ class PretrainLoader:
     """`next()` -> {"input_ids": [micro_batch, seq_len], "labels": same, shifted by one} (int64, CPU)."""
 
     def __init__(
-        self, tokens: np.ndarray, micro_batch: int, seq_len: int, seed: int, dp_rank: int = 0, dp_size: int = 1,
-        *, window_start: str = "random", doc_mask: bool = False, eos_id: int | None = None,
+        self,
+        tokens: np.ndarray,
+        micro_batch: int,
+        seq_len: int,
+        seed: int,
+        dp_rank: int = 0,
+        dp_size: int = 1,
+        *,
+        window_start: str = "random",
+        doc_mask: bool = False,
+        eos_id: int | None = None,
     ):
         if len(tokens) < seq_len + 2:
             raise LmforgeError(
-                f"the training split has {len(tokens)} tokens, fewer than one window of seq_len + 1 = {seq_len + 1}"
+                f"the training split has {len(tokens)} tokens, "
+                f"fewer than one window of seq_len + 1 = {seq_len + 1}"
             )
         if (window_start == "document" or doc_mask) and eos_id is None:
-            raise LmforgeError("document-aware windows need the tokenizer's <|eos|> id (the document separator)")
+            raise LmforgeError(
+                "document-aware windows need the tokenizer's <|eos|> id (the document separator)"
+            )
         self.tokens, self.micro_batch, self.seq_len = tokens, micro_batch, seq_len
         self.seed, self.dp_rank, self.dp_size = seed, dp_rank, dp_size
         self.doc_mask, self.eos_id = doc_mask, eos_id
@@ -101,7 +113,9 @@ def val_batches(
     if max_tokens > 0:
         n_windows = min(n_windows, max(1, max_tokens // seq_len))
     if n_windows <= 0:
-        raise LmforgeError(f"the validation split has {len(tokens)} tokens, fewer than one window of {seq_len + 1}")
+        raise LmforgeError(
+            f"the validation split has {len(tokens)} tokens, fewer than one window of {seq_len + 1}"
+        )
     starts = np.arange(n_windows, dtype=np.int64) * seq_len
     n_batches = -(-n_windows // micro_batch)
     if dp_size > 1:  # every rank must run the same number of forwards (FSDP gathers are collective)

@@ -120,8 +120,13 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, params: list | Non
     decay = {"matrix": cfg.weight_decay, "head": cfg.weight_decay, "embedding": 0.0, "scalar": 0.0}
 
     def group(role: str) -> dict:
-        return {"params": roles[role], "name": role, "weight_decay": decay[role], "lr": cfg.lr,
-                "lr_scale": role_lr[role] / cfg.lr if cfg.lr else 1.0}
+        return {
+            "params": roles[role],
+            "name": role,
+            "weight_decay": decay[role],
+            "lr": cfg.lr,
+            "lr_scale": role_lr[role] / cfg.lr if cfg.lr else 1.0,
+        }
 
     adam_roles = [r for r in ROLES if roles[r] and not (cfg.optimizer == "muon" and r == "matrix")]
     optimizers = []
@@ -130,10 +135,16 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, params: list | Non
     if adam_roles:
         device = roles[adam_roles[0]][0].device
         fused = device.type == "cuda"
-        optimizers.append(torch.optim.AdamW(
-            [group(r) for r in adam_roles], lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=1e-8, fused=fused,
-            foreach=None if fused else True,
-        ))
+        optimizers.append(
+            torch.optim.AdamW(
+                [group(r) for r in adam_roles],
+                lr=cfg.lr,
+                betas=(cfg.beta1, cfg.beta2),
+                eps=1e-8,
+                fused=fused,
+                foreach=None if fused else True,
+            )
+        )
     if not optimizers:
         raise LmforgeError("nothing to optimise: the model has no trainable parameters")
     return Optimizers(optimizers)
