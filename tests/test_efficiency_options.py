@@ -70,6 +70,21 @@ def test_logit_softcap_bounds_the_logits():
     assert logits.abs().max() <= 2.0 and logits.abs().max() > 1.9  # tanh saturates at the cap
 
 
+def test_softcapped_logits_reach_scoring_as_the_forward_gives_them():
+    from lmforge.inference.scoring import token_loglikelihoods
+
+    model = build(logit_softcap=2.0)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(50)
+    ids = torch.randint(0, 64, (1, 12))
+    context, continuation = ids[0, :6].tolist(), ids[0, 6:].tolist()
+    [(total, _)] = token_loglikelihoods(model, [(context, continuation)])
+    with torch.no_grad():
+        logprobs = model(ids).float().log_softmax(-1)[0]
+    expected = sum(logprobs[5 + i, tok].item() for i, tok in enumerate(continuation))
+    assert total == pytest.approx(expected, abs=1e-4)
+
+
 def test_zero_init_projections_make_every_block_the_identity():
     model = build(zero_init_proj=True)
     for block in model.layers.values():
@@ -206,7 +221,7 @@ def test_document_windows_start_at_a_separator_and_resume():
     heads = torch.cat(first)[:, 0]
     assert set(heads.tolist()) <= set(toks[starts].tolist())
     b = PretrainLoader(toks, 4, 16, seed=3, window_start="document", eos_id=EOS)
-    b.load_state_dict(a.state_dict() | {"counter": 2})
+    b.load_state_dict(a.state_dict() | {"position": 2 * 4})
     assert torch.equal(b.next()["input_ids"], first[2])
     with pytest.raises(LmforgeError, match="eos"):
         PretrainLoader(toks, 4, 16, seed=3, window_start="document")

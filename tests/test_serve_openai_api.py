@@ -12,6 +12,7 @@ from lmforge.model.transformer import Transformer
 from lmforge.serve.openai_api import (
     SSE_DONE,
     ApiError,
+    Echo,
     ServedModel,
     StreamChunks,
     chat_response,
@@ -139,10 +140,12 @@ def test_a_prompt_too_long_for_any_tokenisation_is_refused_before_tokenising(eng
     [
         ({"prompt": "x", "temperature": 5}, "temperature"),
         ({"prompt": "x", "top_p": 0}, "top_p"),
-        ({"prompt": "x", "logprobs": 2}, "logprobs"),
+        ({"prompt": "x", "logprobs": 21}, "logprobs"),
+        ({"prompt": "x", "logprobs": True}, "logprobs"),
+        ({"prompt": "x", "echo": True, "stream": True}, "echo"),
+        ({"prompt": "x", "max_tokens": 0}, "max_tokens"),
         ({"prompt": "x", "stop": ["a", "b", "c", "d", "e"]}, "stop"),
         ({"prompt": [1, 10**6]}, "prompt"),
-        ({"prompt": ["a", "b"], "stream": True}, "stream"),
         ({"prompt": "x", "n": 9}, "n"),
     ],
 )
@@ -154,11 +157,11 @@ def test_bad_parameters_are_400_naming_the_parameter(served, body, param):
 def test_responses_and_stream_chunks_follow_openai(served):
     req = prepare("completion", {"prompt": "ab", "n": 2}, served)
     done = [Completion("hi", [104, 105], "length", 3, 2), Completion("yo", [121], "stop", 3, 1)]
-    body = completion_response("cmpl-1", "tiny", req, done)
+    body = completion_response("cmpl-1", "tiny", req, done, served)
     assert [c["text"] for c in body["choices"]] == ["hi", "yo"] and body["object"] == "text_completion"
     assert body["usage"] == {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6}
     chat = prepare("chat", {"messages": [{"role": "user", "content": "x"}], "stream": True}, served)
-    assert chat_response("c", "tiny", chat, done[:1])["choices"][0]["message"] == {
+    assert chat_response("c", "tiny", chat, done[:1], served)["choices"][0]["message"] == {
         "role": "assistant",
         "content": "hi",
     }
@@ -166,12 +169,15 @@ def test_responses_and_stream_chunks_follow_openai(served):
     def events(blob: bytes) -> list:
         return [json.loads(line[6:]) for line in blob.decode().split("\n\n") if line.startswith("data: {")]
 
-    chunks = StreamChunks("c", "tiny", chat)
+    chunks = StreamChunks("c", "tiny", chat, served)
     assert events(chunks.start())[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
-    assert events(chunks.delta("he"))[0]["choices"][0]["delta"] == {"content": "he"}
-    end = chunks.finish(done[0])
-    assert end.endswith(SSE_DONE) and events(end)[0]["choices"][0]["finish_reason"] == "length"
-    assert StreamChunks("c", "tiny", req).start() == b""  # completions have no role chunk
+    assert events(chunks.delta(0, "he"))[0]["choices"][0]["delta"] == {"content": "he"}
+    end = chunks.finish(0, done[0])
+    assert events(end)[0]["choices"][0]["finish_reason"] == "length"
+    assert chunks.done(done[:1]) == SSE_DONE
+    several = StreamChunks("c", "tiny", req, served)  # completions: no role chunk; choices interleave
+    assert several.start() == b""
+    assert [events(several.delta(i, "x"))[0]["choices"][0]["index"] for i in (1, 0)] == [1, 0]
     usage = StreamChunks(
         "c",
         "tiny",
@@ -184,8 +190,9 @@ def test_responses_and_stream_chunks_follow_openai(served):
             },
             served,
         ),
+        served,
     )
-    last = events(usage.finish(done[0]))[-1]
+    last = events(usage.done(done[:1]))[-1]
     assert last["choices"] == [] and last["usage"]["completion_tokens"] == 2
     err = events(chunks.error(RuntimeError("boom")))[0]["error"]
     assert err["type"] == "server_error" and "boom" in err["message"]
@@ -195,3 +202,43 @@ def test_error_headers():
     assert ApiError(429, "busy").headers() == {"Retry-After": "1"}
     assert ApiError(401, "key").headers() == {"WWW-Authenticate": "Bearer"}
     assert ApiError(413, "big").body()["error"]["type"] == "invalid_request_error"
+
+
+def test_logprobs_and_echo_are_parsed(served, engine):
+    req = prepare("completion", {"prompt": "ab", "echo": True, "max_tokens": 0, "logprobs": 2}, served)
+    assert req.echo == [Echo("ab", 1)] and req.logprobs == 2 and req.params.max_new_tokens == 0
+    assert req.prompt_logprobs  # the prompt must be scored
+    ids = prepare("completion", {"prompt": [104, 105], "echo": True, "n": 2}, served)
+    assert ids.echo == [Echo("hi", 0)] * 2 and ids.logprobs is None and not ids.prompt_logprobs
+    chat = {"messages": [{"role": "user", "content": "x"}]}
+    assert prepare("chat", {**chat, "logprobs": True, "top_logprobs": 3}, served).logprobs == 3
+    assert prepare("chat", {**chat, "logprobs": True}, served).logprobs == 0
+    assert prepare("chat", chat, served).logprobs is None
+    assert refused("chat", {**chat, "top_logprobs": 2}, served).param == "top_logprobs"
+    assert refused("chat", {**chat, "logprobs": 1}, served).param == "logprobs"
+
+
+def test_logprobs_responses_follow_openai(served):
+    from lmforge.inference.sampling import TokenLogprob
+
+    req = prepare("completion", {"prompt": [104, 105], "echo": True, "max_tokens": 2, "logprobs": 1}, served)
+    done = Completion(
+        "\u00e9", [0xC3, 0xA9], "length", 2, 2,
+        logprobs=[TokenLogprob(0xC3, -1.0, [(0xC3, -1.0)]), TokenLogprob(0xA9, -0.5, [(0xA9, -0.5)])],
+        prompt_logprobs=[None, TokenLogprob(105, -2.0, [(106, -1.5)])],
+    )
+    choice = completion_response("c", "tiny", req, [done], served)["choices"][0]
+    assert choice["text"] == "hi\u00e9"
+    assert choice["logprobs"] == {
+        "tokens": ["h", "i", "bytes:\\xc3", "bytes:\\xa9"],
+        "token_logprobs": [None, -2.0, -1.0, -0.5],
+        "top_logprobs": [None, {"j": -1.5}, {"bytes:\\xc3": -1.0}, {"bytes:\\xa9": -0.5}],
+        "text_offset": [0, 1, 2, 2],  # the half character adds no text until it completes
+    }
+    chat = prepare("chat", {"messages": [{"role": "user", "content": "x"}], "logprobs": True}, served)
+    body = chat_response("c", "tiny", chat, [done], served)["choices"][0]["logprobs"]
+    assert body["content"][0] == {
+        "token": "bytes:\\xc3", "logprob": -1.0, "bytes": [0xC3], "top_logprobs": [
+            {"token": "bytes:\\xc3", "logprob": -1.0, "bytes": [0xC3]}
+        ]
+    }

@@ -91,7 +91,8 @@ def test_bad_requests_get_4xx_and_server_survives(client, server):
         dict(top_p=0),
         dict(max_tokens=0),
         dict(max_tokens=1000),  # does not fit the 96-token context
-        dict(logprobs=2),
+        dict(logprobs=21),
+        dict(echo=True, stream=True),
         dict(stop=["a", "b", "c", "d", "e"]),
     ]
     for kw in bad:
@@ -123,17 +124,17 @@ def test_bad_requests_get_4xx_and_server_survives(client, server):
 
 def test_disconnect_stops_generation_and_full_queue_gets_429(server, client):
     url, _, app = server
-    worker = app.state.service.worker
+    scheduler = app.state.service.worker.scheduler
     produced = []
-    real_stream = worker.engine.stream
+    real_step = scheduler.step
 
-    def slow_stream(prompt, params):  # 20 ms a token, counted, so a disconnect is observable
-        for delta in real_stream(prompt, params):
-            produced.append(delta)
-            time.sleep(0.02)
-            yield delta
+    def slow_step():  # 20 ms a step, tokens counted, so a disconnect is observable
+        events = real_step()
+        produced.extend(events)
+        time.sleep(0.02)
+        return events
 
-    worker.engine.stream = slow_stream
+    scheduler.step = slow_step
     try:
         body = {"prompt": "To be", "max_tokens": 80, "stream": True, "ignore_eos": True, "temperature": 0}
         with httpx.Client(base_url=url, timeout=30) as h:
@@ -146,7 +147,8 @@ def test_disconnect_stops_generation_and_full_queue_gets_429(server, client):
                 time.sleep(0.02)
         assert len(produced) < 40
     finally:
-        worker.engine.stream = real_stream
+        scheduler.step = real_step
+    worker = app.state.service.worker
     worker.max_queue = 0  # every new request now finds the queue full
     try:
         with pytest.raises(openai.RateLimitError, match="busy"):
@@ -155,37 +157,40 @@ def test_disconnect_stops_generation_and_full_queue_gets_429(server, client):
         worker.max_queue = 4
 
 
-def test_worker_batches_compatible_requests_and_bounds_the_queue():
-    """Waiting greedy requests with equal settings share one generate call; seeded ones run alone."""
+def test_worker_bounds_the_queue_and_runs_concurrent_jobs_in_one_batch():
+    """Jobs with different settings share the running batch; each gets what the engine gives it alone."""
     tok = tokenizer()
     release = threading.Event()
-    calls = []
+    engine = Engine(model(), tok)
+    worker = Worker(engine, max_queue=4, max_batch=8)
+    real_step = worker.scheduler.step
 
-    class SlowEngine(Engine):
-        def generate(self, prompts, params=None):
-            calls.append(len(prompts))
-            release.wait(10)
-            return super().generate(prompts, params)
+    def gated_step():
+        release.wait(10)
+        return real_step()
 
-    worker = Worker(SlowEngine(model(), tok), max_queue=5, max_batch=8)
+    worker.scheduler.step = gated_step
     loop = asyncio.new_event_loop()
-    greedy = SamplingParams(max_new_tokens=3, temperature=0)
-    seeded = SamplingParams(max_new_tokens=3, temperature=1.0, seed=3)
-    jobs = [Job([tok.encode_ordinary(t)], p, False, loop, future=loop.create_future())
-            for t, p in [("a", greedy), ("b", greedy), ("c", greedy), ("d", seeded), ("e", seeded)]]
-    worker.submit(jobs[0])
-    while not calls:
-        time.sleep(0.01)
-    for j in jobs[1:]:
+    settings = [
+        SamplingParams(max_new_tokens=9, temperature=0, ignore_eos=True),
+        SamplingParams(max_new_tokens=4, temperature=0, ignore_eos=True),
+        SamplingParams(max_new_tokens=12, temperature=0.9, top_k=20, seed=3, ignore_eos=True),
+        SamplingParams(max_new_tokens=6, temperature=0, stop=["e"]),
+    ]
+    texts = ["a", "To be", "ROMEO.", "Now is"]
+    jobs = [Job([engine.encode_prompt(t)], p, False, loop, future=loop.create_future()) for t, p in zip(texts, settings)]
+    for j in jobs:
         worker.submit(j)
     with pytest.raises(Busy):
-        worker.submit(Job([[1]], greedy, False, loop, future=loop.create_future()))
+        worker.submit(Job([[1]], settings[0], False, loop, future=loop.create_future()))
     release.set()
     loop.run_until_complete(asyncio.wait_for(asyncio.gather(*(j.future for j in jobs)), 60))
-    assert calls == [1, 2, 1, 1]
-    assert worker.stats == {"jobs": 5, "batches": 4}
-    solo = Engine(model(), tok).generate([tok.encode_ordinary("b")], greedy)[0]
-    assert jobs[1].future.result()[0].token_ids == solo.token_ids
+    for j, t, p in zip(jobs, texts, settings):
+        alone = engine.generate([t], p)[0]
+        assert j.future.result()[0].token_ids == alone.token_ids and j.future.result()[0].text == alone.text
+    assert worker.stats["jobs"] == 4 and worker.stats["peak_batch"] == 4
+    assert worker.stats["steps"] <= 13  # one batch: the longest job's steps (+1), not the sum (31)
+    assert worker.load() == 0
     worker.close()
     loop.close()
 

@@ -1,12 +1,14 @@
 """Serve a model over an OpenAI-compatible HTTP API, with a web chat page at `/`.
 
-Endpoints: /v1/models, /v1/completions, /v1/chat/completions (streaming with "stream": true),
+Endpoints: /v1/models (and /v1/models/ID), /v1/completions, /v1/chat/completions (streaming with "stream": true),
 /health, /livez (liveness only) and the chat page at http://HOST:PORT/. Binds 127.0.0.1 unless
 told otherwise; with --api-key (or LMFORGE_API_KEY) every endpoint but /livez and the page's
 files needs `Authorization: Bearer KEY` (the page asks for it). Requests naming another model
 than --model-name get 404; bodies over --max-request-bytes get 413; requests beyond --max-queue
-(waiting + running) get 429; requests with the same sampling settings are batched up to
---max-batch prompts.
+(waiting + running) get 429. Concurrent requests share decode steps (continuous batching): up to
+--max-batch sequences run together and a new request joins the running batch at its next step;
+--max-batch 1 runs them one at a time. Completions take logprobs and echo (lm-eval's
+local-completions scores through it), chat takes logprobs and top_logprobs.
 
 examples:
   lmforge serve --model runs/shakespeare
@@ -33,7 +35,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--api-key", default=None, help="require this bearer key (default: $LMFORGE_API_KEY, else none)")
     p.add_argument("--model-name", default="", help="id reported by /v1/models (default: the checkpoint's run name)")
     p.add_argument("--max-queue", type=int, default=16, help="requests waiting + running before 429 (default: 16)")
-    p.add_argument("--max-batch", type=int, default=8, help="prompts per batched generation (default: 8)")
+    p.add_argument(
+        "--max-batch",
+        type=int,
+        default=8,
+        help="sequences decoded together (continuous batching; 1 = one at a time; default: 8)",
+    )
     p.add_argument(
         "--max-request-bytes",
         type=int,
@@ -42,11 +49,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--device", default="", help="cpu, cuda, mps (default: cuda if available, else cpu)")
     p.add_argument("--dtype", default="", help="float32|float16|bfloat16 (default: the checkpoint's)")
-    p.add_argument(
-        "--compile",
-        action="store_true",
-        help="decode with a torch.compile'd step (each new batch size / length class compiles first)",
-    )
 
 
 def main(args: argparse.Namespace, overrides: list[str]) -> int:
@@ -71,7 +73,6 @@ def main(args: argparse.Namespace, overrides: list[str]) -> int:
         max_queue=args.max_queue,
         max_batch=args.max_batch,
         max_request_bytes=args.max_request_bytes,
-        compile=args.compile,
     )
     print(f"serving {ckpt} as {name!r} on http://{args.host}:{args.port}/ (chat page at /, API at /v1)")
     serve(model, tokenizer, host=args.host, port=args.port, config=config)

@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from lmforge.errors import LmforgeError
 from lmforge.inference.kv_cache import KVCache, StaticKVCache, static_cache_length
-from lmforge.inference.sampling import SamplingParams, make_generators, sample_next
+from lmforge.inference.sampling import SamplingParams, TokenLogprob, make_generators, sample_next
 from lmforge.inference.static_decode import CompiledDecodeStep
 
 log = logging.getLogger("lmforge.inference")
@@ -44,6 +44,10 @@ class Completion:
     finish_reason: str  # "stop" | "length"
     prompt_tokens: int
     completion_tokens: int
+    # Filled by the continuous-batching scheduler when asked for: one per token of token_ids
+    # (a final stop token excepted), and one per prompt token (the first is None: nothing before it).
+    logprobs: list[TokenLogprob] | None = None
+    prompt_logprobs: list[TokenLogprob | None] | None = None
 
 
 class IncrementalDetokenizer:
@@ -97,7 +101,7 @@ class StopMatcher:
         return text
 
 
-class _Row:
+class Row:
     """The state of one sequence being generated."""
 
     def __init__(
@@ -143,7 +147,7 @@ class _Row:
 class TextStream:
     """An iterator of text deltas; after it is exhausted, `.completion` holds the whole result."""
 
-    def __init__(self, events: Iterator[list[tuple[int, str]]], rows: list[_Row]) -> None:
+    def __init__(self, events: Iterator[list[tuple[int, str]]], rows: list[Row]) -> None:
         self._events = events
         self._rows = rows
         self.completion: Completion | None = None
@@ -203,8 +207,8 @@ class Engine:
         `progress` shows a bar over the prompts (on stderr)."""
         params = params or SamplingParams()
         prompts = [self.encode_prompt(p) if isinstance(p, str) else list(p) for p in prompts]
-        rows = self._rows(prompts, params, self._stops(params))
-        seeds = self._seeds(params, len(rows))
+        rows = self.new_rows(prompts, params)
+        seeds = self.seeds(params, len(rows))
         order = sorted(range(len(rows)), key=lambda i: len(rows[i].prompt))
         with tqdm(total=len(rows), unit="prompt", disable=not progress, desc="generate") as bar:
             for start in range(0, len(order), self.max_batch_size):
@@ -235,8 +239,8 @@ class Engine:
     def _stream(self, prompt, params, extra_stop_ids) -> TextStream:
         params = params or SamplingParams()
         prompt = self.encode_prompt(prompt) if isinstance(prompt, str) else list(prompt)
-        rows = self._rows([prompt], params, self._stops(params) | set(extra_stop_ids))
-        return TextStream(self._decode(rows, params, self._seeds(params, 1)), rows)
+        rows = self.new_rows([prompt], params, extra_stop_ids)
+        return TextStream(self._decode(rows, params, self.seeds(params, 1)), rows)
 
     def _stops(self, params: SamplingParams) -> set[int]:
         stops = set(params.stop_token_ids)
@@ -245,7 +249,12 @@ class Engine:
             stops.add(eos)
         return stops
 
-    def _rows(self, prompts: list[list[int]], params: SamplingParams, stop_ids: set[int]) -> list[_Row]:
+    def new_rows(
+        self, prompts: list[list[int]], params: SamplingParams, extra_stop_ids=()
+    ) -> list[Row]:
+        """The generation state of each prompt: the context-overflow policy applied, its token
+        budget set, its stop tokens (<|eos|> unless `ignore_eos`, `params.stop_token_ids`, extras)."""
+        stop_ids = self._stops(params) | set(extra_stop_ids)
         limit = self.max_seq_len
         rows = []
         for i, p in enumerate(prompts):
@@ -261,18 +270,19 @@ class Engine:
                 )
                 p = p[-(limit - 1) :]
             rows.append(
-                _Row(i, p, min(params.max_new_tokens, limit - len(p)), self.tokenizer, params.stop, stop_ids)
+                Row(i, p, min(params.max_new_tokens, limit - len(p)), self.tokenizer, params.stop, stop_ids)
             )
         return rows
 
     @staticmethod
-    def _seeds(params: SamplingParams, n: int) -> list[int]:
+    def seeds(params: SamplingParams, n: int) -> list[int]:
+        """The seeds of a call's n prompts: seed + i (a seed drawn from torch's RNG when None)."""
         base = params.seed if params.seed is not None else int(torch.randint(0, 2**62, (1,)).item())
         return [base + i for i in range(n)]
 
     @torch.inference_mode()
     def _decode(
-        self, rows: list[_Row], params: SamplingParams, seeds: list[int]
+        self, rows: list[Row], params: SamplingParams, seeds: list[int]
     ) -> Iterator[list[tuple[int, str]]]:
         """Generate `rows` together; yields [(row index, text delta)] once per step."""
         model = self.model
@@ -283,7 +293,7 @@ class Engine:
         finally:
             model.train(was_training)
 
-    def _decode_rows(self, rows: list[_Row], params: SamplingParams, seeds: list[int]):
+    def _decode_rows(self, rows: list[Row], params: SamplingParams, seeds: list[int]):
         for r in rows:
             if r.budget <= 0:
                 r.finish_reason = "length"
@@ -317,14 +327,14 @@ class Engine:
             # Padding rows attend to themselves only, so their (unused) states stay finite.
             mask = ((causal & valid[:, None, :L]) | eye)[:, None]
         hidden = model(ids, cache=cache, start_pos=0, positions=positions, attn_mask=mask, return_hidden=True)
-        logits = model.lm_head(hidden[:, -1])
+        logits = model.logits(hidden[:, -1])
         if self.decode_step is not None:
             yield from self._decode_static(rows, logits, params, gens, cache, L, pads, valid)
         else:
             yield from self._decode_eager(rows, logits, params, gens, cache, L, pads, valid)
 
     @staticmethod
-    def _advance(rows: list[_Row], tokens: list[int]) -> tuple[list[tuple[int, str]], list[int]]:
+    def _advance(rows: list[Row], tokens: list[int]) -> tuple[list[tuple[int, str]], list[int]]:
         """Give each unfinished row its token: -> (text events, batch indices still unfinished)."""
         events, keep = [], []
         for b, (r, tok) in enumerate(zip(rows, tokens)):

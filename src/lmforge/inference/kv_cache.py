@@ -1,4 +1,4 @@
-"""The two KV caches the engine decodes with; both fit the model's `LayerKVCache` interface.
+"""The KV caches inference decodes with; all fit the model's `LayerKVCache` interface.
 
 * `KVCache` (eager decoding): one [layers, B, H_kv, S, D] tensor for keys and one for values.
   A step attends over the positions written so far, and rows that finish are dropped
@@ -8,6 +8,8 @@
   never changes shape. One tensor per layer (not one [layers, ...] tensor) keeps the in-place
   write cheap: a write into a view of a bigger graph input makes inductor copy the whole
   input back.
+* `SlotKVCache` (continuous batching, `lmforge.inference.scheduler`): one slot per running
+  sequence, each sequence at its own position.
 """
 
 from __future__ import annotations
@@ -81,3 +83,65 @@ class StaticKVCache:
         self.k[layer][:, :, start_pos:end] = k
         self.v[layer][:, :, start_pos:end] = v
         return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+
+
+class SlotKVCache:
+    """Keys and values for a running batch of independent sequences (continuous batching).
+
+    One [layers, slots, H_kv, S, D] tensor each for keys and values; slot b holds one sequence
+    from position 0 on, and sequences of different lengths share it. The scheduler keeps its
+    running sequences in slots 0..n-1 (`move` fills the hole a finished one leaves), so a decode
+    step reads the first n slots as a view, without a gather.
+    """
+
+    def __init__(self, cfg, slots: int, max_len: int, device=None, dtype=torch.float32):
+        shape = (cfg.n_layer, slots, cfg.n_kv_head, max_len, cfg.head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.max_len = max_len
+
+    @classmethod
+    def for_model(cls, model, slots: int, max_len: int) -> SlotKVCache:
+        p = next(model.parameters())
+        return cls(model.cfg, slots, max_len, p.device, p.dtype)
+
+    def slot(self, b: int) -> _OneSlot:
+        """A batch-of-one cache writing into slot b (a prefill)."""
+        return _OneSlot(self, b)
+
+    def first(self, n: int, window: int) -> _FirstSlots:
+        """A cache for one decode step of slots 0..n-1, each writing at its own position and
+        attending over the first `window` positions (to be masked per row)."""
+        return _FirstSlots(self, n, window)
+
+    def move(self, src: int, dst: int, length: int) -> None:
+        """Copy the first `length` positions of slot src into slot dst."""
+        self.k[:, dst, :, :length] = self.k[:, src, :, :length]
+        self.v[:, dst, :, :length] = self.v[:, src, :, :length]
+
+
+class _OneSlot:
+    def __init__(self, cache: SlotKVCache, b: int) -> None:
+        self.cache, self.b = cache, b
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor, start_pos: int):
+        end = start_pos + k.shape[2]
+        if end > self.cache.max_len:
+            raise ValueError(f"KV cache holds {self.cache.max_len} positions; asked for {end}")
+        rows = slice(self.b, self.b + 1)
+        self.cache.k[layer, rows, :, start_pos:end] = k
+        self.cache.v[layer, rows, :, start_pos:end] = v
+        return self.cache.k[layer, rows, :, :end], self.cache.v[layer, rows, :, :end]
+
+
+class _FirstSlots:
+    def __init__(self, cache: SlotKVCache, n: int, window: int) -> None:
+        self.cache, self.n, self.window = cache, n, window
+        self.rows = torch.arange(n, device=cache.k.device)
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor, start_pos: torch.Tensor):
+        """k, v [n, H_kv, 1, D]; start_pos [n]: the position each row's token goes to."""
+        self.cache.k[layer, self.rows, :, start_pos] = k[:, :, 0]
+        self.cache.v[layer, self.rows, :, start_pos] = v[:, :, 0]
+        n, window = self.n, self.window
+        return self.cache.k[layer, :n, :, :window], self.cache.v[layer, :n, :, :window]

@@ -95,3 +95,27 @@ def sample_next(
     if generators is None:
         return torch.multinomial(probs, 1).squeeze(-1)
     return torch.cat([torch.multinomial(probs[i], 1, generator=g) for i, g in enumerate(generators)])
+
+
+@dataclass
+class TokenLogprob:
+    """A token's log-probability under the model, and the `top` most likely tokens at its place.
+
+    Log-probabilities are of the model's own distribution (log-softmax of its logits), before
+    temperature, top-k or top-p, so they do not depend on how the token was picked."""
+
+    token_id: int
+    logprob: float
+    top: list[tuple[int, float]]  # (token id, logprob), most likely first
+
+
+def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, k: int) -> list[TokenLogprob]:
+    """One TokenLogprob per row: logits [N, V], the tokens taken [N], k alternatives each."""
+    logprobs = logits.float().log_softmax(dim=-1)
+    chosen = logprobs.gather(-1, tokens[:, None]).squeeze(-1).tolist()
+    if k > 0:
+        top_values, top_ids = logprobs.topk(min(k, logprobs.shape[-1]), dim=-1)
+        tops = [list(zip(i, v)) for i, v in zip(top_ids.tolist(), top_values.tolist())]
+    else:
+        tops = [[] for _ in chosen]
+    return [TokenLogprob(t, lp, top) for t, lp, top in zip(tokens.tolist(), chosen, tops)]

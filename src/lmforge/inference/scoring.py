@@ -125,7 +125,7 @@ def score_tokens(
                 picked = torch.cat(
                     [hidden[r, len(inp) - len(cont) : len(inp)] for r, (_, inp, cont) in enumerate(chunk)]
                 )
-                logprobs = model.lm_head(picked).float().log_softmax(-1)
+                logprobs = model.logits(picked).float().log_softmax(-1)
                 targets = torch.tensor([t for _, _, cont in chunk for t in cont], device=logprobs.device)
                 token_lp = logprobs.gather(-1, targets[:, None]).squeeze(-1).double().cpu().numpy()
                 greedy = (logprobs.argmax(-1) == targets).cpu().numpy()

@@ -256,6 +256,10 @@ class Transformer(nn.Module):
             h = self.norm(h)
         if return_hidden or self.lm_head is None:
             return h
+        return self.logits(h)
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        """The LM head on final hidden states (what callers that keep only some positions use)."""
         logits = self.lm_head(h)
         if self.cfg.logit_softcap > 0:  # cap·tanh(z / cap): bounded logits, no runaway confidence (Gemma 2)
             cap = self.cfg.logit_softcap

@@ -1,6 +1,6 @@
 """The HTTP routes (FastAPI) of the OpenAI-compatible server, and `serve` to run them.
 
-Endpoints: GET /v1/models, POST /v1/completions, POST /v1/chat/completions (both with
+Endpoints: GET /v1/models, GET /v1/models/{id}, POST /v1/completions, POST /v1/chat/completions (both with
 `"stream": true` server-sent events, ending in `data: [DONE]`), GET /health (status, load,
 jobs served), GET /livez (liveness only: `{"status": "ok"}`), GET / (the chat page).
 
@@ -43,11 +43,12 @@ from lmforge.serve.openai_api import (
     ServedModel,
     StreamChunks,
     chat_response,
+    check_model,
     completion_response,
     models_response,
     prepare_request,
 )
-from lmforge.serve.worker import Busy, Job, Worker, WorkerClosed
+from lmforge.serve.worker import Busy, Job, StreamDelta, StreamEnd, Worker, WorkerClosed
 
 log = logging.getLogger("lmforge.server")
 STATIC = Path(__file__).parent / "static"
@@ -59,7 +60,7 @@ class Service:
 
     def __init__(self, model, tokenizer, config: ServerConfig) -> None:
         self.config = config
-        engine = Engine(model, tokenizer, max_batch_size=config.max_batch, compile=config.compile)
+        engine = Engine(model, tokenizer, max_batch_size=config.max_batch)
         self.served = ServedModel.of(config.model_name, engine)
         self.worker = Worker(engine, config.max_queue, config.max_batch)
 
@@ -98,7 +99,7 @@ class Service:
         return await run_in_threadpool(prepare_request, kind, raw, self.served, c.max_n, c.default_max_tokens)
 
     def submit(self, req: GenerationRequest) -> Job:
-        job = Job.on_this_loop(req.prompts, req.params, req.stream)
+        job = Job.on_this_loop(req.prompts, req.params, req.stream, req.logprobs, req.prompt_logprobs)
         try:
             self.worker.submit(job)
         except Busy:
@@ -116,11 +117,11 @@ class Service:
         name = self.served.name
         if req.stream:
             return StreamingResponse(
-                _events(job, StreamChunks(rid, name, req)), media_type="text/event-stream"
+                _events(job, StreamChunks(rid, name, req, self.served)), media_type="text/event-stream"
             )
         results = await _results(job)
         build = completion_response if kind == "completion" else chat_response
-        return build(rid, name, req, results)
+        return build(rid, name, req, results, self.served)
 
 
 def _too_large(limit: int) -> ApiError:
@@ -142,19 +143,22 @@ async def _results(job: Job) -> list[Completion]:
 
 
 async def _events(job: Job, chunks: StreamChunks) -> AsyncIterator[bytes]:
-    """SSE bytes of a streaming job, as the worker produces its deltas."""
+    """SSE bytes of a streaming job, as the worker produces its deltas (choices interleaved)."""
     try:
         if first := chunks.start():
             yield first
         while True:
             item = await job.events.get()
-            if isinstance(item, Exception):
+            if isinstance(item, StreamDelta):
+                yield chunks.delta(item.index, item.text, item.logprob)
+            elif isinstance(item, StreamEnd):
+                yield chunks.finish(item.index, item.completion)
+            elif isinstance(item, Exception):
                 yield chunks.error(item)
                 return
-            if isinstance(item, Completion):
-                yield chunks.finish(item)
+            else:  # every choice finished: the list of completions
+                yield chunks.done(item)
                 return
-            yield chunks.delta(item)
     finally:
         job.cancelled.set()  # client gone or stream over: the worker stops at the next token
 
@@ -197,6 +201,13 @@ async def health(request: Request):
 @keyed.get("/v1/models")
 async def models(request: Request):
     return models_response(_service(request).served)
+
+
+@keyed.get("/v1/models/{name:path}")
+async def model_card(request: Request, name: str):
+    served = _service(request).served
+    check_model({"model": name}, served)
+    return served.card()
 
 
 @keyed.post("/v1/completions")

@@ -6,15 +6,23 @@
 (`lmforge.serve.app`) run `prepare_request` on a worker thread, since it parses and tokenises.
 
 Parameters: temperature (0-2, 0 = greedy), top_p, max_tokens (chat also max_completion_tokens),
-stop (string or up to 4 strings), seed, n (non-streaming), stream_options.include_usage, and the
-extensions top_k and ignore_eos (as vLLM names them). Parameters lmforge does not implement
-(logprobs, echo, best_of > 1, penalties, logit_bias, tools) are refused with 400 rather than
-silently ignored; unknown keys are ignored. `model` may be left out; any other name than the
-served one is refused with 404 (`model_not_found`), as OpenAI does.
+stop (string or up to 4 strings), seed, n, stream with stream_options.include_usage, log-probabilities
+(completions: `logprobs: k` and `echo`; chat: `logprobs: true` with `top_logprobs: k`; k <= 20),
+and the extensions top_k and ignore_eos (as vLLM names them). Parameters lmforge does not
+implement (best_of > 1, penalties, logit_bias, tools, echo with stream) are refused with 400
+rather than silently ignored; unknown keys are ignored. `model` may be left out; any other name
+than the served one is refused with 404 (`model_not_found`), as OpenAI does.
+
+Log-probabilities are the model's own (log-softmax of its logits, before temperature, top-k and
+top-p). `echo` with `max_tokens: 0` scores a prompt, the way lm-eval's `local-completions` asks
+for log-likelihoods: a token-id prompt is echoed as sent (its first token has logprob null); a
+text prompt is echoed as given, after the <|eos|> it is encoded behind, so its first token has the
+logprob of starting a document.
 """
 
 from __future__ import annotations
 
+import codecs
 import json
 import time
 from collections.abc import Callable
@@ -23,10 +31,11 @@ from typing import Any, Literal
 
 from lmforge.errors import LmforgeError
 from lmforge.inference.engine import Completion
-from lmforge.inference.sampling import SamplingParams
+from lmforge.inference.sampling import SamplingParams, TokenLogprob
 
 ERROR_TYPES = {401: "authentication_error", 429: "rate_limit_error"}
 SSE_DONE = b"data: [DONE]\n\n"
+MAX_LOGPROBS = 20  # alternatives per token (vLLM's default limit; OpenAI allows 5 and 20)
 
 
 class ApiError(Exception):
@@ -59,6 +68,7 @@ class ServedModel:
     end_id: int | None  # <|end|>: a chat reply stops there
     encode: Callable[[str], list[int]]  # a text prompt -> ids (Engine.encode_prompt)
     render_chat: Callable[[list[dict]], list[int]]  # messages -> ids ending in the assistant's turn
+    id_to_bytes: Callable[[int], bytes] = bytes  # a token's bytes (log-probabilities name tokens)
     created: int = 0
 
     @classmethod
@@ -72,6 +82,7 @@ class ServedModel:
             end_id=tok.special_ids.get("<|end|>"),
             encode=engine.encode_prompt,
             render_chat=lambda messages: tok.render_chat(messages, add_generation_prompt=True)[0],
+            id_to_bytes=tok.id_to_bytes,
             created=int(time.time()),
         )
 
@@ -85,6 +96,14 @@ class ServedModel:
         }
 
 
+@dataclass(frozen=True)
+class Echo:
+    """A completions prompt sent back before its completion (`echo`)."""
+
+    text: str  # the prompt as given (a token-id prompt: decoded)
+    skip: int  # leading prompt tokens not echoed (the <|eos|> a text prompt is encoded behind)
+
+
 @dataclass
 class GenerationRequest:
     kind: Literal["completion", "chat"]
@@ -93,6 +112,13 @@ class GenerationRequest:
     stream: bool
     include_usage: bool
     prompt_tokens: int  # usage.prompt_tokens: the distinct prompts' tokens
+    logprobs: int | None = None  # alternatives per token; None: no log-probabilities
+    echo: list[Echo] | None = None  # one per choice
+
+    @property
+    def prompt_logprobs(self) -> bool:
+        """Whether the prompt tokens must be scored (echo with logprobs)."""
+        return self.echo is not None and self.logprobs is not None
 
 
 def models_response(served: ServedModel) -> dict:
@@ -143,7 +169,13 @@ def check_model(body: dict, served: ServedModel) -> None:
 
 
 def _completion_request(body: dict, served: ServedModel, max_n: int) -> GenerationRequest:
-    params, explicit, n, stream = sampling_from_body(body, ("max_tokens",))
+    echo = body.get("echo", False)
+    if not isinstance(echo, bool):
+        raise ApiError(400, "'echo' must be true or false", "echo")
+    logprobs = _number(body, "logprobs", None, 0, MAX_LOGPROBS, integer=True)
+    params, explicit, n, stream = sampling_from_body(body, ("max_tokens",), min_tokens=0 if echo else 1)
+    if echo and stream:
+        raise ApiError(400, "'echo' is not supported with 'stream'", "echo", "unsupported_parameter")
     include_usage = _include_usage(body)
     prompt = body.get("prompt")
     if isinstance(prompt, str):
@@ -156,8 +188,6 @@ def _completion_request(body: dict, served: ServedModel, max_n: int) -> Generati
         prompts = [_check_ids(prompt, "prompt", served)]
     else:
         raise ApiError(400, "'prompt' must be a string, a list of strings or token ids", "prompt")
-    if stream and (len(prompts) > 1 or n > 1):
-        raise ApiError(400, "streaming supports one prompt with n = 1", "stream")
     if len(prompts) * n > max_n:
         raise ApiError(400, f"at most {max_n} choices per request (prompts x n)", "n")
     for p in prompts:
@@ -167,17 +197,25 @@ def _completion_request(body: dict, served: ServedModel, max_n: int) -> Generati
     if not all(ids):
         raise ApiError(400, "the prompt is empty", "prompt")
     params = _settle_max_tokens(params, explicit, max(len(p) for p in ids), 16, served.context, "prompt")
+    echoes = None
+    if echo:
+        prefix = len(served.encode(""))
+        echoes = [
+            Echo(p, prefix) if isinstance(p, str) else Echo(_decode(p, served), 0)
+            for p in prompts
+            for _ in range(n)
+        ]
+    choices = [p for p in ids for _ in range(n)]
     return GenerationRequest(
-        "completion", [p for p in ids for _ in range(n)], params, stream, include_usage, sum(map(len, ids))
+        "completion", choices, params, stream, include_usage, sum(map(len, ids)), logprobs, echoes
     )
 
 
 def _chat_request(body: dict, served: ServedModel, max_n: int, default_max_tokens: int) -> GenerationRequest:
     params, explicit, n, stream = sampling_from_body(body, ("max_tokens", "max_completion_tokens"))
     include_usage = _include_usage(body)
+    logprobs = _chat_logprobs(body)
     messages = _messages(body)
-    if stream and n > 1:
-        raise ApiError(400, "streaming supports n = 1", "n")
     if n > max_n:
         raise ApiError(400, f"at most {max_n} choices per request", "n")
     _refuse_surely_too_long(sum(len(m["content"]) for m in messages), served, "messages")
@@ -188,7 +226,22 @@ def _chat_request(body: dict, served: ServedModel, max_n: int, default_max_token
     params = _settle_max_tokens(params, explicit, len(ids), default_max_tokens, served.context, "messages")
     if served.end_id is not None:
         params = replace(params, stop_token_ids=[*params.stop_token_ids, served.end_id])
-    return GenerationRequest("chat", [ids] * n, params, stream, include_usage, len(ids))
+    return GenerationRequest("chat", [ids] * n, params, stream, include_usage, len(ids), logprobs)
+
+
+def _chat_logprobs(body: dict) -> int | None:
+    """`logprobs: true` and `top_logprobs: k` -> k alternatives per token (0 without top_logprobs)."""
+    wanted = body.get("logprobs")
+    if wanted is not None and not isinstance(wanted, bool):
+        raise ApiError(400, "'logprobs' must be true or false", "logprobs")
+    k = _number(body, "top_logprobs", None, 0, MAX_LOGPROBS, integer=True)
+    if k and not wanted:
+        raise ApiError(400, "'top_logprobs' needs 'logprobs': true", "top_logprobs")
+    return (k or 0) if wanted else None
+
+
+def _decode(ids: list[int], served: ServedModel) -> str:
+    return b"".join(map(served.id_to_bytes, ids)).decode("utf-8", errors="replace")
 
 
 def _context_exceeded(message: str, param: str) -> ApiError:
@@ -275,9 +328,6 @@ def _include_usage(body: dict) -> bool:
 
 
 UNSUPPORTED = {
-    "logprobs": lambda v: v not in (None, False, 0),
-    "top_logprobs": lambda v: v not in (None, 0),
-    "echo": lambda v: bool(v),
     "best_of": lambda v: v not in (None, 1),
     "presence_penalty": lambda v: v not in (None, 0, 0.0),
     "frequency_penalty": lambda v: v not in (None, 0, 0.0),
@@ -298,9 +348,10 @@ def _refuse_unsupported(body: dict) -> None:
 
 
 def sampling_from_body(
-    body: dict, max_tokens_keys: tuple[str, ...]
+    body: dict, max_tokens_keys: tuple[str, ...], min_tokens: int = 1
 ) -> tuple[SamplingParams, int | None, int, bool]:
-    """-> (SamplingParams with max_new_tokens not settled yet, explicit max_tokens or None, n, stream)."""
+    """-> (SamplingParams with max_new_tokens not settled yet, explicit max_tokens or None, n, stream).
+    `min_tokens` 0 lets `max_tokens: 0` through (echo: score the prompt only)."""
     _refuse_unsupported(body)
     temperature = _number(body, "temperature", 1.0, 0.0, 2.0)
     top_p = _number(body, "top_p", 1.0, 0.0, 1.0, lo_open=True)
@@ -309,7 +360,7 @@ def sampling_from_body(
     max_tokens = None
     for key in max_tokens_keys:
         if body.get(key) is not None:
-            max_tokens = _number(body, key, None, 1, 10**9, integer=True)
+            max_tokens = _number(body, key, None, min_tokens, 10**9, integer=True)
     n = _number(body, "n", 1, 1, 10**6, integer=True)
     stream, ignore_eos = body.get("stream", False), body.get("ignore_eos", False)
     if not isinstance(stream, bool) or not isinstance(ignore_eos, bool):
@@ -324,7 +375,7 @@ def sampling_from_body(
             400, "'stop' must be a non-empty string or a list of up to 4 non-empty strings", "stop"
         )
     params = SamplingParams(
-        max_new_tokens=max_tokens or 1,
+        max_new_tokens=1 if max_tokens is None else max_tokens,
         temperature=float(temperature),
         top_k=int(top_k),
         top_p=float(top_p),
@@ -371,27 +422,106 @@ def _usage(prompt_tokens: int, completions: list[Completion]) -> dict:
     return {"prompt_tokens": prompt_tokens, "completion_tokens": done, "total_tokens": prompt_tokens + done}
 
 
-def completion_response(rid: str, model: str, req: GenerationRequest, results: list[Completion]) -> dict:
-    choices = [
-        {"index": i, "text": c.text, "logprobs": None, "finish_reason": c.finish_reason}
-        for i, c in enumerate(results)
-    ]
+def token_name(raw: bytes) -> str:
+    """A token's text; a token that is part of a UTF-8 character is named by its bytes, as OpenAI
+    does (`bytes:\\xe2\\x80`), so distinct tokens never share a name in `top_logprobs`."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return "bytes:" + "".join(f"\\x{b:02x}" for b in raw)
+
+
+class TokenText:
+    """Token ids as the text pieces log-probabilities name, and where each starts in the text."""
+
+    def __init__(self, served: ServedModel, start: int = 0) -> None:
+        self.id_to_bytes = served.id_to_bytes
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.at = start  # characters of text before the next token
+
+    def piece(self, token_id: int) -> str:
+        return token_name(self.id_to_bytes(token_id))
+
+    def offset(self, token_id: int) -> int:
+        """The text offset of `token_id`, the next token of the text (advances past it)."""
+        at = self.at
+        self.at += len(self.decoder.decode(self.id_to_bytes(token_id)))
+        return at
+
+    def completion_entry(self, token_id: int, lp: TokenLogprob | None) -> dict:
+        """One token of completions' `logprobs` (lists of one)."""
+        top = None
+        if lp is not None:
+            top = {}
+            for tid, value in lp.top:
+                top.setdefault(self.piece(tid), value)  # two ids may print alike: keep the likelier
+        return {
+            "tokens": [self.piece(token_id)],
+            "token_logprobs": [None if lp is None else lp.logprob],
+            "top_logprobs": [top],
+            "text_offset": [self.offset(token_id)],
+        }
+
+    def chat_entry(self, lp: TokenLogprob) -> dict:
+        """One token of chat's `logprobs.content`."""
+
+        def named(tid: int, value: float) -> dict:
+            raw = self.id_to_bytes(tid)
+            return {"token": token_name(raw), "logprob": value, "bytes": list(raw)}
+
+        return {**named(lp.token_id, lp.logprob), "top_logprobs": [named(t, v) for t, v in lp.top]}
+
+
+def _joined(entries: list[dict]) -> dict:
+    keys = ("tokens", "token_logprobs", "top_logprobs", "text_offset")
+    return {k: [x for e in entries for x in e[k]] for k in keys}
+
+
+def _completion_choice(i: int, c: Completion, req: GenerationRequest, served: ServedModel) -> dict:
+    echo = req.echo[i] if req.echo is not None else None
+    text = (echo.text if echo else "") + c.text
+    logprobs = None
+    if req.logprobs is not None:
+        pieces = TokenText(served)
+        entries = []
+        if echo:
+            prompt = req.prompts[i]
+            scored = c.prompt_logprobs or [None] * len(prompt)
+            echoed = zip(prompt[echo.skip :], scored[echo.skip :])
+            entries += [pieces.completion_entry(t, lp) for t, lp in echoed]
+        entries += [pieces.completion_entry(lp.token_id, lp) for lp in c.logprobs or []]
+        logprobs = _joined(entries)
+    return {"index": i, "text": text, "logprobs": logprobs, "finish_reason": c.finish_reason}
+
+
+def completion_response(
+    rid: str, model: str, req: GenerationRequest, results: list[Completion], served: ServedModel
+) -> dict:
     return {
         "id": rid,
         "object": "text_completion",
         "created": int(time.time()),
         "model": model,
-        "choices": choices,
+        "choices": [_completion_choice(i, c, req, served) for i, c in enumerate(results)],
         "usage": _usage(req.prompt_tokens, results),
     }
 
 
-def chat_response(rid: str, model: str, req: GenerationRequest, results: list[Completion]) -> dict:
+def _chat_logprobs_of(c: Completion, req: GenerationRequest, served: ServedModel) -> dict | None:
+    if req.logprobs is None:
+        return None
+    pieces = TokenText(served)
+    return {"content": [pieces.chat_entry(lp) for lp in c.logprobs or []], "refusal": None}
+
+
+def chat_response(
+    rid: str, model: str, req: GenerationRequest, results: list[Completion], served: ServedModel
+) -> dict:
     choices = [
         {
             "index": i,
             "message": {"role": "assistant", "content": c.text},
-            "logprobs": None,
+            "logprobs": _chat_logprobs_of(c, req, served),
             "finish_reason": c.finish_reason,
         }
         for i, c in enumerate(results)
@@ -412,12 +542,14 @@ def sse(obj: dict) -> bytes:
 
 class StreamChunks:
     """The server-sent events of one streaming response, in OpenAI's chunk formats
-    (`text_completion` chunks; `chat.completion.chunk` with a first `role` delta)."""
+    (`text_completion` chunks; `chat.completion.chunk` with a first `role` delta per choice).
+    With n > 1 (or several prompts) the choices' chunks interleave, each naming its `index`."""
 
-    def __init__(self, rid: str, model: str, req: GenerationRequest) -> None:
+    def __init__(self, rid: str, model: str, req: GenerationRequest, served: ServedModel) -> None:
         self.rid, self.model, self.req = rid, model, req
+        self.pieces = [TokenText(served) for _ in req.prompts]  # per choice: text offsets so far
 
-    def _chunk(self, delta: str | None, finish: str | None) -> dict:
+    def _chunk(self, index: int, delta: str | None, finish: str | None, logprobs: dict | None = None) -> dict:
         if self.req.kind == "completion":
             obj, choice = "text_completion", {"text": delta or ""}
         else:
@@ -432,20 +564,32 @@ class StreamChunks:
             "object": obj,
             "created": int(time.time()),
             "model": self.model,
-            "choices": [{"index": 0, **choice, "logprobs": None, "finish_reason": finish}],
+            "choices": [{"index": index, **choice, "logprobs": logprobs, "finish_reason": finish}],
         }
 
     def start(self) -> bytes:
-        return sse(self._chunk(None, None)) if self.req.kind == "chat" else b""
+        if self.req.kind != "chat":
+            return b""
+        return b"".join(sse(self._chunk(i, None, None)) for i in range(len(self.req.prompts)))
 
-    def delta(self, text: str) -> bytes:
-        return sse(self._chunk(text, None))
+    def delta(self, index: int, text: str, logprob: TokenLogprob | None = None) -> bytes:
+        logprobs = None
+        if logprob is not None:
+            pieces = self.pieces[index]
+            if self.req.kind == "completion":
+                logprobs = pieces.completion_entry(logprob.token_id, logprob)
+            else:
+                logprobs = {"content": [pieces.chat_entry(logprob)], "refusal": None}
+        return sse(self._chunk(index, text, None, logprobs))
 
-    def finish(self, completion: Completion) -> bytes:
-        out = sse(self._chunk("", completion.finish_reason))
+    def finish(self, index: int, completion: Completion) -> bytes:
+        return sse(self._chunk(index, "", completion.finish_reason))
+
+    def done(self, completions: list[Completion]) -> bytes:
+        out = b""
         if self.req.include_usage:
-            last = self._chunk("", None)
-            last["choices"], last["usage"] = [], _usage(self.req.prompt_tokens, [completion])
+            last = self._chunk(0, "", None)
+            last["choices"], last["usage"] = [], _usage(self.req.prompt_tokens, completions)
             out += sse(last)
         return out + SSE_DONE
 

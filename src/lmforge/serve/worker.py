@@ -1,12 +1,15 @@
-"""The generation worker: one thread owns the engine and runs queued jobs, batching what it can.
+"""The generation worker: one thread owns the engine and runs every request through one
+continuous batch (`lmforge.inference.scheduler.Scheduler`).
 
-Generation is compute bound, and one call at a time uses the device best, so a single thread
-takes jobs from a bounded queue. `submit` refuses a job (`Busy`) once `max_queue` jobs are
-waiting or running. Waiting non-streaming jobs with equal sampling settings are batched into one
-`Engine.generate` call (up to `max_batch` prompts) when that cannot change their results: greedy
-ones, or ones without a seed (a seed gives prompt i seed + i, so seeded jobs run alone to stay
-reproducible). A streaming job whose reader went away (`cancelled`) stops at the next token.
-Results go back to the event loop that submitted the job, thread-safely.
+Generation is compute bound and the model is one, so a single thread drives it. Requests are
+queued by `submit` (refused with `Busy` once `max_queue` are waiting or running) and join the
+running batch at its next step: concurrent requests share decode steps, whatever their sampling
+settings, lengths or arrival times, and each gets the tokens it would get alone. `max_batch`
+bounds the running sequences (a request's prompts x n count one each); `max_batch=1` runs them
+one at a time. A request whose reader went away (`cancelled`) leaves the batch at the next step.
+Results go back to the event loop that submitted the request, thread-safely: a future of
+`Completion`s, or for a stream a queue of `StreamDelta`s and `StreamEnd`s closed by the list of
+completions (or an exception).
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from lmforge.inference.engine import Completion, Engine
-from lmforge.inference.sampling import SamplingParams
+from lmforge.inference.sampling import SamplingParams, TokenLogprob
+from lmforge.inference.scheduler import Scheduler, Sequence
 
 log = logging.getLogger("lmforge.server")
 
@@ -31,37 +35,60 @@ class WorkerClosed(Exception):
     """The worker was closed (the server is shutting down) or its thread is gone."""
 
 
+@dataclass
+class StreamDelta:
+    index: int  # the choice
+    text: str
+    logprob: TokenLogprob | None
+
+
+@dataclass
+class StreamEnd:
+    index: int
+    completion: Completion
+
+
 @dataclass(eq=False)
 class Job:
     prompts: list[list[int]]
     params: SamplingParams
     stream: bool
     loop: asyncio.AbstractEventLoop
+    logprobs: int | None = None  # alternatives per token; None: no log-probabilities
+    echo: bool = False  # also the prompt tokens' log-probabilities
     future: asyncio.Future | None = None  # non-streaming: list[Completion]
-    events: asyncio.Queue | None = None  # streaming: str deltas, then a Completion or an Exception
+    # streaming: StreamDelta and StreamEnd items, then the list of Completions (or an Exception)
+    events: asyncio.Queue | None = None
     cancelled: threading.Event = field(default_factory=threading.Event)
+    sequences: list[Sequence] = field(default_factory=list)
 
     @classmethod
-    def on_this_loop(cls, prompts: list[list[int]], params: SamplingParams, stream: bool) -> Job:
+    def on_this_loop(
+        cls, prompts: list[list[int]], params: SamplingParams, stream: bool, logprobs=None, echo=False
+    ) -> Job:
         """A job whose results go to the running event loop."""
         loop = asyncio.get_running_loop()
         if stream:
-            return cls(prompts, params, True, loop, events=asyncio.Queue())
-        return cls(prompts, params, False, loop, future=loop.create_future())
+            return cls(prompts, params, True, loop, logprobs, echo, events=asyncio.Queue())
+        return cls(prompts, params, False, loop, logprobs, echo, future=loop.create_future())
 
-    @property
-    def batchable(self) -> bool:
-        return not self.stream and (self.params.greedy or self.params.seed is None)
+    def send(self, item) -> None:
+        """Hand `item` to the job's event loop (a stream event, or the final result)."""
+        if self.stream:
+            self.loop.call_soon_threadsafe(self.events.put_nowait, item)
+        else:
+            self.loop.call_soon_threadsafe(_resolve, self.future, item)
 
 
 class Worker:
-    """Owns the Engine; runs jobs one batch at a time on a background thread."""
+    """Owns the Engine; a background thread steps one continuous batch of all running jobs."""
 
     def __init__(self, engine: Engine, max_queue: int, max_batch: int) -> None:
         self.engine, self.max_queue, self.max_batch = engine, max_queue, max_batch
+        self.scheduler = Scheduler(engine, max_batch)
         self.pending: deque[Job] = deque()
-        self.running = 0
-        self.stats = {"jobs": 0, "batches": 0}  # batches < jobs when requests were batched
+        self.active: list[Job] = []
+        self.stats = {"jobs": 0, "steps": 0, "peak_batch": 0}
         self.cv = threading.Condition()
         self.closed = False
         self.thread = threading.Thread(target=self._loop, name="lmforge-generate", daemon=True)
@@ -69,13 +96,13 @@ class Worker:
 
     def load(self) -> int:
         with self.cv:
-            return len(self.pending) + self.running
+            return len(self.pending) + len(self.active)
 
     def submit(self, job: Job) -> None:
         with self.cv:
             if self.closed or not self.thread.is_alive():
                 raise WorkerClosed()
-            if len(self.pending) + self.running >= self.max_queue:
+            if len(self.pending) + len(self.active) >= self.max_queue:
                 raise Busy()
             self.pending.append(job)
             self.cv.notify()
@@ -85,69 +112,60 @@ class Worker:
             self.closed = True
             self.cv.notify()
 
-    def _take(self) -> list[Job] | None:
-        with self.cv:
-            while not self.pending and not self.closed:
-                self.cv.wait()
-            if self.closed:
-                return None
-            batch = [self.pending.popleft()]
-            if batch[0].batchable:
-                n = len(batch[0].prompts)
-                for other in list(self.pending):
-                    fits = n + len(other.prompts) <= self.max_batch
-                    if other.batchable and other.params == batch[0].params and fits:
-                        self.pending.remove(other)
-                        batch.append(other)
-                        n += len(other.prompts)
-            self.running = len(batch)
-            self.stats["jobs"] += len(batch)
-            self.stats["batches"] += 1
-            return batch
-
     def _loop(self) -> None:
-        while (batch := self._take()) is not None:
-            try:
-                live = [j for j in batch if not j.cancelled.is_set()]
-                if live and live[0].stream:
-                    self._run_stream(live[0])
-                elif live:
-                    self._run_batch(live)
-            finally:
-                with self.cv:
-                    self.running = 0
-
-    def _run_batch(self, jobs: list[Job]) -> None:
-        prompts = [p for j in jobs for p in j.prompts]
-        try:
-            results: list[Completion] | Exception = self.engine.generate(prompts, jobs[0].params)
-        except Exception as e:  # delivered to each request; the worker keeps going
-            log.exception("generation failed")
-            results = e
-        start = 0
-        for j in jobs:
-            value = results if isinstance(results, Exception) else results[start : start + len(j.prompts)]
-            start += len(j.prompts)
-            j.loop.call_soon_threadsafe(_resolve, j.future, value)
-
-    def _run_stream(self, job: Job) -> None:
-        def put(item) -> None:
-            job.loop.call_soon_threadsafe(job.events.put_nowait, item)
-
-        stream = None
-        try:
-            stream = self.engine.stream(job.prompts[0], job.params)
-            for delta in stream:
-                if job.cancelled.is_set():
+        owner: dict[Sequence, tuple[Job, int]] = {}
+        while True:
+            with self.cv:
+                while not self.pending and self.scheduler.idle and not self.closed:
+                    self.cv.wait()
+                if self.closed:
                     return
-                put(delta)
-            put(stream.completion)
-        except Exception as e:
-            log.exception("generation failed")
-            put(e)
-        finally:
-            if stream is not None:
-                stream.close()
+                arrived = list(self.pending)
+                self.pending.clear()
+                self.active.extend(arrived)
+            for job in arrived:
+                job.sequences = self.scheduler.add(job.prompts, job.params, job.logprobs, job.echo)
+                owner.update((s, (job, i)) for i, s in enumerate(job.sequences))
+                self.stats["jobs"] += 1
+            for job in [j for j in self.active if j.cancelled.is_set()]:
+                for s in job.sequences:
+                    self.scheduler.cancel(s)
+                self._retire(job, owner)
+            try:
+                events = self.scheduler.step()
+            except Exception as e:  # delivered to every running job; the worker keeps going
+                log.exception("generation failed")
+                self.scheduler.reset()
+                for job in list(self.active):
+                    job.send(e)
+                    self._retire(job, owner)
+                continue
+            self.stats["steps"] += 1
+            self.stats["peak_batch"] = max(self.stats["peak_batch"], len(self.scheduler.running))
+            self._deliver(events, owner)
+
+    def _deliver(self, events, owner: dict) -> None:
+        ended = []
+        for seq, text, logprob in events:
+            if seq not in owner:  # its job was cancelled or failed meanwhile
+                continue
+            job, index = owner[seq]
+            if job.stream and (text or logprob is not None):
+                job.send(StreamDelta(index, text, logprob))
+            if seq.finished:
+                if job.stream:
+                    job.send(StreamEnd(index, seq.completion()))
+                if job not in ended and all(s.finished for s in job.sequences):
+                    ended.append(job)
+        for job in ended:  # after the step's events: several of a job's choices may end in one step
+            job.send([s.completion() for s in job.sequences])
+            self._retire(job, owner)
+
+    def _retire(self, job: Job, owner: dict) -> None:
+        for s in job.sequences:
+            owner.pop(s, None)
+        with self.cv:
+            self.active.remove(job)
 
 
 def _resolve(future: asyncio.Future, value) -> None:
