@@ -170,3 +170,28 @@ def test_normalize():
     assert normalize_text("Cafe\u0301\x00 ok\r\n\r\n\r\n\r\nnext   word  \n", cfg) == "Café ok\n\nnext word\n"
     assert normalize_text("  indented\tcode", cfg) == "indented\tcode\n"
     assert normalize_text(" \x01 \n", cfg) == ""
+
+
+def test_gopher_word_split_whitespace_counts_as_the_paper_does():
+    from lmforge.data.embedded import embedded_documents
+
+    datatrove = GopherQuality(GopherQualityConfig())
+    paper = GopherQuality(GopherQualityConfig(word_split="whitespace"))
+    verse = ("Alas, poor Yorick! I knew him, Horatio: a fellow of infinite jest, of most excellent fancy;\n"
+             "he hath borne me on his back a thousand times; and now, how abhorred in my imagination it is!\n") * 3
+    # 105 words and 27 punctuation tokens: datatrove's alpha-word ratio is 105 / 132 = 0.795
+    assert datatrove.check(Document("v", verse)) == "alpha_words"
+    assert paper.check(Document("v", verse)) is None
+    plays = [text for _, text in embedded_documents("shakespeare")]
+    assert sum(datatrove.check(Document("p", t)) == "alpha_words" for t in plays) >= 20  # 29 of 38
+    assert all(paper.check(Document("p", t)) is None for t in plays)
+    # a whitespace word with no letter or digit is a symbol word; stop words match without punctuation
+    assert paper.check(Document("s", "the, and. " + "word " * 60)) is None
+    assert paper.check(Document("s", "word " * 60 + "thee")) == "stop_words"
+    assert paper.check(Document("s", "short text")) == "short_doc"
+    with pytest.raises(LmforgeError, match="word_split"):
+        GopherQuality(GopherQualityConfig(word_split="spacy"))
+    # on prose the two keep the same number of documents (by different rules)
+    corpus = make_corpus()
+    kept = [sum(f.check(Document("x", t)) is None for t in corpus) for f in (datatrove, paper)]
+    assert kept[0] == kept[1] == 155

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import sys
 
 import pytest
 
@@ -232,5 +233,103 @@ def test_hf_dataset_from_a_local_folder(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     (tmp_path / "ds").mkdir()
     (tmp_path / "ds" / "train.jsonl").write_text('{"body": "first"}\n{"body": "second"}\n{"body": 3}\n')
-    docs, rejects = collect([f"hf:{tmp_path / 'ds'}:train"], text_field="body")
+    docs, rejects = collect([f"hf:{tmp_path / 'ds'}::train"], text_field="body")
     assert [d.text for d in docs] == ["first", "second"] and len(rejects) == 1
+
+
+def test_hf_spec_parsing():
+    from lmforge.data.readers import parse_hf_spec
+
+    assert parse_hf_spec("hf:org/name") == ("org/name", None, "train")
+    assert parse_hf_spec("hf:HuggingFaceFW/fineweb-edu:sample-10BT") == ("HuggingFaceFW/fineweb-edu", "sample-10BT",
+                                                                         "train")
+    assert parse_hf_spec("hf:org/name:cfg:test") == ("org/name", "cfg", "test")
+    assert parse_hf_spec("hf:org/name::validation") == ("org/name", None, "validation")
+    with pytest.raises(LmforgeError, match="expected hf:NAME"):
+        parse_hf_spec("hf:a:b:c:d")
+
+
+def _hub_snapshot(home, repo_id: str) -> None:
+    """A dataset in the hub cache's layout (datasets--ORG--NAME/snapshots/REV + refs/main), with two
+    parquet configs declared in its README, as `huggingface-cli download` leaves it."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    repo = home / "hub" / f"datasets--{repo_id.replace('/', '--')}"
+    rev = "0123456789abcdef0123456789abcdef01234567"
+    snap = repo / "snapshots" / rev
+    for config, texts in (("default", ["other"]), ("sample-10BT", [f"edu doc {i}" for i in range(2500)])):
+        (snap / config).mkdir(parents=True)
+        half = len(texts) // 2 or 1
+        for k, part in enumerate((texts[:half], texts[half:])):
+            if part:
+                table = pa.table({"text": part, "url": [f"http://x/{config}/{k}/{i}" for i in range(len(part))]})
+                pq.write_table(table, snap / config / f"train-{k:05d}-of-00002.parquet")
+    configs = "".join(f"- config_name: {c}\n  data_files:\n  - split: train\n    path: {c}/*.parquet\n"
+                      for c in ("default", "sample-10BT"))
+    (snap / "README.md").write_text(f"---\nconfigs:\n{configs}---\n# a test dataset\n")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(rev)
+
+
+def test_hf_dataset_streams_offline_from_the_hub_cache(tmp_path, monkeypatch):
+    pytest.importorskip("datasets")
+    import socket
+
+    home = tmp_path / "hf"
+    _hub_snapshot(home, "acme/webtext")
+    import datasets.config
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HOME", str(home))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    # both libraries read the environment once, when imported (maybe by an earlier test)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(home / "hub"))
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", home / "datasets")
+
+    def no_network(*args, **kwargs):
+        raise OSError("network disabled in this test")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    docs, rejects = collect(["hf:acme/webtext:sample-10BT"])
+    assert [d.text for d in docs] == [f"edu doc {i}" for i in range(2500)] and not rejects
+    assert docs[0].metadata["url"] == "http://x/sample-10BT/0/0" and docs[0].id == "hf:acme/webtext:sample-10BT#1"
+    assert [d.text for d in collect(["hf:acme/webtext"])[0]] == ["other"]
+    # streamed: nothing was converted to Arrow in the datasets cache
+    assert not list((home / "datasets").rglob("*.arrow"))
+    with pytest.raises(LmforgeError, match="no snapshot of it in the local hub cache"):
+        collect(["hf:acme/absent"])
+    with pytest.raises(LmforgeError, match="cannot open the dataset"):
+        collect(["hf:acme/webtext:no-such-config"])
+    # the tokenizer's inputs go through the same readers
+    from lmforge.tokenizer import Tokenizer
+
+    tok = Tokenizer.train((d.text for d in read_text_documents(["hf:acme/webtext:sample-10BT"])), 300)
+    assert tok.decode(tok.encode("edu doc 7")) == "edu doc 7"
+
+
+def test_resiliparse_backend_extracts_the_main_text(tmp_path):
+    pytest.importorskip("resiliparse")
+    from lmforge.data.extract import ExtractStep
+
+    for isolation in ("signal", "process"):
+        step = ExtractStep(ExtractConfig(backend="resiliparse", isolation=isolation))
+        doc = step(Document("a", ARTICLE, metadata={"html": True}))
+        step.close()
+        assert "civilisations of the ancient world" in doc.text
+        assert "All rights reserved" not in doc.text and "Contact" not in doc.text
+        assert doc.text.count("\n\n") >= 2  # paragraphs stay paragraphs
+    with pytest.raises(LmforgeError, match="backend must be one of"):
+        ExtractStep(ExtractConfig(backend="lynx"))
+
+
+def test_resiliparse_missing_names_the_extra(monkeypatch):
+    from lmforge.data.extract import ExtractStep
+
+    monkeypatch.setitem(sys.modules, "resiliparse.extract.html2text", None)
+    with pytest.raises(LmforgeError, match=r"lmforge\[resiliparse\]"):
+        ExtractStep(ExtractConfig(backend="resiliparse"))

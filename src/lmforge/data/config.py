@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from lmforge.data.classifiers import ClassifierConfig, WordListConfig
 from lmforge.data.dedup import ExactDedupConfig
+from lmforge.data.executors import RayConfig
 from lmforge.data.extract import ExtractConfig
 from lmforge.data.filters import C4Config, FineWebConfig, GopherQualityConfig, GopherRepetitionConfig
 from lmforge.data.langid import LanguageConfig
@@ -19,6 +20,7 @@ from lmforge.data.minhash import MinHashConfig
 from lmforge.data.normalize import NormalizeConfig
 from lmforge.data.pii import PIIConfig
 from lmforge.data.registry import ALL_STEPS, DEDUP_STEPS
+from lmforge.data.toxicity import ToxicityConfig
 
 
 @dataclass
@@ -42,8 +44,13 @@ class DataConfig:
     fineweb: FineWebConfig = field(default_factory=FineWebConfig)
     wordlist: WordListConfig = field(default_factory=WordListConfig)
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+    toxicity: ToxicityConfig = field(default_factory=ToxicityConfig)
     pii: PIIConfig = field(default_factory=PIIConfig)
     exact_dedup: ExactDedupConfig = field(default_factory=ExactDedupConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    # an uncompressed JSONL file over this many bytes is read as byte ranges of about this size, one task
+    # each (0: one task per file)
+    task_bytes: int = 1 << 30
 
     def validate(self) -> None:
         seen_dedup = False
@@ -64,5 +71,9 @@ class DataConfig:
             raise ValueError(f"executor must be 'local' or 'ray', got {self.executor!r}")
         if self.minhash.bands < 1 or self.minhash.rows < 1 or self.minhash.ngram < 1:
             raise ValueError("minhash.ngram, minhash.bands and minhash.rows must be >= 1")
+        if self.minhash.bucket_shards < 1:
+            raise ValueError("minhash.bucket_shards must be >= 1")
+        if self.task_bytes < 0 or self.ray.max_retries < 0 or self.ray.num_cpus <= 0 or self.ray.memory < 0:
+            raise ValueError("task_bytes, ray.max_retries and ray.memory must be >= 0, ray.num_cpus > 0")
         if "classifier" in self.steps and not self.classifier.path:
             raise ValueError("step 'classifier' needs classifier.path (train one with `lmforge data train-classifier`)")

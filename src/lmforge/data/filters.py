@@ -46,7 +46,14 @@ class GopherQualityConfig:
     min_alpha_words_ratio: float = 0.8
     min_stop_words: int = 2
     stop_words: list[str] = field(default_factory=lambda: ["the", "be", "to", "of", "and", "that", "have", "with"])
+    # datatrove: punctuation runs are words of their own ("symbol words"), left out of the counts
+    # and lengths but in the alpha-word ratio's denominator, as datatrove has it; whitespace: the
+    # words are what whitespace separates, punctuation attached, as the Gopher paper counts them
+    word_split: str = "datatrove"
     disable: list[str] = field(default_factory=list)
+
+
+WORD_SPLITS = ("datatrove", "whitespace")
 
 
 @dataclass
@@ -97,9 +104,9 @@ class TextView:
 
     __slots__ = ("text", "words", "_ids", "vocab", "word_len", "is_symbol", "has_alpha")
 
-    def __init__(self, text: str):
+    def __init__(self, text: str, words: list[str] | None = None):
         self.text = text
-        self.words = split_words(text)
+        self.words = split_words(text) if words is None else words
         self._ids: np.ndarray | None = None
 
     @property
@@ -114,7 +121,8 @@ class TextView:
             n = len(distinct)
             self.word_len = np.fromiter(map(len, distinct), dtype=np.int64, count=n)
             # WORD_RE makes homogeneous tokens: a letters/digits run, or a run with none of them
-            self.is_symbol = np.fromiter((not w[0].isalnum() for w in distinct), dtype=bool, count=n)
+            # (a whitespace word is a symbol word only when it holds no letter or digit)
+            self.is_symbol = np.fromiter((not any(map(str.isalnum, w)) for w in distinct), dtype=bool, count=n)
             self.has_alpha = np.fromiter((any(map(str.isalpha, w)) for w in distinct), dtype=bool, count=n)
         return self._ids
 
@@ -162,15 +170,21 @@ class GopherQuality(FilterStep):
     cfg: GopherQualityConfig
 
     def __init__(self, cfg: GopherQualityConfig):
+        if cfg.word_split not in WORD_SPLITS:
+            from lmforge.errors import LmforgeError
+
+            raise LmforgeError(f"data.gopher_quality.word_split must be one of {', '.join(WORD_SPLITS)}, "
+                               f"got {cfg.word_split!r}")
         super().__init__(cfg, cfg.disable)
         self.stop_words = set(cfg.stop_words)
+        self.whitespace = cfg.word_split == "whitespace"
 
     def check(self, doc: Document) -> str | None:
         c, on, text = self.cfg, self.enabled, doc.text
-        v = view_of(text)
+        v = TextView(text, text.split()) if self.whitespace else view_of(text)
         n_words = len(v.words)
         ids = v.ids
-        sym = v.is_symbol[ids]
+        sym = np.zeros(ids.size, dtype=bool) if self.whitespace else v.is_symbol[ids]
         non_symbol_lens = v.word_len[ids][~sym]
         n_ns = non_symbol_lens.size
         if "short_doc" in on and n_ns < c.min_doc_words:
@@ -199,9 +213,16 @@ class GopherQuality(FilterStep):
                 return "end_ellipsis"
         if "alpha_words" in on and v.has_alpha[v.ids].sum() / n_words < c.min_alpha_words_ratio:
             return "alpha_words"
-        if "stop_words" in on and len(self.stop_words.intersection(v.vocab)) < c.min_stop_words:
+        if "stop_words" in on and len(self.stop_words.intersection(self._bare_words(v))) < c.min_stop_words:
             return "stop_words"
         return None
+
+    def _bare_words(self, v: TextView) -> set[str] | dict[str, int]:
+        """The distinct words, with the punctuation around whitespace words stripped."""
+        return {_EDGE_PUNCTUATION.sub("", w) for w in v.vocab} if self.whitespace else v.vocab
+
+
+_EDGE_PUNCTUATION = re.compile(r"^[\W_]+|[\W_]+$")
 
 
 # ---------------------------------------------------------------------------- Gopher repetition

@@ -1,7 +1,9 @@
 """Read raw sources into Documents: text, JSONL (.gz/.zst), Parquet, WARC, HTML folders, embedded corpora.
 
-A spec is a file, a folder (read recursively, known suffixes only), a glob, ``embedded:shakespeare``
-or ``hf:NAME[:SPLIT]`` (a Hugging Face dataset, when the ``datasets`` package is installed).
+A spec is a file, a folder (read recursively, known suffixes only), a glob, ``embedded:shakespeare``,
+``embedded:shakespeare-crawl`` (the plays as a web crawl with planted junk, `crawl.py`) or
+``hf:NAME[:CONFIG][:SPLIT]`` (a Hugging Face dataset, streamed, when the ``datasets`` package is
+installed; offline it reads the dataset's snapshot in the local hub cache).
 `expand_inputs` turns specs into a sorted list of *units* (one file each); the pipeline makes
 its tasks over units. Readers only parse formats: HTML stays HTML (flagged `HTML_FLAG`) for
 the `extract` step.
@@ -18,15 +20,17 @@ reader yields encodes as standard JSON (`documents.encode_record`).
 from __future__ import annotations
 
 import glob
+import io
 import json
 import math
 import os
 import re
 import zlib
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
 
+from lmforge.data.crawl import CRAWL_NAME, crawl_warc
 from lmforge.data.documents import HTML_FLAG, Document
 from lmforge.data.embedded import EMBEDDED_PREFIX, embedded_documents
 from lmforge.data.rejects import OnReject, Reject, printable_path, raise_reject
@@ -111,6 +115,9 @@ def read_unit(
     reject = on_reject or raise_reject
     if unit.startswith(EMBEDDED_PREFIX):
         name = unit[len(EMBEDDED_PREFIX) :]
+        if name == CRAWL_NAME:  # the demo crawl, generated in memory and read as any WARC is
+            yield from _warc_documents(io.BytesIO(crawl_warc()), unit, reject)
+            return
         for doc_id, text in embedded_documents(name):
             yield Document(id=doc_id, text=text, source=unit)
         return
@@ -316,7 +323,31 @@ def _lone_surrogate(record: dict) -> str:
 
 
 def _read_jsonl(path: str, text_field: str, reject: OnReject, max_bytes: int = 0) -> Iterator[Document]:
-    for lineno, line in _numbered_lines(path, max_bytes, reject):
+    yield from _jsonl_documents(path, _numbered_lines(path, max_bytes, reject), text_field, reject, max_bytes)
+
+
+def read_jsonl_range(path: str, start: int, end: int, first_line: int, text_field: str = "text",
+                     on_reject: OnReject | None = None, max_bytes: int = 0) -> Iterator[Document]:
+    """Documents of the lines in bytes [start, end) of an uncompressed JSONL file, `start` being the
+    beginning of line number `first_line`: the same documents, ids and rejects as reading the whole
+    file gives for those lines."""
+    with open(path, "rb") as f:
+        f.seek(start)
+        left = end - start
+
+        def chunks() -> Iterator[bytes]:
+            nonlocal left
+            while left > 0 and (chunk := f.read(min(left, 1 << 20))):
+                left -= len(chunk)
+                yield chunk
+
+        lines = enumerate(_split_lines(chunks(), max_bytes), first_line)
+        yield from _jsonl_documents(path, lines, text_field, on_reject or raise_reject, max_bytes)
+
+
+def _jsonl_documents(path: str, lines: Iterator[tuple[int, bytes | None]], text_field: str, reject: OnReject,
+                     max_bytes: int) -> Iterator[Document]:
+    for lineno, line in lines:
         pos = f"line {lineno}"
         if line is None:
             reject(Reject(path, pos, f"too_long: line over the {max_bytes}-byte limit (data.max_doc_chars)"))
@@ -396,35 +427,11 @@ def _json_safe(value: Any) -> Any:
 
 
 def _read_warc(path: str, text_field: str, reject: OnReject, max_bytes: int = 0) -> Iterator[Document]:
-    from warcio.archiveiterator import ArchiveIterator
-
-    offset = end = 0
-    try:
-        with open(path, "rb") as f:
-            it = ArchiveIterator(f)
-            for record in it:
-                body = record.content_stream().read()  # before get_record_offset, which consumes the record
-                offset = it.get_record_offset()
-                end = offset + it.get_record_length()
-                if record.rec_type != "response":
-                    continue
-                url = record.rec_headers.get_header("WARC-Target-URI") or ""
-                rec_id = record.rec_headers.get_header("WARC-Record-ID") or f"{path}@{offset}"
-                ctype = record.http_headers.get_header("Content-Type", "") if record.http_headers else ""
-                pos = f"offset {offset}"
-                if "html" not in ctype.lower() and not _looks_like_html(body):
-                    reject(Reject(path, pos, f"response record without HTML (Content-Type {ctype or 'missing'!r})", url))
-                    continue
-                charset = _charset(ctype)
-                yield Document(
-                    id=rec_id,
-                    text=decode_html(body, charset),
-                    source=path,
-                    metadata={HTML_FLAG: True, "url": url, "warc_offset": offset},
-                )
-    except Exception as e:  # warcio raises assorted errors on truncated/corrupt archives
-        reject(Reject(path, f"offset {offset}", f"truncated or corrupt WARC: {type(e).__name__}: {e}"))
+    with open(path, "rb") as f:
+        ends = yield from _warc_documents(f, path, reject)
+    if ends is None:
         return
+    offset, end = ends
     # warcio ends quietly on a cut file: check the gzip members, or that the last plain record
     # is followed by its \r\n\r\n terminator
     if path.endswith(".gz") and not _gzip_complete(path):
@@ -436,6 +443,40 @@ def _read_warc(path: str, text_field: str, reject: OnReject, max_bytes: int = 0)
             tail = f.read(64)
         if len(tail) < 2 or tail.strip():
             reject(Reject(path, f"offset {offset}", "truncated or corrupt WARC: the last record is cut short"))
+
+
+def _warc_documents(stream: Any, source: str, reject: OnReject
+                    ) -> Generator[Document, None, tuple[int, int] | None]:
+    """HTML documents of the `response` records of a WARC stream; returns (offset, end) of the last
+    record, or None when the stream was unreadable (rejected)."""
+    from warcio.archiveiterator import ArchiveIterator
+
+    offset = end = 0
+    try:
+        it = ArchiveIterator(stream)
+        for record in it:
+            body = record.content_stream().read()  # before get_record_offset, which consumes the record
+            offset = it.get_record_offset()
+            end = offset + it.get_record_length()
+            if record.rec_type != "response":
+                continue
+            url = record.rec_headers.get_header("WARC-Target-URI") or ""
+            rec_id = record.rec_headers.get_header("WARC-Record-ID") or f"{source}@{offset}"
+            ctype = record.http_headers.get_header("Content-Type", "") if record.http_headers else ""
+            pos = f"offset {offset}"
+            if "html" not in ctype.lower() and not _looks_like_html(body):
+                reject(Reject(source, pos, f"response record without HTML (Content-Type {ctype or 'missing'!r})", url))
+                continue
+            yield Document(
+                id=rec_id,
+                text=decode_html(body, _charset(ctype)),
+                source=source,
+                metadata={HTML_FLAG: True, "url": url, "warc_offset": offset},
+            )
+    except Exception as e:  # warcio raises assorted errors on truncated/corrupt archives
+        reject(Reject(source, f"offset {offset}", f"truncated or corrupt WARC: {type(e).__name__}: {e}"))
+        return None
+    return offset, end
 
 
 def _gzip_complete(path: str) -> bool:
@@ -467,16 +508,53 @@ def _charset(content_type: str) -> str | None:
     return None
 
 
+def parse_hf_spec(unit: str) -> tuple[str, str | None, str]:
+    """`hf:NAME[:CONFIG][:SPLIT]` -> (name, config or None, split; default train). `hf:NAME::SPLIT`
+    gives a split with the default config."""
+    name, _, rest = unit[len(HF_PREFIX) :].partition(":")
+    config, _, split = rest.partition(":")
+    if not name or ":" in split:
+        raise LmforgeError(f"input {unit!r}: expected hf:NAME[:CONFIG][:SPLIT]")
+    return name, config or None, split or "train"
+
+
+def _hf_source(name: str) -> str:
+    """What `datasets.load_dataset` should open: a local folder as it is; offline (HF_HUB_OFFLINE), the
+    dataset's snapshot in the local hub cache; otherwise the hub name, streamed from the hub."""
+    if os.path.isdir(name):
+        return name
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    if not constants.HF_HUB_OFFLINE:
+        return name
+    try:
+        return snapshot_download(name, repo_type="dataset", local_files_only=True)
+    except LocalEntryNotFoundError:
+        raise LmforgeError(f"input hf:{name}: offline (HF_HUB_OFFLINE) and no snapshot of it in the local hub "
+                           f"cache {constants.HF_HUB_CACHE}") from None
+
+
 def _read_hf(unit: str, text_field: str, reject: OnReject) -> Iterator[Document]:
+    """Rows of a Hugging Face dataset, streamed (`streaming=True`: shards are read as they are
+    iterated, never materialised or converted to Arrow on disk)."""
     try:
         import datasets  # type: ignore[import-not-found]
     except ImportError:
-        raise LmforgeError(f"input {unit}: Hugging Face datasets need the `datasets` package (pip install datasets)") from None
-    name, _, split = unit[len(HF_PREFIX) :].partition(":")
-    ds = datasets.load_dataset(name, split=split or "train")
-    for i, record in enumerate(ds):
-        text = record.get(text_field)
-        if not isinstance(text, str):
-            reject(Reject(unit, f"row {i + 1}", f"field {text_field!r} is not a string"))
-            continue
-        yield _jsonl_document(_json_safe(dict(record)), text_field, text, unit, i + 1)
+        raise LmforgeError(f"input {unit}: Hugging Face datasets need the `datasets` package "
+                           "(pip install 'lmforge[hf]')") from None
+    name, config, split = parse_hf_spec(unit)
+    try:
+        ds = datasets.load_dataset(_hf_source(name), config, split=split, streaming=True)
+    except (OSError, ValueError) as e:  # not found, no connection, an unknown config or split
+        raise LmforgeError(f"input {unit}: cannot open the dataset: {type(e).__name__}: {e}") from None
+    row = 0
+    try:
+        for row, record in enumerate(ds, 1):  # noqa: B007
+            text = record.get(text_field)
+            if not isinstance(text, str):
+                reject(Reject(unit, f"row {row}", f"field {text_field!r} is not a string"))
+                continue
+            yield _jsonl_document(_json_safe(dict(record)), text_field, text, unit, row)
+    except Exception as e:  # a damaged shard surfaces mid-stream as whatever its reader raises
+        reject(Reject(unit, f"row {row + 1}", f"unreadable dataset shard: {type(e).__name__}: {e}"))
