@@ -120,7 +120,7 @@ def test_loader_is_deterministic_resumable_and_rank_disjoint():
     a = PretrainLoader(toks, 4, 16, seed=3)
     first = [a.next() for _ in range(5)]
     b = PretrainLoader(toks, 4, 16, seed=3)
-    b.load_state_dict(PretrainLoader(toks, 4, 16, seed=3).state_dict() | {"counter": 3})
+    b.load_state_dict(PretrainLoader(toks, 4, 16, seed=3).state_dict() | {"position": 3 * 4})
     assert torch.equal(b.next()["input_ids"], first[3]["input_ids"])
     x = first[0]
     assert torch.equal(x["input_ids"][:, 1:], x["labels"][:, :-1])
@@ -267,10 +267,11 @@ def test_compiled_training_matches_eager(tmp_path):
 def test_wandb_missing_is_a_clear_message_not_a_crash(tmp_path, monkeypatch, capsys):
     import sys
 
+    from lmforge.train.config import WandbConfig
     from lmforge.train.metrics import MetricsLogger
 
     monkeypatch.setitem(sys.modules, "wandb", None)  # import wandb -> ImportError
-    logger = MetricsLogger(tmp_path, wandb=True)
+    logger = MetricsLogger(tmp_path, wandb=WandbConfig(mode="offline"))
     logger.log({"step": 1, "loss": 2.0})
     logger.close()
     assert "wandb is not installed" in capsys.readouterr().out

@@ -25,9 +25,10 @@ from lmforge.train.config import TrainConfig
 class Recipe:
     """A whole run: every stage's settings. Sections default to sensible values."""
 
-    name: str = "run"
-    seed: int = 1337
+    name: str = "run"  # the run's name; the run directory is runs/<name>
+    seed: int = 1337  # every random choice of every stage derives from it
     run_dir: str = ""  # default: runs/<name>
+    # the stages `lmforge run` runs, in order
     stages: list[str] = field(default_factory=lambda: ["data", "tokenizer", "tokenize", "pretrain"])
     data: DataConfig = field(default_factory=DataConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)

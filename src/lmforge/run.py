@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from lmforge.config import config_hash, dump_yaml, to_dict
+from lmforge.config import config_hash, dump_yaml, settings_dict
 from lmforge.errors import LmforgeError
 from lmforge.fileio import atomic_write_json, atomic_write_text, read_json
 from lmforge.recipe import Recipe
@@ -99,8 +99,9 @@ def marker_path(run_dir: Path, stage: str) -> Path:
 
 
 def stage_hash(recipe: Recipe, stage: Stage, previous: str) -> str:
+    """The stage's sections without their logging-only keys (switching TensorBoard on re-runs nothing)."""
     payload = {"stage": stage.name, "seed": recipe.seed, "previous": previous}
-    payload.update({s: to_dict(getattr(recipe, s)) for s in stage.sections})
+    payload.update({s: settings_dict(getattr(recipe, s)) for s in stage.sections})
     return config_hash(payload)
 
 
@@ -185,7 +186,10 @@ def run_recipe(recipe: Recipe, only: list[str] | None = None, force: bool = Fals
         if rank != 0:  # the next stage may read what rank 0 publishes last
             wait_for_stage(run_dir, stage.name, h, this_launch=True)
         timings[stage.name] = time.time() - t0
-        print(f"[lmforge] {stage.name}: done in {timings[stage.name]:.1f}s", flush=True)
+        if rank == 0:
+            from lmforge.report.sentence import stage_done_line
+
+            print(stage_done_line(stage.name, timings[stage.name], run_dir / stage.name), flush=True)
     if "report" not in selected and timings and rank == 0:  # a run that did something ends with a report
         from lmforge.report import refresh_report
 

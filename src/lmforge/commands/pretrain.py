@@ -4,7 +4,7 @@ Runs the stages before it first when they are not done yet (data, tokenizer, tok
 trains until train.max_steps or train.max_minutes, whichever comes first, and always saves a
 final checkpoint to RUN_DIR/pretrain/checkpoints/step_NNNNNN. Prints the validation bits per
 byte and a few samples at the end; metrics go to RUN_DIR/pretrain/metrics.jsonl (and TensorBoard
-/ W&B offline with --train.tensorboard true / --train.wandb true).
+/ W&B with --train.tensorboard true / --train.wandb.mode offline).
 
 Resuming: by default (train.resume auto) a run continues exactly from the latest checkpoint in
 RUN_DIR/pretrain when it was made with the same settings (a killed run picks up where it
@@ -30,7 +30,9 @@ ACCEPTS_OVERRIDES = True
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     group = p.add_mutually_exclusive_group()
-    group.add_argument("--resume", action="store_true", help="continue from the latest checkpoint (error if none)")
+    group.add_argument(
+        "--resume", action="store_true", help="continue from the latest checkpoint (error if none)"
+    )
     group.add_argument("--fresh", action="store_true", help="ignore existing checkpoints and start over")
     add_recipe_argument(p, ["name", "seed", "run_dir", "model", "train", "parallel"])
 
@@ -47,10 +49,7 @@ def main(args: argparse.Namespace, overrides: list[str]) -> int:
     recipe = load_recipe(args.recipe, overrides)
     stages = list(recipe.stages)
     before = stages[: stages.index("pretrain")] if "pretrain" in stages else []
-    if before:  # under torchrun rank 0 prepares data and tokenizer while the others wait
-        from lmforge.distributed import main_process_first
-
-        with main_process_first(recipe.train.device):
-            run_recipe(recipe, only=before)
+    if before:  # under torchrun rank 0 prepares them; the others poll for its markers (no timeout)
+        run_recipe(recipe, only=before)
     run_recipe(recipe, only=["pretrain"], force=args.resume or args.fresh)
     return 0

@@ -10,6 +10,7 @@ run lacks are left out. `lmforge run` rewrites it at the end of every run.
 
 examples:
   lmforge report runs/shakespeare
+  lmforge report runs/shakespeare --tensorboard && tensorboard --logdir runs/shakespeare/tensorboard
   scripts/render_report.sh runs/shakespeare/report.html report.png   (headless Chromium screenshot)
 """
 
@@ -20,6 +21,12 @@ import argparse
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", help="the run directory (e.g. runs/shakespeare)")
+    p.add_argument(
+        "--tensorboard",
+        action="store_true",
+        help="also convert every stage's metrics.jsonl to RUN_DIR/tensorboard/<stage>/ "
+        "(tensorboard --logdir RUN_DIR/tensorboard)",
+    )
 
 
 def main(args: argparse.Namespace, overrides: list[str]) -> int:
@@ -33,4 +40,9 @@ def main(args: argparse.Namespace, overrides: list[str]) -> int:
         raise LmforgeError(f"{run_dir}: no such run directory")
     html_path, md_path = write_report(run_dir)
     print(f"wrote {html_path} and {md_path}")
+    if args.tensorboard:
+        from lmforge.report.tensorboard import convert_run
+
+        for folder in convert_run(run_dir):
+            print(f"wrote {folder}")
     return 0

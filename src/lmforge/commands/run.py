@@ -8,13 +8,14 @@ examples:
   lmforge run recipes/shakespeare.yaml
   lmforge run shakespeare --stages pretrain --train.max_steps 500
   lmforge run shakespeare --force --model.n_layer 4
+  lmforge run shakespeare --help      (every recipe key with this recipe's value and what it does)
 """
 
 from __future__ import annotations
 
 import argparse
 
-from lmforge.commands._common import add_recipe_argument
+from lmforge.commands._common import add_recipe_argument, all_sections
 
 ACCEPTS_OVERRIDES = True
 
@@ -24,7 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--stages", default="", help="comma-separated stages to run (default: the recipe's `stages`)"
     )
     p.add_argument("--force", action="store_true", help="re-run the selected stages even if finished")
-    add_recipe_argument(p, ["name", "seed", "run_dir", "stages"])
+    add_recipe_argument(p, all_sections())
 
 
 def main(args: argparse.Namespace, overrides: list[str]) -> int:

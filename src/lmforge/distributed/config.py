@@ -20,7 +20,7 @@ class ParallelConfig:
         default=1, metadata={"help": "tensor + sequence parallel (divides n_head, n_kv_head, d_ff)"}
     )
     pp: int = field(default=1, metadata={"help": "pipeline stages (needs model.tie_embeddings false)"})
-    pp_schedule: Literal["1f1b", "gpipe"] = "1f1b"
+    pp_schedule: Literal["1f1b", "gpipe"] = "1f1b"  # pipeline schedule: 1F1B or GPipe
     pp_microbatches: int = field(
         default=4, metadata={"help": "pipeline microbatches (divide train.micro_batch)"}
     )

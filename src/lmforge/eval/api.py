@@ -16,7 +16,7 @@ from lmforge.eval.runner import evaluate_task
 from lmforge.eval.tasks import load_task
 from lmforge.fileio import read_json
 
-TABLE_METRICS = ("acc", "acc_norm", "exact_match", "bits_per_byte", "word_perplexity")
+TABLE_METRICS = ("format", "acc", "acc_norm", "exact_match", "bits_per_byte", "word_perplexity")
 
 
 def run_config(ckpt: Path) -> dict:
@@ -83,7 +83,9 @@ def evaluate_checkpoint(
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "tasks": {},
     }
-    for spec in tasks:
+    from tqdm.auto import tqdm
+
+    for spec in tqdm(tasks, desc=f"eval {ckpt.name}", unit="task", disable=not progress):
         if spec == "val_bpb":
             tokens = next(
                 (d / "tokens" for d in ckpt.parents if (d / "tokens" / "meta.json").is_file()), None

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 
 def _default_tasks() -> list[str]:
-    return ["val_bpb", "plays", "plays_chat", "plays_pref"]
+    return ["val_bpb", "plays", "plays_chat", "plays_pref", "plays_answer"]
 
 
 def _default_prompts() -> list[str]:
@@ -17,8 +17,8 @@ def _default_prompts() -> list[str]:
 class EvalConfig:
     """What the eval stage measures on the latest checkpoint of every trained stage.
 
-    Task specs (lmforge.eval.tasks): built-ins plays, plays_chat, plays_pref, val_bpb (the run's
-    val token shard) or KIND:PATH with KIND mmlu|hellaswag|arc|mc|gen|bpb.
+    Task specs (lmforge.eval.tasks): built-ins plays, plays_chat, plays_pref, plays_answer, val_bpb
+    (the run's val token shard) or KIND:PATH with KIND mmlu|hellaswag|arc|mc|gen|bpb.
     """
 
     tasks: list[str] = field(
@@ -29,8 +29,8 @@ class EvalConfig:
     fewshot_seed: int = field(
         default=1234, metadata={"help": "few-shot draws: Random(fewshot_seed + item index)"}
     )
-    batch_size: int = 16
-    max_gen_toks: int = 32
+    batch_size: int = 16  # sequences scored per forward pass
+    max_gen_toks: int = 32  # longest generation of a generation task, in tokens
     bpb_max_tokens: int = field(
         default=65536, metadata={"help": "cap on val-shard tokens scored for bits per byte"}
     )
@@ -40,5 +40,5 @@ class EvalConfig:
     sample_prompts: list[str] = field(
         default_factory=_default_prompts, metadata={"help": "prompts for sample generations"}
     )
-    sample_tokens: int = 64
-    sample_temperature: float = 0.8
+    sample_tokens: int = 64  # tokens per sample generation in samples.json
+    sample_temperature: float = 0.8  # sampling temperature of the samples

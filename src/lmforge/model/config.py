@@ -43,26 +43,28 @@ class ModelConfig:
     `zero_init_proj` starts every residual output projection (attention out, MLP down) at zero.
     """
 
+    # llama (RMSNorm, RoPE, SwiGLU) or gpt2 (LayerNorm, learned positions, GELU)
     arch: Literal["llama", "gpt2"] = "llama"
-    preset: str = ""
-    depth: int = 0
-    vocab_size: int = 0
-    n_layer: int = 6
-    d_model: int = 256
-    n_head: int = 8
-    n_kv_head: int = 0
-    d_ff: int = 0
-    max_seq_len: int = 256
-    rope_theta: float = 10000.0
-    norm_eps: float = 1e-5
-    tie_embeddings: bool = True
-    dropout: float = 0.0
-    init_std: float = 0.02
-    qk_norm: bool = False
+    preset: str = ""  # a size from the preset table (lmforge plan --help); sets the shape fields
+    depth: int = 0  # nanochat's dial: d_model = 64 x depth, n_layer = depth (0: off)
+    vocab_size: int = 0  # 0: the tokenizer's
+    n_layer: int = 6  # transformer blocks
+    d_model: int = 256  # hidden size
+    n_head: int = 8  # attention heads (query heads)
+    n_kv_head: int = 0  # key/value heads for grouped-query attention (0: n_head)
+    d_ff: int = 0  # MLP width (0: SwiGLU 8/3 x d_model rounded to 64, GELU / ReLU² 4 x d_model)
+    max_seq_len: int = 256  # longest context, in tokens
+    rope_theta: float = 10000.0  # RoPE base frequency
+    norm_eps: float = 1e-5  # epsilon of RMSNorm / LayerNorm
+    tie_embeddings: bool = True  # the LM head shares the token embedding's weights
+    dropout: float = 0.0  # dropout probability on attention and residual outputs
+    init_std: float = 0.02  # std of the normal weight initialisation
+    qk_norm: bool = False  # RMS-normalise queries and keys per head before RoPE
+    # "": the arch's own (swiglu for llama, gelu for gpt2); relu2: proj(relu(fc(x))²)
     mlp: Literal["", "swiglu", "relu2", "gelu"] = ""
-    logit_softcap: float = 0.0
-    zero_init_proj: bool = False
-    extra: dict = field(default_factory=dict)
+    logit_softcap: float = 0.0  # > 0: logits become cap x tanh(logits / cap)
+    zero_init_proj: bool = False  # start every residual output projection at zero
+    extra: dict = field(default_factory=dict)  # free-form keys carried into the checkpoint's config.json
 
     def __post_init__(self) -> None:
         if self.preset:

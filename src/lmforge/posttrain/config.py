@@ -41,7 +41,8 @@ class PreferenceTrainConfig(PostTrainConfig):
 
 @dataclass
 class RLTrainConfig(PostTrainConfig):
-    """GRPO: one rollout batch (prompts_per_step x num_generations rows) per step."""
+    """GRPO: one rollout batch (prompts_per_step x num_generations rows) per micro-batch; with
+    these defaults one micro-batch, so one rollout, per step (on each data-parallel rank)."""
 
     max_steps: int = 50
     lr: float = 2e-5
@@ -54,18 +55,32 @@ class SFTConfig:
     data: list[str] = field(default_factory=list)  # messages / Alpaca JSONL; empty: the demo task builder
     packing: bool = True  # several short conversations per row (no attention across them)
     max_len: int = 0  # longest conversation kept in tokens (0: train.seq_len); longer ones are truncated
+    # fraction of each micro-batch's rows that are pretraining windows from RUN_DIR/tokens (0: none);
+    # keeps the base model's language (lmforge.posttrain.mixing)
+    mix_pretrain: float = 0.0
     demo: DemoConfig = field(default_factory=DemoConfig)
     train: PostTrainConfig = field(default_factory=PostTrainConfig)
+
+    def validate(self) -> None:
+        if not 0.0 <= self.mix_pretrain <= 0.5:
+            raise ValueError("mix_pretrain must be in [0, 0.5]")
 
 
 @dataclass
 class DPOConfig:
     data: list[str] = field(default_factory=list)  # preference JSONL; empty: the demo pairs
-    beta: float = 0.1
-    loss: Literal["sigmoid", "ipo"] = "sigmoid"
+    beta: float = 0.1  # DPO's temperature: how far the policy may move from the reference
+    loss: Literal["sigmoid", "ipo"] = "sigmoid"  # sigmoid (DPO) or ipo
     label_smoothing: float = 0.0  # robust DPO (cDPO) epsilon, sigmoid loss only
-    precompute_ref: bool = False  # true: reference log-probs computed once up front (no second model)
-    rpo_alpha: float = 0.0  # weight of the chosen completions' per-token NLL added to the loss (RPO; 0: plain DPO)
+    # true (the default): the reference log-probs are computed once up front, so no second model is
+    # held in memory during training; false: a frozen copy of the starting policy scores every batch
+    precompute_ref: bool = True
+    # weight of the chosen completions' per-token NLL added to the loss (RPO; 0: plain DPO)
+    rpo_alpha: float = 0.0
+    # weight of a pretraining-NLL term: the mean per-token NLL of mix_pretrain_rows windows from
+    # RUN_DIR/tokens per micro-batch, added per pair (0: none; lmforge.posttrain.mixing)
+    mix_pretrain: float = 0.0
+    mix_pretrain_rows: int = 2  # pretraining windows per micro-batch when mix_pretrain > 0
     train: PreferenceTrainConfig = field(default_factory=PreferenceTrainConfig)
 
     def validate(self) -> None:
@@ -73,6 +88,8 @@ class DPOConfig:
             raise ValueError("beta must be positive")
         if self.rpo_alpha < 0:
             raise ValueError("rpo_alpha must be >= 0")
+        if self.mix_pretrain < 0 or self.mix_pretrain_rows < 1:
+            raise ValueError("mix_pretrain must be >= 0 and mix_pretrain_rows >= 1")
         if not 0.0 <= self.label_smoothing < 0.5:
             raise ValueError("label_smoothing must be in [0, 0.5)")
 
@@ -90,14 +107,17 @@ class RLConfig:
     reward_model: str = ""  # reward model checkpoint (reward: model); empty: RUN_DIR/reward
     data: list[str] = field(default_factory=list)  # prompt JSONL; empty: the demo questions
     num_generations: int = 8  # completions per prompt (the group)
-    prompts_per_step: int = 4
-    max_new_tokens: int = 16
-    temperature: float = 1.0
-    top_p: float = 1.0
+    # prompts per rollout batch
+    prompts_per_step: int = 4  # prompts per rollout (one micro-batch) on each data-parallel rank
+    max_new_tokens: int = 16  # longest completion, in tokens
+    temperature: float = 1.0  # sampling temperature of the rollouts
+    top_p: float = 1.0  # nucleus sampling of the rollouts (1: off)
     epsilon: float = 0.2  # PPO clip range
     beta: float = 0.0  # KL (k3) weight to the reference; 0: no reference model
+    # group: advantages divided by the group's reward std; none: not scaled
     scale_rewards: Literal["group", "none"] = "group"
-    num_iterations: int = 1  # optimizer steps per rollout batch (TRL's num_iterations; 1: ratio is 1 in value)
+    # optimizer steps per rollout batch (TRL's num_iterations; 1: the ratio is 1 in value)
+    num_iterations: int = 1
     train: RLTrainConfig = field(default_factory=RLTrainConfig)
 
     def validate(self) -> None:

@@ -8,8 +8,9 @@ from typing import Literal
 
 @dataclass
 class TokenizerConfig:
-    vocab_size: int = 8192
+    vocab_size: int = 8192  # 256 bytes + merges + special tokens
     pattern: str = "gpt4"  # a name (gpt4, gpt2, cl100k, nanochat) or a literal regex
+    # added after the merges, in this order
     special_tokens: list[str] = field(
         default_factory=lambda: ["<|bos|>", "<|eos|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
     )

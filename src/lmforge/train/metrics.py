@@ -1,4 +1,4 @@
-"""Training metrics: MFU, memory, and the sinks (metrics.jsonl, TensorBoard, W&B offline).
+"""Training metrics: MFU, memory, and the sinks (metrics.jsonl, TensorBoard, W&B).
 
 MFU = flops_per_token · tokens/s / peak (torchtitan's definition: 6·N + the attention term,
 no causal discount). The peak is the device's dense bf16 peak from PEAK_FLOPS (matched on the
@@ -9,7 +9,6 @@ fp32 matmul throughput of a 1024² GEMM (`measure_cpu_peak`); `train.peak_flops`
 from __future__ import annotations
 
 import json
-import os
 import resource
 import sys
 import time
@@ -80,47 +79,123 @@ def memory_gb(device: torch.device) -> float:
     return rss / (2**30 if sys.platform == "darwin" else 2**20)
 
 
-class MetricsLogger:
-    """metrics.jsonl (one JSON object per line) plus optional TensorBoard and W&B (offline) sinks."""
+def tensorboard_tag(key: str) -> str:
+    """`val_loss` -> `val/loss`, `loss` -> `train/loss`: one prefix, never doubled."""
+    if key.startswith("val_"):
+        return f"val/{key[len('val_'):]}"
+    return f"train/{key}"
 
-    def __init__(self, out_dir: Path, *, tensorboard: bool = False, wandb: bool = False, run_name: str = "", config=None):
+
+def scalars_of(record: dict[str, Any]) -> dict[str, float]:
+    """A metrics record's numbers by TensorBoard / W&B tag (the step is the x axis, not a series)."""
+    return {
+        tensorboard_tag(k): v
+        for k, v in record.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step"
+    }
+
+
+def flat_hparams(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested settings -> {dotted key: bool / number / string}, the values TensorBoard's hparams take."""
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flat_hparams(value, f"{name}."))
+        elif isinstance(value, (bool, int, float, str)):
+            out[name] = value
+        else:
+            out[name] = json.dumps(value)
+    return out
+
+
+def samples_markdown(samples: list[tuple[str, str]]) -> str:
+    """Sample generations as a Markdown table (TensorBoard's text plugin renders it)."""
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|").replace("\n", "<br>")
+
+    rows = [f"| {cell(prompt)} | {cell(text)} |" for prompt, text in samples]
+    return "\n".join(["| prompt | completion |", "|---|---|", *rows])
+
+
+class TensorBoardSink:
+    """Scalars under `train/*` and `val/*`, the settings as hparams, samples as text."""
+
+    def __init__(self, log_dir: Path, config: dict[str, Any] | None = None):
+        from torch.utils.tensorboard import SummaryWriter
+        from torch.utils.tensorboard.summary import hparams
+
+        self.writer = SummaryWriter(log_dir=str(log_dir))
+        if config:
+            metrics = {"val/loss": 0.0, "val/bpb": 0.0}  # links the hparams to these scalar series
+            for summary in hparams(flat_hparams(config), metrics):
+                self.writer.file_writer.add_summary(summary)
+
+    def log(self, record: dict[str, Any]) -> None:
+        step = int(record.get("step", 0))
+        for tag, value in scalars_of(record).items():
+            self.writer.add_scalar(tag, value, step)
+
+    def log_samples(self, step: int, samples: list[tuple[str, str]]) -> None:
+        self.writer.add_text("samples", samples_markdown(samples), step)
+
+    def close(self) -> None:
+        self.writer.flush()
+        self.writer.close()
+
+
+def open_wandb(cfg: Any, out_dir: Path, run_name: str, config: dict[str, Any] | None):
+    """A W&B run in `cfg.mode` (offline or online), files under out_dir/wandb; None without wandb."""
+    try:
+        import wandb
+    except ImportError:
+        print(
+            f"[lmforge] train.wandb.mode is {cfg.mode} but wandb is not installed "
+            "(pip install 'lmforge[track]'); logging to metrics.jsonl only",
+            flush=True,
+        )
+        return None
+    return wandb.init(
+        project=cfg.project, entity=cfg.entity or None, name=run_name or None, dir=str(out_dir),
+        mode=cfg.mode, config=config,
+    )
+
+
+class MetricsLogger:
+    """metrics.jsonl (one JSON object per line) plus optional TensorBoard and W&B sinks."""
+
+    def __init__(
+        self, out_dir: Path, *, tensorboard: bool = False, wandb: Any = None, run_name: str = "", config=None
+    ):
+        """`wandb` is a `WandbConfig` (lmforge.train.config); None or mode disabled: no W&B."""
         self.path = out_dir / "metrics.jsonl"
         out_dir.mkdir(parents=True, exist_ok=True)
         self._f = open(self.path, "a", encoding="utf-8")
-        self.tb = None
+        self.tb = TensorBoardSink(out_dir / "tensorboard", config) if tensorboard else None
         self.wandb = None
-        if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.tb = SummaryWriter(log_dir=str(out_dir / "tensorboard"))
-        if wandb:
-            try:
-                import wandb as wandb_mod
-            except ImportError:
-                print("[lmforge] train.wandb is true but wandb is not installed (pip install 'lmforge[track]'); "
-                      "logging to metrics.jsonl only", flush=True)
-            else:
-                os.environ.setdefault("WANDB_MODE", "offline")
-                self.wandb = wandb_mod.init(
-                    project="lmforge", name=run_name or None, dir=str(out_dir), mode="offline", config=config
-                )
+        if wandb is not None and wandb.mode != "disabled":
+            self.wandb = open_wandb(wandb, out_dir, run_name, config)
 
     def log(self, record: dict[str, Any]) -> None:
         self._f.write(json.dumps(record, sort_keys=True) + "\n")
         self._f.flush()
-        step = int(record.get("step", 0))
-        scalars = {k: v for k, v in record.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        scalars.pop("step", None)
         if self.tb is not None:
-            for k, v in scalars.items():
-                self.tb.add_scalar(f"train/{k}" if not k.startswith("val") else f"val/{k}", v, step)
+            self.tb.log(record)
         if self.wandb is not None:
-            self.wandb.log(scalars, step=step)
+            self.wandb.log(scalars_of(record), step=int(record.get("step", 0)))
+
+    def log_samples(self, step: int, samples: list[tuple[str, str]]) -> None:
+        if self.tb is not None and samples:
+            self.tb.log_samples(step, samples)
+        if self.wandb is not None and samples:
+            import wandb
+
+            table = wandb.Table(columns=["prompt", "completion"], data=[list(s) for s in samples])
+            self.wandb.log({"samples": table}, step=step)
 
     def close(self) -> None:
         self._f.close()
         if self.tb is not None:
-            self.tb.flush()
             self.tb.close()
         if self.wandb is not None:
             self.wandb.finish()
