@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 RECIPE ?= recipes/shakespeare.yaml
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-slow bench gpu lint clean venv
+.PHONY: demo test test-slow bench gpu lint clean venv llama-cpp
 
 venv: $(STAMP)
 
@@ -31,6 +31,11 @@ BENCHES := $(filter-out benchmarks/gpu_%.py benchmarks/fsdp_memory.py,$(wildcard
 
 bench: $(STAMP)
 	for b in $(BENCHES); do echo "== $$b"; $(PY) $$b || exit 1; done
+
+# llama.cpp's CPU tools, built from the llama-cpp-python sdist into ~/.cache/lmforge (minutes; once):
+# tests/test_llama_cpp.py (make test-slow) and benchmarks/llama_cpp.py use them.
+llama-cpp: $(STAMP)
+	PYTHON=$(PY) bash scripts/build_llama_cpp.sh
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks scripts

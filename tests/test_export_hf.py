@@ -113,8 +113,8 @@ def test_state_dict_layouts():
 def test_gpt2_with_grouped_query_attention_is_refused(tmp_path):
     from lmforge.model.transformer import Transformer
 
-    cfg = model(arch="llama").cfg
-    cfg.arch, cfg.n_kv_head = "gpt2", 2
+    cfg = model(arch="gpt2").cfg
+    cfg.n_kv_head = 2
     with pytest.raises(LmforgeError, match="n_kv_head"):
         export_hf(Transformer(cfg), tokenizer(), tmp_path / "x")
     assert not (tmp_path / "x").exists()
@@ -156,3 +156,204 @@ def test_export_never_replaces_files_it_did_not_write_without_force(tmp_path, ca
     (out / "notes.md").write_text("added by hand")
     assert cli(export) == 2
     assert "did not write: notes.md" in capsys.readouterr().err and (out / "notes.md").exists()
+
+
+# ---------------------------------------------------------------------------- behaves like lmforge
+
+
+PROMPTS = ["ROMEO:\n", "To be, or not", "Now is the winter"]
+
+
+def lmforge_generate(ckpt, prompts, tmp_path, max_new_tokens):
+    """`lmforge generate` through its command line, greedy: one completion per prompt (JSONL)."""
+    path, out = tmp_path / "prompts.jsonl", tmp_path / "out.jsonl"
+    path.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
+    args = ["--prompts-file", str(path), "--out", str(out), "--temperature", "0"]
+    assert cli(["generate", "--model", str(ckpt), *args, "--max-new-tokens", str(max_new_tokens)]) == 0
+    return [json.loads(line) for line in out.read_text().splitlines()]
+
+
+def export_checkpoint(ours, tmp_path, name="hf"):
+    from lmforge.checkpoint.consolidated import save_model_checkpoint
+
+    ckpt = save_model_checkpoint(ours, tokenizer(), tmp_path / "ckpt")
+    assert cli(["export", "--model", str(ckpt), "--format", "hf", "--out", str(tmp_path / name)]) == 0
+    return ckpt, tmp_path / name
+
+
+@pytest.mark.parametrize("case", ["llama-gqa-tied", "gpt2-untied"])
+def test_plain_pipeline_gives_lmforge_generate_greedy_tokens(tmp_path, case, capsys):
+    """No argument but the length: transformers' pipeline and `lmforge generate --temperature 0` pick
+    the same tokens and print the same text (the tokenizer puts <|eos|> before the prompt as lmforge does)."""
+    ckpt, out = export_checkpoint(model(**CASES[case]), tmp_path)
+    ours = lmforge_generate(ckpt, PROMPTS, tmp_path, 24)
+    pipe = transformers.pipeline("text-generation", model=str(out))
+    tok = tokenizer()
+    for prompt, mine in zip(PROMPTS, ours):
+        got = pipe(prompt, max_new_tokens=24, return_tensors=True)[0]["generated_token_ids"]
+        head = [tok.eos_id] + tok.encode_ordinary(prompt)
+        assert got[: len(head)] == head
+        assert got[len(head):] == mine["token_ids"], prompt
+        text = pipe(prompt, max_new_tokens=24)[0]["generated_text"]
+        assert text == prompt + mine["completion"]
+    capsys.readouterr()
+    assert cli(["generate", "--model", str(ckpt), "--prompt", PROMPTS[0], "--temperature", "0",
+                "--max-new-tokens", "24"]) == 0
+    assert capsys.readouterr().out == pipe(PROMPTS[0], max_new_tokens=24)[0]["generated_text"] + "\n"
+
+
+def test_generation_stops_at_end_of_turn_on_both_sides(tmp_path, capsys):
+    """A model whose third greedy token is <|end|>: `lmforge generate` stops there without printing it,
+    as the exported model's generation_config does in transformers."""
+    from lmforge.tokenizer.tokenizer import END
+
+    tok = tokenizer()
+    ours = model(tie=False)
+    engine = Engine(ours, tok)
+    first = engine.generate([engine.encode_prompt(PROMPTS[0])],
+                            SamplingParams(max_new_tokens=3, temperature=0.0, ignore_eos=True))[0].token_ids
+    end = tok.special_ids[END]
+    assert end not in first and first[2] not in first[:2]
+    with torch.no_grad():  # swap the head rows of the third token and <|end|>: <|end|> now wins there
+        rows = ours.lm_head.weight
+        rows[[first[2], end]] = rows[[end, first[2]]]
+    ckpt, out = export_checkpoint(ours, tmp_path)
+    (mine,) = lmforge_generate(ckpt, PROMPTS[:1], tmp_path, 24)
+    assert mine["token_ids"] == first[:2] + [end] and mine["finish_reason"] == "stop"
+    assert "<|end|>" not in mine["completion"]
+    capsys.readouterr()
+    assert cli(["generate", "--model", str(ckpt), "--prompt", PROMPTS[0], "--temperature", "0"]) == 0
+    printed = capsys.readouterr()
+    assert printed.out == PROMPTS[0] + tok.decode(first[:2]) + "\n" and "finish: stop" in printed.err
+    hf = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    hf_tok = transformers.AutoTokenizer.from_pretrained(out)
+    ids = hf_tok(PROMPTS[0], return_tensors="pt")
+    with torch.no_grad():
+        got = hf.generate(**ids, max_new_tokens=24)[0, ids["input_ids"].shape[1]:].tolist()
+    assert got == first[:2] + [end]
+
+
+@pytest.mark.parametrize("case", ["llama-gqa-tied", "gpt2-untied"])
+def test_padding_and_context_length(tmp_path, case):
+    """tok([...], padding=True) works (pad <|eos|>, left side) and a padded batch generates what each
+    prompt does alone; model_max_length is the model's context and truncation keeps to it."""
+    ours = model(**CASES[case])
+    _, out = export_checkpoint(ours, tmp_path)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    hf_tok = transformers.AutoTokenizer.from_pretrained(out)
+    assert hf_tok.model_max_length == ours.cfg.max_seq_len
+    assert hf_tok.pad_token == "<|eos|>" and hf_tok.padding_side == "left"
+    batch = hf_tok(PROMPTS, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        together = hf.generate(**batch, max_new_tokens=12, do_sample=False)[:, batch["input_ids"].shape[1]:]
+        for i, prompt in enumerate(PROMPTS):
+            alone = hf_tok(prompt, return_tensors="pt")
+            solo = hf.generate(**alone, max_new_tokens=12, do_sample=False)[0, alone["input_ids"].shape[1]:]
+            n = len(solo)
+            assert together[i, :n].tolist() == solo.tolist(), prompt
+    long = hf_tok("to be or not " * 200, truncation=True)["input_ids"]
+    assert len(long) == ours.cfg.max_seq_len
+
+
+# ---------------------------------------------------------------------------- model card
+
+
+def make_run(run, ours, step=40):
+    """A run directory as the stages leave it: checkpoint, metrics, data stats, shards, eval results."""
+    from lmforge.checkpoint.consolidated import write_checkpoint
+
+    ckpt = write_checkpoint(run / "pretrain" / "checkpoints", step, ours, tokenizer(), stage="pretrain")
+    rows = [{"step": s, "loss": 5.0 - s / 100, "tokens_per_s": 1000.0, "step_s": 0.5} for s in range(1, 61)]
+    rows.insert(20, {"step": 20, "val_loss": 4.5, "val_bpb": 2.25})
+    rows.insert(41, {"step": 40, "val_loss": 4.25, "val_bpb": 2.125})
+    (run / "pretrain" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (run / "data").mkdir()
+    stats = {
+        "input": {"documents": 37, "characters": 90_000},
+        "output": {"documents": 31, "characters": 81_234},
+        "steps_order": ["normalize", "exact_dedup"],
+    }
+    (run / "data" / "stats.json").write_text(json.dumps(stats))
+    (run / "tokens").mkdir()
+    (run / "tokens" / "meta.json").write_text(json.dumps({"train_tokens": 23_456, "val_tokens": 1_234}))
+    (run / "eval").mkdir()
+    entry = {"checkpoint": str(ckpt), "stage": "pretrain", "step": step, "tasks": {
+        "plays": {"n": 100, "chance": 0.25, "metrics": {"acc": 0.37, "acc_stderr": 0.0485}},
+        "val_bpb": {"n": 3, "metrics": {"bits_per_byte": 2.0625}},
+    }}
+    other = {**entry, "step": step - 20, "tasks": {"plays": {"n": 100, "metrics": {"acc": 0.99}}}}
+    (run / "eval" / "results.json").write_text(json.dumps({"checkpoints": [other, entry]}))
+    return ckpt
+
+
+def test_model_card_states_the_run_facts(tmp_path):
+    ours = model()
+    ckpt = make_run(tmp_path / "run", ours)
+    out = tmp_path / "shakespeare-hf"
+    assert cli(["export", "--model", str(tmp_path / "run"), "--format", "hf", "--out", str(out)]) == 0
+    card = (out / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: transformers\npipeline_tag: text-generation\n")
+    assert "# shakespeare-hf" in card and "`pretrain` checkpoint at step 40" in card
+    cfg = ours.cfg
+    for fact in (
+        "`LlamaForCausalLM`",
+        f"| layers | {cfg.n_layer} |",
+        f"| context length | {cfg.max_seq_len} |",
+        f"| attention heads / KV heads | {cfg.n_head} / {cfg.n_kv_head} |",
+        f"{ours.num_params():,}",
+    ):
+        assert fact in card, fact
+    # tokens: 40 logged steps up to the checkpoint x 1000 tokens/s x 0.5 s; the val figures at step 40
+    assert "| `pretrain` | 40 | 20,000 | 4.6000 | 4.2500 | 2.1250 |" in card
+    assert "37 read, 31 kept (81,234 characters)" in card and "`normalize`, `exact_dedup`" in card
+    assert "training tokens in the shards: 23,456" in card
+    assert "| plays | acc | 100 | 0.3700 | 0.0485 | 0.25 |" in card
+    assert "| val_bpb | bits_per_byte | 3 | 2.0625" in card
+    assert "0.99" not in card  # another checkpoint's results
+    assert f"{tokenizer().vocab_size:,} ids" in card
+    assert sorted(p.name for p in out.iterdir()) == [
+        "README.md", "config.json", "generation_config.json", "lmforge-manifest.json", "model.safetensors",
+        "special_tokens_map.json", "tokenizer.json", "tokenizer_config.json",
+    ]
+    assert cli(["export", "--model", str(ckpt), "--format", "hf", "--out", str(out)]) == 0  # re-export
+
+
+def test_model_card_leaves_out_what_the_run_does_not_have(tmp_path):
+    from lmforge.checkpoint.consolidated import save_model_checkpoint
+
+    ours = model(arch="gpt2", tie=False)
+    ckpt = save_model_checkpoint(ours, tokenizer(), tmp_path / "imported")
+    assert cli(["export", "--model", str(ckpt), "--format", "hf", "--out", str(tmp_path / "a")]) == 0
+    card = (tmp_path / "a" / "README.md").read_text()
+    assert "`GPT2LMHeadModel`" in card and "## Architecture" in card and "## Tokenizer" in card
+    for absent in ("## Training", "## Data", "## Evaluation", "RoPE"):
+        assert absent not in card
+    run = tmp_path / "run"
+    make_run(run, model())
+    for gone in ("data/stats.json", "tokens/meta.json", "eval/results.json"):
+        (run / gone).unlink()
+    assert cli(["export", "--model", str(run), "--format", "hf", "--out", str(tmp_path / "b")]) == 0
+    card = (tmp_path / "b" / "README.md").read_text()
+    assert "## Training" in card and "## Data" not in card and "## Evaluation" not in card
+
+
+def test_model_card_survives_hostile_run_files(tmp_path):
+    """Torn, non-JSON or wrongly typed run files never fail an export: the card leaves them out."""
+    run = tmp_path / "run"
+    make_run(run, model())
+    (run / "pretrain" / "metrics.jsonl").write_text(
+        '{"step": "x", "loss": 1}\n[1, 2]\n{"step": 3, "loss": "nan", "tokens_per_s": "fast"}\n'
+        '{"step": 4, "loss": 2.5, "tokens_per_s": 10, "step_s": "slow"}\n{"step": 5, "loss'
+    )
+    stats = {"input": [], "output": {"documents": "many"}, "steps_order": 7}
+    (run / "data" / "stats.json").write_text(json.dumps(stats))
+    (run / "tokens" / "meta.json").write_bytes(b"\xff\xfe not json")
+    entry = {"stage": "pretrain", "step": 40, "tasks": {"a": [1], "b": {"metrics": 3}}}
+    (run / "eval" / "results.json").write_text(json.dumps({"checkpoints": [entry]}))
+    out = tmp_path / "hf"
+    assert cli(["export", "--model", str(run), "--format", "hf", "--out", str(out)]) == 0
+    card = (out / "README.md").read_text()
+    assert "| `pretrain` | 4 | - | 2.5000 | - | - |" in card
+    assert "## Data" not in card and "## Evaluation" not in card and "## Architecture" in card
+    (run / "eval" / "results.json").write_text('{"checkpoints": 5}')
+    assert cli(["export", "--model", str(run), "--format", "hf", "--out", str(out)]) == 0

@@ -72,6 +72,7 @@ def test_completion_request_tokenises_and_repeats_prompts_n_times(served, engine
     assert req.params.greedy and req.params.max_new_tokens == 16  # OpenAI's completions default
     ids = prepare("completion", {"prompt": [[1, 2], [3]], "max_tokens": 5}, served)
     assert ids.prompts == [[1, 2], [3]] and ids.params.max_new_tokens == 5
+    assert TOK.special_ids["<|end|>"] in req.params.stop_token_ids  # never printed past <|end|>
 
 
 def test_chat_request_renders_the_template_and_stops_at_end(served):

@@ -2,20 +2,25 @@
 
 `hf` writes a directory that `AutoModelForCausalLM.from_pretrained(DIR)` and
 `AutoTokenizer.from_pretrained(DIR)` load with no custom code (LlamaForCausalLM for arch llama,
-GPT2LMHeadModel for arch gpt2; the tokenizer carries the chat template). `gguf` writes one file
-for llama.cpp / llama-cpp-python / Ollama with the tokenizer in its metadata.
+GPT2LMHeadModel for arch gpt2; the tokenizer carries the chat template, puts <|eos|> before a text
+prompt, pads with <|eos|> and knows the context length), plus a model card (README.md) with the
+run's architecture, data, tokens trained and evals. `gguf` writes one file for llama.cpp /
+llama-cpp-python / Ollama with the tokenizer in its metadata, in f32, f16, bf16 or a quantised type
+(q8_0, q4_0, ...: every type the installed gguf package can write), and an Ollama Modelfile beside it.
 
 Without --force nothing is replaced but an empty directory or an earlier `hf` export (a directory
 holding only what its lmforge-manifest.json lists); an existing .gguf file needs --force too.
 
 examples:
   lmforge export --model runs/shakespeare --format hf --out exports/shakespeare-hf
-  lmforge export --model runs/shakespeare/sft --format gguf --out exports/shakespeare.gguf --dtype f16
+  lmforge export --model runs/shakespeare/sft --format gguf --out exports/shakespeare.gguf --dtype q8_0
+  ollama create shakespeare -f exports/shakespeare.Modelfile
 """
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -25,7 +30,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--dtype",
         default="",
-        help="weights dtype: hf float32|float16|bfloat16 (default: the checkpoint's); gguf f32|f16 (default: f32)",
+        help="weights dtype: hf float32|float16|bfloat16 (default: the checkpoint's); "
+        "gguf f32|f16|bf16|q8_0|q4_0|... (default: f32; a wrong one lists what the gguf package writes)",
     )
     p.add_argument(
         "--force",
@@ -39,13 +45,21 @@ def main(args: argparse.Namespace, overrides: list[str]) -> int:
 
     ckpt = resolve_checkpoint(args.model)
     model, tokenizer = load_model(ckpt)
+    out_name = Path(args.out).name
     if args.format == "hf":
         from lmforge.model.convert import export_hf
+        from lmforge.report.model_card import model_card
 
-        out = export_hf(model, tokenizer, args.out, dtype=args.dtype or None, force=args.force)
+        card = model_card(ckpt, model, tokenizer, out_name)
+        out = export_hf(model, tokenizer, args.out, dtype=args.dtype or None, force=args.force, card=card)
     else:
+        from lmforge.checkpoint.consolidated import read_checkpoint_config
         from lmforge.model.gguf import export_gguf
 
-        out = export_gguf(model, tokenizer, args.out, dtype=args.dtype or "f32", force=args.force)
+        chat = read_checkpoint_config(ckpt).get("stage") not in (None, "pretrain", "import")
+        name = Path(out_name).stem
+        out = export_gguf(
+            model, tokenizer, args.out, dtype=args.dtype or "f32", name=name, force=args.force, chat=chat
+        )
     print(f"exported {ckpt} -> {out} ({args.format})")
     return 0

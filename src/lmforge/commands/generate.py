@@ -3,12 +3,13 @@
 One --prompt streams its completion to the terminal (the prompt first, then the new text as it
 is made; a summary line goes to stderr). --prompts-file runs many prompts in batches and writes
 one JSON line per prompt ({"prompt", "completion", "finish_reason", "prompt_tokens",
-"completion_tokens"}) to stdout or --out. The file holds one prompt per line, or, when it ends in
+"completion_tokens", "token_ids"}) to stdout or --out. The file holds one prompt per line, or, when it ends in
 .jsonl / .json, one JSON object per line with a "prompt" key (use that for multi-line prompts).
 
 A text prompt starts a document (the token shards put <|eos|> before every document); an empty
---prompt "" samples from scratch. Generation stops at <|eos|>, a --stop string (never printed),
-or --max-new-tokens. A prompt longer than the model's context keeps its last tokens (a warning).
+--prompt "" samples from scratch. Generation stops at <|eos|> or the turn end <|end|> (as the
+exported Hugging Face and GGUF models do), a --stop string (none of them printed), or
+--max-new-tokens. A prompt longer than the model's context keeps its last tokens (a warning).
 
 examples:
   lmforge generate --model runs/shakespeare --prompt "ROMEO:" --max-new-tokens 200
@@ -112,9 +113,17 @@ def load_engine(args: argparse.Namespace):
         top_p=args.top_p,
         seed=args.seed,
         stop=[unescape(s) for s in args.stop],
+        stop_token_ids=end_of_text_ids(tokenizer),
     )
     engine = Engine(model, tokenizer, max_batch_size=getattr(args, "batch_size", 32), compile=args.compile)
     return engine, params
+
+
+def end_of_text_ids(tokenizer) -> list[int]:
+    """<|eos|> and <|end|>: a document or a chat turn ends there, so a completion does too."""
+    from lmforge.tokenizer.tokenizer import END, EOS
+
+    return [tokenizer.special_ids[s] for s in (EOS, END) if s in tokenizer.special_ids]
 
 
 def unescape(text: str) -> str:
@@ -159,6 +168,7 @@ def main(args: argparse.Namespace, overrides: list[str]) -> int:
                 "finish_reason": c.finish_reason,
                 "prompt_tokens": c.prompt_tokens,
                 "completion_tokens": c.completion_tokens,
+                "token_ids": c.token_ids,
             },
             ensure_ascii=False,
         )

@@ -1,8 +1,10 @@
 """Hugging Face interop: export an lmforge model as a transformers checkpoint, import one back.
 
 Export writes what `AutoModelForCausalLM.from_pretrained(dir)` and `AutoTokenizer.from_pretrained(dir)`
-load with no custom code: `model.safetensors`, `config.json`, `generation_config.json` and the
-tokenizer files of `Tokenizer.save_hf` (tokenizer.json + tokenizer_config.json with the chat template).
+load with no custom code: `model.safetensors`, `config.json`, `generation_config.json`, the tokenizer
+files of `Tokenizer.save_hf` (tokenizer.json + tokenizer_config.json with the chat template) set up to
+behave as lmforge does (`export_tokenizer_files`), an optional model card (README.md), plus
+`lmforge-manifest.json` (what the export wrote, so that a later export may replace it).
 
   arch llama -> LlamaForCausalLM. Names map 1:1 and our RoPE already uses HF's rotate-half layout,
                 so tensors are copied unchanged.
@@ -12,22 +14,31 @@ tokenizer files of `Tokenizer.save_hf` (tokenizer.json + tokenizer_config.json w
 Import (`load_hf`) is the inverse for a local LlamaForCausalLM (or GPT2LMHeadModel) directory:
 config.json is translated into a ModelConfig, features our transformer does not implement
 (rope scaling, attention/MLP biases, other activations) are refused with a message, weights are
-read from safetensors (single or sharded) or pytorch_model.bin (weights_only), and a byte-level
-BPE tokenizer.json becomes an lmforge Tokenizer.
+read from safetensors (single or sharded, every shard inside DIR) or pytorch_model.bin
+(weights_only), and a byte-level BPE tokenizer.json becomes an lmforge Tokenizer.
 """
 
 from __future__ import annotations
 
-import json
 import os
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import torch
 
 from lmforge.errors import LmforgeError
-from lmforge.fileio import atomic_rename_dir, atomic_write_json, read_json
-from lmforge.model.config import ModelConfig
+from lmforge.fileio import (
+    atomic_rename_dir,
+    atomic_write_json,
+    atomic_write_text,
+    check_replaceable,
+    owned_temp_dir,
+    read_json,
+    remove_stale_temps,
+    write_manifest,
+)
+from lmforge.model.config import ModelConfig, check_exportable
+from lmforge.model.hf_arch import FAMILIES, config_from_family, family_config, layer_tensors
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -67,8 +78,8 @@ def to_hf_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
         out["model.embed_tokens.weight"] = sd["tok_emb.weight"]
         for i in range(cfg.n_layer):
             p, q = f"layers.{i}.", f"model.layers.{i}."
-            for ours, theirs in LLAMA_LAYER_NAMES:
-                out[q + theirs + ".weight"] = sd[p + ours + ".weight"]
+            for ours, theirs in layer_tensors(cfg):
+                out[q + theirs] = sd[p + ours]
         out["model.norm.weight"] = sd["norm.weight"]
     elif cfg.arch == "gpt2":
         if cfg.n_kv_head != cfg.n_head:
@@ -109,8 +120,8 @@ def from_hf_state_dict(hf: dict[str, torch.Tensor], cfg: ModelConfig, source: st
         sd["tok_emb.weight"] = get("model.embed_tokens.weight")
         for i in range(cfg.n_layer):
             p, q = f"layers.{i}.", f"model.layers.{i}."
-            for ours, theirs in LLAMA_LAYER_NAMES:
-                sd[p + ours + ".weight"] = get(q + theirs + ".weight")
+            for ours, theirs in layer_tensors(cfg):
+                sd[p + ours] = get(q + theirs)
         sd["norm.weight"] = get("model.norm.weight")
     else:
         sd["tok_emb.weight"] = get("transformer.wte.weight")
@@ -152,27 +163,7 @@ def hf_config(cfg: ModelConfig, bos_id: int | None = None, eos_id: int | None = 
         "use_cache": True,
     }
     if cfg.arch == "llama":
-        return {
-            "architectures": ["LlamaForCausalLM"],
-            "model_type": "llama",
-            "hidden_size": cfg.d_model,
-            "intermediate_size": cfg.d_ff,
-            "num_hidden_layers": cfg.n_layer,
-            "num_attention_heads": cfg.n_head,
-            "num_key_value_heads": cfg.n_kv_head,
-            "head_dim": cfg.head_dim,
-            "max_position_embeddings": cfg.max_seq_len,
-            "rms_norm_eps": cfg.norm_eps,
-            "rope_theta": cfg.rope_theta,  # transformers 4.x
-            "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},  # 5.x
-            "rope_scaling": None,
-            "hidden_act": "silu",
-            "attention_bias": False,
-            "attention_dropout": 0.0,
-            "mlp_bias": False,
-            "pretraining_tp": 1,
-            **common,
-        }
+        return {**family_config(cfg), **common}
     if cfg.arch == "gpt2":
         return {
             "architectures": ["GPT2LMHeadModel"],
@@ -208,33 +199,8 @@ def model_config_from_hf(hf: dict, source: str = "config.json", max_seq_len: int
     def refuse(what: str):
         raise LmforgeError(f"{source}: {what} is not supported by lmforge's transformer")
 
-    if model_type == "llama":
-        rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
-        rope_type = rope.get("rope_type", rope.get("type", "default"))
-        if rope_type not in ("default", None):
-            refuse(f"rope scaling {rope_type!r}")
-        if hf.get("attention_bias") or hf.get("mlp_bias"):
-            refuse("attention/MLP biases")
-        if hf.get("hidden_act", "silu") != "silu":
-            refuse(f"hidden_act {hf['hidden_act']!r}")
-        n_head = need("num_attention_heads")
-        d_model = need("hidden_size")
-        if hf.get("head_dim") not in (None, d_model // n_head):
-            refuse(f"head_dim {hf['head_dim']} != hidden_size / num_attention_heads")
-        cfg = ModelConfig(
-            arch="llama",
-            vocab_size=need("vocab_size"),
-            n_layer=need("num_hidden_layers"),
-            d_model=d_model,
-            n_head=n_head,
-            n_kv_head=hf.get("num_key_value_heads") or n_head,
-            d_ff=need("intermediate_size"),
-            max_seq_len=max_seq_len or hf.get("max_position_embeddings", 2048),
-            rope_theta=float(rope.get("rope_theta", hf.get("rope_theta", 10000.0))),
-            norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
-            tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
-            init_std=float(hf.get("initializer_range", 0.02)),
-        )
+    if model_type in FAMILIES:
+        cfg = config_from_family(hf, source, max_seq_len)
     elif model_type == "gpt2":
         if hf.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
             refuse(f"activation_function {hf['activation_function']!r}")
@@ -254,7 +220,8 @@ def model_config_from_hf(hf: dict, source: str = "config.json", max_seq_len: int
             init_std=float(hf.get("initializer_range", 0.02)),
         )
     else:
-        raise LmforgeError(f"{source}: model_type {model_type!r} is not supported (expected 'llama' or 'gpt2')")
+        known = ", ".join(repr(t) for t in (*FAMILIES, "gpt2"))
+        raise LmforgeError(f"{source}: model_type {model_type!r} is not supported (expected one of {known})")
     try:
         cfg.validate()
     except ValueError as e:
@@ -266,15 +233,30 @@ def model_config_from_hf(hf: dict, source: str = "config.json", max_seq_len: int
 # export
 
 
-def export_hf(model: torch.nn.Module, tokenizer, out_dir: str | os.PathLike, dtype: str | None = None) -> Path:
-    """Write `model` + `tokenizer` as a Hugging Face checkpoint directory (atomically)."""
+EXPORT_WRITER = "lmforge export"  # the manifest's writer: an HF export may replace only an HF export
+
+
+def export_hf(
+    model: torch.nn.Module,
+    tokenizer,
+    out_dir: str | os.PathLike,
+    dtype: str | None = None,
+    force: bool = False,
+    card: str | None = None,
+) -> Path:
+    """Write `model` + `tokenizer` as a Hugging Face checkpoint directory (atomically), with `card`
+    (Markdown) as its README.md when given.
+
+    The directory is replaced as a whole, so an existing `out_dir` must be empty or an earlier export
+    holding only its own files (its manifest, `fileio.check_replaceable`), unless `force`."""
+    import shutil
+
     from safetensors.torch import save_file
 
     out_dir = Path(out_dir)
-    if out_dir.exists() and not _replaceable(out_dir):
-        # the directory is replaced as a whole: never do that to something that is not an HF export
-        raise LmforgeError(f"{out_dir} exists and is not an exported model directory; choose a new --out")
+    check_replaceable(out_dir, EXPORT_WRITER, force)
     cfg: ModelConfig = model.cfg
+    check_exportable(cfg, "Hugging Face")
     if tokenizer is not None and tokenizer.vocab_size > cfg.vocab_size:
         raise LmforgeError(f"tokenizer has {tokenizer.vocab_size} ids but the model only {cfg.vocab_size}")
     target = _dtype(dtype, next(model.parameters()).dtype)
@@ -282,18 +264,21 @@ def export_hf(model: torch.nn.Module, tokenizer, out_dir: str | os.PathLike, dty
     dtype_name = next(k for k, v in DTYPES.items() if v == target)
     bos = getattr(tokenizer, "bos_id", None)
     eos = getattr(tokenizer, "eos_id", None)
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
-    import shutil
-
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    remove_stale_temps(out_dir.parent, out_dir.name)
+    tmp = owned_temp_dir(out_dir.parent, out_dir.name)
     try:
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         atomic_write_json(tmp / "config.json", hf_config(cfg, bos, eos, dtype_name))
-        gen = {"bos_token_id": bos, "eos_token_id": _stop_ids(tokenizer), "pad_token_id": eos}
+        # Greedy unless asked: transformers' pipeline samples (temperature 0.7) when the model says nothing.
+        gen = {"bos_token_id": bos, "eos_token_id": _stop_ids(tokenizer), "pad_token_id": eos,
+               "do_sample": False}
         atomic_write_json(tmp / "generation_config.json", {k: v for k, v in gen.items() if v is not None})
         if tokenizer is not None:
-            tokenizer.save_hf(tmp)
+            for name, obj in export_tokenizer_files(tokenizer, cfg.max_seq_len).items():
+                atomic_write_json(tmp / name, obj)
+        if card is not None:
+            atomic_write_text(tmp / "README.md", card)
+        write_manifest(tmp, EXPORT_WRITER)
         atomic_rename_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -301,16 +286,36 @@ def export_hf(model: torch.nn.Module, tokenizer, out_dir: str | os.PathLike, dty
     return out_dir
 
 
-def _replaceable(out_dir: Path) -> bool:
-    """An empty directory, or one holding a Hugging Face model (config.json with a model_type)."""
-    if not out_dir.is_dir():
-        return False
-    if not any(out_dir.iterdir()):
-        return True
-    try:
-        return "model_type" in json.loads((out_dir / "config.json").read_text())
-    except (OSError, ValueError, TypeError):
-        return False
+def export_tokenizer_files(tokenizer, context: int) -> dict[str, dict]:
+    """`Tokenizer.save_hf`'s files, set up so that transformers encodes, pads and truncates as lmforge:
+
+    * a text prompt starts a document, after <|eos|> (as `Engine.encode_prompt` and the token shards
+      have it): tokenizer.json's post-processor adds <|eos|> in front when `add_special_tokens` (the
+      default of `tok(text)` and of `pipeline("text-generation")`); chat templates add nothing more;
+    * the pad token is <|eos|> (masked out by the attention mask), padding on the left so that a
+      padded batch generates as each prompt alone does;
+    * `model_max_length` is the model's context, not "unlimited"."""
+    from lmforge.tokenizer.tokenizer import EOS, hf_files
+
+    files = hf_files(tokenizer)
+    config, special_map = files["tokenizer_config.json"], files["special_tokens_map.json"]
+    config["model_max_length"] = context
+    eos = tokenizer.special_ids.get(EOS)
+    if eos is not None:
+        files["tokenizer.json"]["post_processor"] = {
+            "type": "TemplateProcessing",
+            "single": [{"SpecialToken": {"id": EOS, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+            "pair": [
+                {"SpecialToken": {"id": EOS, "type_id": 0}},
+                {"Sequence": {"id": "A", "type_id": 0}},
+                {"SpecialToken": {"id": EOS, "type_id": 1}},
+                {"Sequence": {"id": "B", "type_id": 1}},
+            ],
+            "special_tokens": {EOS: {"id": EOS, "ids": [eos], "tokens": [EOS]}},
+        }
+        config["pad_token"] = special_map["pad_token"] = EOS
+        config["padding_side"] = "left"
+    return files
 
 
 def _stop_ids(tokenizer) -> list[int] | None:
@@ -334,7 +339,7 @@ def read_hf_weights(hf_dir: Path) -> dict[str, torch.Tensor]:
     if single.exists():
         files = [single]
     elif index.exists():
-        files = [hf_dir / f for f in sorted(set(read_json(index)["weight_map"].values()))]
+        files = [hf_dir / f for f in _shard_names(index)]
     elif (hf_dir / "pytorch_model.bin").exists():
         try:
             return torch.load(hf_dir / "pytorch_model.bin", map_location="cpu", weights_only=True)
@@ -349,6 +354,21 @@ def read_hf_weights(hf_dir: Path) -> dict[str, torch.Tensor]:
         except Exception as e:
             raise LmforgeError(f"{f}: cannot read safetensors ({e})") from None
     return out
+
+
+def _shard_names(index: Path) -> list[str]:
+    """The weight files a model.safetensors.index.json names; each must lie inside the model folder
+    (no absolute path, no `..`: an index must not make the import read files elsewhere)."""
+    data = read_json(index)
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise LmforgeError(f"{index}: no 'weight_map' of tensor names to file names")
+    names = sorted(set(weight_map.values()))
+    for name in names:
+        p = PurePosixPath(name)
+        if not name or p.is_absolute() or ".." in p.parts or "\\" in name:
+            raise LmforgeError(f"{index}: weight file {name!r} is outside the model folder; refusing to read it")
+    return names
 
 
 def load_hf(hf_dir: str | os.PathLike, dtype: str | None = None, max_seq_len: int | None = None):
@@ -406,8 +426,9 @@ def _build_from_state_dict(cfg: ModelConfig, sd: dict[str, torch.Tensor], dtype:
     if cfg.tie_embeddings:
         model.lm_head.weight = model.tok_emb.weight
     if model.inv_freq is not None:  # a non-persistent buffer: to_empty left it uninitialised
-        hd = cfg.head_dim
-        model.inv_freq.copy_(1.0 / (cfg.rope_theta ** (torch.arange(0, hd, 2, dtype=torch.float32) / hd)))
+        from lmforge.model.transformer import rope_inv_freq
+
+        model.inv_freq.copy_(rope_inv_freq(cfg))
     return model.to(dtype).eval()
 
 

@@ -4,7 +4,10 @@ What llama.cpp's `convert_hf_to_gguf.py` does for a Llama checkpoint, from our m
   * tensors under llama.cpp's names (token_embd, blk.N.attn_q, ..., output_norm, output);
   * Q and K projection rows permuted from HF's rotate-half RoPE layout back to the interleaved
     pairs llama.cpp's rope kernel expects (`LlamaModel.permute`);
-  * 1-D tensors (norms, biases) always F32; matrices F32 (default) or F16;
+  * 1-D tensors (norms, biases) and GPT-2's position embeddings always F32; the other matrices in
+    the file's type: F32 (default), F16, BF16 or any type the installed `gguf` package can quantise
+    (`gguf_types()`: Q8_0, Q4_0, ... with gguf.quants' own quantisers). A matrix whose rows do not
+    split into the type's blocks falls back to F16, as `convert_hf_to_gguf.py` does;
   * tokenizer: model "gpt2" (byte-level BPE), tokens and merges in HF's byte-level spelling,
     token types (specials are CONTROL), bos/eos ids, the chat template and a pre-tokenizer name.
 GPT-2 models export to llama.cpp's `gpt2` architecture (fused QKV, learned positions).
@@ -17,6 +20,7 @@ the file is written with "llama-bpe" and a warning, and llama.cpp may split digi
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from pathlib import Path
@@ -83,6 +87,51 @@ def gguf_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
+@functools.cache
+def gguf_types() -> dict[str, object]:
+    """{"f32": GGMLQuantizationType.F32, "q8_0": ...}: the types the installed `gguf` package writes.
+
+    Found by asking `gguf.quants.quantize` to quantise one block of zeros: newer gguf versions
+    implement more quantisers, and a type it cannot write raises NotImplementedError."""
+    import gguf
+
+    types = {}
+    for qtype in gguf.GGMLQuantizationType:
+        block, _ = gguf.GGML_QUANT_SIZES[qtype]
+        file_type = "ALL_F32" if qtype.name == "F32" else f"MOSTLY_{qtype.name}"
+        if file_type not in gguf.LlamaFileType.__members__:
+            continue  # not a whole-file type (integer tensors, ...)
+        try:
+            gguf.quants.quantize(np.zeros((1, max(block, 256)), dtype=np.float32), qtype)
+        except (NotImplementedError, gguf.quants.QuantError):
+            continue
+        types[qtype.name.lower()] = qtype
+    return types
+
+
+def _file_type(qtype):
+    import gguf
+
+    return gguf.LlamaFileType["ALL_F32" if qtype.name == "F32" else f"MOSTLY_{qtype.name}"]
+
+
+KEEP_F32 = ("position_embd.weight",)  # llama.cpp's converter keeps position embeddings in F32 too
+
+
+def _encode(name: str, arr: np.ndarray, qtype):
+    """(data, type) of one tensor as the file stores it."""
+    import gguf
+
+    if arr.ndim == 1 or name in KEEP_F32 or qtype == gguf.GGMLQuantizationType.F32:
+        return arr, gguf.GGMLQuantizationType.F32
+    block, _ = gguf.GGML_QUANT_SIZES[qtype]
+    if arr.shape[-1] % block:
+        log.warning("%s: rows of %d do not split into %s blocks of %d; writing it as F16",
+                    name, arr.shape[-1], qtype.name, block)
+        qtype = gguf.GGMLQuantizationType.F16
+    return gguf.quants.quantize(arr, qtype), qtype
+
+
 def export_gguf(
     model: torch.nn.Module,
     tokenizer,
@@ -90,22 +139,30 @@ def export_gguf(
     dtype: str = "f32",
     name: str = "lmforge",
     force: bool = False,
+    chat: bool = False,
 ) -> Path:
-    """Write `model` + `tokenizer` as one GGUF file (atomically). dtype: f32 or f16 for matrices.
-    An existing file is replaced only with `force`; a directory is never a GGUF path."""
+    """Write `model` + `tokenizer` as one GGUF file (atomically). dtype: the matrices' type, one of
+    `gguf_types()` (f32, f16, bf16, q8_0, q4_0, ...). An existing file is replaced only with `force`;
+    a directory is never a GGUF path. An Ollama Modelfile is written beside it (`write_modelfile`;
+    `chat`: the model answers conversations, as after SFT)."""
     import gguf
 
     from lmforge.tokenizer.tokenizer import hf_files
 
-    if dtype not in ("f32", "f16"):
-        raise LmforgeError(f"GGUF dtype must be f32 or f16, got {dtype!r}")
+    qtype = gguf_types().get(dtype.lower())
+    if qtype is None:
+        raise LmforgeError(
+            f"GGUF dtype {dtype!r} is not one the installed gguf package {gguf_version()} can write; "
+            f"choose one of: {', '.join(gguf_types())}"
+        )
     cfg: ModelConfig = model.cfg
     check_exportable(cfg, "GGUF")
     out_path = Path(out_path)
     if out_path.is_dir():
         raise LmforgeError(f"{out_path} is a directory; the GGUF output is a file, e.g. {out_path / 'model.gguf'}")
-    if out_path.exists() and not force:
-        raise LmforgeError(f"{out_path} exists; pass --force to overwrite it")
+    for path in (out_path, modelfile_path(out_path)):
+        if path.exists() and not force:
+            raise LmforgeError(f"{path} exists; pass --force to overwrite it")
     arch = {"llama": "llama", "gpt2": "gpt2"}.get(cfg.arch)
     if arch is None:
         raise LmforgeError(f"cannot export arch {cfg.arch!r} to GGUF (llama or gpt2)")
@@ -116,7 +173,7 @@ def export_gguf(
     w.add_block_count(cfg.n_layer)
     w.add_feed_forward_length(cfg.d_ff)
     w.add_head_count(cfg.n_head)
-    w.add_file_type(gguf.LlamaFileType.ALL_F32 if dtype == "f32" else gguf.LlamaFileType.MOSTLY_F16)
+    w.add_file_type(_file_type(qtype))
     if cfg.arch == "llama":
         w.add_head_count_kv(cfg.n_kv_head)
         w.add_rope_freq_base(cfg.rope_theta)
@@ -128,11 +185,9 @@ def export_gguf(
     _add_tokenizer(w, tokenizer, cfg.vocab_size, hf_files(tokenizer)["tokenizer.json"])
     nbytes = 0
     for tname, t in gguf_tensors(model).items():
-        arr = t.numpy()
-        if dtype == "f16" and arr.ndim == 2:
-            arr = arr.astype(np.float16)
-        w.add_tensor(tname, np.ascontiguousarray(arr))
-        nbytes += arr.nbytes
+        data, data_type = _encode(tname, np.ascontiguousarray(t.numpy()), qtype)
+        w.add_tensor(tname, data, raw_dtype=data_type)
+        nbytes += data.nbytes
     with atomic_write(out_path, "wb") as f:
         # Hand the writer our temp file (its documented "already open" state) so the publish is atomic.
         w.fout, w.state = [f], gguf.WriterState.EMPTY
@@ -140,7 +195,42 @@ def export_gguf(
         w.write_kv_data_to_file()
         w.write_tensors_to_file(progress=nbytes > 256 * 2**20)  # a progress bar for big models
         w.fout = None
+    write_modelfile(out_path, tokenizer, cfg.max_seq_len, chat)
     return out_path
+
+
+def modelfile_path(gguf_path: Path) -> Path:
+    return gguf_path.with_suffix(".Modelfile")
+
+
+def write_modelfile(gguf_path: Path, tokenizer, context: int, chat: bool) -> Path:
+    """`ollama create NAME -f X.Modelfile`: the GGUF beside it, lmforge's prompt format and stops.
+
+    A chat model gets the chat template in Ollama's Go syntax (the same ids as `render_chat`); a
+    base model gets a text prompt after <|eos|>, as `lmforge generate` feeds it."""
+    from lmforge.fileio import atomic_write_text
+    from lmforge.tokenizer.tokenizer import END, EOS
+
+    if chat and "<|assistant|>" in tokenizer.special_ids:
+        template = (
+            "<|bos|>{{- range .Messages }}<|{{ .Role }}|>{{ .Content }}<|end|>{{- end }}<|assistant|>"
+        )
+    else:
+        template = f"{EOS}{{{{ .Prompt }}}}"
+    lines = [f"FROM ./{gguf_path.name}", f'TEMPLATE """{template}"""', f"PARAMETER num_ctx {context}"]
+    lines += [f'PARAMETER stop "{s}"' for s in (EOS, END) if s in tokenizer.special_ids]
+    path = modelfile_path(gguf_path)
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return path
+
+
+def gguf_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("gguf")
+    except PackageNotFoundError:
+        return "(version unknown)"
 
 
 def _add_tokenizer(w, tokenizer, n_vocab: int, tokenizer_json: dict) -> None:

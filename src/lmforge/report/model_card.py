@@ -27,8 +27,8 @@ def run_dir_of(ckpt: Path) -> Path | None:
 
 def model_card(ckpt: Path, model, tokenizer, name: str) -> str:
     """The card's Markdown for `model` (loaded from `ckpt`) as exported under `name`."""
-    info = read_json(Path(ckpt) / "config.json") or {}
-    stage, step = info.get("stage"), info.get("step")
+    info = read_json(Path(ckpt) / "config.json")
+    stage, step = (info.get("stage"), info.get("step")) if isinstance(info, dict) else (None, None)
     run_dir = run_dir_of(ckpt)
     sections = [_front_matter(model.cfg.arch), f"# {name}\n", _overview(model, stage, step, run_dir)]
     sections.append(_architecture(model))
@@ -77,26 +77,23 @@ def _training(run_dir: Path, stage: str | None, step: int | None) -> str:
     for s in TRAIN_STAGES:
         if stage is not None and stage_rank(s) > stage_rank(stage):
             break
-        metrics = [m for m in read_metrics(run_dir / s / "metrics.jsonl") if "loss" in m]
-        if s == stage and isinstance(step, int):
-            metrics = [m for m in metrics if isinstance(m.get("step"), int) and m["step"] <= step]
-        if not metrics:
+        last = step if s == stage and isinstance(step, int) else None
+        records = _records(run_dir / s / "metrics.jsonl", last)
+        train = [m for m in records if _is_number(m.get("loss"))]
+        if not train:
             continue
-        tokens = processed_tokens(metrics)
-        val = [m for m in read_metrics(run_dir / s / "metrics.jsonl") if "val_loss" in m]
-        if s == stage and isinstance(step, int):
-            val = [m for m in val if isinstance(m.get("step"), int) and m["step"] <= step]
+        timed = [m for m in train if _is_number(m.get("tokens_per_s")) and _is_number(m.get("step_s"))]
+        tokens = processed_tokens(timed)
+        val = [m for m in records if _is_number(m.get("val_loss"))]
         last_val = val[-1] if val else {}
-        rows.append(
-            (
-                f"`{s}`",
-                max(int(m.get("step", 0)) for m in metrics),
-                f"{tokens:,}" if tokens is not None else "-",
-                f"{metrics[-1]['loss']:.4f}",
-                _num(last_val.get("val_loss")),
-                _num(last_val.get("val_bpb")),
-            )
-        )
+        rows.append((
+            f"`{s}`",
+            max(m["step"] for m in train),
+            f"{tokens:,}" if tokens is not None else "-",
+            _num(train[-1]["loss"]),
+            _num(last_val.get("val_loss")),
+            _num(last_val.get("val_bpb")),
+        ))
     if not rows:
         return ""
     head = ("stage", "steps", "tokens trained", "last train loss", "val loss", "val bits/byte")
@@ -104,24 +101,35 @@ def _training(run_dir: Path, stage: str | None, step: int | None) -> str:
     return "## Training\n\n" + _table(head, rows) + note
 
 
+def _records(path: Path, last_step: int | None) -> list[dict]:
+    """metrics.jsonl records with an integer step (up to `last_step` when given)."""
+    rows = [m for m in read_metrics(path) if _count_of(m, "step") is not None]
+    return [m for m in rows if last_step is None or m["step"] <= last_step]
+
+
 def _data(run_dir: Path) -> str:
     stats, meta = read_json(run_dir / "data" / "stats.json"), read_json(run_dir / "tokens" / "meta.json")
     lines = []
     if isinstance(stats, dict):
-        given, kept = stats.get("input") or {}, stats.get("output") or {}
-        if "documents" in given and "documents" in kept:
-            lines.append(
-                f"- documents: {given['documents']:,} read, {kept['documents']:,} kept"
-                + (f" ({kept['characters']:,} characters)" if "characters" in kept else "")
-            )
-        order = stats.get("steps_order") or list(stats.get("steps") or {})
-        if order:
+        given, kept = stats.get("input"), stats.get("output")
+        count = _count_of(given, "documents"), _count_of(kept, "documents")
+        if None not in count:
+            chars = _count_of(kept, "characters")
+            lines.append(f"- documents: {count[0]:,} read, {count[1]:,} kept"
+                         + (f" ({chars:,} characters)" if chars is not None else ""))
+        order = stats.get("steps_order")
+        if isinstance(order, list) and order and all(isinstance(s, str) for s in order):
             lines.append("- pipeline steps: " + ", ".join(f"`{s}`" for s in order))
-    if isinstance(meta, dict):
-        for key, label in (("train_tokens", "training tokens"), ("val_tokens", "held-out tokens")):
-            if isinstance(meta.get(key), int):
-                lines.append(f"- {label} in the shards: {meta[key]:,}")
+    for key, label in (("train_tokens", "training tokens"), ("val_tokens", "held-out tokens")):
+        tokens = _count_of(meta, key)
+        if tokens is not None:
+            lines.append(f"- {label} in the shards: {tokens:,}")
     return "## Data\n\n" + "\n".join(lines) + "\n" if lines else ""
+
+
+def _count_of(section: Any, key: str) -> int | None:
+    value = section.get(key) if isinstance(section, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _evaluation(run_dir: Path, stage: str | None, step: int | None) -> str:
@@ -131,13 +139,19 @@ def _evaluation(run_dir: Path, stage: str | None, step: int | None) -> str:
     results = read_json(run_dir / "eval" / "results.json")
     entries = results.get("checkpoints") if isinstance(results, dict) else None
     mine = [
-        e for e in entries or [] if isinstance(e, dict) and (e.get("stage"), e.get("step")) == (stage, step)
-    ]
-    if not mine:
+        e for e in entries if isinstance(e, dict) and (e.get("stage"), e.get("step")) == (stage, step)
+    ] if isinstance(entries, list) else []
+    tasks = mine[-1].get("tasks") if mine else None
+    if not isinstance(tasks, dict):
         return ""
+    readable = {  # the shape result_rows reads; anything else in a hand-edited file is left out
+        name: res
+        for name, res in tasks.items()
+        if isinstance(res, dict) and isinstance(res.get("metrics"), dict)
+    }
     rows = [
         (task, metric, n, _num(value), _num(se), _num(chance, 2))
-        for task, metric, n, value, se, chance in result_rows(mine[-1])
+        for task, metric, n, value, se, chance in result_rows({"tasks": readable})
     ]
     if not rows:
         return ""
@@ -185,8 +199,12 @@ def _table(head: tuple, rows: list[tuple]) -> str:
     return "\n".join(out) + "\n"
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _num(value: Any, digits: int = 4) -> str:
-    return f"{value:.{digits}f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "-"
+    return f"{value:.{digits}f}" if _is_number(value) else "-"
 
 
 def _count(n: int) -> str:

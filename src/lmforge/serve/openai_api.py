@@ -197,6 +197,8 @@ def _completion_request(body: dict, served: ServedModel, max_n: int) -> Generati
     if not all(ids):
         raise ApiError(400, "the prompt is empty", "prompt")
     params = _settle_max_tokens(params, explicit, max(len(p) for p in ids), 16, served.context, "prompt")
+    if served.end_id is not None and not params.ignore_eos:  # a text completion stops at <|end|> too
+        params = replace(params, stop_token_ids=[*params.stop_token_ids, served.end_id])
     echoes = None
     if echo:
         prefix = len(served.encode(""))
