@@ -15,6 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from lmforge.checkpoint.consolidated import weights_file
 from lmforge.recipe import load_recipe
 from lmforge.run import run_recipe
 
@@ -70,8 +71,8 @@ def test_fsdp_pretrain_then_resume_under_ddp(prepared, tmp_path):
     shutil.copytree(straight, resumed)
     shutil.rmtree(resumed / "pretrain" / "checkpoints" / "step_000004")
     pretrain(resumed, 4, "--parallel.dp_replicate", "2")
-    a = load_file(ckpts / "step_000004" / "model.safetensors")
-    b = load_file(resumed / "pretrain" / "checkpoints" / "step_000004" / "model.safetensors")
+    a = load_file(weights_file(ckpts / "step_000004"))  # checkpoints are DCP only: consolidated on demand
+    b = load_file(weights_file(resumed / "pretrain" / "checkpoints" / "step_000004"))
     for key in a:
         torch.testing.assert_close(b[key], a[key], rtol=0, atol=1e-5)
 

@@ -3,6 +3,9 @@
 Layout of `<run_dir>/<stage>/checkpoints/step_NNNNNN/`:
 
     model.safetensors   the plain Transformer state dict (a tied lm_head is stored once, as tok_emb)
+    dcp/                instead of model.safetensors, under more than one process: the sharded
+                        weights and optimizer (lmforge.checkpoint.sharded); model.safetensors is
+                        consolidated from it into the checkpoint the first time a model is loaded
     config.json         {"model": ModelConfig, "stage", "step", "tokenizer_hash", "arch_extra"}
     tokenizer/          a full copy of the tokenizer: a checkpoint loads without its run directory
     state.json          (training checkpoints) step, loader, guard, config hash, val loss
@@ -29,6 +32,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from lmforge.checkpoint import sharded
 from lmforge.errors import LmforgeError
 from lmforge.fileio import (
     atomic_rename_dir,
@@ -61,13 +65,18 @@ def list_checkpoints(ckpt_root: Path) -> list[tuple[int, Path]]:
     out = []
     for d in ckpt_root.iterdir():
         m = STEP_RE.match(d.name)
-        if m and d.is_dir() and (d / WEIGHTS).exists() and (d / "config.json").exists():
+        if m and d.is_dir() and is_checkpoint(d):
             out.append((int(m.group(1)), d))
     return sorted(out)
 
 
+def has_weights(path: Path) -> bool:
+    """Whether a checkpoint directory holds weights: model.safetensors or DCP shards."""
+    return (path / WEIGHTS).exists() or sharded.is_sharded(path)
+
+
 def is_checkpoint(path: Path) -> bool:
-    return (path / "config.json").exists() and (path / WEIGHTS).exists()
+    return (path / "config.json").exists() and has_weights(path)
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -78,8 +87,8 @@ def resolve_checkpoint(path: str | Path) -> Path:
         raise LmforgeError(f"{p}: no such checkpoint, stage or run directory")
     if is_checkpoint(p):
         return p
-    if (p / "config.json").exists() or (p / WEIGHTS).exists():
-        missing = WEIGHTS if not (p / WEIGHTS).exists() else "config.json"
+    if (p / "config.json").exists() or has_weights(p):
+        missing = f"{WEIGHTS} (or {sharded.DCP_DIR}/)" if not has_weights(p) else "config.json"
         raise LmforgeError(f"{p}: incomplete checkpoint ({missing} is missing)")
     for root in (p / "checkpoints", p):
         found = list_checkpoints(root)
@@ -90,7 +99,8 @@ def resolve_checkpoint(path: str | Path) -> Path:
         if found:
             return found[-1][1]
     raise LmforgeError(
-        f"{p}: no checkpoint found (expected a step_NNNNNN directory with {WEIGHTS} and config.json, "
+        f"{p}: no checkpoint found (expected a step_NNNNNN directory with {WEIGHTS} or {sharded.DCP_DIR}/ "
+        "and config.json, "
         f"a stage directory holding checkpoints/, or a run directory with one of {', '.join(STAGE_ORDER)})"
     )
 
@@ -157,6 +167,21 @@ def load_weights(model: torch.nn.Module, path: Path) -> None:
         )
 
 
+def weights_file(ckpt: Path) -> Path:
+    """The checkpoint's model.safetensors. A sharded checkpoint is consolidated into it the first
+    time (atomically: concurrent readers each write a whole file and the last rename wins)."""
+    if (ckpt / WEIGHTS).exists() or not sharded.is_sharded(ckpt):
+        return ckpt / WEIGHTS
+    try:
+        sharded.consolidate(ckpt)
+    except OSError as e:
+        raise LmforgeError(
+            f"{ckpt}: a sharded checkpoint, and its consolidated {WEIGHTS} cannot be written there ({e}); "
+            "copy the checkpoint to a writable folder and load it from there"
+        ) from None
+    return ckpt / WEIGHTS
+
+
 def model_config_dict(cfg: Any) -> dict:
     """ModelConfig as a dict with the size fields resolved (no preset / depth to re-apply)."""
     d = dataclasses.asdict(cfg)
@@ -185,25 +210,43 @@ def write_checkpoint(
     tmp = owned_temp_dir(ckpt_root, final.name)
     try:
         save_file(model_state_dict(model), str(tmp / WEIGHTS), metadata={"format": "pt"})
-        config = {
-            "model": model_config_dict(model.cfg),
-            "stage": stage,
-            "step": step,
-            "tokenizer_hash": getattr(tokenizer, "hash", None),
-            "arch_extra": dict(extra or {}),
-        }
-        atomic_write_json(tmp / "config.json", config)
-        if tokenizer is not None:
-            tokenizer.save(tmp / "tokenizer")
-        if optimizer_state is not None:
-            torch.save(optimizer_state, tmp / "optimizer.pt")
-        if train_state is not None:
-            atomic_write_json(tmp / "state.json", train_state)
+        write_checkpoint_files(
+            tmp, model.cfg, tokenizer, stage=stage, step=step, extra=extra, train_state=train_state,
+            optimizer_state=optimizer_state,
+        )
         atomic_rename_dir(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
+
+
+def write_checkpoint_files(
+    d: Path,
+    model_cfg: Any,
+    tokenizer: Any,
+    *,
+    stage: str,
+    step: int,
+    extra: dict | None = None,
+    train_state: dict | None = None,
+    optimizer_state: dict | None = None,
+) -> None:
+    """Everything of a checkpoint but its weights, into the (temp) directory `d`."""
+    config = {
+        "model": model_config_dict(model_cfg),
+        "stage": stage,
+        "step": step,
+        "tokenizer_hash": getattr(tokenizer, "hash", None),
+        "arch_extra": dict(extra or {}),
+    }
+    atomic_write_json(d / "config.json", config)
+    if tokenizer is not None:
+        tokenizer.save(d / "tokenizer")
+    if optimizer_state is not None:
+        torch.save(optimizer_state, d / "optimizer.pt")
+    if train_state is not None:
+        atomic_write_json(d / "state.json", train_state)
 
 
 def save_model_checkpoint(
@@ -258,9 +301,9 @@ def build_model_config(ckpt: Path, data: dict):
     return from_dict(ModelConfig, data, where="model", source=str(ckpt / "config.json"))
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None):
-    """(Transformer in eval mode, Tokenizer) from a checkpoint, stage or run directory."""
-    from lmforge.model.transformer import Transformer
+def read_checkpoint_model(path: str | Path):
+    """(checkpoint directory, ModelConfig, Tokenizer) of a checkpoint, stage or run directory,
+    without reading its weights (a sharded build loads them itself, shard by shard)."""
     from lmforge.tokenizer import Tokenizer
 
     ckpt = resolve_checkpoint(path)
@@ -274,8 +317,16 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torc
         raise LmforgeError(
             f"{ckpt}: tokenizer/ has hash {tokenizer.hash} but the weights were trained with {want}"
         )
+    return ckpt, model_cfg, tokenizer
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None):
+    """(Transformer in eval mode, Tokenizer) from a checkpoint, stage or run directory."""
+    from lmforge.model.transformer import Transformer
+
+    ckpt, model_cfg, tokenizer = read_checkpoint_model(path)
     model = _build(Transformer, model_cfg)
-    load_weights(model, ckpt / WEIGHTS)
+    load_weights(model, weights_file(ckpt))
     model = model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
     return model.eval(), tokenizer
 
@@ -289,8 +340,9 @@ def _build(cls, cfg):
     finally:
         cls.init_weights = init
     if model.inv_freq is not None:  # the rotary buffer is not in the state dict: compute it
-        hd = cfg.head_dim
-        model.inv_freq.copy_(1.0 / (cfg.rope_theta ** (torch.arange(0, hd, 2, dtype=torch.float32) / hd)))
+        from lmforge.model.transformer import rope_inv_freq
+
+        model.inv_freq.copy_(rope_inv_freq(cfg))
     return model
 
 
@@ -304,3 +356,77 @@ def load_training_state(ckpt: Path) -> tuple[dict, dict]:
     except Exception as e:
         raise LmforgeError(f"{ckpt / 'optimizer.pt'}: cannot read optimizer state ({e})") from None
     return state, opt
+
+
+# ---------------------------------------------------------------------------- shard-wise loading
+
+
+def local_index(param: torch.Tensor) -> tuple[slice, ...]:
+    """The region of the full tensor that this rank's piece of `param` covers: all of it for a
+    plain tensor, the local shard of a DTensor (FSDP, tensor parallel, or both)."""
+    from torch.distributed.tensor import DTensor
+
+    if not isinstance(param, DTensor):
+        return tuple(slice(0, n) for n in param.shape)
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
+    shape, offset = compute_local_shape_and_global_offset(param.shape, param.device_mesh, param.placements)
+    return tuple(slice(o, o + n) for o, n in zip(offset, shape))
+
+
+def fill_local_shards(model: torch.nn.Module, read, names: set[str] | None = None) -> None:
+    """Copy into every parameter of `model` (or those in `names`), as it is sharded now, its piece
+    of the full tensor, asking `read(name, index)` for that piece only (one slice per dimension)."""
+    from torch.distributed.tensor import DTensor
+
+    with torch.no_grad():
+        for name, param in unwrap(model).named_parameters():
+            if names is not None and name not in names:
+                continue
+            local = param.to_local() if isinstance(param, DTensor) else param
+            local.copy_(read(name, local_index(param)))
+
+
+def load_weights_sliced(model: torch.nn.Module, path: Path, skip: set[str] = frozenset()) -> None:
+    """Load a model.safetensors into `model` as it is sharded now (all but the `skip` parameters).
+    Each rank reads only the slices its shards cover (`safe_open` maps the file; `get_slice` reads
+    just those rows and columns), so no rank ever holds a full copy of the weights."""
+    from safetensors import safe_open
+
+    try:
+        handle = safe_open(str(path), framework="pt")
+    except Exception as e:  # safetensors raises its own error types for torn / foreign files
+        raise LmforgeError(f"{path}: cannot read weights ({e})") from None
+    own = {k: p for k, p in unwrap(model).named_parameters() if k not in skip}
+    with handle as f:
+        names = set(f.keys())
+        tied = getattr(getattr(unwrap(model), "cfg", None), "tie_embeddings", False)
+        missing = [k for k in own if k not in names]
+        unexpected = [k for k in names if k not in own and not (tied and k == "lm_head.weight")]
+        if missing or unexpected:
+            raise LmforgeError(
+                f"{path}: weights do not match the model config "
+                f"(missing: {missing[:5]}, unexpected: {unexpected[:5]})"
+            )
+        wrong = [
+            f"{k} {tuple(f.get_slice(k).get_shape())} vs {tuple(p.shape)}"
+            for k, p in own.items()
+            if tuple(f.get_slice(k).get_shape()) != tuple(p.shape)
+        ]
+        if wrong:
+            raise LmforgeError(f"{path}: weights do not match the model config (shapes: {wrong[:3]})")
+        fill_local_shards(model, lambda name, index: f.get_slice(name)[index], set(own))
+
+
+def load_weights_sharded(model: torch.nn.Module, ckpt: Path, skip: set[str] = frozenset()) -> None:
+    """Load a checkpoint's weights into a model that is already sharded, shard by shard: sliced
+    reads of model.safetensors when the checkpoint has one, else its DCP shards (collective).
+    `skip`: parameters the checkpoint does not hold (a head added for the stage)."""
+    from lmforge.checkpoint.sharded import is_sharded, load_sharded
+
+    if (ckpt / WEIGHTS).exists():
+        load_weights_sliced(model, ckpt / WEIGHTS, skip)
+    elif is_sharded(ckpt):
+        load_sharded(model, None, ckpt, frozenset(skip))
+    else:
+        raise LmforgeError(f"{ckpt}: no {WEIGHTS} and no sharded weights to load")

@@ -2,9 +2,19 @@
 `CheckpointManager`), so that the training loop only says when.
 
 It owns the run's `checkpoints/` folder and everything a checkpoint restores besides the
-trainer's own counters: weights (consolidated, or sharded with DCP under a parallel layout),
-optimizer, gradient scaler, RNG and data loader state, and which checkpoint is the best by
-validation loss (`best.json`; pruning keeps the last K and that one). The trainer's counters
+trainer's own counters: weights, optimizer, gradient scaler, RNG and data loader state, and
+which checkpoint is the best by validation loss (`best.json`; pruning keeps the last K and that
+one).
+
+A single process writes `model.safetensors` + `optimizer.pt`. Under more than one process a
+checkpoint is DCP only: every rank writes its shards of the weights and optimizer state to
+`dcp/` and rank 0 the small files; nothing is gathered on one rank (`model.safetensors` is
+consolidated from the shards later, by whoever loads the model). With `async_save` the shards
+are written by DCP's async_save: a save stalls training only while the state is copied to CPU
+memory; the checkpoint is published (renamed to `step_N`, then pruning) once every rank's
+files are written, when the next save starts, before a rollback, or at `wait()` (the trainer's
+end of training). A sharded checkpoint resumes on any number of ranks (DCP reshards it; the
+loader's position is global), a single process included. The trainer's counters
 (step, elapsed time, loss guard) travel in `state.json` as the dict it hands to `save` and
 gets back from `resume`.
 
@@ -18,14 +28,16 @@ from __future__ import annotations
 import math
 import shutil
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from lmforge.checkpoint import consolidated as ckpt_io
+from lmforge.checkpoint import sharded
 from lmforge.errors import LmforgeError
-from lmforge.fileio import atomic_write_json, read_json
+from lmforge.fileio import atomic_rename_dir, atomic_write_json, owned_temp_name, read_json
 
 
 def resumable_checkpoints(ckpt_root: Path) -> list[tuple[int, Path]]:
@@ -38,7 +50,8 @@ class CheckpointManager:
 
     `model` is the module as trained (possibly sharded / wrapped), `raw_model` the plain
     Transformer beneath it; `loader` has `state_dict()` / `load_state_dict()`. `distributed`:
-    every rank writes its shards (DCP) and rank 0 (`is_main`) the rest. `run_files` are the
+    every rank writes its shards (DCP) and rank 0 (`is_main`) the rest; `async_save` (distributed
+    only) writes the shards in the background. `run_files` are the
     other outputs of a run in `out_dir` (metrics, TensorBoard) that move aside with the
     checkpoints when a run starts fresh.
     """
@@ -59,6 +72,7 @@ class CheckpointManager:
         scaler: torch.amp.GradScaler | None = None,
         distributed: bool = False,
         is_main: bool = True,
+        async_save: bool = False,
         run_files: Sequence[str] = (),
         say: Callable[[str], None] = print,
     ):
@@ -68,7 +82,13 @@ class CheckpointManager:
         self.keep_last, self.device, self.distributed, self.is_main = keep_last, device, distributed, is_main
         self.run_files, self.say = tuple(run_files), say
         self.best_val = math.inf
-        self.saved_step = -1  # the step of the newest checkpoint on disk (-1: none)
+        self.saved_step = -1  # the step of the newest checkpoint written (-1: none)
+        self.pending: _Unpublished | None = None  # a sharded save not yet published
+        self.async_group = None
+        if async_save and distributed:
+            import torch.distributed as dist
+
+            self.async_group = dist.new_group(backend="gloo")
 
     # ------------------------------------------------------------------ resume
 
@@ -115,8 +135,6 @@ class CheckpointManager:
     def load(self, d: Path, *, restore_loader: bool, restore_rng: bool) -> dict:
         """Weights, optimizer and scaler from checkpoint `d` (and the loader / RNG state when
         asked); returns its state.json."""
-        from lmforge.checkpoint import sharded
-
         state, opt = ckpt_io.load_training_state(d)
         if sharded.is_sharded(d):  # written under a parallel layout: reshards onto this one
             sharded.load_sharded(self.model, self.optimizer, d)
@@ -141,7 +159,9 @@ class CheckpointManager:
     # ------------------------------------------------------------------ rollback
 
     def latest(self) -> tuple[int, Path] | None:
-        """(step, dir) of the newest resumable checkpoint, or None."""
+        """(step, dir) of the newest resumable checkpoint, or None (collective under a distributed
+        run: a save in flight is published first)."""
+        self.wait()
         found = resumable_checkpoints(self.root)
         return found[-1] if found else None
 
@@ -159,7 +179,8 @@ class CheckpointManager:
 
     def save(self, step: int, train_state: dict, val_loss: float | None = None) -> Path | None:
         """Write `checkpoints/step_N` atomically (collective under a distributed run), mark it
-        best when `val_loss` (this step's validation loss) is the lowest yet, prune the rest."""
+        best when `val_loss` (this step's validation loss) is the lowest yet, prune the rest.
+        Returns its final path (an async save publishes it later)."""
         if not self.is_main and not self.distributed:
             return None
         is_best = val_loss is not None and val_loss < self.best_val
@@ -169,28 +190,87 @@ class CheckpointManager:
         state["loader"] = self.loader.state_dict()
         if math.isfinite(self.best_val):
             state["best_val"] = self.best_val
-        opt_state: dict[str, Any] = {"optimizer": self.optimizer.state_dict()}
-        opt_state["rng_cpu"] = torch.get_rng_state()
+        opt_state: dict[str, Any] = {"rng_cpu": torch.get_rng_state()}
         if self.device.type == "cuda":
             opt_state["rng_cuda"] = torch.cuda.get_rng_state(self.device)
         if self.scaler is not None:
             opt_state["scaler"] = self.scaler.state_dict()
-        if self.distributed:  # every rank writes its shards (DCP); rank 0 the rest
-            from lmforge.checkpoint import sharded
-
-            opt_state.pop("optimizer")  # in dcp/, sharded
-            d = sharded.write_sharded_checkpoint(
-                self.root, step, self.model, self.optimizer, self.tokenizer, stage=self.stage,
-                train_state=state, optimizer_state=opt_state,
-            )
-        else:
-            d = ckpt_io.write_checkpoint(
-                self.root, step, self.raw_model, self.tokenizer, stage=self.stage,
-                train_state=state, optimizer_state=opt_state,
-            )
         self.saved_step = step
-        if self.is_main:
-            if is_best:
-                atomic_write_json(self.root / "best.json", {"step": step, "val_loss": val_loss})
-            ckpt_io.prune_checkpoints(self.root, self.keep_last)
+        best = {"step": step, "val_loss": val_loss} if is_best else None
+        if self.distributed:
+            return self.save_sharded(step, state, opt_state, best)
+        opt_state["optimizer"] = self.optimizer.state_dict()
+        d = ckpt_io.write_checkpoint(
+            self.root, step, self.raw_model, self.tokenizer, stage=self.stage,
+            train_state=state, optimizer_state=opt_state,
+        )
+        self.published(best)
         return d
+
+    def save_sharded(self, step: int, train_state: dict, opt_state: dict, best: dict | None) -> Path:
+        """Collective: every rank writes its shards to `dcp/` of a temp folder (rank 0's name),
+        rank 0 the other files (optimizer.pt holds the RNG and scaler state only); published
+        now, or by `wait` after an async save."""
+        import torch.distributed as dist
+
+        self.wait()
+        final = self.root / ckpt_io.step_dir_name(step)
+        name = [owned_temp_name(final.name) if self.is_main else ""]
+        dist.broadcast_object_list(name, src=0)  # one temp folder for all ranks
+        tmp = self.root / name[0]
+        if self.is_main:
+            ckpt_io.remove_checkpoint_leftovers(self.root)
+            tmp.mkdir(parents=True)
+        dist.barrier()
+        try:
+            future = sharded.write_shards(
+                self.model, self.optimizer, tmp / sharded.DCP_DIR, async_group=self.async_group
+            )
+            if self.is_main:
+                ckpt_io.write_checkpoint_files(
+                    tmp, self.raw_model.cfg, self.tokenizer, stage=self.stage, step=step,
+                    train_state=train_state, optimizer_state=opt_state,
+                )
+        except BaseException:
+            if self.is_main:
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        self.pending = _Unpublished(future, tmp, final, best)
+        if future is None:
+            self.wait()
+        return final
+
+    def wait(self) -> None:
+        """Collective under a distributed run: finish the save in flight, if any, and publish it."""
+        if self.pending is None:
+            return
+        import torch.distributed as dist
+
+        pending, self.pending = self.pending, None
+        try:
+            if pending.future is not None:
+                pending.future.result()
+            dist.barrier()  # every rank's shards are on disk
+            if self.is_main:
+                atomic_rename_dir(pending.tmp, pending.final)
+        except BaseException:
+            if self.is_main:
+                shutil.rmtree(pending.tmp, ignore_errors=True)
+            raise
+        self.published(pending.best)
+
+    def published(self, best: dict | None) -> None:
+        """After a checkpoint is published: best.json, then pruning (rank 0)."""
+        if not self.is_main:
+            return
+        if best is not None:
+            atomic_write_json(self.root / "best.json", best)
+        ckpt_io.prune_checkpoints(self.root, self.keep_last)
+
+
+@dataclass
+class _Unpublished:
+    future: Any  # DCP's Future of an async save, None for a finished one
+    tmp: Path
+    final: Path
+    best: dict | None  # best.json's contents when this checkpoint is the best yet

@@ -10,8 +10,13 @@ plain Transformer's names), so a sharded checkpoint and a `model.safetensors` on
 same tensors. Layout inside a checkpoint directory:
 
     step_000200/
-      dcp/.metadata, dcp/__0_0.distcp, ...   (written here)
-      config.json, tokenizer/, state.json     (written by the trainer's checkpoint module)
+      dcp/.metadata, dcp/__0_0.distcp, ...   (written here, by every rank: `write_shards`)
+      config.json, tokenizer/, state.json     (written by rank 0: lmforge.checkpoint.manager)
+      model.safetensors                       (only once something reads the weights: `consolidate`)
+
+Training writes no consolidated copy (gathering a large model on one rank at every save is what
+sharding avoids): `consolidate` turns the shards into `model.safetensors` inside the checkpoint
+the first time a consumer (load_model: generate, chat, eval, export, serve) needs it.
 
 Loading never runs code from the checkpoint. DCP's own reader unpickles `.metadata` with plain
 `pickle` and its planner unpickles non-tensor values (the optimizer's param_groups) with
@@ -197,7 +202,6 @@ def save_sharded(model: nn.Module, optimizer: torch.optim.Optimizer | None, ckpt
     renames once every rank has finished) and returns that path. A temp folder a killed save left
     in ckpt_dir is removed first."""
     import torch.distributed as dist
-    import torch.distributed.checkpoint as dcp
 
     from lmforge.fileio import atomic_rename_dir, owned_temp_name, remove_stale_temps
 
@@ -209,7 +213,7 @@ def save_sharded(model: nn.Module, optimizer: torch.optim.Optimizer | None, ckpt
         remove_stale_temps(ckpt_dir, DCP_DIR)
     _barrier()
     tmp = Path(ckpt_dir) / name[0]
-    dcp.save(_state(model, optimizer), checkpoint_id=str(tmp))
+    write_shards(model, optimizer, tmp)
     _barrier()
     if _rank() == 0:
         atomic_rename_dir(tmp, final)
@@ -217,17 +221,40 @@ def save_sharded(model: nn.Module, optimizer: torch.optim.Optimizer | None, ckpt
     return final
 
 
-def load_sharded(model: nn.Module, optimizer: torch.optim.Optimizer | None, ckpt_dir: str | Path) -> None:
+def write_shards(
+    model: nn.Module, optimizer: torch.optim.Optimizer | None, dcp_dir: Path, *, async_group: Any = None
+) -> Any:
+    """Collective: every rank writes its shards of the model (and optimizer) state to `dcp_dir`
+    and returns None once they are written. With `async_group` (a gloo process group that only
+    checkpoint writes use, so the background collectives never interleave with training's) the
+    save is DCP's async_save: the call returns once the state is copied to CPU memory, and the
+    Future it returns completes when the files are written."""
+    import torch.distributed.checkpoint as dcp
+
+    if async_group is None:
+        dcp.save(_state(model, optimizer), checkpoint_id=str(dcp_dir))
+        return None
+    return dcp.async_save(_state(model, optimizer), checkpoint_id=str(dcp_dir), process_group=async_group)
+
+
+def load_sharded(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    ckpt_dir: str | Path,
+    skip: frozenset[str] = frozenset(),
+) -> None:
     """Collective: load a DCP checkpoint into `model` (and `optimizer`) as they are sharded now,
-    whatever layout wrote it. Works in a single process too (no process group needed)."""
+    whatever layout wrote it. Works in a single process too (no process group needed). `skip`:
+    model parameters the checkpoint does not hold (a head added for a stage), left as they are."""
     from torch.distributed.checkpoint.api import CheckpointException
-    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_state_dict
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_state_dict
 
     path = dcp_path(ckpt_dir)
     if not (path / ".metadata").exists():
         raise LmforgeError(f"{ckpt_dir}: not a sharded checkpoint (no {DCP_DIR}/.metadata)")
     meta = read_metadata(path / ".metadata")
     state = _state(model, optimizer)
+    state["model"] = {k: v for k, v in state["model"].items() if k not in skip}
     if optimizer is not None and not any(k.startswith("optim.") for k in meta.state_dict_metadata):
         raise LmforgeError(
             f"{ckpt_dir}: the sharded checkpoint holds weights only, no optimizer state to resume"
@@ -239,7 +266,7 @@ def load_sharded(model: nn.Module, optimizer: torch.optim.Optimizer | None, ckpt
             f"{ckpt_dir}: cannot load the sharded checkpoint into this model ({_first_line(e)})"
         ) from e
     if optimizer is None:
-        set_model_state_dict(model, state["model"])
+        set_model_state_dict(model, state["model"], options=StateDictOptions(strict=not skip))
     else:
         set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
 
@@ -283,7 +310,7 @@ def consolidate(ckpt_dir: str | Path, out_dir: str | Path | None = None) -> Path
         state.pop("lm_head.weight")  # stored once, as the plain checkpoint format does
     dst.mkdir(parents=True, exist_ok=True)
     with atomic_write(dst / "model.safetensors", "wb") as f:
-        f.write(save({k: v.contiguous() for k, v in state.items()}))
+        f.write(save({k: v.contiguous() for k, v in state.items()}, metadata={"format": "pt"}))
     if dst != src:
         for name in ("config.json", "tokenizer"):
             if (src / name).is_dir():
@@ -298,69 +325,3 @@ def _read_model_cfg(ckpt_dir: Path) -> dict:
 
     cfg_path = ckpt_dir / "config.json"
     return read_json(cfg_path).get("model", {}) if cfg_path.exists() else {}
-
-
-def write_sharded_checkpoint(
-    ckpt_root: Path,
-    step: int,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    tokenizer,
-    *,
-    stage: str,
-    train_state: dict,
-    optimizer_state: dict,
-    extra: dict | None = None,
-) -> Path:
-    """Collective: the trainer's checkpoint `ckpt_root/step_NNNNNN` under any parallel layout.
-
-    Every rank writes its shards of the weights and optimizer state to `dcp/` (the resumable,
-    reshardable copy); rank 0 then consolidates the weights into `model.safetensors` (read back
-    from the DCP files, so it works for pipeline stages too) and writes config.json, tokenizer/,
-    state.json and optimizer.pt (RNG state only), and publishes the directory atomically.
-    """
-    import torch.distributed as dist
-    import torch.distributed.checkpoint as dcp
-    from safetensors.torch import save
-
-    from lmforge.checkpoint import consolidated as ckpt_io
-    from lmforge.fileio import atomic_rename_dir, atomic_write, atomic_write_json, owned_temp_name
-
-    ckpt_root = Path(ckpt_root)
-    final = ckpt_root / ckpt_io.step_dir_name(step)
-    name = [owned_temp_name(final.name) if _rank() == 0 else ""]
-    if _is_dist():
-        dist.broadcast_object_list(name, src=0)  # one temp name (rank 0's) for all ranks
-    if _rank() == 0:
-        ckpt_io.remove_checkpoint_leftovers(ckpt_root)
-    _barrier()
-    tmp = ckpt_root / name[0]
-    dcp.save(_state(model, optimizer), checkpoint_id=str(tmp / DCP_DIR))
-    _barrier()
-    if _rank() == 0:
-        try:
-            state = full_state_dict(tmp)
-            if model.cfg.tie_embeddings:
-                state.pop("lm_head.weight", None)
-            with atomic_write(tmp / ckpt_io.WEIGHTS, "wb") as f:
-                f.write(save({k: v.contiguous() for k, v in state.items()}, metadata={"format": "pt"}))
-            atomic_write_json(
-                tmp / "config.json",
-                {
-                    "model": ckpt_io.model_config_dict(model.cfg),
-                    "stage": stage,
-                    "step": step,
-                    "tokenizer_hash": getattr(tokenizer, "hash", None),
-                    "arch_extra": dict(extra or {}),
-                },
-            )
-            if tokenizer is not None:
-                tokenizer.save(tmp / "tokenizer")
-            torch.save(optimizer_state, tmp / "optimizer.pt")
-            atomic_write_json(tmp / "state.json", train_state)
-            atomic_rename_dir(tmp, final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-    _barrier()
-    return final

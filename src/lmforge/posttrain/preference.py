@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from lmforge.model.loss import IGNORE_INDEX, token_nll
-from lmforge.posttrain.sampler import EpochSampler, rank_share, shuffled
+from lmforge.posttrain.sampler import EpochSampler, shuffled
 from lmforge.tasks.chat_data import Preference
 
 
@@ -98,9 +98,7 @@ class PreferenceLoader:
             raise ValueError("no preference pairs")
         self.pairs, self.micro_batch, self.seed, self.pad_id = pairs, micro_batch, seed, pad_id
         self.ref_logps, self.dp_rank, self.dp_size = ref_logps, dp_rank, dp_size
-        self.order = EpochSampler(
-            lambda epoch: rank_share(shuffled(len(pairs), seed, "pairs", epoch), dp_rank, dp_size)
-        )
+        self.order = EpochSampler(lambda epoch: shuffled(len(pairs), seed, "pairs", epoch), dp_rank, dp_size)
 
     def next(self) -> dict[str, torch.Tensor]:
         idx = self.order.take(self.micro_batch)

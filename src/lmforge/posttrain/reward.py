@@ -99,12 +99,12 @@ def split_value_heads(ckpt_root: Path) -> None:
     value_head.safetensors, so model.safetensors is a plain Transformer again (load_model reads it)."""
     from safetensors.torch import load_file, save
 
-    from lmforge.checkpoint.consolidated import WEIGHTS, list_checkpoints
+    from lmforge.checkpoint.consolidated import WEIGHTS, list_checkpoints, weights_file
     from lmforge.fileio import atomic_write_bytes
 
     prefix = "value_head."
     for _, d in list_checkpoints(Path(ckpt_root)):
-        sd = load_file(str(d / WEIGHTS))
+        sd = load_file(str(weights_file(d)))
         head = {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
         if not head:
             continue

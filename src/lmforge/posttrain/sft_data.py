@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from lmforge.model.loss import IGNORE_INDEX
-from lmforge.posttrain.sampler import EpochSampler, rank_share, shuffled
+from lmforge.posttrain.sampler import EpochSampler, shuffled
 
 
 @dataclass
@@ -114,15 +114,16 @@ class SFTLoader:
         self.examples, self.micro_batch, self.seq_len = examples, micro_batch, seq_len
         self.seed, self.pad_id, self.packing = seed, pad_id, packing
         self.dp_rank, self.dp_size = dp_rank, dp_size
-        self.rows = EpochSampler(self._epoch_rows)
+        self.rows = EpochSampler(self._epoch_rows, dp_rank, dp_size)
 
     def _epoch_rows(self, epoch: int) -> list[list[Example]]:
         order = [self.examples[i] for i in shuffled(len(self.examples), self.seed, "sft", epoch)]
-        rows = pack(order, self.seq_len) if self.packing else [[e] for e in order]
-        return rank_share(rows, self.dp_rank, self.dp_size)
+        return pack(order, self.seq_len) if self.packing else [[e] for e in order]
 
-    def next(self) -> dict[str, torch.Tensor]:
-        return collate(self.rows.take(self.micro_batch), self.pad_id, self.seq_len if self.packing else None)
+    def next(self, rows: int | None = None) -> dict[str, torch.Tensor]:
+        """The next micro-batch: `rows` rows (default micro_batch)."""
+        taken = self.rows.take(self.micro_batch if rows is None else rows)
+        return collate(taken, self.pad_id, self.seq_len if self.packing else None)
 
     def state_dict(self) -> dict:
         return self.rows.state_dict()

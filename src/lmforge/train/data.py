@@ -1,9 +1,15 @@
 """Deterministic pretraining data: random windows of seq_len + 1 tokens from the token shards.
 
-Batch number k is a pure function of (seed, dp_rank, k): its window starts come from
-`numpy.random.default_rng([seed, dp_rank, k])`. The loader's whole state is therefore one
-counter, saved in every checkpoint, and a resumed run sees exactly the batches the
-uninterrupted run would have seen. Data-parallel ranks draw from independent streams.
+The data order does not depend on the world size. There is one stream of windows per seed:
+window j's start is a pure function of (seed, j) (drawn in blocks of `BLOCK` from
+`numpy.random.default_rng([seed, j // BLOCK])`). Each micro-step takes the next
+micro_batch x dp_size windows of the stream and data-parallel rank r takes the r-th micro_batch
+of them, so an optimizer step of `accum` micro-steps consumes the next
+accum x micro_batch x dp_size = global batch windows: step k's global batch is the same set of
+windows on 1, 2 or 4 ranks (the trainer sizes `accum` so the product is the global batch). The
+loader's whole state is its position in the stream (windows consumed by all ranks together),
+saved in every checkpoint; a run resumed on another number of ranks, or with another
+micro_batch, continues from the same window.
 
 Document awareness (`train.window_start`, `train.doc_mask`; the shards put <|eos|> after every
 document). `window_start: document` draws windows from a fixed set of starts aligned to the
@@ -14,7 +20,7 @@ each document and a block-diagonal causal `attn_mask` (the SFT packing format), 
 attends across a document boundary. A separator starts the document after it.
 
 Validation uses fixed, non-overlapping windows from the start of the val split, the same at
-every evaluation and in every run with the same tokens.
+every evaluation and in every run with the same tokens, whatever the number of ranks.
 """
 
 from __future__ import annotations
@@ -25,6 +31,9 @@ import numpy as np
 import torch
 
 from lmforge.errors import LmforgeError
+from lmforge.model.loss import IGNORE_INDEX
+
+BLOCK = 4096  # windows drawn per generator call; window j comes from block j // BLOCK
 
 
 def _windows(tokens: np.ndarray, starts: np.ndarray, seq_len: int) -> dict[str, torch.Tensor]:
@@ -55,7 +64,8 @@ def document_mask(input_ids: torch.Tensor, eos_id: int) -> dict[str, torch.Tenso
 
 
 class PretrainLoader:
-    """`next()` -> {"input_ids": [micro_batch, seq_len], "labels": same, shifted by one} (int64, CPU)."""
+    """`next()` -> this rank's {"input_ids": [micro_batch, seq_len], "labels": same, shifted by
+    one} (int64, CPU) of the next micro-step's micro_batch x dp_size windows."""
 
     def __init__(
         self,
@@ -83,32 +93,52 @@ class PretrainLoader:
         self.seed, self.dp_rank, self.dp_size = seed, dp_rank, dp_size
         self.doc_mask, self.eos_id = doc_mask, eos_id
         self.starts = document_starts(tokens, eos_id, seq_len) if window_start == "document" else None
-        self.counter = 0
+        self.position = 0  # windows of the stream consumed by all ranks together
+        self._block: tuple[int, np.ndarray] = (-1, np.zeros(0, dtype=np.int64))
+
+    def window_starts(self, first: int, n: int) -> np.ndarray:
+        """The token offsets of windows first .. first + n - 1 of the stream."""
+        out, j = [], first
+        while j < first + n:
+            block, offset = divmod(j, BLOCK)
+            take = min(BLOCK - offset, first + n - j)
+            out.append(self._drawn(block)[offset : offset + take])
+            j += take
+        return np.concatenate(out)
+
+    def _drawn(self, block: int) -> np.ndarray:
+        if self._block[0] != block:
+            rng = np.random.default_rng([self.seed, block])
+            if self.starts is None:
+                drawn = rng.integers(0, len(self.tokens) - self.seq_len - 1, size=BLOCK)
+            else:
+                drawn = self.starts[rng.integers(0, len(self.starts), size=BLOCK)]
+            self._block = (block, drawn)
+        return self._block[1]
 
     def next(self) -> dict[str, torch.Tensor]:
-        rng = np.random.default_rng([self.seed, self.dp_rank, self.counter])
-        self.counter += 1
-        if self.starts is None:
-            starts = rng.integers(0, len(self.tokens) - self.seq_len - 1, size=self.micro_batch)
-        else:
-            starts = self.starts[rng.integers(0, len(self.starts), size=self.micro_batch)]
+        starts = self.window_starts(self.position + self.dp_rank * self.micro_batch, self.micro_batch)
+        self.position += self.micro_batch * self.dp_size
         batch = _windows(self.tokens, starts, self.seq_len)
         if self.doc_mask:
             batch.update(document_mask(batch["input_ids"], self.eos_id))
         return batch
 
     def state_dict(self) -> dict:
-        return {"counter": self.counter, "seed": self.seed, "dp_rank": self.dp_rank}
+        return {"position": self.position, "seed": self.seed}
 
     def load_state_dict(self, state: dict) -> None:
-        self.counter = int(state["counter"])
+        self.position = int(state["position"])
 
 
 def val_batches(
     tokens: np.ndarray, micro_batch: int, seq_len: int, max_tokens: int, dp_rank: int = 0, dp_size: int = 1
 ) -> Iterator[dict[str, torch.Tensor]]:
     """Fixed consecutive windows covering up to `max_tokens` target tokens of the val split
-    (all of it when max_tokens <= 0); ranks take interleaved batches."""
+    (all of it when max_tokens <= 0); ranks take interleaved batches. Every rank runs the same
+    number of forwards (FSDP gathers are collective): the batches are padded to a multiple of
+    dp_size with batches whose labels are all IGNORE_INDEX, so the scored windows are the same
+    for any number of ranks."""
     n_windows = (len(tokens) - 1) // seq_len
     if max_tokens > 0:
         n_windows = min(n_windows, max(1, max_tokens // seq_len))
@@ -118,9 +148,9 @@ def val_batches(
         )
     starts = np.arange(n_windows, dtype=np.int64) * seq_len
     n_batches = -(-n_windows // micro_batch)
-    if dp_size > 1:  # every rank must run the same number of forwards (FSDP gathers are collective)
-        n_batches = max(dp_size, n_batches - n_batches % dp_size)
-    for b, i in enumerate(range(0, n_batches * micro_batch, micro_batch)):
-        i %= n_windows  # fewer batches than ranks: wrap around rather than leave a rank idle
-        if b % dp_size == dp_rank:
-            yield _windows(tokens, starts[i : i + micro_batch], seq_len)
+    for b in range(dp_rank, -(-n_batches // dp_size) * dp_size, dp_size):
+        if b < n_batches:
+            yield _windows(tokens, starts[b * micro_batch : (b + 1) * micro_batch], seq_len)
+        else:
+            padding = _windows(tokens, starts[:micro_batch], seq_len)
+            yield {**padding, "labels": torch.full_like(padding["labels"], IGNORE_INDEX)}

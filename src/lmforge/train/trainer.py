@@ -11,9 +11,10 @@ max_minutes, whichever comes first, always followed by a final checkpoint.
 What the loop asks of an objective is `lmforge.train.objectives.Objective`. Resume, save and
 rollback are the `CheckpointManager`'s (lmforge.checkpoint.manager); the trainer's part of a
 checkpoint is its counters (step, elapsed time, loss guard) and the config hash that decides
-whether a checkpoint may be resumed: model, tokenizer, seed, and the train settings that change
-the trajectory (max_steps, max_minutes and the logging / eval / checkpoint cadence may change
-between a run and its resumption).
+whether a checkpoint may be resumed: model, tokenizer, seed, the global batch and the train
+settings that change the trajectory (max_steps, max_minutes, the logging / eval / checkpoint
+cadence, and how the global batch is split over ranks and micro-batches may change between a run
+and its resumption).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import torch
 
 from lmforge.checkpoint import consolidated as ckpt_io
 from lmforge.checkpoint.manager import CheckpointManager
-from lmforge.config import config_hash, to_dict
+from lmforge.config import config_hash, settings_dict, to_dict
 from lmforge.distributed import loss_parallel_context
 from lmforge.distributed.config import ParallelConfig
 from lmforge.errors import LmforgeError
@@ -42,12 +43,17 @@ from lmforge.train.metrics import MetricsLogger, device_peak_flops, memory_gb, t
 from lmforge.train.objectives import Objective
 from lmforge.train.optim import build_optimizer, lr_at
 
-# Train settings that may change when a run is resumed (they do not change the trajectory).
+# Train settings that may change when a run is resumed (they do not change the trajectory); the
+# logging-only ones (lmforge.config.logging_only) are left out of every hash already.
 RESUMABLE_CHANGES = (
     "max_steps", "max_minutes", "eval_every", "eval_tokens", "sample_every", "checkpoint_every", "keep_last",
-    "log_every", "tensorboard", "wandb", "resume", "compile", "device", "samples", "sample_tokens",
+    "resume", "compile", "device", "samples", "sample_tokens",
     "sample_prompts", "peak_flops", "max_rollbacks", "activation_checkpointing", "init_from",
+    "async_checkpoint",
 )
+# How the global batch is split (per device, accumulated) does not change the trajectory either:
+# the hash holds the global batch in sequences instead, so a run resumes on another number of ranks.
+BATCH_SPLIT = ("micro_batch", "grad_accum")
 RUN_FILES = ("metrics.jsonl", "tensorboard")  # a run's outputs beside its checkpoints
 
 
@@ -87,7 +93,11 @@ class Trainer:
         stage: str = "pretrain",
         parallel_cfg: ParallelConfig | None = None,
         run_name: str = "",
+        parallelized: bool = False,
     ):
+        """`parallelized`: the model comes from `build_parallel_model`, already sharded on its device
+        with the plan for this objective (activation checkpointing and loss parallelism included);
+        otherwise the trainer moves it to the device and applies the plan itself."""
         from lmforge.distributed import Pipeline, parallelize, setup_distributed, uses_loss_parallel
 
         self.cfg, self.objective, self.loader = cfg, objective, train_loader
@@ -103,10 +113,10 @@ class Trainer:
             )
         self.device = torch.device(self.ctx.device)
         self.model_cfg = model_cfg or ckpt_io.unwrap(model).cfg
-        self.raw_model = ckpt_io.unwrap(model).to(self.device)
+        self.raw_model = ckpt_io.unwrap(model) if parallelized else ckpt_io.unwrap(model).to(self.device)
         self.loss_parallel = uses_loss_parallel(parallel_cfg, self.ctx, objective.takes_sharded_logits)
         # pipeline split -> TP -> activation checkpointing -> FSDP / DDP (lmforge.distributed)
-        self.model = parallelize(
+        self.model = model if parallelized else parallelize(
             self.raw_model, parallel_cfg, self.ctx,
             activation_checkpointing=cfg.activation_checkpointing, loss_parallel=self.loss_parallel,
         )
@@ -132,7 +142,7 @@ class Trainer:
             self.out_dir, model=self.model, raw_model=self.raw_model, optimizer=self.optimizer,
             loader=self.loader, tokenizer=tokenizer, stage=stage, config_hash=self.hash,
             keep_last=cfg.keep_last, device=self.device, scaler=self.scaler, distributed=self.ctx.distributed,
-            is_main=self.ctx.is_main, run_files=RUN_FILES, say=self.say,
+            is_main=self.ctx.is_main, async_save=cfg.async_checkpoint, run_files=RUN_FILES, say=self.say,
         )
         self.flops_per_token = flops_per_token(self.model_cfg, cfg.seq_len)
         self.peak_flops, self.peak_source = (0.0, "")
@@ -142,14 +152,15 @@ class Trainer:
     # ------------------------------------------------------------------ setup
 
     def compute_hash(self) -> str:
-        train = {k: v for k, v in to_dict(self.cfg).items() if k not in RESUMABLE_CHANGES}
+        skipped = (*RESUMABLE_CHANGES, *BATCH_SPLIT)
+        train = {k: v for k, v in settings_dict(self.cfg).items() if k not in skipped}
         payload = {
             "model": ckpt_io.model_config_dict(self.model_cfg),
             "train": train,
             "seed": self.seed,
             "stage": self.stage,
             "tokenizer": getattr(self.tokenizer, "hash", None),
-            "dp_size": self.ctx.dp_size,
+            "global_batch": self.accum * self.cfg.micro_batch * self.ctx.dp_size,
         }
         return config_hash(payload)
 
@@ -211,6 +222,7 @@ class Trainer:
                 self.evaluate()
             if self.step != self.checkpoints.saved_step:
                 self.save_checkpoint()
+            self.checkpoints.wait()  # an async save in flight is published before the run ends
         finally:
             if bar is not None:
                 bar.close()
@@ -358,13 +370,14 @@ class Trainer:
         """Back to the last checkpoint's weights and optimizer at half the lr; the data stream moves on."""
         if self.checkpoints.latest() is None:
             raise LmforgeError(
-                f"{self.stage}: {self.guard.consecutive_bad} bad steps in a row at step {self.step} and no checkpoint "
-                f"in {self.checkpoints.root} to roll back to; lower train.lr or set train.checkpoint_every"
+                f"{self.stage}: {self.guard.consecutive_bad} bad steps in a row at step {self.step} and no "
+                f"checkpoint in {self.checkpoints.root} to roll back to; lower train.lr or set "
+                "train.checkpoint_every"
             )
         if self.guard.rollbacks >= self.cfg.max_rollbacks:
             raise LmforgeError(
-                f"{self.stage}: training diverged: {self.guard.rollbacks} rollbacks did not help (step {self.step}); "
-                "lower train.lr"
+                f"{self.stage}: training diverged: {self.guard.rollbacks} rollbacks did not help "
+                f"(step {self.step}); lower train.lr"
             )
         self.step = self.checkpoints.rollback()
         self.guard.rolled_back()
@@ -374,8 +387,10 @@ class Trainer:
     # ------------------------------------------------------------------ eval, checkpoints, samples
 
     def token_bytes(self) -> torch.Tensor | None:
-        if self._token_bytes is None and self.tokenizer is not None and hasattr(self.tokenizer, "token_bytes"):
-            self._token_bytes = torch.tensor(self.tokenizer.token_bytes(), dtype=torch.float64, device=self.device)
+        if self._token_bytes is None and hasattr(self.tokenizer, "token_bytes"):
+            self._token_bytes = torch.tensor(
+                self.tokenizer.token_bytes(), dtype=torch.float64, device=self.device
+            )
         return self._token_bytes
 
     @torch.no_grad()
@@ -426,10 +441,14 @@ class Trainer:
         return self.checkpoints.save(self.step, state, self.last_val.get("val_loss") if current_val else None)
 
     def print_samples(self) -> None:
-        if not self.ctx.is_main or self.tokenizer is None or self.ctx.distributed:  # a lone rank's forward would hang
+        # under more than one process a lone rank's forward would hang
+        if not self.ctx.is_main or self.tokenizer is None or self.ctx.distributed:
             return
-        for prompt, text in sample_texts(self.raw_model, self.tokenizer, self.cfg, seed=self.seed):
+        samples = sample_texts(self.raw_model, self.tokenizer, self.cfg, seed=self.seed)
+        for prompt, text in samples:
             self.say(f"sample @ step {self.step}: {prompt!r} -> {text!r}")
+        if self.logger:
+            self.logger.log_samples(self.step, samples)
         self.model.train()
 
     # ------------------------------------------------------------------ console
@@ -451,13 +470,17 @@ class Trainer:
             tqdm.write(f"[lmforge] {text}")
 
 
-def sample_texts(model: torch.nn.Module, tokenizer: Any, cfg: TrainConfig, seed: int) -> list[tuple[str, str]]:
+def sample_texts(
+    model: torch.nn.Module, tokenizer: Any, cfg: TrainConfig, seed: int
+) -> list[tuple[str, str]]:
     """A few generations from cfg.sample_prompts (empty when lmforge.inference is not available)."""
     try:
         from lmforge.inference import generate
     except ImportError:
         return []
     model.eval()
-    gen = functools.partial(generate, model, tokenizer, max_new_tokens=cfg.sample_tokens, temperature=0.8, top_k=50)
+    gen = functools.partial(
+        generate, model, tokenizer, max_new_tokens=cfg.sample_tokens, temperature=0.8, top_k=50
+    )
     with torch.random.fork_rng(devices=[]):  # sampling must not shift the training RNG stream
         return [(p, gen(p, seed=seed + i)) for i, p in enumerate(cfg.sample_prompts[: max(cfg.samples, 0)])]
