@@ -17,9 +17,10 @@ The whole directory is written under a temp name and renamed into place when com
 from __future__ import annotations
 
 import hashlib
-import itertools
 import shutil
-from collections.abc import Iterable, Iterator
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ import numpy as np
 
 from lmforge.errors import LmforgeError
 from lmforge.fileio import atomic_rename_dir, atomic_write, atomic_write_json, read_json
+from lmforge.tokenizer.bpe import available_cpus
 
 FORMAT = "lmforge-tokens"
 VERSION = 1
@@ -52,54 +54,67 @@ def tokenize_documents(
     val_fraction: float = 0.05,
     seed: int = 1337,
     workers: int = 0,
-    batch_docs: int = 256,
+    batch_chars: int = 1 << 20,
     progress: bool = True,
     extra_meta: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Tokenize `documents` into out_dir/{train,val}.bin + meta.json; returns the meta."""
-    from tqdm import tqdm
+    """Tokenize `documents` into out_dir/{train,val}.bin + meta.json; returns the meta.
 
-    from lmforge.tokenizer.bpe import available_cpus
+    Streaming: the calling thread reads batches of about `batch_chars` characters while `workers`
+    threads (0: every usable CPU) encode them, at most two batches a thread ahead of the writer, and
+    each batch is written as soon as it is encoded. Memory is bounded by those batches plus the
+    largest document, whatever the size of the corpus.
+    """
+    from tqdm import tqdm
 
     eos = tokenizer.eos_id
     if eos is None:
         raise LmforgeError("the tokenizer has no <|eos|> special token; shards put one after every document")
     dtype = token_dtype(tokenizer.vocab_size)
     threads = workers or available_cpus()
+    encode = _array_encoder(tokenizer)
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(f".{out_dir.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     stats = {f"{s}_{k}": 0 for s in SPLITS for k in ("tokens", "bytes", "documents")}
-    empty = 0
+    empty = index = 0
     held: tuple[np.ndarray, int] | None = None  # the last train document, written late
     bar = tqdm(unit="B", unit_scale=True, desc="tokenize", disable=not progress, mininterval=0.5)
-    with atomic_write(tmp / "train.bin", "wb") as ftrain, atomic_write(tmp / "val.bin", "wb") as fval:
+    with (
+        atomic_write(tmp / "train.bin", "wb") as ftrain,
+        atomic_write(tmp / "val.bin", "wb") as fval,
+        ThreadPoolExecutor(threads, thread_name_prefix="tokenize") as pool,
+    ):
         files = {"train": ftrain, "val": fval}
 
         def put(split: str, ids: np.ndarray, nbytes: int) -> None:
-            files[split].write(ids.tobytes())
+            files[split].write(ids.data)
             stats[f"{split}_tokens"] += len(ids)
             stats[f"{split}_bytes"] += nbytes
             stats[f"{split}_documents"] += 1
 
-        index = 0
-        for batch in _batches(documents, batch_docs):
-            texts = [text for _, text in batch]
-            encoded = tokenizer.encode_batch(texts, num_threads=threads, disallowed_special=())
-            for (doc_id, text), ids in zip(batch, encoded):
-                nbytes = len(text.encode("utf-8", "surrogatepass"))
+        def write(doc_ids: list[str], encoded: Future) -> None:
+            nonlocal empty, held, index
+            for doc_id, (ids, nbytes) in zip(doc_ids, encoded.result()):
                 bar.update(nbytes)
-                if not text:
+                if not nbytes:
                     empty += 1
                     continue
-                arr = np.array(ids + [eos], dtype=dtype)
                 if is_val(seed, index, doc_id, val_fraction):
-                    put("val", arr, nbytes)
+                    put("val", ids, nbytes)
                 else:
                     if held is not None:
                         put("train", *held)
-                    held = (arr, nbytes)
+                    held = (ids, nbytes)
                 index += 1
+
+        pending: deque[tuple[list[str], Future]] = deque()
+        for doc_ids, texts in _batches(documents, batch_chars):
+            pending.append((doc_ids, pool.submit(_encode_texts, encode, texts, eos, dtype)))
+            if len(pending) > 2 * threads:
+                write(*pending.popleft())
+        while pending:
+            write(*pending.popleft())
         if held is not None:
             one_doc_val = stats["val_documents"] == 0 and val_fraction > 0 and stats["train_documents"] > 0
             put("val" if one_doc_val else "train", *held)
@@ -127,10 +142,55 @@ def tokenize_documents(
     return meta
 
 
-def _batches(documents: Iterable[Any], size: int) -> Iterator[list[tuple[str, str]]]:
-    it = ((str(i), d) if isinstance(d, str) else (str(d.id), d.text) for i, d in enumerate(documents))
-    while batch := list(itertools.islice(it, size)):
-        yield batch
+def _batches(documents: Iterable[Any], batch_chars: int) -> Iterator[tuple[list[str], list[str]]]:
+    """(ids, texts) of whole documents, in batches of about `batch_chars` characters."""
+    ids: list[str] = []
+    texts: list[str] = []
+    size = 0
+    for i, doc in enumerate(documents):
+        ids.append(str(i) if isinstance(doc, str) else str(doc.id))
+        texts.append(doc if isinstance(doc, str) else doc.text)
+        size += len(texts[-1])
+        if size >= batch_chars:
+            yield ids, texts
+            ids, texts, size = [], [], 0
+    if ids:
+        yield ids, texts
+
+
+def _array_encoder(tokenizer: Any) -> Callable[[str], np.ndarray]:
+    """text -> ids as a uint32 array, special-token strings encoded as plain text.
+
+    With tiktoken the ids go from its Rust encoder straight into an array (4 bytes a token, with
+    the GIL released throughout), where a list would cost ~36 bytes a token and the GIL to build.
+    """
+    try:
+        enc = tokenizer.to_tiktoken()
+    except ImportError:
+        return lambda text: np.array(tokenizer.encode_ordinary(text), dtype=np.uint32)
+
+    def encode(text: str) -> np.ndarray:
+        try:
+            return enc.encode_to_numpy(text, disallowed_special=())
+        except UnicodeEncodeError:  # lone surrogates: replaced, as tiktoken's encode does
+            text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+            return enc.encode_to_numpy(text, disallowed_special=())
+
+    return encode
+
+
+def _encode_texts(
+    encode: Callable[[str], np.ndarray], texts: list[str], eos: int, dtype: np.dtype
+) -> list[tuple[np.ndarray, int]]:
+    """(ids + <|eos|> in `dtype`, UTF-8 byte count) of every text; runs on a worker thread."""
+    out = []
+    for text in texts:
+        ids = encode(text)
+        arr = np.empty(len(ids) + 1, dtype=dtype)
+        arr[:-1] = ids
+        arr[-1] = eos
+        out.append((arr, len(text.encode("utf-8", "surrogatepass"))))
+    return out
 
 
 def read_meta(directory: str | Path) -> dict[str, Any]:
