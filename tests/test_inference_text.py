@@ -26,6 +26,9 @@ class ScriptedModel(nn.Module):
         self.dummy = nn.Parameter(torch.zeros(1))
         self.lm_head = nn.Identity()
 
+    def logits(self, h):
+        return self.lm_head(h)
+
     def forward(self, idx, cache=None, start_pos=0, positions=None, attn_mask=None, return_hidden=False):
         B, T = idx.shape
         if positions is None:
@@ -47,7 +50,9 @@ REPLY = "To be, or not to bé — that is the question\n\nTHE END"
 
 
 def test_scripted_model_plays_its_script():
-    out = engine_for(PROMPT, text_ids(REPLY)).generate([PROMPT], SamplingParams(max_new_tokens=500, temperature=0))
+    out = engine_for(PROMPT, text_ids(REPLY)).generate(
+        [PROMPT], SamplingParams(max_new_tokens=500, temperature=0)
+    )
     assert out[0].text.startswith(REPLY)
 
 

@@ -22,55 +22,43 @@ WORLD_SIZE. What each dim does:
   keeps the embeddings, the last the final norm and head; layer names and so checkpoint keys stay
   the same) and `Pipeline` drives a GPipe or 1F1B schedule over microbatches.
 
-Order, as torchtitan: build on the meta device -> pipeline split -> tensor parallel ->
-activation checkpointing -> compile -> FSDP/DDP -> materialise this rank's shards and initialise
-or load them. `build_parallel_model` does all of it and is how every training stage builds its
-model (initial weights equal to a single-process build, `materialize`); `parallelize` does the
-middle on an already built model, keeping its weights (the parity tests use it).
+Order, as torchtitan: build (on the meta device for big models) -> pipeline split -> tensor
+parallel -> activation checkpointing -> compile -> FSDP/DDP -> materialise and init weights
+(`build_parallel_model` does all of it; `parallelize` does the middle on an already built model,
+keeping its weights, which is what the parity tests and small runs use).
 """
 
-import importlib
-from typing import Any
-
-# name -> submodule; loaded on first use so that `lmforge.distributed.config` (read by every recipe,
-# and so by every verb's --help) does not import torch.
-_NAMES = {
-    "agree": "collectives",
-    "all_reduce_mean": "collectives",
-    "all_reduce_sum": "collectives",
-    "barrier": "collectives",
-    "clip_grad_norm_": "collectives",
-    "run_on_main": "collectives",
-    "ParallelConfig": "config",
-    "loss_parallel_context": "loss_parallel",
-    "uses_loss_parallel": "loss_parallel",
-    "MESH_DIMS": "mesh",
-    "DistContext": "mesh",
-    "check_degrees": "mesh",
-    "degrees": "mesh",
-    "init_process_group": "mesh",
-    "main_process_first": "mesh",
-    "pick_device": "mesh",
-    "setup_distributed": "mesh",
-    "teardown_distributed": "mesh",
-    "apply_ac": "parallelize",
-    "apply_ddp": "parallelize",
-    "apply_fsdp": "parallelize",
-    "apply_tp": "parallelize",
-    "build_parallel_model": "parallelize",
-    "parallelize": "parallelize",
-    "set_grad_sync": "parallelize",
-    "Pipeline": "pipeline",
-    "split_for_pipeline": "pipeline",
-    "stage_layers": "pipeline",
-}
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _NAMES:
-        raise AttributeError(f"module 'lmforge.distributed' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"lmforge.distributed.{_NAMES[name]}"), name)
-
+from lmforge.distributed.collectives import (
+    agree,
+    all_reduce_mean,
+    all_reduce_sum,
+    barrier,
+    clip_grad_norm_,
+    run_on_main,
+)
+from lmforge.distributed.config import ParallelConfig
+from lmforge.distributed.loss_parallel import loss_parallel_context, uses_loss_parallel
+from lmforge.distributed.mesh import (
+    MESH_DIMS,
+    DistContext,
+    check_degrees,
+    degrees,
+    init_process_group,
+    main_process_first,
+    pick_device,
+    setup_distributed,
+    teardown_distributed,
+)
+from lmforge.distributed.parallelize import (
+    apply_ac,
+    apply_ddp,
+    apply_fsdp,
+    apply_tp,
+    build_parallel_model,
+    parallelize,
+    set_grad_sync,
+)
+from lmforge.distributed.pipeline import Pipeline, split_for_pipeline, stage_layers
 
 __all__ = [
     "MESH_DIMS",
