@@ -203,3 +203,25 @@ def test_plays_tasks_are_the_posttrain_demo_items(ckpt):
     task = tasks.load_task("plays")
     assert [d.gold for d in task.docs] == [m.gold for m in demo.mc_eval]
     assert task.docs[0].query.startswith("Which play is this passage from")
+
+
+def test_plays_answer_scores_the_greedy_chat_replies(ckpt, monkeypatch):
+    """format: the reply (whitespace trimmed) is one of the listed titles; acc: it is the gold one."""
+    from lmforge.tasks import demo_eval
+
+    res = evaluate_checkpoint(ckpt, ["plays_answer"], limit=3, max_gen_toks=4, progress=False)["tasks"]
+    answer = res["plays_answer"]
+    assert answer["n"] == 3 and answer["kind"] == "chat_answer" and len(answer["samples"]) == 3
+    assert 0.0 <= answer["metrics"]["acc"] <= answer["metrics"]["format"] <= 1.0
+
+    docs = tasks.load_task("plays_answer").docs[:4]
+    replies = [
+        f" {docs[0].choices[docs[0].gold]}\n",  # right, listed
+        docs[1].choices[(docs[1].gold + 1) % 4],  # listed, wrong
+        ".",  # neither
+        docs[3].choices[docs[3].gold] + " is the play",  # right title inside a sentence: not the format
+    ]
+    monkeypatch.setattr(demo_eval, "chat_replies", lambda *a, **k: replies)
+    metrics, shown = runner.eval_chat_answer(None, None, docs, 8, 2)
+    assert metrics["format"] == 0.5 and metrics["acc"] == 0.25 and len(shown) == 2
+    assert shown[0]["answers"] == [docs[0].choices[docs[0].gold]]

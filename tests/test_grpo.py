@@ -112,3 +112,55 @@ def test_rollout_loader_groups_and_rewards():
     again = RolloutLoader(model, tok, prompts, reward, 3, 2, SamplingParams(max_new_tokens=5, seed=0), seed=0)
     again.load_state_dict(state)
     assert torch.equal(loader.next()["input_ids"], again.next()["input_ids"])  # resumable and seeded
+
+
+def test_rollouts_are_sharded_by_data_parallel_rank_as_one_rank_samples_them():
+    """Rank r's i-th rollout is one rank's rollout i x 2 + r: the same prompts, completions and
+    advantages, so two ranks at half the accumulation sample what one rank samples."""
+    from lmforge.inference import SamplingParams
+    from lmforge.model.config import ModelConfig
+    from lmforge.model.transformer import Transformer
+    from lmforge.tokenizer import Tokenizer
+
+    tok = Tokenizer.train(["abc abd abe " * 50], vocab_size=270, progress=False, workers=1)
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(n_layer=1, d_model=16, n_head=2, vocab_size=tok.vocab_size, max_seq_len=64))
+    prompts = [{"messages": [{"role": "user", "content": f"question {i}"}]} for i in range(7)]
+
+    def reward(prompts, completions, **_):
+        return [float(len(c) % 3) for c in completions]
+
+    def loader(rank, size):
+        return RolloutLoader(model, tok, prompts, reward, 2, 2, SamplingParams(max_new_tokens=6, seed=5),
+                             seed=1, dp_rank=rank, dp_size=size)
+
+    one, ranks = loader(0, 1), [loader(0, 2), loader(1, 2)]
+    for _ in range(3):
+        for r in ranks:
+            want, got = one.next(), r.next()
+            assert torch.equal(got["input_ids"], want["input_ids"])
+            assert torch.equal(got["advantages"], want["advantages"])
+
+
+def test_grpo_on_two_gloo_ranks_trains_the_one_rank_model(tmp_path):
+    """At the same global batch, GRPO on 2 data-parallel ranks (DDP, 1 rollout each per step) takes
+    the steps that 1 rank takes with 2 rollouts per step: the same weights after 3 steps."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    worker = str(Path(__file__).parent / "grpo_dist_worker.py")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    weights = {}
+    for n in (1, 2):
+        out = tmp_path / f"n{n}"
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}",
+               worker, str(out)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=400)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+        weights[n] = torch.load(out / "weights.pt")
+    one, two = weights[1]["trained"], weights[2]["trained"]
+    assert any(not torch.equal(one[k], weights[1]["initial"][k]) for k in one)  # it trained
+    for name, value in one.items():
+        torch.testing.assert_close(two[name], value, rtol=1e-4, atol=1e-6)

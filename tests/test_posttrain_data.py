@@ -68,7 +68,7 @@ def test_alpaca_and_messages_files(tmp_path, tok):
 @pytest.mark.parametrize(
     "row, needle",
     [
-        ({"text": "x"}, "expected {'messages'"),
+        ({"text": "x"}, r"no conversation layout matches the keys \['text'\]"),
         ({"messages": [{"role": "robot", "content": "x"}]}, "message 0"),
         ({"messages": [{"role": "user", "content": "x"}]}, "no assistant message"),
     ],
@@ -99,7 +99,7 @@ def test_preference_and_prompt_files(tmp_path, tok):
     prefs = load_preferences([path])
     assert prefs[1].chosen == "A" and prefs[1].messages == [{"role": "user", "content": "Q"}]
     bad = write_jsonl(tmp_path / "nochosen.jsonl", [{"prompt": "x", "rejected": "y"}])
-    with pytest.raises(LmforgeError, match="nochosen.jsonl:1: missing 'chosen'"):
+    with pytest.raises(LmforgeError, match=r"nochosen.jsonl:1: no preference layout .*missing \['chosen'\]"):
         load_preferences([bad])
     prompts = load_prompts([write_jsonl(tmp_path / "p.jsonl", [{"prompt": "Q", "answer": "A"}])])
     assert prompts == [{"messages": [{"role": "user", "content": "Q"}], "answer": "A"}]
@@ -170,13 +170,14 @@ MIX = {"which_play": 0.25, "next_line": 0.25, "echo": 0.25, "loop": 0.25}
 
 
 def test_demo_tasks_held_out_by_scene_and_deterministic():
-    cfg = DemoConfig(which_play=200, who_speaks=50, continue_speech=50, preference_pairs=200, eval_items=60,
+    cfg = DemoConfig(which_play=200, who_speaks=50, continue_speech=50, small_talk=20, preference_pairs=200,
+                     eval_items=60,
                      preference_mix=MIX)
     a = build_demo_tasks(cfg, seed=7)
     b = build_demo_tasks(cfg, seed=7)
     assert a.sft == b.sft and a.mc_eval == b.mc_eval and a.preference_eval == b.preference_eval
     assert build_demo_tasks(cfg, seed=8).sft != a.sft
-    assert len(a.mc_eval) == 60 and len(a.preference_eval) == 60 and len(a.sft) == 300
+    assert len(a.mc_eval) == 60 and len(a.preference_eval) == 60 and len(a.sft) == 320
 
     from lmforge.data.embedded import shakespeare_plays
 
@@ -228,3 +229,16 @@ def test_preference_mix_is_checked(mix):
 
 def test_play_title_reward():
     assert play_title_reward(["q", "q"], [" Hamlet", "Macbeth"], answer=["Hamlet", "Hamlet"]) == [1.0, 0.0]
+
+
+def test_small_talk_answers_in_verse_and_leaves_the_other_items_alone():
+    from lmforge.tasks.demo import SMALL_TALK
+
+    small = dict(which_play=30, who_speaks=5, continue_speech=5, preference_pairs=10, eval_items=10)
+    without = build_demo_tasks(DemoConfig(**small, small_talk=0), 5)
+    with_talk = build_demo_tasks(DemoConfig(**small, small_talk=12), 5)
+    talk = [c for c in with_talk.sft if c[0]["content"] in SMALL_TALK]
+    assert len(talk) == 12 and len(with_talk.sft) == len(without.sft) + 12
+    assert all(len(c[1]["content"].split("\n")) == 2 and c[1]["role"] == "assistant" for c in talk)
+    assert [m.messages for m in with_talk.mc_eval] == [m.messages for m in without.mc_eval]
+    assert [p.chosen for p in with_talk.preference_eval] == [p.chosen for p in without.preference_eval]

@@ -105,6 +105,9 @@ def test_sft_then_dpo_reward_rl(run_dir, capsys, monkeypatch):
     rl = rl_stage(recipe, run_dir)
     rl_metrics = [json.loads(line) for line in (run_dir / "rl" / "metrics.jsonl").read_text().splitlines()]
     assert rl["train"]["step"] == 2 and "reward" in rl_metrics[0] and "clip_ratio" in rl_metrics[0]
+    rewards = [m["reward"] for m in rl_metrics if "reward" in m]
+    assert (rl["reward_first_quarter"], rl["reward_last_quarter"]) == (rewards[0], rewards[-1])
+    assert "rl: mean reward" in capsys.readouterr().out
     assert data_builds == ["inside"] * 5  # sft, dpo, reward twice, rl: each prepares its data rank 0 first
 
 
@@ -126,3 +129,25 @@ def test_missing_start_checkpoint_is_a_clear_error(tmp_path):
 
     with pytest.raises(LmforgeError, match="dpo: no checkpoint to start from"):
         dpo_stage(load_recipe(None, overrides(tmp_path)), tmp_path)
+
+
+def test_sft_and_dpo_mix_pretraining_windows_from_the_run(run_dir, tmp_path, capsys):
+    import shutil
+
+    from lmforge.errors import LmforgeError
+    from lmforge.shards import tokenize_documents
+    from lmforge.stages.posttrain import dpo_stage, sft_stage
+
+    run = tmp_path / "mixed"
+    shutil.copytree(run_dir / "pretrain", run / "pretrain")
+    mixed = {**overrides(run), "sft.mix_pretrain": 0.5, "dpo.mix_pretrain": 1.0}
+    with pytest.raises(LmforgeError, match="tokenize stage"):
+        sft_stage(load_recipe(None, mixed), run)
+    _, tok = load_model(run / "pretrain")
+    text = [f"ROMEO:\nBut soft, what light through yonder window breaks, line {i}.\n" * 20 for i in range(20)]
+    tokenize_documents(tok, text, run / "tokens", val_fraction=0.1, seed=1, progress=False)
+    sft_stage(load_recipe(None, mixed), run)
+    assert "50% of the rows are pretraining windows" in capsys.readouterr().out
+    dpo_stage(load_recipe(None, mixed), run)
+    metrics = [json.loads(line) for line in (run / "dpo" / "metrics.jsonl").read_text().splitlines()]
+    assert all(m["pretrain_nll"] > 0 for m in metrics if "rewards/margins" in m)

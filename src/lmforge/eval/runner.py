@@ -141,6 +141,26 @@ def eval_gen(
     return {"exact_match": sum(em) / len(em), "exact_match_stderr": mean_stderr(em)}, outs
 
 
+def eval_chat_answer(model, tok, docs: list, max_gen_toks: int, samples: int) -> tuple[dict, list]:
+    """Greedy chat replies to 4-choice questions (lmforge.tasks.demo.MCItem): format and acc."""
+    from lmforge.tasks.demo_eval import which_play_answers
+
+    out = which_play_answers(model, tok, docs, max_gen_toks)
+    listed = [float(r.strip() in d.choices) for r, d in zip(out["replies"], docs)]
+    right = [float(r.strip() == d.choices[d.gold]) for r, d in zip(out["replies"], docs)]
+    metrics = {
+        "format": out["format"],
+        "format_stderr": mean_stderr(listed),
+        "acc": out["accuracy"],
+        "acc_stderr": mean_stderr(right),
+    }
+    shown = [
+        {"prompt": d.messages[-1]["content"][-300:], "output": r, "answers": [d.choices[d.gold]]}
+        for d, r in list(zip(docs, out["replies"]))[:samples]
+    ]
+    return metrics, shown
+
+
 def read_bpb_documents(path: Path, limit: int) -> list[str]:
     if path.suffix == ".jsonl":
         docs = [need_field(obj, "text", f"{path}:{n}", str) for n, obj in read_jsonl_items(path)]
@@ -227,6 +247,9 @@ def evaluate_task(
         result["n"] = len(docs)
         if task.kind == "token_mc":
             result["metrics"] = eval_token_mc(model, task, docs, batch_size)
+            result["shots"] = 0
+        elif task.kind == "chat_answer":
+            result["metrics"], result["samples"] = eval_chat_answer(model, tok, docs, max_gen_toks, samples)
             result["shots"] = 0
         else:
             contexts = [

@@ -17,6 +17,9 @@ A task spec is `KIND:PATH` (or just PATH, the kind guessed from the file) or a b
   plays             the demo's 4-choice "which play is this passage from" questions (chance 25%),
                     held out by scene, as plain text for a base model
   plays_chat        the same questions in the chat template, answered as the assistant (the SFT format)
+  plays_answer      the same questions answered by greedy generation in the chat template, as
+                    `lmforge chat` answers at temperature 0: format (the reply is one of the listed
+                    titles) and acc (it is the right one)
   val_bpb           bits per byte on the val token shard of the checkpoint's run (RUN/tokens)
   plays_pref        the demo's held-out preference pairs (the recipe's sft.demo.preference_mix of
                     which-play, echo and loop pairs): is the chosen completion more likely than the
@@ -38,7 +41,7 @@ from lmforge.errors import LmforgeError
 
 LETTERS = "ABCDEFGHIJ"
 KINDS = ("mmlu", "hellaswag", "arc", "mc", "gen", "bpb")
-BUILTIN = ("plays", "plays_chat", "plays_pref")  # and val_bpb: resolved by lmforge.eval.api
+BUILTIN = ("plays", "plays_chat", "plays_pref", "plays_answer")  # and val_bpb: resolved by lmforge.eval.api
 
 
 @dataclass
@@ -67,7 +70,7 @@ class TokenMCDoc:
 @dataclass
 class Task:
     name: str
-    kind: str  # "mc" | "gen" | "bpb" | "token_mc"
+    kind: str  # "mc" | "gen" | "bpb" | "token_mc" | "chat_answer"
     docs: list = field(default_factory=list)
     fewshot_pool: list | None = None  # None: other docs of the same task
     fewshot_first_n: bool = False  # lm-eval's first_n sampler (MMLU dev)
@@ -349,6 +352,8 @@ def load_plays_task(kind: str, tokenizer=None, seed: int = 1337, demo_cfg=None) 
     if kind == "plays":
         docs = [MCDoc(f"{m.messages[-1]['content']}\nAnswer:", list(m.choices), m.gold) for m in demo.mc_eval]
         return Task(kind, "mc", docs, chance=0.25)
+    if kind == "plays_answer":
+        return Task(kind, "chat_answer", list(demo.mc_eval), chance=0.25)
     if tokenizer is None:
         raise ValueError(f"task {kind} needs the tokenizer")
     end = [tokenizer.special_ids["<|end|>"]]

@@ -7,6 +7,8 @@ With Δ = log πθ(y|x) − log π_ref(y|x) summed over completion tokens, and z
 With rpo_alpha α > 0 each pair adds α·NLL(chosen), the chosen completion's mean per-token negative
 log-likelihood (RPO, Pang et al. 2024; TRL's rpo_alpha, which averages over the batch's tokens
 instead of per pair): it keeps DPO from lowering the likelihood of the chosen answers.
+With pretrain_weight w > 0 (`dpo.mix_pretrain`) each pair adds w · the mean per-token NLL of the
+micro-batch's pretraining windows (lmforge.posttrain.mixing): it keeps the base model's language.
 Metrics follow TRL: rewards/chosen = β·Δ_chosen, rewards/rejected = β·Δ_rejected,
 rewards/margins = their mean difference, rewards/accuracies = mean(chosen > rejected) (strict).
 The reference is either precomputed once (batch["ref_logps"], the default: no second model in
@@ -19,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from lmforge.model.loss import IGNORE_INDEX
+from lmforge.posttrain.mixing import pretrain_nll_term
 from lmforge.posttrain.preference import sequence_logps
 from lmforge.train.objectives import LossOutput, Objective
 
@@ -54,8 +57,10 @@ class DPOObjective(Objective):
     def __init__(
         self, beta: float = 0.1, loss_type: str = "sigmoid", label_smoothing: float = 0.0, ref_model=None,
         rpo_alpha: float = 0.0,
+        pretrain_weight: float = 0.0,
     ):
-        self.beta, self.loss_type, self.label_smoothing, self.rpo_alpha = beta, loss_type, label_smoothing, rpo_alpha
+        self.beta, self.loss_type, self.label_smoothing = beta, loss_type, label_smoothing
+        self.rpo_alpha, self.pretrain_weight = rpo_alpha, pretrain_weight
         self.ref_model = ref_model
         if ref_model is not None:
             ref_model.eval().requires_grad_(False)
@@ -72,7 +77,9 @@ class DPOObjective(Objective):
         logps = sequence_logps(model, batch)
         ref = self.reference_logps(batch).to(logps.device, logps.dtype)
         n = logps.shape[0] // 2
-        losses, r_c, r_r = dpo_losses(logps[:n], logps[n:], ref[:n], ref[n:], self.beta, self.loss_type, self.label_smoothing)
+        losses, r_c, r_r = dpo_losses(
+            logps[:n], logps[n:], ref[:n], ref[n:], self.beta, self.loss_type, self.label_smoothing
+        )
         metrics = {
             "rewards/chosen": r_c.mean(),
             "rewards/rejected": r_r.mean(),
@@ -86,4 +93,8 @@ class DPOObjective(Objective):
             nll = -logps[:n] / tokens
             losses = losses + self.rpo_alpha * nll
             metrics["nll_loss"] = nll.detach().mean()
+        pretrain_nll = pretrain_nll_term(model, batch) if self.pretrain_weight else None
+        if pretrain_nll is not None:
+            losses = losses + self.pretrain_weight * pretrain_nll
+            metrics["pretrain_nll"] = pretrain_nll.detach()
         return LossOutput(losses.sum(), n, metrics)

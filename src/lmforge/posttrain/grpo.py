@@ -1,6 +1,7 @@
 """GRPO (group relative policy optimization) as an objective of the one Trainer.
 
-The rollout loader is the data source: each `next()` takes `prompts_per_step` prompts, samples
+The rollout loader is the data source: each `next()` (one micro-batch) takes `prompts_per_step`
+prompts, samples
 `num_generations` completions of each with the current policy (lmforge.inference.Engine),
 scores them with the reward (a Python function "module:function" or the reward model) and
 turns each group's rewards into advantages A = (r − mean) / (std + 1e-4) (Bessel std, as TRL;
@@ -13,6 +14,11 @@ gradient. With μ > 1 (TRL's num_iterations) the loader samples one optimizer st
 (`rollouts_per_step`, the Trainer's micro-batches per step), records the sampling policy's
 log-probs as `old_logps`, and serves the same rollouts for μ optimizer steps: from the second
 step on ρ ≠ 1 and the clip bounds how far the policy moves from the one that sampled.
+
+Under data parallelism each rank samples its own prompts: one optimizer step takes
+prompts_per_step x accumulation x dp_size prompts in all, and rank r's i-th rollout is rollout
+i x dp_size + r of the one prompt stream (its prompts and its sampling seeds), so at an equal
+global batch (train.batch_tokens) 1 and N ranks sample the same rollouts and take the same steps.
 
 Reward functions are called as f(prompts, completions, **columns) -> list[float], with prompts
 and completions as text, `prompt_ids`/`completion_ids` as token lists, and every extra column
@@ -115,7 +121,10 @@ class RewardModelScorer:
         from lmforge.posttrain.reward import sequence_rewards
 
         max_len = self.model.cfg.max_seq_len
-        rows = [completion_row(list(p), list(c) or [self.pad_id], max_len) for p, c in zip(prompt_ids, completion_ids)]
+        rows = [
+            completion_row(list(p), list(c) or [self.pad_id], max_len)
+            for p, c in zip(prompt_ids, completion_ids)
+        ]
         device = next(self.model.parameters()).device
         batch = {k: v.to(device) for k, v in pad_rows(rows, self.pad_id).items()}
         self.model.eval()
@@ -147,6 +156,8 @@ class RolloutLoader:
         scale_rewards: str = "group",
         num_iterations: int = 1,
         rollouts_per_step: int = 1,
+        dp_rank: int = 0,
+        dp_size: int = 1,
     ):
         from lmforge.inference import Engine
 
@@ -154,6 +165,7 @@ class RolloutLoader:
             raise LmforgeError("rl: no prompts")
         if num_iterations < 1 or rollouts_per_step < 1:
             raise ValueError("num_iterations and rollouts_per_step must be >= 1")
+        self.dp_rank, self.dp_size = dp_rank, dp_size
         self.policy, self.tok, self.prompts, self.reward_fn = policy, tokenizer, prompts, reward_fn
         self.G, self.P, self.sampling, self.seed = num_generations, prompts_per_step, sampling, seed
         self.ref_model, self.scale = ref_model, scale_rewards
@@ -163,6 +175,7 @@ class RolloutLoader:
         self.rollouts = 0
         self._buffer: list[dict[str, torch.Tensor]] = []  # this step's rollouts, served num_iterations times
         self._served = 0
+        self._forwarded = False
 
     def next(self) -> dict[str, torch.Tensor]:
         if self.num_iterations == 1:
@@ -177,14 +190,20 @@ class RolloutLoader:
     def _rollout(self) -> dict[str, torch.Tensor]:
         import dataclasses
 
-        items = [self.prompts[i] for i in self.prompt_order.take(self.P)]
+        # every rank walks the same prompt order; the ranks' rollouts number k = rollouts x dp + rank,
+        # and rollout k takes the k-th P prompts and seeds, as one rank's k-th rollout does
+        order = self.prompt_order.take(self.P * self.dp_size)[self.dp_rank * self.P :][: self.P]
+        items = [self.prompts[i] for i in order]
         prompt_ids = [self.tok.render_chat(it["messages"], add_generation_prompt=True)[0] for it in items]
         end = self.tok.special_ids["<|end|>"]
+        k = self.rollouts * self.dp_size + self.dp_rank
         params = dataclasses.replace(
             self.sampling,
-            seed=(self.sampling.seed or 0) + 1_000_003 * self.rollouts,
+            seed=(self.sampling.seed or 0) + 1_000_003 * k,
             stop_token_ids=sorted({*self.sampling.stop_token_ids, end}),
         )
+        if not self._forwarded:  # see _first_forward
+            self._first_forward(prompt_ids[0])
         self.rollouts += 1
         flat_prompts = [p for p in prompt_ids for _ in range(self.G)]
         completions = self.engine.generate(flat_prompts, params)
@@ -192,11 +211,17 @@ class RolloutLoader:
         texts = [self.tok.decode(p) for p in flat_prompts]
         comp_ids = [c.token_ids for c in completions]
         rewards = torch.tensor(
-            self.reward_fn(texts, [c.text for c in completions], prompt_ids=flat_prompts, completion_ids=comp_ids, **columns),
+            self.reward_fn(
+                texts, [c.text for c in completions], prompt_ids=flat_prompts, completion_ids=comp_ids,
+                **columns,
+            ),
             dtype=torch.float32,
         )
         if rewards.shape != (len(completions),):
-            raise LmforgeError(f"the reward function returned {tuple(rewards.shape)} values for {len(completions)} completions")
+            raise LmforgeError(
+                f"the reward function returned {tuple(rewards.shape)} values "
+                f"for {len(completions)} completions"
+            )
         max_len = self.policy.cfg.max_seq_len
         rows = [completion_row(p, c or [end], max_len) for p, c in zip(flat_prompts, comp_ids)]
         batch = pad_rows(rows, self.tok.special_ids.get("<|eos|>", 0))
@@ -209,8 +234,18 @@ class RolloutLoader:
         batch[STAT_PREFIX + "reward"] = rewards.mean()
         batch[STAT_PREFIX + "reward_std"] = std.mean()
         batch[STAT_PREFIX + "frac_reward_zero_std"] = (std == 0).float().mean()
-        batch[STAT_PREFIX + "completion_length"] = torch.tensor(float(sum(map(len, comp_ids)) / len(comp_ids)))
+        mean_length = sum(map(len, comp_ids)) / len(comp_ids)
+        batch[STAT_PREFIX + "completion_length"] = torch.tensor(float(mean_length))
         return batch
+
+    def _first_forward(self, ids: list[int]) -> None:
+        """One forward outside inference mode before the engine's first: data parallelism (DDP's
+        composable `replicate`) sets up its gradient buckets on the model's first forward, and
+        buckets made under the engine's inference mode could not take gradients later."""
+        with torch.no_grad():
+            device = next(self.policy.parameters()).device
+            self.policy(torch.tensor([ids[: self.policy.cfg.max_seq_len]], device=device))
+        self._forwarded = True
 
     def state_dict(self) -> dict:
         """Where the prompts and sampling seeds are; a resumed run starts with a fresh rollout."""

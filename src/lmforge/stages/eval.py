@@ -3,6 +3,8 @@
 Writes RUN_DIR/eval/results.json (one entry per checkpoint, pretrain < sft < dpo < rl) and
 RUN_DIR/eval/samples.json (a few seeded generations per checkpoint, for the report card):
 base checkpoints continue each prompt as text, post-trained ones answer it as a user's chat turn.
+Chat-only tasks (plays_answer) run on the post-trained stages only; the final stage's answer format
+and accuracy are printed last.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from lmforge.fileio import atomic_write_json
 
 CHECKPOINT_STAGES = ("pretrain", "sft", "dpo", "rl")
 CHAT_STAGES = ("sft", "dpo", "rl")  # their checkpoints speak the chat template
+CHAT_ONLY_TASKS = ("plays_answer",)  # generated chat replies: meaningless for a base model
 
 
 def trained_stages(run_dir: Path, only: list[str] | None = None) -> list[tuple[str, Path]]:
@@ -62,9 +65,10 @@ def eval_stage(recipe: Any, run_dir: Path) -> dict:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     for stage, ckpt in stages:
         model, tok = load_model(ckpt, device=device)
+        tasks = [t for t in cfg.tasks if stage in CHAT_STAGES or t not in CHAT_ONLY_TASKS]
         entry = evaluate_checkpoint(
             ckpt,
-            cfg.tasks,
+            tasks,
             shots=cfg.shots,
             limit=cfg.limit,
             seed=cfg.fewshot_seed,
@@ -88,4 +92,20 @@ def eval_stage(recipe: Any, run_dir: Path) -> dict:
             )
         atomic_write_json(run_dir / "eval" / "results.json", results)
     atomic_write_json(run_dir / "eval" / "samples.json", samples)
+    print_answer_summary(results)
     return results
+
+
+def print_answer_summary(results: dict) -> None:
+    """One line for the final stage's chatbot: how often its replies are a listed title, and right."""
+    final = results["checkpoints"][-1]
+    answer = final["tasks"].get("plays_answer")
+    if answer is None:
+        return
+    m = answer["metrics"]
+    print(
+        f"[lmforge] eval: the {final.get('stage')} chatbot at temperature 0 answers {answer['n']} held-out "
+        f"which-play questions with a listed title {100 * m['format']:.0f}% of the time, the right one "
+        f"{100 * m['acc']:.0f}% (chance 25%)",
+        flush=True,
+    )

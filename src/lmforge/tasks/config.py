@@ -13,6 +13,7 @@ class DemoConfig:
     which_play: int = 3000  # SFT conversations: "which play is this passage from" (4 choices)
     who_speaks: int = 200  # SFT conversations: "who speaks these lines"
     continue_speech: int = 200  # SFT conversations: "continue this speech"
+    small_talk: int = 200  # SFT conversations: an everyday question answered in verse (in character)
     preference_pairs: int = 1500  # DPO / reward training pairs
     # fraction of the pairs (training and held-out alike) of each kind (lmforge.tasks.demo.PAIR_KINDS)
     preference_mix: dict[str, float] = field(

@@ -4,7 +4,8 @@ Every scene of every play goes either to training or to evaluation (`eval_scene_
 of each play's scenes, drawn from the seed), so nothing evaluated was post-trained on.
 From the training scenes come
   - SFT conversations: "which play is this passage from" (4 titles offered, the answer is the
-    title), "who speaks these lines" and "continue this speech";
+    title), "who speaks these lines", "continue this speech" and small talk (an everyday
+    question from SMALL_TALK answered with two lines of a speech);
   - preference pairs of the kinds in PAIR_KINDS, mixed by `preference_mix`:
       which_play  the 4-choice question; the right title chosen, one of the 3 wrong listed titles rejected
       echo        a "continue this speech" prompt; its true next line chosen, the prompt's last
@@ -35,6 +36,15 @@ WHICH_PLAY = "Which play is this passage from ({choices})?\n\n{passage}"
 WHO_SPEAKS = "Who speaks these lines in {title}?\n\n{lines}"
 CONTINUE = "Continue this speech by {speaker} in {title}:\n\n{lines}"
 PAIR_KINDS = ("which_play", "next_line", "echo", "loop")  # the preference pair kinds, in build order
+# Questions outside the plays' tasks; the SFT reply is verse from a play, so the chatbot answers
+# anything in character instead of with an empty string or a stray "."
+SMALL_TALK = (
+    "Hello!", "Hi there.", "How are you?", "Who are you?", "What is your name?", "Tell me a story.",
+    "What do you think of love?", "Give me some advice.", "What is the weather like today?",
+    "Can you help me?", "What should I do tonight?", "Say something wise.", "Are you happy?",
+    "What is the meaning of life?", "Tell me about yourself.", "Good morning.", "What is the time?",
+    "Do you like music?", "Who is the king?", "What news?",
+)
 
 
 @dataclass
@@ -150,6 +160,15 @@ def _continue(play: Play, scene: Scene, rng: random.Random):
     sp, shown, nxt = split
     question = CONTINUE.format(speaker=sp.speaker, title=play_title(play), lines="\n".join(shown))
     return [{"role": "user", "content": question}, {"role": "assistant", "content": nxt}]
+
+
+def _small_talk(scene: Scene, rng: random.Random):
+    """An everyday question answered by the first two lines of a speech (verse, in character)."""
+    speeches = [s for s in scene.speeches if len(_speech_lines(s)) >= 2]
+    if not speeches:
+        return None
+    reply = "\n".join(_speech_lines(rng.choice(speeches))[:2])
+    return [{"role": "user", "content": rng.choice(SMALL_TALK)}, {"role": "assistant", "content": reply}]
 
 
 def _line_pool(pairs: list[tuple[Play, Scene]]) -> dict[str, list[str]]:
@@ -281,6 +300,9 @@ def build_demo_tasks(cfg: DemoConfig, seed: int, plays: Sequence[Play] | None = 
     cont = _draw(cfg.continue_speech, train, rng, lambda p, s: _continue(p, s, rng))
     sft = [answered(m) for m in which] + who + cont
     rng.shuffle(sft)
+    talk_rng = random.Random(f"{seed}:small-talk")  # its own stream: every other item stays as it was
+    for conv in _draw(cfg.small_talk, train, talk_rng, lambda p, s: _small_talk(s, talk_rng)):
+        sft.insert(talk_rng.randrange(len(sft) + 1), conv)
 
     mc_eval = _draw(cfg.eval_items, held_out, rng, lambda p, s: _which_play(p, s, titles, rng, n))
     pref_train = _pairs(cfg.preference_pairs, cfg.preference_mix, train, titles, f"{seed}:pairs", n)

@@ -7,6 +7,8 @@
                    than the rejected one (both + <|end|>, after the same prompt); with mixed
                    pair kinds also preference_acc/KIND for each kind
 Scoring is lmforge.inference.scoring.token_loglikelihoods (the one scorer) on pre-tokenized requests.
+What a user sees is measured by generation instead (`which_play_answers`): the greedy reply to each
+held-out question, which must be one of the listed titles (format) and the right one (accuracy).
 """
 
 from __future__ import annotations
@@ -75,3 +77,24 @@ def format_metrics(label: str, m: dict[str, float], n_mc: int, n_pairs: int) -> 
         f"({n_mc} questions, chance 25%), held-out preference accuracy {100 * m['preference_acc']:.1f}% "
         f"({n_pairs} pairs{'; ' + by_kind if by_kind else ''})"
     )
+
+
+def chat_replies(model, tokenizer, conversations: list[list[dict]], max_new_tokens: int = 24) -> list[str]:
+    """Greedy (temperature 0) assistant replies to each conversation, stopped at <|end|>: what
+    `lmforge chat` and the server give at temperature 0."""
+    from lmforge.inference import Engine, SamplingParams
+
+    prompts = [tokenizer.render_chat(m, add_generation_prompt=True)[0] for m in conversations]
+    end = tokenizer.special_ids["<|end|>"]
+    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0, stop_token_ids=[end])
+    return [c.text for c in Engine(model, tokenizer).generate(prompts, params)]
+
+
+def which_play_answers(model, tokenizer, items: list[MCItem], max_new_tokens: int = 24) -> dict:
+    """Generated answers to the which-play questions: format = the reply is one of the listed
+    titles (surrounding whitespace ignored), accuracy = it is the right one; plus the replies."""
+    replies = chat_replies(model, tokenizer, [i.messages for i in items], max_new_tokens)
+    listed = [r.strip() in i.choices for r, i in zip(replies, items)]
+    right = [r.strip() == i.choices[i.gold] for r, i in zip(replies, items)]
+    n = max(1, len(items))
+    return {"format": sum(listed) / n, "accuracy": sum(right) / n, "replies": replies}
