@@ -27,7 +27,9 @@ def scene_pages(limit: int) -> list[tuple[str, str]]:
     for play in plays:
         for scene in play.scenes:
             one = Play(play.slug, play.title, play.genre, [scene])
-            pages.append((site_page(f"{play.title}, {scene.heading}", play_article(one), plays), play_text(one)))
+            pages.append(
+                (site_page(f"{play.title}, {scene.heading}", play_article(one), plays), play_text(one))
+            )
             if len(pages) == limit:
                 return pages
     return pages
@@ -52,8 +54,10 @@ def main() -> None:
         texts[backend] = [extract_text(h, backend=backend, timeout=0)[0] for h, _ in pages]
         dt = time.perf_counter() - t0
         truth = sum(overlap(t, ref) >= 0.9 for t, (_, ref) in zip(texts[backend], pages)) / len(pages)
-        print(f"{backend:12s} {len(pages) / dt:8.1f} pages/s  {mb / dt:6.2f} MB/s  "
-              f"main text within 90% of the scene: {truth:.3f}")
+        print(
+            f"{backend:12s} {len(pages) / dt:8.1f} pages/s  {mb / dt:6.2f} MB/s  "
+            f"main text within 90% of the scene: {truth:.3f}"
+        )
     agree = sum(overlap(a, b) >= 0.9 for a, b in zip(texts["trafilatura"], texts["resiliparse"])) / len(pages)
     print(f"agreement (overlap >= 90%): {agree:.3f} of {len(pages)} pages ({mb:.1f} MB of HTML)")
 

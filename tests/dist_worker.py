@@ -34,7 +34,9 @@ def main() -> None:
             cfg = dist_common.model_config(lay.get("arch", "llama"), lay.get("tied", False))
             model = build_parallel_model(cfg, pcfg, ctx, seed=0)
         else:
-            model = dist_common.build(lay.get("arch", "llama"), lay.get("tied", False), seed=99 if lay.get("resume") else 0)
+            model = dist_common.build(
+                lay.get("arch", "llama"), lay.get("tied", False), seed=99 if lay.get("resume") else 0
+            )
             model = parallelize(model, pcfg, ctx)
         opt = dist_common.optimizer(model)
         if lay.get("resume"):

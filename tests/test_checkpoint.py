@@ -30,9 +30,20 @@ def tok() -> Tokenizer:
 
 def model_for(tok, arch="llama", tie=True) -> Transformer:
     torch.manual_seed(1)
-    return Transformer(ModelConfig(arch=arch, vocab_size=tok.vocab_size, n_layer=2, d_model=32, n_head=4,
-                                   n_kv_head=2 if arch == "llama" else 4, max_seq_len=32, tie_embeddings=tie,
-                                   preset="", depth=0))
+    return Transformer(
+        ModelConfig(
+            arch=arch,
+            vocab_size=tok.vocab_size,
+            n_layer=2,
+            d_model=32,
+            n_head=4,
+            n_kv_head=2 if arch == "llama" else 4,
+            max_seq_len=32,
+            tie_embeddings=tie,
+            preset="",
+            depth=0,
+        )
+    )
 
 
 @pytest.mark.parametrize("arch,tie", [("llama", True), ("llama", False), ("gpt2", True)])
@@ -118,9 +129,17 @@ def test_load_model_matches_transformers_llama(tok, tmp_path):
     loaded, _ = load_model(save_model_checkpoint(model, tok, tmp_path / "ck"))
     c = loaded.cfg
     hf_cfg = transformers.LlamaConfig(
-        vocab_size=c.vocab_size, hidden_size=c.d_model, intermediate_size=c.d_ff, num_hidden_layers=c.n_layer,
-        num_attention_heads=c.n_head, num_key_value_heads=c.n_kv_head, max_position_embeddings=c.max_seq_len,
-        rms_norm_eps=c.norm_eps, rope_theta=c.rope_theta, tie_word_embeddings=False, attention_bias=False,
+        vocab_size=c.vocab_size,
+        hidden_size=c.d_model,
+        intermediate_size=c.d_ff,
+        num_hidden_layers=c.n_layer,
+        num_attention_heads=c.n_head,
+        num_key_value_heads=c.n_kv_head,
+        max_position_embeddings=c.max_seq_len,
+        rms_norm_eps=c.norm_eps,
+        rope_theta=c.rope_theta,
+        tie_word_embeddings=False,
+        attention_bias=False,
     )
     hf = transformers.LlamaForCausalLM(hf_cfg).eval()
     rename = {"tok_emb": "model.embed_tokens", "norm": "model.norm", "lm_head": "lm_head"}
@@ -129,9 +148,14 @@ def test_load_model_matches_transformers_llama(tok, tmp_path):
         head, _, rest = k.partition(".")
         if head == "layers":
             i, sub = rest.split(".", 1)
-            sub = (sub.replace("attn_norm", "input_layernorm").replace("mlp_norm", "post_attention_layernorm")
-                   .replace("attn.w", "self_attn.").replace("mlp.w1", "mlp.gate_proj").replace("mlp.w3", "mlp.up_proj")
-                   .replace("mlp.w2", "mlp.down_proj"))
+            sub = (
+                sub.replace("attn_norm", "input_layernorm")
+                .replace("mlp_norm", "post_attention_layernorm")
+                .replace("attn.w", "self_attn.")
+                .replace("mlp.w1", "mlp.gate_proj")
+                .replace("mlp.w3", "mlp.up_proj")
+                .replace("mlp.w2", "mlp.down_proj")
+            )
             sub = sub.replace("self_attn.q", "self_attn.q_proj").replace("self_attn.k", "self_attn.k_proj")
             sub = sub.replace("self_attn.v", "self_attn.v_proj").replace("self_attn.o", "self_attn.o_proj")
             sd[f"model.layers.{i}.{sub}"] = v
@@ -168,9 +192,20 @@ def manager_for(out, tok, config_hash="h1", keep_last=1, seed=1):
         for p in model.parameters():
             p.add_(torch.randn_like(p))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    mgr = CheckpointManager(out, model=model, raw_model=model, optimizer=opt, loader=Counter(), tokenizer=tok,
-                            stage="pretrain", config_hash=config_hash, keep_last=keep_last,
-                            device=torch.device("cpu"), run_files=("metrics.jsonl",), say=lambda _: None)
+    mgr = CheckpointManager(
+        out,
+        model=model,
+        raw_model=model,
+        optimizer=opt,
+        loader=Counter(),
+        tokenizer=tok,
+        stage="pretrain",
+        config_hash=config_hash,
+        keep_last=keep_last,
+        device=torch.device("cpu"),
+        run_files=("metrics.jsonl",),
+        say=lambda _: None,
+    )
     return mgr, model, opt
 
 

@@ -33,13 +33,18 @@ def test_the_crawl_is_deterministic_from_its_seed():
 
 
 def test_cli_writes_the_same_crawl_as_the_embedded_spec(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "lmforge", "data", "crawl", "--out", str(tmp_path)],
-                         capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-m", "lmforge", "data", "crawl", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr
     from_file = list(read_inputs([str(tmp_path / CRAWL_FILE)], on_reject=lambda r: None))
     embedded = list(read_inputs(["embedded:shakespeare-crawl"], on_reject=lambda r: None))
     assert [(d.id, d.metadata["url"], d.text) for d in from_file] == [
-        (d.id, d.metadata["url"], d.text) for d in embedded]
+        (d.id, d.metadata["url"], d.text) for d in embedded
+    ]
     assert len(embedded) == sum(p.kind != "non_html" for p in crawl_pages())
 
 
@@ -54,11 +59,18 @@ def test_demo_data_section_removes_the_junk_and_keeps_the_plays(tmp_path):
     stats = run_pipeline(cfg, tmp_path / "data", workers=1)
     dropped = {step: stats["steps"][step]["dropped"] for step in cfg.steps}
     assert dropped == {
-        "extract": {"extract_empty": 6}, "normalize": {}, "language": {"language_de": 2, "language_fr": 2},
-        "gopher_quality": {"short_doc": 3}, "gopher_repetition": {"dup_para_frac": 3}, "toxicity": {"toxic": 4},
-        "exact_dedup": {"duplicate_content": 4, "duplicate_url": 2}, "minhash_dedup": {"near_duplicate": 6},
+        "extract": {"extract_empty": 6},
+        "normalize": {},
+        "language": {"language_de": 2, "language_fr": 2},
+        "gopher_quality": {"short_doc": 3},
+        "gopher_repetition": {"dup_para_frac": 3},
+        "toxicity": {"toxic": 4},
+        "exact_dedup": {"duplicate_content": 4, "duplicate_url": 2},
+        "minhash_dedup": {"near_duplicate": 6},
     }
     assert stats["rejects"] == {"response_record_without_html": 2}  # robots.txt and an image
-    docs = [d for shard in sorted((tmp_path / "data" / "docs").glob("*.jsonl.zst")) for d in read_documents(shard)]
+    docs = [
+        d for shard in sorted((tmp_path / "data" / "docs").glob("*.jsonl.zst")) for d in read_documents(shard)
+    ]
     assert [d.text for d in docs] == [text for _, text in embedded_documents("shakespeare")]
     assert all(d.metadata["url"].startswith("https://complete-works.example.org/plays/") for d in docs)

@@ -18,8 +18,10 @@ from lmforge.data.filters import C4, FineWeb, GopherQuality, GopherRepetition, s
 from lmforge.data.normalize import normalize_text
 from lmforge.errors import LmforgeError
 
-WORDS = ("the of and to in that have with be it is was for on are as his they at one this from by "
-         "river mountain history science people music garden quickly system data model theory").split()
+WORDS = (
+    "the of and to in that have with be it is was for on are as his they at one this from by "
+    "river mountain history science people music garden quickly system data model theory"
+).split()
 
 
 def make_corpus(n: int = 300, seed: int = 0) -> list[str]:
@@ -42,8 +44,16 @@ def make_corpus(n: int = 300, seed: int = 0) -> list[str]:
         if kind == 4:  # long words
             sentences = [s.replace(" ", "") for s in sentences]
         if kind == 5:  # C4 doc-level triggers
-            sentences.append(rng.choice(["Lorem ipsum dolor sit amet.", "var x = {a: 1} in javascript code.",
-                                         "Read our privacy policy here today.", "See the notes [1] here [edit]."]))
+            sentences.append(
+                rng.choice(
+                    [
+                        "Lorem ipsum dolor sit amet.",
+                        "var x = {a: 1} in javascript code.",
+                        "Read our privacy policy here today.",
+                        "See the notes [1] here [edit].",
+                    ]
+                )
+            )
         if kind == 6:  # numbers only
             sentences = [" ".join(str(rng.randint(0, 999)) for _ in range(12)) + "." for _ in range(10)]
         sep = rng.choice(["\n", "\n", "\n\n", " "])
@@ -81,11 +91,18 @@ def test_gopher_quality_matches_datatrove(dt_tokenizer):
 
     theirs = GopherQualityFilter(language=dt_tokenizer)
     ours = GopherQuality(GopherQualityConfig())
-    names = {"gopher_short_doc": "short_doc", "gopher_long_doc": "long_doc",
-             "gopher_below_avg_threshold": "short_words", "gopher_above_avg_threshold": "long_words",
-             "gopher_too_many_hashes": "hashes", "gopher_too_many_ellipsis": "ellipsis",
-             "gopher_too_many_bullets": "bullets", "gopher_too_many_end_ellipsis": "end_ellipsis",
-             "gopher_below_alpha_threshold": "alpha_words", "gopher_enough_stop_words": "stop_words"}
+    names = {
+        "gopher_short_doc": "short_doc",
+        "gopher_long_doc": "long_doc",
+        "gopher_below_avg_threshold": "short_words",
+        "gopher_above_avg_threshold": "long_words",
+        "gopher_too_many_hashes": "hashes",
+        "gopher_too_many_ellipsis": "ellipsis",
+        "gopher_too_many_bullets": "bullets",
+        "gopher_too_many_end_ellipsis": "end_ellipsis",
+        "gopher_below_alpha_threshold": "alpha_words",
+        "gopher_enough_stop_words": "stop_words",
+    }
     corpus = make_corpus()
     got = [ours.check(Document("x", t)) for t in corpus]
     want = [names.get(r, r) if r else None for r in (dt_reason(theirs, t) for t in corpus)]
@@ -111,7 +128,9 @@ def test_gopher_repetition_matches_datatrove(dt_tokenizer):
     got = [ours.check(Document("x", t)) for t in corpus]
     want = [dt_reason(theirs, t) for t in corpus]
     assert got == want
-    assert any(g and g.startswith("duplicated_") for g in got) and any(g and g.startswith("top_") for g in got)
+    assert any(g and g.startswith("duplicated_") for g in got) and any(
+        g and g.startswith("top_") for g in got
+    )
 
 
 def test_fineweb_matches_datatrove(dt_tokenizer):
@@ -149,7 +168,9 @@ def test_thresholds_and_toggles():
     assert GopherQuality(GopherQualityConfig(min_doc_words=3)).check(Document("x", short)) is None
     with pytest.raises(LmforgeError, match="unknown rule"):
         GopherQuality(GopherQualityConfig(disable=["bulets"]))
-    rep = GopherRepetitionConfig(dup_line_frac=0.9, dup_line_char_frac=0.9, disable=["dup_para_frac", "dup_para_char_frac"])
+    rep = GopherRepetitionConfig(
+        dup_line_frac=0.9, dup_line_char_frac=0.9, disable=["dup_para_frac", "dup_para_char_frac"]
+    )
     lines = "A line that repeats itself here.\n" * 3 + "Another line.\n"
     assert GopherRepetition(rep).check(Document("x", lines)) is not None  # n-gram rules still catch it
     assert GopherRepetition(GopherRepetitionConfig()).check(Document("x", lines)) == "dup_line_frac"
@@ -157,7 +178,9 @@ def test_thresholds_and_toggles():
 
 def test_c4_removes_lines_and_counts_them():
     step = C4(C4Config(min_num_sentences=1))
-    doc = Document("x", "A good line with words.\nnav menu\nThis uses cookies to track you.\nAnother fine line here!")
+    doc = Document(
+        "x", "A good line with words.\nnav menu\nThis uses cookies to track you.\nAnother fine line here!"
+    )
     assert step(doc) is doc
     assert doc.text == "A good line with words.\nAnother fine line here!\n"
     assert step.counters["lines_removed_too_few_words"] == 0
@@ -177,8 +200,10 @@ def test_gopher_word_split_whitespace_counts_as_the_paper_does():
 
     datatrove = GopherQuality(GopherQualityConfig())
     paper = GopherQuality(GopherQualityConfig(word_split="whitespace"))
-    verse = ("Alas, poor Yorick! I knew him, Horatio: a fellow of infinite jest, of most excellent fancy;\n"
-             "he hath borne me on his back a thousand times; and now, how abhorred in my imagination it is!\n") * 3
+    verse = (
+        "Alas, poor Yorick! I knew him, Horatio: a fellow of infinite jest, of most excellent fancy;\n"
+        "he hath borne me on his back a thousand times; and now, how abhorred in my imagination it is!\n"
+    ) * 3
     # 105 words and 27 punctuation tokens: datatrove's alpha-word ratio is 105 / 132 = 0.795
     assert datatrove.check(Document("v", verse)) == "alpha_words"
     assert paper.check(Document("v", verse)) is None

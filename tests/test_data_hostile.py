@@ -33,6 +33,7 @@ SRC = str(Path(__file__).parents[1] / "src")
 
 def strict_json(line: str):
     """json.loads that refuses what RFC 8259 does not allow (NaN, Infinity)."""
+
     def refuse(name):
         raise ValueError(f"non-standard JSON constant {name}")
 
@@ -59,8 +60,10 @@ def hostile_lines(bad: bytes) -> bytes:
 LINE_CLASSES = {
     "lone surrogate in a value": (b'{"text": "\\ud800"}', "lone surrogate \\ud800"),
     "lone surrogate in a key": (b'{"text": "fine", "\\udc01": 1}', "lone surrogate \\udc01"),
-    "100k-deep nesting": (b'{"text": "x", "m": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
-                          "nested too deeply"),
+    "100k-deep nesting": (
+        b'{"text": "x", "m": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+        "nested too deeply",
+    ),
     "5000-digit integer": (b'{"text": "x", "n": ' + b"7" * 5000 + b"}", "number too large"),
     "NaN": (b'{"text": "x", "score": NaN}', "non-standard JSON (NaN"),
     "Infinity": (b'{"text": "x", "score": -Infinity}', "non-standard JSON (-Infinity"),
@@ -72,8 +75,11 @@ LINE_CLASSES = {
 def test_bad_line_is_one_reject_at_its_line_and_the_rest_is_kept(tmp_path, name):
     bad, reason = LINE_CLASSES[name]
     data = hostile_lines(bad)
-    for suffix, blob in ((".jsonl", data), (".jsonl.gz", gzip.compress(data)),
-                         (".jsonl.zst", zstandard.ZstdCompressor().compress(data))):
+    for suffix, blob in (
+        (".jsonl", data),
+        (".jsonl.gz", gzip.compress(data)),
+        (".jsonl.zst", zstandard.ZstdCompressor().compress(data)),
+    ):
         (tmp_path / f"f{suffix}").write_bytes(blob)
         docs, rejects = read(tmp_path / f"f{suffix}")
         assert [d.text for d in docs] == [json.loads(GOOD[i])["text"] for i in range(3)], suffix
@@ -97,8 +103,10 @@ def test_damaged_archives_keep_what_was_readable(tmp_path):
     docs, rejects = read(tmp_path / "noise.jsonl.zst")
     assert docs == [] and len(rejects) == 1 and rejects[0].position == "line 1"
     assert rejects[0].reason.startswith("truncated or corrupt archive")
-    for name, blob in (("mid.jsonl.zst", zstandard.ZstdCompressor().compress(data)),
-                       ("mid.jsonl.gz", gzip.compress(data))):
+    for name, blob in (
+        ("mid.jsonl.zst", zstandard.ZstdCompressor().compress(data)),
+        ("mid.jsonl.gz", gzip.compress(data)),
+    ):
         (tmp_path / name).write_bytes(corrupt_middle(blob))
         docs, rejects = read(tmp_path / name)
         texts = [d.text for d in docs]
@@ -125,8 +133,11 @@ def test_file_name_that_is_not_utf8_is_a_reject(tmp_path):
 
 
 def rejects_of(out: Path) -> list[dict]:
-    return [json.loads(line) for p in sorted((out / "rejects").glob("*.jsonl.zst"))
-            for line in zstandard.ZstdDecompressor().stream_reader(p.open("rb")).read().splitlines()]
+    return [
+        json.loads(line)
+        for p in sorted((out / "rejects").glob("*.jsonl.zst"))
+        for line in zstandard.ZstdDecompressor().stream_reader(p.open("rb")).read().splitlines()
+    ]
 
 
 def test_pipeline_over_every_hostile_class_finishes_with_standard_json(tmp_path):
@@ -140,8 +151,11 @@ def test_pipeline_over_every_hostile_class_finishes_with_standard_json(tmp_path)
     cfg = DataConfig(inputs=[str(inp)], steps=["normalize", "exact_dedup"], workers=1)
     stats = run_pipeline(cfg, tmp_path / "out")
     shards = sorted((tmp_path / "out" / "docs").glob("*.jsonl.zst"))
-    lines = [line for p in shards
-             for line in zstandard.ZstdDecompressor().stream_reader(p.open("rb")).read().decode().splitlines()]
+    lines = [
+        line
+        for p in shards
+        for line in zstandard.ZstdDecompressor().stream_reader(p.open("rb")).read().decode().splitlines()
+    ]
     assert len(lines) == stats["output"]["documents"] > 0
     for line in lines:
         strict_json(line)
@@ -171,8 +185,10 @@ def base_files(root: Path) -> list[Path]:
     pages = [(f"http://e.com/{i}", "text/html", ARTICLE.encode()) for i in range(5)]
     write_warc(root / "a.warc", pages)
     write_warc(root / "a.warc.gz", pages)
-    pq.write_table(pa.table({"text": [f"row {i}" for i in range(200)], "x": [i / 7 for i in range(200)]}),
-                   root / "a.parquet")
+    pq.write_table(
+        pa.table({"text": [f"row {i}" for i in range(200)], "x": [i / 7 for i in range(200)]}),
+        root / "a.parquet",
+    )
     return sorted(root.iterdir())
 
 
@@ -189,8 +205,13 @@ def mutations(data: bytes, rng: random.Random) -> list[bytes]:
     start = rng.randrange(n)
     b[start : start + 256] = rng.randbytes(256)  # a run of random bytes
     out += [bytes(b), rng.randbytes(n)]
-    injected = (b'{"text": "\\udfff"}', b'{"text": "x", "d": ' + b"{" * 50_000 + b"}",
-                b'{"text": "x", "n": ' + b"9" * 6000 + b"}", b'{"text": NaN}', b'{"\\ud800": "k", "text": "t"}')
+    injected = (
+        b'{"text": "\\udfff"}',
+        b'{"text": "x", "d": ' + b"{" * 50_000 + b"}",
+        b'{"text": "x", "n": ' + b"9" * 6000 + b"}",
+        b'{"text": NaN}',
+        b'{"\\ud800": "k", "text": "t"}',
+    )
     for payload in injected:  # hostile records spliced into the middle
         cut = data.find(b"\n", n // 2) + 1 or n
         out.append(data[:cut] + payload + b"\n" + data[cut:])
@@ -227,8 +248,12 @@ def reference(tmp_path_factory):
 
 def start_data_run(recipe: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": SRC}
-    return subprocess.Popen([sys.executable, "-m", "lmforge", "data", str(recipe)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.Popen(
+        [sys.executable, "-m", "lmforge", "data", str(recipe)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def pool_workers(pid: int) -> list[psutil.Process]:

@@ -39,8 +39,9 @@ def write_warc(path, records):
         writer = WARCWriter(f, gzip=str(path).endswith(".gz"))
         for url, ctype, body in records:
             headers = StatusAndHeaders("200 OK", [("Content-Type", ctype)], protocol="HTTP/1.1")
-            writer.write_record(writer.create_warc_record(url, "response", payload=io.BytesIO(body),
-                                                          http_headers=headers))
+            writer.write_record(
+                writer.create_warc_record(url, "response", payload=io.BytesIO(body), http_headers=headers)
+            )
 
 
 def collect(specs, extract=True, **kw):
@@ -76,8 +77,10 @@ def test_formats(tmp_path):
     (tmp_path / "c.jsonl.gz").write_bytes(gzip.compress(lines.encode()))
     (tmp_path / "d.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(lines.encode()))
     pq.write_table(pa.table({"body": ["pq one", "pq two"], "n": [1, 2]}), tmp_path / "e.parquet")
-    docs, rejects = collect([tmp_path / "b.jsonl", tmp_path / "c.jsonl.gz", tmp_path / "d.jsonl.zst",
-                             tmp_path / "e.parquet"], text_field="body")
+    docs, rejects = collect(
+        [tmp_path / "b.jsonl", tmp_path / "c.jsonl.gz", tmp_path / "d.jsonl.zst", tmp_path / "e.parquet"],
+        text_field="body",
+    )
     assert not rejects
     assert [d.text for d in docs] == ["json 0", "json 1", "json 2"] * 3 + ["pq one", "pq two"]
     assert docs[0].metadata["url"] == "http://x/0" and docs[0].id.endswith("b.jsonl#1")
@@ -87,19 +90,28 @@ def test_formats(tmp_path):
 
 
 def test_warc_and_html_extraction(tmp_path):
-    write_warc(tmp_path / "crawl.warc.gz", [
-        ("http://example.com/rivers", "text/html; charset=utf-8", ARTICLE.encode()),
-        ("http://example.com/logo.png", "image/png", b"\x89PNG\r\n\x1a\n\x00\x00"),
-    ])
+    write_warc(
+        tmp_path / "crawl.warc.gz",
+        [
+            ("http://example.com/rivers", "text/html; charset=utf-8", ARTICLE.encode()),
+            ("http://example.com/logo.png", "image/png", b"\x89PNG\r\n\x1a\n\x00\x00"),
+        ],
+    )
     (tmp_path / "site").mkdir()
     (tmp_path / "site" / "page.html").write_text(ARTICLE)
     docs, rejects = collect([tmp_path / "crawl.warc.gz", tmp_path / "site"])
     assert len(docs) == 2
     for d in docs:
         assert "civilisations of the ancient world" in d.text
-        assert "Accept all cookies" not in d.text and "All rights reserved" not in d.text and "Contact" not in d.text
+        assert (
+            "Accept all cookies" not in d.text
+            and "All rights reserved" not in d.text
+            and "Contact" not in d.text
+        )
     assert docs[0].metadata["url"] == "http://example.com/rivers"
-    assert len(rejects) == 1 and "without HTML" in rejects[0].reason and rejects[0].position.startswith("offset")
+    assert (
+        len(rejects) == 1 and "without HTML" in rejects[0].reason and rejects[0].position.startswith("offset")
+    )
     raw, _ = collect([tmp_path / "crawl.warc.gz"], extract=False)
     assert raw[0].metadata["html"] is True and "<nav>" in raw[0].text
 
@@ -114,7 +126,8 @@ def test_bad_input_is_rejected_with_position(tmp_path):
 
     good = "".join(json.dumps({"text": f"line {i} {i * 2654435761 % 10**9}"}) + "\n" for i in range(20000))
     (tmp_path / "bad.jsonl").write_bytes(
-        b'{"text": "ok one"}\n{"text": broken\n' + '{"text": "caf\u00e9"}\n'.encode("latin-1")
+        b'{"text": "ok one"}\n{"text": broken\n'
+        + '{"text": "caf\u00e9"}\n'.encode("latin-1")
         + b'[1, 2]\n{"other": 1}\n{"text": "ok two"}\n'
     )
     (tmp_path / "trunc.jsonl.gz").write_bytes(gzip.compress(good.encode())[:20000])
@@ -125,7 +138,9 @@ def test_bad_input_is_rejected_with_position(tmp_path):
     docs, rejects = collect([tmp_path / "bad.jsonl"])
     assert [d.text for d in docs] == ["ok one", "ok two"]
     assert [(r.position, r.reason.split(" (")[0]) for r in rejects] == [
-        ("line 2", "malformed JSON"), ("line 3", "invalid UTF-8"), ("line 4", "expected a JSON object, got list"),
+        ("line 2", "malformed JSON"),
+        ("line 3", "invalid UTF-8"),
+        ("line 4", "expected a JSON object, got list"),
         ("line 5", "text field 'text' is missing"),
     ]
     for name in ("trunc.jsonl.gz", "trunc.jsonl.zst"):
@@ -134,7 +149,10 @@ def test_bad_input_is_rejected_with_position(tmp_path):
         assert "truncated" in rejects[0].reason and rejects[0].position == f"line {len(docs) + 1}"
     docs, rejects = collect([tmp_path / "empty.txt", tmp_path / "latin.txt"])
     assert docs == [] and [r.reason.split(" (")[0] for r in rejects] == ["empty file", "invalid UTF-8"]
-    pages = [(f"http://e.com/{i}", "text/html", ARTICLE.replace("rivers", f"rivers {i}").encode()) for i in range(40)]
+    pages = [
+        (f"http://e.com/{i}", "text/html", ARTICLE.replace("rivers", f"rivers {i}").encode())
+        for i in range(40)
+    ]
     for name in ("cut.warc.gz", "cut.warc"):
         write_warc(tmp_path / name, pages)
         data = (tmp_path / name).read_bytes()
@@ -193,7 +211,10 @@ def test_extraction_time_limit(monkeypatch):
         assert not isinstance(ok, str) and "civilisations" in ok.text
         step.close()
     step = ExtractStep(ExtractConfig(timeout=5, isolation="process"))
-    assert step(Document("b", "<html><body><p>boom</p></body></html>", metadata={"html": True})) == "extract_crashed"
+    assert (
+        step(Document("b", "<html><body><p>boom</p></body></html>", metadata={"html": True}))
+        == "extract_crashed"
+    )
     assert "civilisations" in step(Document("q", ARTICLE, metadata={"html": True})).text
     step.close()
 
@@ -203,7 +224,11 @@ def test_oversized_records_are_skipped_unread(tmp_path):
 
     from lmforge.data.readers import read_unit
 
-    lines = [json.dumps({"text": "short one"}), json.dumps({"text": "x" * 5000}), json.dumps({"text": "short two"})]
+    lines = [
+        json.dumps({"text": "short one"}),
+        json.dumps({"text": "x" * 5000}),
+        json.dumps({"text": "short two"}),
+    ]
     data = ("\n".join(lines) + "\n").encode()
     (tmp_path / "a.jsonl").write_bytes(data)
     (tmp_path / "a.jsonl.gz").write_bytes(gzip.compress(data))
@@ -241,8 +266,11 @@ def test_hf_spec_parsing():
     from lmforge.data.readers import parse_hf_spec
 
     assert parse_hf_spec("hf:org/name") == ("org/name", None, "train")
-    assert parse_hf_spec("hf:HuggingFaceFW/fineweb-edu:sample-10BT") == ("HuggingFaceFW/fineweb-edu", "sample-10BT",
-                                                                         "train")
+    assert parse_hf_spec("hf:HuggingFaceFW/fineweb-edu:sample-10BT") == (
+        "HuggingFaceFW/fineweb-edu",
+        "sample-10BT",
+        "train",
+    )
     assert parse_hf_spec("hf:org/name:cfg:test") == ("org/name", "cfg", "test")
     assert parse_hf_spec("hf:org/name::validation") == ("org/name", None, "validation")
     with pytest.raises(LmforgeError, match="expected hf:NAME"):
@@ -263,10 +291,14 @@ def _hub_snapshot(home, repo_id: str) -> None:
         half = len(texts) // 2 or 1
         for k, part in enumerate((texts[:half], texts[half:])):
             if part:
-                table = pa.table({"text": part, "url": [f"http://x/{config}/{k}/{i}" for i in range(len(part))]})
+                table = pa.table(
+                    {"text": part, "url": [f"http://x/{config}/{k}/{i}" for i in range(len(part))]}
+                )
                 pq.write_table(table, snap / config / f"train-{k:05d}-of-00002.parquet")
-    configs = "".join(f"- config_name: {c}\n  data_files:\n  - split: train\n    path: {c}/*.parquet\n"
-                      for c in ("default", "sample-10BT"))
+    configs = "".join(
+        f"- config_name: {c}\n  data_files:\n  - split: train\n    path: {c}/*.parquet\n"
+        for c in ("default", "sample-10BT")
+    )
     (snap / "README.md").write_text(f"---\nconfigs:\n{configs}---\n# a test dataset\n")
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(rev)
@@ -297,7 +329,10 @@ def test_hf_dataset_streams_offline_from_the_hub_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(socket, "create_connection", no_network)
     docs, rejects = collect(["hf:acme/webtext:sample-10BT"])
     assert [d.text for d in docs] == [f"edu doc {i}" for i in range(2500)] and not rejects
-    assert docs[0].metadata["url"] == "http://x/sample-10BT/0/0" and docs[0].id == "hf:acme/webtext:sample-10BT#1"
+    assert (
+        docs[0].metadata["url"] == "http://x/sample-10BT/0/0"
+        and docs[0].id == "hf:acme/webtext:sample-10BT#1"
+    )
     assert [d.text for d in collect(["hf:acme/webtext"])[0]] == ["other"]
     # streamed: nothing was converted to Arrow in the datasets cache
     assert not list((home / "datasets").rglob("*.arrow"))

@@ -48,8 +48,13 @@ def test_no_custom_code_and_right_class(exported):
     assert type(hf).__name__ == want and config["architectures"] == [want]
     assert "auto_map" not in config
     assert sorted(p.name for p in out.iterdir()) == [
-        "config.json", "generation_config.json", "lmforge-manifest.json", "model.safetensors",
-        "special_tokens_map.json", "tokenizer.json", "tokenizer_config.json",
+        "config.json",
+        "generation_config.json",
+        "lmforge-manifest.json",
+        "model.safetensors",
+        "special_tokens_map.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
     ]
 
 
@@ -69,14 +74,16 @@ def test_greedy_generation_identical(exported):
         pytest.skip("one llama and one gpt2 case are enough for generation (time)")
     tok = tokenizer()
     prompts = [tok.encode_ordinary(s) for s in ("To be, or not", "ROMEO. But soft")]
-    ref = Engine(ours, tok).generate(prompts, SamplingParams(max_new_tokens=16, temperature=0.0, ignore_eos=True))
+    ref = Engine(ours, tok).generate(
+        prompts, SamplingParams(max_new_tokens=16, temperature=0.0, ignore_eos=True)
+    )
     assert len({tuple(c.token_ids) for c in ref}) == 2
     for p, completion in zip(prompts, ref):
         with torch.no_grad():
             out = hf.generate(
                 torch.tensor([p]), max_new_tokens=16, do_sample=False, eos_token_id=None, pad_token_id=0
             )
-        assert out[0, len(p):].tolist() == completion.token_ids
+        assert out[0, len(p) :].tolist() == completion.token_ids
 
 
 def test_tokenizer_ids_identical(exported):
@@ -105,7 +112,9 @@ def test_state_dict_layouts():
     sd = to_hf_state_dict(ours)
     d = ours.cfg.d_model
     assert sd["transformer.h.0.attn.c_attn.weight"].shape == (d, 3 * d)  # Conv1D: [in, out]
-    assert torch.equal(sd["transformer.h.0.attn.c_attn.weight"][:, d : 2 * d], ours.layers["0"].attn.wk.weight.t())
+    assert torch.equal(
+        sd["transformer.h.0.attn.c_attn.weight"][:, d : 2 * d], ours.layers["0"].attn.wk.weight.t()
+    )
     assert torch.equal(sd["transformer.h.1.mlp.c_fc.weight"], ours.layers["1"].mlp.fc.weight.t())
     assert "lm_head.weight" not in to_hf_state_dict(model(tie=True))
 
@@ -125,7 +134,22 @@ def test_cli_export_bfloat16(tmp_path, capsys):
 
     ours = model()
     ckpt = save_model_checkpoint(ours, tokenizer(), tmp_path / "ckpt")
-    assert cli(["export", "--model", str(ckpt), "--format", "hf", "--out", str(tmp_path / "hf"), "--dtype", "bfloat16"]) == 0
+    assert (
+        cli(
+            [
+                "export",
+                "--model",
+                str(ckpt),
+                "--format",
+                "hf",
+                "--out",
+                str(tmp_path / "hf"),
+                "--dtype",
+                "bfloat16",
+            ]
+        )
+        == 0
+    )
     hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.bfloat16)
     assert hf.model.embed_tokens.weight.dtype == torch.bfloat16
     assert torch.equal(hf.model.embed_tokens.weight, ours.tok_emb.weight.to(torch.bfloat16))
@@ -193,12 +217,26 @@ def test_plain_pipeline_gives_lmforge_generate_greedy_tokens(tmp_path, case, cap
         got = pipe(prompt, max_new_tokens=24, return_tensors=True)[0]["generated_token_ids"]
         head = [tok.eos_id] + tok.encode_ordinary(prompt)
         assert got[: len(head)] == head
-        assert got[len(head):] == mine["token_ids"], prompt
+        assert got[len(head) :] == mine["token_ids"], prompt
         text = pipe(prompt, max_new_tokens=24)[0]["generated_text"]
         assert text == prompt + mine["completion"]
     capsys.readouterr()
-    assert cli(["generate", "--model", str(ckpt), "--prompt", PROMPTS[0], "--temperature", "0",
-                "--max-new-tokens", "24"]) == 0
+    assert (
+        cli(
+            [
+                "generate",
+                "--model",
+                str(ckpt),
+                "--prompt",
+                PROMPTS[0],
+                "--temperature",
+                "0",
+                "--max-new-tokens",
+                "24",
+            ]
+        )
+        == 0
+    )
     assert capsys.readouterr().out == pipe(PROMPTS[0], max_new_tokens=24)[0]["generated_text"] + "\n"
 
 
@@ -210,8 +248,9 @@ def test_generation_stops_at_end_of_turn_on_both_sides(tmp_path, capsys):
     tok = tokenizer()
     ours = model(tie=False)
     engine = Engine(ours, tok)
-    first = engine.generate([engine.encode_prompt(PROMPTS[0])],
-                            SamplingParams(max_new_tokens=3, temperature=0.0, ignore_eos=True))[0].token_ids
+    first = engine.generate(
+        [engine.encode_prompt(PROMPTS[0])], SamplingParams(max_new_tokens=3, temperature=0.0, ignore_eos=True)
+    )[0].token_ids
     end = tok.special_ids[END]
     assert end not in first and first[2] not in first[:2]
     with torch.no_grad():  # swap the head rows of the third token and <|end|>: <|end|> now wins there
@@ -229,7 +268,7 @@ def test_generation_stops_at_end_of_turn_on_both_sides(tmp_path, capsys):
     hf_tok = transformers.AutoTokenizer.from_pretrained(out)
     ids = hf_tok(PROMPTS[0], return_tensors="pt")
     with torch.no_grad():
-        got = hf.generate(**ids, max_new_tokens=24)[0, ids["input_ids"].shape[1]:].tolist()
+        got = hf.generate(**ids, max_new_tokens=24)[0, ids["input_ids"].shape[1] :].tolist()
     assert got == first[:2] + [end]
 
 
@@ -245,10 +284,10 @@ def test_padding_and_context_length(tmp_path, case):
     assert hf_tok.pad_token == "<|eos|>" and hf_tok.padding_side == "left"
     batch = hf_tok(PROMPTS, padding=True, return_tensors="pt")
     with torch.no_grad():
-        together = hf.generate(**batch, max_new_tokens=12, do_sample=False)[:, batch["input_ids"].shape[1]:]
+        together = hf.generate(**batch, max_new_tokens=12, do_sample=False)[:, batch["input_ids"].shape[1] :]
         for i, prompt in enumerate(PROMPTS):
             alone = hf_tok(prompt, return_tensors="pt")
-            solo = hf.generate(**alone, max_new_tokens=12, do_sample=False)[0, alone["input_ids"].shape[1]:]
+            solo = hf.generate(**alone, max_new_tokens=12, do_sample=False)[0, alone["input_ids"].shape[1] :]
             n = len(solo)
             assert together[i, :n].tolist() == solo.tolist(), prompt
     long = hf_tok("to be or not " * 200, truncation=True)["input_ids"]
@@ -277,10 +316,15 @@ def make_run(run, ours, step=40):
     (run / "tokens").mkdir()
     (run / "tokens" / "meta.json").write_text(json.dumps({"train_tokens": 23_456, "val_tokens": 1_234}))
     (run / "eval").mkdir()
-    entry = {"checkpoint": str(ckpt), "stage": "pretrain", "step": step, "tasks": {
-        "plays": {"n": 100, "chance": 0.25, "metrics": {"acc": 0.37, "acc_stderr": 0.0485}},
-        "val_bpb": {"n": 3, "metrics": {"bits_per_byte": 2.0625}},
-    }}
+    entry = {
+        "checkpoint": str(ckpt),
+        "stage": "pretrain",
+        "step": step,
+        "tasks": {
+            "plays": {"n": 100, "chance": 0.25, "metrics": {"acc": 0.37, "acc_stderr": 0.0485}},
+            "val_bpb": {"n": 3, "metrics": {"bits_per_byte": 2.0625}},
+        },
+    }
     other = {**entry, "step": step - 20, "tasks": {"plays": {"n": 100, "metrics": {"acc": 0.99}}}}
     (run / "eval" / "results.json").write_text(json.dumps({"checkpoints": [other, entry]}))
     return ckpt
@@ -312,8 +356,14 @@ def test_model_card_states_the_run_facts(tmp_path):
     assert "0.99" not in card  # another checkpoint's results
     assert f"{tokenizer().vocab_size:,} ids" in card
     assert sorted(p.name for p in out.iterdir()) == [
-        "README.md", "config.json", "generation_config.json", "lmforge-manifest.json", "model.safetensors",
-        "special_tokens_map.json", "tokenizer.json", "tokenizer_config.json",
+        "README.md",
+        "config.json",
+        "generation_config.json",
+        "lmforge-manifest.json",
+        "model.safetensors",
+        "special_tokens_map.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
     ]
     assert cli(["export", "--model", str(ckpt), "--format", "hf", "--out", str(out)]) == 0  # re-export
 

@@ -259,7 +259,10 @@ def test_gguf_out_that_exists_needs_force_and_a_directory_is_refused(tmp_path, c
     mine.write_text("not yours to overwrite")
     export = ["export", "--model", str(ckpt), "--format", "gguf", "--out"]
     assert cli([*export, str(mine)]) == 2
-    assert f"{mine} exists; pass --force" in capsys.readouterr().err and mine.read_text() == "not yours to overwrite"
+    assert (
+        f"{mine} exists; pass --force" in capsys.readouterr().err
+        and mine.read_text() == "not yours to overwrite"
+    )
     assert cli([*export, str(mine), "--force"]) == 0
     assert read(mine)[0]["general.architecture"] == "llama"
     assert cli([*export, str(tmp_path), "--force"]) == 2

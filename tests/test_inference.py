@@ -66,7 +66,10 @@ def test_greedy_padded_batch_equals_full_forward(tok, arch):
 def test_batched_equals_one_by_one_greedy_and_sampled(tok):
     model = build(tok, seed=2)
     prompts = [tok.encode(t) for t in ["First Citizen:", "Speak, speak.", "You are all resolved", "A"]]
-    for params in (GREEDY, SamplingParams(max_new_tokens=15, temperature=1.0, top_p=0.9, seed=7, ignore_eos=True)):
+    for params in (
+        GREEDY,
+        SamplingParams(max_new_tokens=15, temperature=1.0, top_p=0.9, seed=7, ignore_eos=True),
+    ):
         batched = Engine(model, tok, max_batch_size=3).generate(prompts, params)
         for i, p in enumerate(prompts):
             seed = None if params.seed is None else params.seed + i  # prompt i of a call uses seed + i
@@ -96,11 +99,15 @@ def test_top_k_1_equals_greedy(tok):
     model = build(tok, seed=4)
     prompt = tok.encode("Good morrow")
     engine = Engine(model, tok)
-    sampled = engine.generate([prompt], SamplingParams(max_new_tokens=20, top_k=1, seed=5, ignore_eos=True))[0]
+    sampled = engine.generate([prompt], SamplingParams(max_new_tokens=20, top_k=1, seed=5, ignore_eos=True))[
+        0
+    ]
     assert sampled.token_ids == engine.generate([prompt], GREEDY)[0].token_ids
 
 
-@pytest.mark.parametrize("temperature,top_k,top_p", [(0.7, 0, 1.0), (1.0, 10, 1.0), (1.0, 0, 0.8), (1.3, 50, 0.5)])
+@pytest.mark.parametrize(
+    "temperature,top_k,top_p", [(0.7, 0, 1.0), (1.0, 10, 1.0), (1.0, 0, 0.8), (1.3, 50, 0.5)]
+)
 def test_filters_match_transformers_warpers(temperature, top_k, top_p):
     torch.manual_seed(0)
     logits = torch.randn(4, 300) * 3

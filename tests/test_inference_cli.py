@@ -16,7 +16,9 @@ from lmforge.tokenizer import Tokenizer
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
-    tok = Tokenizer.train([embedded_documents("shakespeare")[1][1][:20_000]], vocab_size=400, progress=False, workers=1)
+    tok = Tokenizer.train(
+        [embedded_documents("shakespeare")[1][1][:20_000]], vocab_size=400, progress=False, workers=1
+    )
     torch.manual_seed(0)
     cfg = ModelConfig(vocab_size=tok.vocab_size, n_layer=2, d_model=64, n_head=4, max_seq_len=128)
     model = Transformer(cfg).eval()
@@ -48,7 +50,19 @@ def test_generate_one_prompt_streams_prompt_and_completion(ckpt, capsys):
 
 def test_generate_seeded_sampling_repeats(ckpt, capsys):
     path = str(ckpt[0])
-    args = ["generate", "--model", path, "--prompt", "Be", "--max-new-tokens", "15", "--seed", "3", "--top-k", "0"]
+    args = [
+        "generate",
+        "--model",
+        path,
+        "--prompt",
+        "Be",
+        "--max-new-tokens",
+        "15",
+        "--seed",
+        "3",
+        "--top-k",
+        "0",
+    ]
     first = run_cli(capsys, *args)[1]
     assert run_cli(capsys, *args)[1] == first
     assert run_cli(capsys, *args[:-4], "--seed", "4")[1] != first
@@ -64,7 +78,13 @@ def test_generate_prompts_file_text_and_jsonl(ckpt, capsys, tmp_path):
     rows = [json.loads(line) for line in out.splitlines()]
     assert rc == 0 and [r["prompt"] for r in rows] == ["First Citizen:", "Speak, speak."]
     rc, _, err = run_cli(
-        capsys, "generate", "--prompts-file", str(tmp_path / "p.jsonl"), *common, "--out", str(tmp_path / "o.jsonl")
+        capsys,
+        "generate",
+        "--prompts-file",
+        str(tmp_path / "p.jsonl"),
+        *common,
+        "--out",
+        str(tmp_path / "o.jsonl"),
     )
     rows = [json.loads(line) for line in (tmp_path / "o.jsonl").read_text().splitlines()]
     want = Engine(model, tok).generate(prompts, SamplingParams(max_new_tokens=10, temperature=0))

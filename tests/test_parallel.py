@@ -57,7 +57,12 @@ LAYOUTS_4 = [
     {"name": "pp2xddp2", "parallel": {"pp": 2, "dp_replicate": 2, "pp_microbatches": 2}},
     # FSDP on 4 ranks trains 2 steps and saves; FSDP x TP loads it (fresh init otherwise) and goes on
     {"name": "fsdp4-half", "parallel": {"dp_shard": 4}, "steps": [0, 2]},
-    {"name": "resume-fsdp2xtp2", "parallel": {"dp_shard": 2, "tp": 2}, "steps": [2, 4], "resume": "fsdp4-half"},
+    {
+        "name": "resume-fsdp2xtp2",
+        "parallel": {"dp_shard": 2, "tp": 2},
+        "steps": [2, 4],
+        "resume": "fsdp4-half",
+    },
 ]
 LAYOUTS_4_SLOW = [
     {"name": "pp2xfsdp2", "parallel": {"pp": 2, "dp_shard": 2, "pp_microbatches": 2}},
@@ -68,8 +73,16 @@ LAYOUTS_4_SLOW = [
 
 def torchrun(nproc: int, out: Path, layouts: list[dict]) -> None:
     layouts = [{"steps": STEPS, **lay} for lay in layouts]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-           str(Path(__file__).parent / "dist_worker.py"), str(out), json.dumps(layouts)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={nproc}",
+        str(Path(__file__).parent / "dist_worker.py"),
+        str(out),
+        json.dumps(layouts),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=400)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
@@ -114,7 +127,9 @@ def _check_layout(out: Path, reference: dict, layout: dict) -> None:
     for key, ref in ref_weights.items():
         if key == "lm_head.weight" and key not in weights:
             continue
-        torch.testing.assert_close(weights[key], ref, rtol=0, atol=WEIGHT_ATOL, msg=f"{layout['name']}: {key}")
+        torch.testing.assert_close(
+            weights[key], ref, rtol=0, atol=WEIGHT_ATOL, msg=f"{layout['name']}: {key}"
+        )
 
 
 @pytest.mark.parametrize("layout", _full_layouts(), ids=lambda lay: lay["name"])
@@ -124,7 +139,8 @@ def test_layout_matches_single_process(runs, reference, layout):
 
 @pytest.mark.slow
 def test_more_4_rank_layouts(reference, tmp_path):
-    """Pipeline x FSDP, DDP x TP (replicated FSDP2 under TP) and GPT-2 with tied embeddings under FSDP x TP."""
+    """Pipeline x FSDP, DDP x TP (replicated FSDP2 under TP) and GPT-2 with tied embeddings under
+    FSDP x TP."""
     torchrun(4, tmp_path, LAYOUTS_4_SLOW)
     for layout in LAYOUTS_4_SLOW:
         _check_layout(tmp_path, reference, layout)
@@ -186,16 +202,27 @@ SFT_LAYOUTS = [
     {"name": "sft-tp2", "parallel": {"tp": 2}, "objective": "sft"},
     {"name": "sft-pp2", "parallel": {"pp": 2, "pp_microbatches": 2}, "objective": "sft"},
     {"name": "wrapped-tp2", "parallel": {"tp": 2}, "objective": "wrapped"},
-    {"name": "wrapped-pp2-gpipe", "parallel": {"pp": 2, "pp_microbatches": 4, "pp_schedule": "gpipe"},
-     "objective": "wrapped"},
+    {
+        "name": "wrapped-pp2-gpipe",
+        "parallel": {"pp": 2, "pp_microbatches": 4, "pp_schedule": "gpipe"},
+        "objective": "wrapped",
+    },
 ]
 
 
 @pytest.fixture(scope="module")
 def sft_runs(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("sft-dist")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-           str(Path(__file__).parent / "sft_parallel_worker.py"), str(out), json.dumps(SFT_LAYOUTS)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node=2",
+        str(Path(__file__).parent / "sft_parallel_worker.py"),
+        str(out),
+        json.dumps(SFT_LAYOUTS),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=400)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
@@ -256,7 +283,11 @@ def test_pipeline_split_keeps_names():
         split_for_pipeline(m, r, 2)
         stages.append(set(m.state_dict()))
     assert stages[0] | stages[1] == names and not stages[0] & stages[1]
-    assert "tok_emb.weight" in stages[0] and "lm_head.weight" in stages[1] and "layers.3.attn.wq.weight" in stages[1]
+    assert (
+        "tok_emb.weight" in stages[0]
+        and "lm_head.weight" in stages[1]
+        and "layers.3.attn.wq.weight" in stages[1]
+    )
     with pytest.raises(LmforgeError, match="tie_embeddings"):
         split_for_pipeline(dist_common.build(tied=True), 0, 2)
 

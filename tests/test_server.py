@@ -42,10 +42,16 @@ def test_models(client):
 def test_completion_matches_engine_and_stream(client, server):
     _, ours, _ = server
     r = client.completions.create(model="tiny", prompt="To be, or not", max_tokens=12, temperature=0)
-    want = Engine(ours, tokenizer()).generate(["To be, or not"], SamplingParams(max_new_tokens=12, temperature=0))[0]
+    want = Engine(ours, tokenizer()).generate(
+        ["To be, or not"], SamplingParams(max_new_tokens=12, temperature=0)
+    )[0]
     assert r.choices[0].text == want.text and r.choices[0].finish_reason == want.finish_reason
     assert r.usage.completion_tokens == want.completion_tokens and r.usage.prompt_tokens == want.prompt_tokens
-    chunks = list(client.completions.create(model="tiny", prompt="To be, or not", max_tokens=12, temperature=0, stream=True))
+    chunks = list(
+        client.completions.create(
+            model="tiny", prompt="To be, or not", max_tokens=12, temperature=0, stream=True
+        )
+    )
     assert "".join(c.choices[0].text for c in chunks) == want.text
     assert chunks[-1].choices[0].finish_reason == want.finish_reason
 
@@ -58,7 +64,12 @@ def test_chat_matches_engine_and_stream(client, server):
     assert r.choices[0].message.role == "assistant"
     assert r.choices[0].message.content == want.text and r.choices[0].finish_reason == want.finish_reason
     stream = client.chat.completions.create(
-        model="tiny", messages=messages, max_tokens=15, temperature=0, stream=True, stream_options={"include_usage": True}
+        model="tiny",
+        messages=messages,
+        max_tokens=15,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
     )
     chunks = list(stream)
     assert chunks[0].choices[0].delta.role == "assistant"
@@ -68,18 +79,29 @@ def test_chat_matches_engine_and_stream(client, server):
 
 def test_sampling_parameters(client):
     kw = dict(model="tiny", prompt="ROMEO.", max_tokens=10, temperature=1.0, top_p=0.9, ignore_eos=True)
-    a = client.completions.create(seed=7, **{k: v for k, v in kw.items() if k != "ignore_eos"}, extra_body={"ignore_eos": True})
-    b = client.completions.create(seed=7, **{k: v for k, v in kw.items() if k != "ignore_eos"}, extra_body={"ignore_eos": True})
+    a = client.completions.create(
+        seed=7, **{k: v for k, v in kw.items() if k != "ignore_eos"}, extra_body={"ignore_eos": True}
+    )
+    b = client.completions.create(
+        seed=7, **{k: v for k, v in kw.items() if k != "ignore_eos"}, extra_body={"ignore_eos": True}
+    )
     assert a.choices[0].text == b.choices[0].text
     assert a.choices[0].finish_reason == "length" and a.usage.completion_tokens == 10
     several = client.completions.create(model="tiny", prompt=["To be", "ROMEO."], n=2, max_tokens=5, seed=1)
     assert len(several.choices) == 4 and [c.index for c in several.choices] == [0, 1, 2, 3]
     # a stop string cuts the text before it, and finish_reason is "stop"
-    full = client.completions.create(model="tiny", prompt="To be", max_tokens=20, temperature=0, extra_body={"ignore_eos": True})
+    full = client.completions.create(
+        model="tiny", prompt="To be", max_tokens=20, temperature=0, extra_body={"ignore_eos": True}
+    )
     text = full.choices[0].text
     stop = text[3:5] if len(text) >= 5 else text[-1:]
     cut = client.completions.create(
-        model="tiny", prompt="To be", max_tokens=20, temperature=0, stop=[stop], extra_body={"ignore_eos": True}
+        model="tiny",
+        prompt="To be",
+        max_tokens=20,
+        temperature=0,
+        stop=[stop],
+        extra_body={"ignore_eos": True},
     )
     assert cut.choices[0].text == text[: text.index(stop)] and cut.choices[0].finish_reason == "stop"
 
@@ -178,7 +200,10 @@ def test_worker_bounds_the_queue_and_runs_concurrent_jobs_in_one_batch():
         SamplingParams(max_new_tokens=6, temperature=0, stop=["e"]),
     ]
     texts = ["a", "To be", "ROMEO.", "Now is"]
-    jobs = [Job([engine.encode_prompt(t)], p, False, loop, future=loop.create_future()) for t, p in zip(texts, settings)]
+    jobs = [
+        Job([engine.encode_prompt(t)], p, False, loop, future=loop.create_future())
+        for t, p in zip(texts, settings)
+    ]
     for j in jobs:
         worker.submit(j)
     with pytest.raises(Busy):
@@ -205,7 +230,9 @@ def test_api_key_required():
         good = openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0)
         assert good.completions.create(model="tiny", prompt="x", max_tokens=1).choices
         assert httpx.get(url + "/health").status_code == 401  # it names the model and its load
-        assert httpx.get(url + "/health", headers={"Authorization": "Bearer " + KEY}).json()["model"] == "tiny"
+        assert (
+            httpx.get(url + "/health", headers={"Authorization": "Bearer " + KEY}).json()["model"] == "tiny"
+        )
         live = httpx.get(url + "/livez")  # the public liveness probe says nothing else
         assert live.status_code == 200 and live.json() == {"status": "ok"}
         page = httpx.get(url + "/")  # the page loads (it carries no model data) and asks for the key
@@ -219,20 +246,40 @@ def test_no_input_crashes_the_server(server):
     from hypothesis import strategies as st
 
     url, _, _ = server
-    scalars = st.none() | st.booleans() | st.integers(-(10**20), 10**20) | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=12)
-    values = st.recursive(scalars, lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=6), c, max_size=3), max_leaves=8)
+    scalars = (
+        st.none()
+        | st.booleans()
+        | st.integers(-(10**20), 10**20)
+        | st.floats(allow_nan=False, allow_infinity=False)
+        | st.text(max_size=12)
+    )
+    values = st.recursive(
+        scalars,
+        lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=6), c, max_size=3),
+        max_leaves=8,
+    )
     message = st.fixed_dictionaries(
-        {"role": st.sampled_from(["user", "assistant", "system", "developer", "tool"]), "content": st.text(max_size=20) | values}
+        {
+            "role": st.sampled_from(["user", "assistant", "system", "developer", "tool"]),
+            "content": st.text(max_size=20) | values,
+        }
     )
     fields = {
         "prompt": st.text(max_size=30) | st.lists(st.integers(-5, 400), max_size=5) | values,
         "messages": st.lists(message, max_size=3) | values,
-        "temperature": st.floats(0, 2) | values, "top_p": st.floats(0, 1) | values, "top_k": st.integers(0, 500) | values,
-        "max_tokens": st.integers(-2, 120) | values, "max_completion_tokens": st.integers(0, 5) | values,
+        "temperature": st.floats(0, 2) | values,
+        "top_p": st.floats(0, 1) | values,
+        "top_k": st.integers(0, 500) | values,
+        "max_tokens": st.integers(-2, 120) | values,
+        "max_completion_tokens": st.integers(0, 5) | values,
         "stop": st.text(max_size=3) | st.lists(st.text(max_size=3), max_size=5) | values,
-        "seed": st.integers(-(2**70), 2**70) | values, "n": st.integers(-1, 10) | values,
-        "stream": st.booleans() | values, "stream_options": st.just({"include_usage": True}) | values,
-        "logprobs": values, "ignore_eos": st.booleans() | values, "response_format": values,
+        "seed": st.integers(-(2**70), 2**70) | values,
+        "n": st.integers(-1, 10) | values,
+        "stream": st.booleans() | values,
+        "stream_options": st.just({"include_usage": True}) | values,
+        "logprobs": values,
+        "ignore_eos": st.booleans() | values,
+        "response_format": values,
     }
     bodies = st.dictionaries(st.sampled_from(sorted(fields)), st.just(None), max_size=6).flatmap(
         lambda d: st.fixed_dictionaries({k: fields[k] for k in d})
@@ -240,7 +287,13 @@ def test_no_input_crashes_the_server(server):
 
     with httpx.Client(base_url=url, timeout=60) as h:
 
-        @settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck), database=None, derandomize=True)
+        @settings(
+            max_examples=80,
+            deadline=None,
+            suppress_health_check=list(HealthCheck),
+            database=None,
+            derandomize=True,
+        )
         @given(body=bodies, path=st.sampled_from(["/v1/completions", "/v1/chat/completions"]))
         def one(body, path):
             with h.stream("POST", path, json=body) as r:
@@ -266,7 +319,9 @@ def test_lmforge_serve_command(tmp_path):
 
     from lmforge.checkpoint.consolidated import save_model_checkpoint
 
-    ckpt = save_model_checkpoint(model(max_seq_len=64), tokenizer(), tmp_path / "run" / "sft" / "checkpoints" / "step_000005")
+    ckpt = save_model_checkpoint(
+        model(max_seq_len=64), tokenizer(), tmp_path / "run" / "sft" / "checkpoints" / "step_000005"
+    )
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -287,7 +342,9 @@ def test_lmforge_serve_command(tmp_path):
             time.sleep(0.2)
         client = openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0)
         assert [m.id for m in client.models.list().data] == ["run-sft"]
-        assert client.chat.completions.create(model="run-sft", messages=[{"role": "user", "content": "Hi"}], max_tokens=3).choices
+        assert client.chat.completions.create(
+            model="run-sft", messages=[{"role": "user", "content": "Hi"}], max_tokens=3
+        ).choices
         with pytest.raises(openai.AuthenticationError):
             openai.OpenAI(base_url=url + "/v1", api_key="nope", max_retries=0).models.list()
     finally:

@@ -23,12 +23,19 @@ def events(log_dir):
 
 def test_logging_only_keys_do_not_re_run_a_finished_stage(tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(run_mod, "run_stage_function", lambda stage, recipe, run_dir: calls.append(stage.name))
+    monkeypatch.setattr(
+        run_mod, "run_stage_function", lambda stage, recipe, run_dir: calls.append(stage.name)
+    )
     base = {"run_dir": str(tmp_path / "run"), "stages": ["pretrain"], "sft": {}}
     run_mod.run_recipe(load_recipe(None, base))
     assert calls == ["pretrain"]
-    logging = {**base, "train.tensorboard": True, "train.log_every": 1, "train.wandb.mode": "offline",
-               "sft.train.tensorboard": True}
+    logging = {
+        **base,
+        "train.tensorboard": True,
+        "train.log_every": 1,
+        "train.wandb.mode": "offline",
+        "sft.train.tensorboard": True,
+    }
     run_mod.run_recipe(load_recipe(None, logging))
     assert calls == ["pretrain"], "switching TensorBoard / W&B / log_every on re-ran the stage"
     run_mod.run_recipe(load_recipe(None, {**logging, "train.lr": 0.5}))

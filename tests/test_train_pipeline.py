@@ -42,8 +42,18 @@ def make_run(prepared: Path, tmp_path: Path, name: str, **train) -> Path:
     shutil.copytree(prepared / "tokenizer", run_dir / "tokenizer")
     shutil.copytree(prepared / "tokens", run_dir / "tokens")
     cfg = dict(
-        max_steps=40, batch_tokens=256, micro_batch=4, seq_len=32, lr=3e-3, warmup_steps=5, eval_every=20,
-        eval_tokens=1024, checkpoint_every=10, keep_last=2, log_every=10, samples=0,
+        max_steps=40,
+        batch_tokens=256,
+        micro_batch=4,
+        seq_len=32,
+        lr=3e-3,
+        warmup_steps=5,
+        eval_every=20,
+        eval_tokens=1024,
+        checkpoint_every=10,
+        keep_last=2,
+        log_every=10,
+        samples=0,
     )
     cfg.update(train)
     recipe = {
@@ -82,8 +92,9 @@ def test_sigkill_then_resume_matches_uninterrupted_run_bitwise(prepared, tmp_pat
     assert [s for s, _ in reference] == list(range(1, steps + 1))
 
     killed = make_run(prepared, tmp_path, "killed", max_steps=steps, checkpoint_every=20, eval_every=50)
-    proc = subprocess.Popen(pretrain_cmd(killed), env=env(), cwd=tmp_path, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        pretrain_cmd(killed), env=env(), cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     ckpts = tmp_path / "killed" / "pretrain" / "checkpoints"
     deadline = time.time() + 120
     while not list_checkpoints(ckpts) and proc.poll() is None and time.time() < deadline:
@@ -94,7 +105,9 @@ def test_sigkill_then_resume_matches_uninterrupted_run_bitwise(prepared, tmp_pat
     done = losses(tmp_path / "killed")
     assert len(done) < steps
 
-    out = subprocess.run(pretrain_cmd(killed), check=True, env=env(), cwd=tmp_path, capture_output=True, text=True)
+    out = subprocess.run(
+        pretrain_cmd(killed), check=True, env=env(), cwd=tmp_path, capture_output=True, text=True
+    )
     assert "resumed from" in out.stderr + out.stdout
     resumed = losses(tmp_path / "killed")
     assert [s for s, _ in resumed] == list(range(1, steps + 1))
@@ -108,8 +121,16 @@ def test_sigkill_then_resume_matches_uninterrupted_run_bitwise(prepared, tmp_pat
 def test_time_budget_stops_early_with_a_final_checkpoint_and_tensorboard(prepared, tmp_path, capsys):
     from lmforge.cli import main
 
-    recipe = make_run(prepared, tmp_path, "budget", max_steps=100_000, max_minutes=0.05, checkpoint_every=0,
-                      eval_every=0, tensorboard=True)
+    recipe = make_run(
+        prepared,
+        tmp_path,
+        "budget",
+        max_steps=100_000,
+        max_minutes=0.05,
+        checkpoint_every=0,
+        eval_every=0,
+        tensorboard=True,
+    )
     assert main(["pretrain", str(recipe)]) == 0
     out = capsys.readouterr()
     text = out.out + out.err
@@ -139,15 +160,29 @@ def test_second_run_of_a_finished_stage_is_a_no_op_and_config_change_restarts(pr
     recipe = make_run(prepared, tmp_path, "again", max_steps=12, eval_every=0)
     subprocess.run(pretrain_cmd(recipe), check=True, env=env(), cwd=tmp_path, capture_output=True)
     first = losses(tmp_path / "again")
-    out = subprocess.run(pretrain_cmd(recipe), check=True, env=env(), cwd=tmp_path, capture_output=True, text=True)
+    out = subprocess.run(
+        pretrain_cmd(recipe), check=True, env=env(), cwd=tmp_path, capture_output=True, text=True
+    )
     assert "already done" in out.stdout
     # Extending max_steps continues the same run; changing the lr starts over (old run moved aside).
-    out = subprocess.run(pretrain_cmd(recipe, "--train.max_steps", "15"), check=True, env=env(), cwd=tmp_path,
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        pretrain_cmd(recipe, "--train.max_steps", "15"),
+        check=True,
+        env=env(),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
     assert "resumed from" in out.stdout + out.stderr
     assert losses(tmp_path / "again")[:12] == first and len(losses(tmp_path / "again")) == 15
-    out = subprocess.run(pretrain_cmd(recipe, "--train.lr", "1e-3"), check=True, env=env(), cwd=tmp_path,
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        pretrain_cmd(recipe, "--train.lr", "1e-3"),
+        check=True,
+        env=env(),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
     assert "starting fresh" in out.stdout + out.stderr
     assert (tmp_path / "again" / "pretrain.previous" / "checkpoints").is_dir()
     assert len(losses(tmp_path / "again")) == 12

@@ -39,8 +39,19 @@ def tokens(n: int = 5000, seed: int = 0) -> np.ndarray:
 
 
 def train_cfg(**kw) -> TrainConfig:
-    base = dict(max_steps=20, batch_tokens=128, micro_batch=4, seq_len=16, lr=1e-2, warmup_steps=2, eval_every=0,
-                checkpoint_every=0, log_every=100, samples=0, eval_tokens=256)
+    base = dict(
+        max_steps=20,
+        batch_tokens=128,
+        micro_batch=4,
+        seq_len=16,
+        lr=1e-2,
+        warmup_steps=2,
+        eval_every=0,
+        checkpoint_every=0,
+        log_every=100,
+        samples=0,
+        eval_tokens=256,
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -68,9 +79,14 @@ def test_grad_accumulation_is_an_exact_mean_over_the_whole_batch():
             return {}
 
     grads = []
-    for parts, micro in (([batch], 8), ([{k: v[:4] for k, v in batch.items()}, {k: v[4:] for k, v in batch.items()}], 4)):
+    for parts, micro in (
+        ([batch], 8),
+        ([{k: v[:4] for k, v in batch.items()}, {k: v[4:] for k, v in batch.items()}], 4),
+    ):
         model = tiny_model()
-        cfg = train_cfg(micro_batch=micro, batch_tokens=8 * 16, max_steps=1, lr=0.0, warmup_steps=0, grad_clip=0.0)
+        cfg = train_cfg(
+            micro_batch=micro, batch_tokens=8 * 16, max_steps=1, lr=0.0, warmup_steps=0, grad_clip=0.0
+        )
         t = Trainer(model, CausalLMObjective(), Fixed(parts), cfg, out_dir=Path("/nonexistent"))
         t.optimizer.step = lambda: None  # keep the gradients to compare them
         t.optimizer.zero_grad = lambda set_to_none=True: None
@@ -97,7 +113,9 @@ def test_schedules():
     assert lr_at(55, cfg) == pytest.approx(0.55)  # cosine midpoint: (1 + 0.1) / 2
     assert lr_at(20, cfg, progress=0.55) == pytest.approx(0.55)  # schedule_by time: the clock is the budget
     assert lr_at(20, cfg, progress=1.5) == pytest.approx(0.1)
-    wsd = train_cfg(max_steps=100, warmup_steps=10, lr=1.0, min_lr_ratio=0.0, schedule="wsd", decay_fraction=0.2)
+    wsd = train_cfg(
+        max_steps=100, warmup_steps=10, lr=1.0, min_lr_ratio=0.0, schedule="wsd", decay_fraction=0.2
+    )
     assert [lr_at(s, wsd) for s in (50, 79, 80, 90, 100)] == pytest.approx([1, 1, 1, 0.5, 0])
     const = train_cfg(max_steps=100, warmup_steps=0, lr=0.3, schedule="constant")
     assert lr_at(0, const) == lr_at(99, const) == 0.3
@@ -109,9 +127,14 @@ def test_no_weight_decay_on_norms_embeddings_and_biases():
         decay, no_decay = param_groups(model, 0.1)
         names = {id(p): n for n, p in model.named_parameters()}
         assert {names[id(p)] for p in decay["params"]} == {
-            n for n, p in model.named_parameters() if p.dim() == 2 and "emb" not in n and n != "lm_head.weight"
+            n
+            for n, p in model.named_parameters()
+            if p.dim() == 2 and "emb" not in n and n != "lm_head.weight"
         }
-        assert all(("norm" in names[id(p)] or "emb" in names[id(p)] or "bias" in names[id(p)]) for p in no_decay["params"])
+        assert all(
+            ("norm" in names[id(p)] or "emb" in names[id(p)] or "bias" in names[id(p)])
+            for p in no_decay["params"]
+        )
         assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
 
 
@@ -159,7 +182,9 @@ def test_nan_step_is_skipped_and_never_reaches_the_weights(tmp_path):
             before.update({n: p.detach().clone() for n, p in model.named_parameters()})
         rec = orig_step()
         if t.step == 3:
-            assert all(torch.equal(before[n], p) for n, p in model.named_parameters()), "a NaN step changed weights"
+            assert all(torch.equal(before[n], p) for n, p in model.named_parameters()), (
+                "a NaN step changed weights"
+            )
         return rec
 
     t.train_step = spy
@@ -218,16 +243,24 @@ def test_val_bits_per_byte_matches_a_hand_computation(tmp_path):
     cfg = train_cfg(max_steps=1)
     model = tiny_model()
     val = functools.partial(val_batches, toks, 4, 16, 256)
-    t = Trainer(model, CausalLMObjective(), PretrainLoader(toks, 4, 16, 0), cfg, tmp_path, val_loader_fn=val,
-                tokenizer=Tok())
+    t = Trainer(
+        model,
+        CausalLMObjective(),
+        PretrainLoader(toks, 4, 16, 0),
+        cfg,
+        tmp_path,
+        val_loader_fn=val,
+        tokenizer=Tok(),
+    )
     t.logger = None
     got = t.evaluate()
     nats = nbytes = total = count = 0.0
     tb = torch.tensor(Tok().token_bytes(), dtype=torch.float64)
     with torch.no_grad():
         for b in val():
-            nll = torch.nn.functional.cross_entropy(model(b["input_ids"]).flatten(0, 1), b["labels"].flatten(),
-                                                    reduction="none").double()
+            nll = torch.nn.functional.cross_entropy(
+                model(b["input_ids"]).flatten(0, 1), b["labels"].flatten(), reduction="none"
+            ).double()
             by = tb[b["labels"].flatten()]
             nats += float((nll * (by > 0)).sum())
             nbytes += float(by.sum())
@@ -243,7 +276,9 @@ def test_training_reduces_loss_and_mfu_is_reported(tmp_path):
     t.fit()
     recs = [r for r in records(tmp_path) if "loss" in r]
     assert recs[-1]["loss"] < recs[0]["loss"] - 1.0
-    assert all(r["mfu"] > 0 and r["tokens_per_s"] > 0 and r["mem_gb"] > 0 and r["grad_norm"] > 0 for r in recs)
+    assert all(
+        r["mfu"] > 0 and r["tokens_per_s"] > 0 and r["mem_gb"] > 0 and r["grad_norm"] > 0 for r in recs
+    )
     assert (tmp_path / "checkpoints" / "step_000030" / "state.json").exists()  # the final checkpoint
 
 
@@ -284,9 +319,18 @@ def test_pipeline_parallelism_refuses_an_objective_without_a_stage_loss(tmp_path
     from lmforge.posttrain.dpo import DPOObjective
 
     loader = PretrainLoader(tokens(), 4, 16, 0)
-    with pytest.raises(LmforgeError, match=r"dpo: pipeline parallelism \(parallel.pp 2\) needs a loss .*parallel.pp 1"):
-        Trainer(tiny_model(), DPOObjective(beta=0.1), loader, train_cfg(), tmp_path,
-                ctx=DistContext(world_size=2, pp_size=2), stage="dpo")
+    with pytest.raises(
+        LmforgeError, match=r"dpo: pipeline parallelism \(parallel.pp 2\) needs a loss .*parallel.pp 1"
+    ):
+        Trainer(
+            tiny_model(),
+            DPOObjective(beta=0.1),
+            loader,
+            train_cfg(),
+            tmp_path,
+            ctx=DistContext(world_size=2, pp_size=2),
+            stage="dpo",
+        )
 
 
 def test_causal_lm_loss_on_a_packed_row_is_the_sum_over_its_conversations():
@@ -300,8 +344,13 @@ def test_causal_lm_loss_on_a_packed_row_is_the_sum_over_its_conversations():
     with torch.no_grad():
         packed = objective.loss(model, collate([[a, b]], pad_id=0, length=10))
         alone = [objective.loss(model, collate([[e]], pad_id=0)) for e in (a, b)]
-        crossed = objective.loss(model, {"input_ids": torch.tensor([a.input_ids + b.input_ids]),
-                                         "labels": torch.tensor([a.labels + b.labels])})
+        crossed = objective.loss(
+            model,
+            {
+                "input_ids": torch.tensor([a.input_ids + b.input_ids]),
+                "labels": torch.tensor([a.labels + b.labels]),
+            },
+        )
     assert int(packed.count) == 4
     assert float(packed.loss_sum) == pytest.approx(sum(float(o.loss_sum) for o in alone), rel=1e-6)
     assert float(crossed.loss_sum) != pytest.approx(float(packed.loss_sum), rel=1e-5)  # the mask matters

@@ -27,20 +27,39 @@ ACCEPTS_OVERRIDES = True
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dry-run", action="store_true", help="preview what each rule removes; write nothing")
     p.add_argument("--sample", type=int, default=100, help="documents read by --dry-run (default: 100)")
-    p.add_argument("--workers", type=int, default=None, help="parallel worker processes (default: data.workers)")
-    p.add_argument("--executor", choices=["local", "ray"], default=None,
-                   help="where tasks run (default: data.executor, i.e. local)")
-    g = p.add_argument_group("train-classifier and crawl (use `train-classifier` or `crawl` in place of RECIPE)")
-    g.add_argument("--positive", nargs="+", default=[], help="inputs of the class to keep (files, folders, globs)")
+    p.add_argument(
+        "--workers", type=int, default=None, help="parallel worker processes (default: data.workers)"
+    )
+    p.add_argument(
+        "--executor",
+        choices=["local", "ray"],
+        default=None,
+        help="where tasks run (default: data.executor, i.e. local)",
+    )
+    g = p.add_argument_group(
+        "train-classifier and crawl (use `train-classifier` or `crawl` in place of RECIPE)"
+    )
+    g.add_argument(
+        "--positive", nargs="+", default=[], help="inputs of the class to keep (files, folders, globs)"
+    )
     g.add_argument("--negative", nargs="+", default=[], help="inputs of the class to drop")
-    g.add_argument("--out", default=None,
-                   help="train-classifier: model file to write (default: classifier.npz); crawl: folder")
+    g.add_argument(
+        "--out",
+        default=None,
+        help="train-classifier: model file to write (default: classifier.npz); crawl: folder",
+    )
     g.add_argument("--text-field", default="text", help="JSONL/Parquet text field (default: text)")
     g.add_argument("--epochs", type=int, default=200, help="full-batch Adam steps (default: 200)")
     g.add_argument("--dim-bits", type=int, default=18, help="log2 of the hashed feature count (default: 18)")
-    g.add_argument("--holdout", type=float, default=0.1, help="fraction held out to report accuracy (default: 0.1)")
-    g.add_argument("--seed", type=int, default=1337,
-                   help="seed for the held-out split, or of the crawl's planted pages (default: 1337)")
+    g.add_argument(
+        "--holdout", type=float, default=0.1, help="fraction held out to report accuracy (default: 0.1)"
+    )
+    g.add_argument(
+        "--seed",
+        type=int,
+        default=1337,
+        help="seed for the held-out split, or of the crawl's planted pages (default: 1337)",
+    )
     add_recipe_argument(p, ["data"])
 
 
@@ -63,7 +82,10 @@ def main(args: argparse.Namespace, overrides: list[str]) -> int:
     out = output_dir(recipe, recipe.run_path)
     stats = run_pipeline(recipe.data, out, workers=args.workers, executor=args.executor)
     print(render_summary(stats))
-    print(f"wrote {out / 'docs'} ({len(stats['output']['shards'])} shards), {out / 'stats.json'}, {out / 'summary.md'}")
+    print(
+        f"wrote {out / 'docs'} ({len(stats['output']['shards'])} shards), "
+        f"{out / 'stats.json'}, {out / 'summary.md'}"
+    )
     return 0
 
 
@@ -99,7 +121,9 @@ def train_classifier(args: argparse.Namespace) -> int:
     n_hold = int(len(texts) * args.holdout) if len(texts) >= 20 else 0
     hold, train = order[:n_hold], order[n_hold:]
     feat = Featurizer(dim_bits=args.dim_bits)
-    model = HashedNgramClassifier.train([texts[i] for i in train], [labels[i] for i in train], feat, epochs=args.epochs)
+    model = HashedNgramClassifier.train(
+        [texts[i] for i in train], [labels[i] for i in train], feat, epochs=args.epochs
+    )
     report = {"positive": len(pos), "negative": len(neg), "train": int(train.size), "holdout": int(hold.size)}
     for name, idx in (("train_accuracy", train), ("holdout_accuracy", hold)):
         if idx.size:

@@ -1,9 +1,9 @@
 """Serve a model over an OpenAI-compatible HTTP API, with a web chat page at `/`.
 
-Endpoints: /v1/models (and /v1/models/ID), /v1/completions, /v1/chat/completions (streaming with "stream": true),
-/health, /livez (liveness only) and the chat page at http://HOST:PORT/. Binds 127.0.0.1 unless
-told otherwise; with --api-key (or LMFORGE_API_KEY) every endpoint but /livez and the page's
-files needs `Authorization: Bearer KEY` (the page asks for it). Requests naming another model
+Endpoints: /v1/models (and /v1/models/ID), /v1/completions, /v1/chat/completions (streaming with
+"stream": true), /health, /livez (liveness only) and the chat page at http://HOST:PORT/. Binds
+127.0.0.1 unless told otherwise; with --api-key (or LMFORGE_API_KEY) every endpoint but /livez and
+the page's files needs `Authorization: Bearer KEY` (the page asks for it). Requests naming another model
 than --model-name get 404; bodies over --max-request-bytes get 413; requests beyond --max-queue
 (waiting + running) get 429. Concurrent requests share decode steps (continuous batching): up to
 --max-batch sequences run together and a new request joins the running batch at its next step;
@@ -30,11 +30,19 @@ from lmforge.serve.config import ServerConfig
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="checkpoint, stage or run directory")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
+    p.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)"
+    )
     p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
-    p.add_argument("--api-key", default=None, help="require this bearer key (default: $LMFORGE_API_KEY, else none)")
-    p.add_argument("--model-name", default="", help="id reported by /v1/models (default: the checkpoint's run name)")
-    p.add_argument("--max-queue", type=int, default=16, help="requests waiting + running before 429 (default: 16)")
+    p.add_argument(
+        "--api-key", default=None, help="require this bearer key (default: $LMFORGE_API_KEY, else none)"
+    )
+    p.add_argument(
+        "--model-name", default="", help="id reported by /v1/models (default: the checkpoint's run name)"
+    )
+    p.add_argument(
+        "--max-queue", type=int, default=16, help="requests waiting + running before 429 (default: 16)"
+    )
     p.add_argument(
         "--max-batch",
         type=int,

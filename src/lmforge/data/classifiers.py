@@ -83,7 +83,11 @@ class Featurizer:
             words = [w.lower() for w in split_words(text)]
             if not words:
                 continue
-            h = np.fromiter((xxhash.xxh3_64_intdigest(w.encode("utf-8")) for w in words), dtype=np.uint64, count=len(words))
+            h = np.fromiter(
+                (xxhash.xxh3_64_intdigest(w.encode("utf-8")) for w in words),
+                dtype=np.uint64,
+                count=len(words),
+            )
             feats = [h]
             with np.errstate(over="ignore"):
                 for n in range(2, self.ngrams + 1):
@@ -155,8 +159,14 @@ class HashedNgramClassifier:
 
     def save(self, path: str | Path) -> None:
         buf = io.BytesIO()
-        meta = json.dumps({"dim_bits": self.featurizer.dim_bits, "ngrams": self.featurizer.ngrams,
-                           "bias": self.bias, "format": "lmforge-hashed-ngram-lr-v1"})
+        meta = json.dumps(
+            {
+                "dim_bits": self.featurizer.dim_bits,
+                "ngrams": self.featurizer.ngrams,
+                "bias": self.bias,
+                "format": "lmforge-hashed-ngram-lr-v1",
+            }
+        )
         np.savez_compressed(buf, weights=self.weights.astype(np.float32), meta=np.array(meta))
         atomic_write_bytes(path, buf.getvalue())
 
@@ -167,7 +177,9 @@ class HashedNgramClassifier:
                 meta = json.loads(str(z["meta"]))
                 weights = z["weights"].astype(np.float64)
         except (OSError, KeyError, ValueError) as e:
-            raise LmforgeError(f"classifier {path}: not a model from `lmforge data train-classifier` ({e})") from None
+            raise LmforgeError(
+                f"classifier {path}: not a model from `lmforge data train-classifier` ({e})"
+            ) from None
         feat = Featurizer(dim_bits=int(meta["dim_bits"]), ngrams=int(meta["ngrams"]))
         return cls(feat, weights, float(meta["bias"]))
 

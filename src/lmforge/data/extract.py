@@ -67,15 +67,29 @@ def time_limit(seconds: float) -> Iterator[None]:
 def _trafilatura(html: str, url: str | None, favor_precision: bool) -> str | None:
     import trafilatura
 
-    return trafilatura.extract(html, url=url or None, favor_precision=favor_precision, include_comments=False,
-                               include_tables=True, deduplicate=False)
+    return trafilatura.extract(
+        html,
+        url=url or None,
+        favor_precision=favor_precision,
+        include_comments=False,
+        include_tables=True,
+        deduplicate=False,
+    )
 
 
 def _resiliparse(html: str) -> str:
     from resiliparse.extract.html2text import extract_plain_text
 
-    return extract_plain_text(html, preserve_formatting=True, main_content=True, list_bullets=True,
-                              alt_texts=False, links=False, form_fields=False, noscript=False)
+    return extract_plain_text(
+        html,
+        preserve_formatting=True,
+        main_content=True,
+        list_bullets=True,
+        alt_texts=False,
+        links=False,
+        form_fields=False,
+        noscript=False,
+    )
 
 
 def check_backend(backend: str) -> None:
@@ -86,8 +100,10 @@ def check_backend(backend: str) -> None:
         try:
             import resiliparse.extract.html2text  # noqa: F401
         except ImportError:
-            raise LmforgeError("data.extract.backend resiliparse needs the resiliparse package: "
-                               "pip install 'lmforge[resiliparse]' (or pip install resiliparse)") from None
+            raise LmforgeError(
+                "data.extract.backend resiliparse needs the resiliparse package: "
+                "pip install 'lmforge[resiliparse]' (or pip install resiliparse)"
+            ) from None
 
 
 def _extract(html: str, url: str | None, backend: str, favor_precision: bool) -> tuple[str, str]:
@@ -103,8 +119,13 @@ def _extract(html: str, url: str | None, backend: str, favor_precision: bool) ->
     return text, ""
 
 
-def extract_text(html: str, url: str | None = None, timeout: float = 1.0, favor_precision: bool = True,
-                 backend: str = "trafilatura") -> tuple[str, str]:
+def extract_text(
+    html: str,
+    url: str | None = None,
+    timeout: float = 1.0,
+    favor_precision: bool = True,
+    backend: str = "trafilatura",
+) -> tuple[str, str]:
     """In-process extraction under a SIGALRM time limit: (text, "") or ("", reason)."""
     try:
         with time_limit(timeout):
@@ -196,7 +217,9 @@ class ExtractStep(Step):
         if self.sandbox is not None:
             text, reason = self.sandbox.extract(doc.text, url)
         else:
-            text, reason = extract_text(doc.text, url, self.cfg.timeout, self.cfg.favor_precision, self.cfg.backend)
+            text, reason = extract_text(
+                doc.text, url, self.cfg.timeout, self.cfg.favor_precision, self.cfg.backend
+            )
         if reason:
             return reason
         doc.text = text
@@ -206,4 +229,3 @@ class ExtractStep(Step):
     def close(self) -> None:
         if self.sandbox is not None:
             self.sandbox.close()
-

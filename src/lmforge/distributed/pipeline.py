@@ -59,8 +59,14 @@ class Pipeline:
     """
 
     def __init__(
-        self, model: nn.Module, cfg: ParallelConfig, ctx: DistContext, micro_batch: int, seq_len: int,
-        loss_fn: LogitsLoss, loss_parallel: bool = False,
+        self,
+        model: nn.Module,
+        cfg: ParallelConfig,
+        ctx: DistContext,
+        micro_batch: int,
+        seq_len: int,
+        loss_fn: LogitsLoss,
+        loss_parallel: bool = False,
     ):
         from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
 
@@ -69,7 +75,8 @@ class Pipeline:
         self.n_micro, self.micro_batch = cfg.pp_microbatches, micro_batch
         if micro_batch % self.n_micro:
             raise LmforgeError(
-                f"train.micro_batch ({micro_batch}) must divide into parallel.pp_microbatches ({self.n_micro})"
+                f"train.micro_batch ({micro_batch}) must divide into "
+                f"parallel.pp_microbatches ({self.n_micro})"
             )
         self.loss_fn, self.loss_parallel = loss_fn, loss_parallel
         self._count = torch.ones((), device=ctx.device)
@@ -95,7 +102,10 @@ class Pipeline:
             run(*args, target=labels.to(device), **kw, **kwargs)
 
     def step(
-        self, input_ids: torch.Tensor, labels: torch.Tensor, denominator: float | None = None,
+        self,
+        input_ids: torch.Tensor,
+        labels: torch.Tensor,
+        denominator: float | None = None,
         inputs: dict[str, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """Forward + backward of one batch; the loss is sum(loss) / denominator (default: the
@@ -115,7 +125,10 @@ class Pipeline:
 
     @torch.no_grad()
     def eval_sums(
-        self, input_ids: torch.Tensor, labels: torch.Tensor, token_bytes: torch.Tensor | None = None,
+        self,
+        input_ids: torch.Tensor,
+        labels: torch.Tensor,
+        token_bytes: torch.Tensor | None = None,
         inputs: dict[str, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """Validation sums of a batch (`lmforge.model.loss.nll_byte_sums`: nll, tokens, and the
@@ -138,4 +151,3 @@ class Pipeline:
             self._eval_nll = None
         dist.all_reduce(sums, group=self.group)  # only the last stage contributes
         return sums
-

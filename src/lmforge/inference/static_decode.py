@@ -18,11 +18,11 @@ batch decodes:
     kernels) and `max_autotune` with its C++ GEMM template, which on a CPU moves the
     matrix-vector products much closer to memory bandwidth than the default BLAS call.
 
-Costs: each new (batch size, S, window, device, dtype) compiles once per process (tens of seconds on
-a CPU, mostly autotuning; `CompiledDecodeStep.compile_seconds` sums them), and freezing keeps a
+Costs: each new (batch size, S, window, device, dtype) compiles once per process (tens of seconds
+on a CPU, mostly autotuning; `CompiledDecodeStep.compile_seconds` sums them), and freezing keeps a
 second, prepacked copy of the weights, taken when it compiles; an in-place change of the
-weights afterwards (training) makes the next step compile again. Greedy tokens match eager decoding (tested); the
-arithmetic is the same up to float rounding order.
+weights afterwards (training) makes the next step compile again. Greedy tokens match eager
+decoding (tested); the arithmetic is the same up to float rounding order.
 """
 
 from __future__ import annotations

@@ -32,7 +32,9 @@ class LossGuard:
             reason = "non-finite loss"
         elif not math.isfinite(grad_norm):
             reason = "non-finite gradient norm"
-        elif self.spike_factor > 0 and self.good_steps >= self.warmup and loss > self.spike_factor * self.mean:
+        elif (
+            self.spike_factor > 0 and self.good_steps >= self.warmup and loss > self.spike_factor * self.mean
+        ):
             reason = f"loss spike ({loss:.3f} > {self.spike_factor:g} x running mean {self.mean:.3f})"
         if reason:
             self.consecutive_bad += 1

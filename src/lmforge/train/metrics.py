@@ -46,7 +46,9 @@ def measure_cpu_peak(n: int = 1024, repeats: int = 5) -> float:
     """fp32 GEMM throughput of this process's CPU threads (best of `repeats`), FLOP/s."""
     global _cpu_peak
     if _cpu_peak is None:
-        g = torch.Generator().manual_seed(0)  # never touch the global RNG: resumed runs must replay it exactly
+        g = torch.Generator().manual_seed(
+            0
+        )  # never touch the global RNG: resumed runs must replay it exactly
         a, b = torch.randn(n, n, generator=g), torch.randn(n, n, generator=g)
         a @ b
         best = float("inf")
@@ -82,7 +84,7 @@ def memory_gb(device: torch.device) -> float:
 def tensorboard_tag(key: str) -> str:
     """`val_loss` -> `val/loss`, `loss` -> `train/loss`: one prefix, never doubled."""
     if key.startswith("val_"):
-        return f"val/{key[len('val_'):]}"
+        return f"val/{key[len('val_') :]}"
     return f"train/{key}"
 
 
@@ -111,6 +113,7 @@ def flat_hparams(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def samples_markdown(samples: list[tuple[str, str]]) -> str:
     """Sample generations as a Markdown table (TensorBoard's text plugin renders it)."""
+
     def cell(text: str) -> str:
         return text.replace("|", "\\|").replace("\n", "<br>")
 
@@ -156,8 +159,12 @@ def open_wandb(cfg: Any, out_dir: Path, run_name: str, config: dict[str, Any] | 
         )
         return None
     return wandb.init(
-        project=cfg.project, entity=cfg.entity or None, name=run_name or None, dir=str(out_dir),
-        mode=cfg.mode, config=config,
+        project=cfg.project,
+        entity=cfg.entity or None,
+        name=run_name or None,
+        dir=str(out_dir),
+        mode=cfg.mode,
+        config=config,
     )
 
 

@@ -72,8 +72,9 @@ class CausalLMObjective(Objective):
     """Next-token cross-entropy on batch["labels"] (IGNORE_INDEX = not scored).
 
     Serves pretraining (labels = inputs shifted by one) and SFT (labels masked outside the
-    assistant's tokens; packed rows pass their positions and mask to the model). Under loss parallelism the trainer runs `loss` and
-    its backward inside `loss_parallel()` (see `lmforge.model.loss.replicated_value`).
+    assistant's tokens; packed rows pass their positions and mask to the model). Under loss
+    parallelism the trainer runs `loss` and its backward inside `loss_parallel()` (see
+    `lmforge.model.loss.replicated_value`).
     """
 
     takes_sharded_logits = True
