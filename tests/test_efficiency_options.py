@@ -98,7 +98,7 @@ def test_zero_init_projections_make_every_block_the_identity():
 @pytest.mark.parametrize(
     "kw, named",
     [
-        ({"qk_norm": True}, "model.qk_norm"),
+        ({"qk_norm": True, "hf_family": "llama"}, "model.qk_norm"),  # QK-norm exports as Qwen3 only
         ({"mlp": "relu2"}, "model.mlp"),
         ({"logit_softcap": 15.0}, "model.logit_softcap"),
     ],

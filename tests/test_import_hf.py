@@ -14,7 +14,8 @@ transformers = pytest.importorskip("transformers")
 from lmforge.checkpoint.consolidated import load_model  # noqa: E402
 from lmforge.cli import main as cli  # noqa: E402
 from lmforge.errors import LmforgeError  # noqa: E402
-from lmforge.model.convert import load_hf, tokenizer_from_hf  # noqa: E402
+from lmforge.model.convert import tokenizer_from_hf  # noqa: E402
+from lmforge.model.hf_import import load_hf  # noqa: E402
 
 
 def llama_dir(path, vocab_size, tie=False, **kw):
@@ -125,11 +126,10 @@ def test_unsupported_checkpoints_are_refused(tmp_path):
     llama_dir(tmp_path / "hf", tok.vocab_size)
     config = json.loads((tmp_path / "hf" / "config.json").read_text())
     bad = {
-        "rope scaling 'llama3'": {
-            "rope_parameters": {"rope_type": "llama3", "rope_theta": 1.0, "factor": 8.0}
-        },
-        "attention/MLP biases": {"attention_bias": True},
-        "model_type 'mistral'": {"model_type": "mistral"},
+        "rope scaling 'yarn'": {"rope_parameters": {"rope_type": "yarn", "rope_theta": 1.0, "factor": 8.0}},
+        "attention biases on the output projection": {"attention_bias": True},
+        "MLP biases": {"mlp_bias": True},
+        "model_type 'gemma'": {"model_type": "gemma"},
     }
     for message, patch in bad.items():
         (tmp_path / "hf" / "config.json").write_text(json.dumps({**config, **patch}))
@@ -137,7 +137,7 @@ def test_unsupported_checkpoints_are_refused(tmp_path):
             load_hf(tmp_path / "hf")
     (tmp_path / "hf" / "config.json").write_text(json.dumps(config))
     model, tok2, report = load_hf(tmp_path / "hf")  # no tokenizer.json: weights only
-    assert tok2 is None and "no tokenizer.json" in report["tokenizer_error"]
+    assert tok2 is None and "no tokenizer.json" in report["tokenizer_note"]
     assert cli(["import", "--from-hf", str(tmp_path / "hf"), "--out", str(tmp_path / "c")]) == 2
     assert cli(["import", "--from-hf", str(tmp_path / "missing"), "--out", str(tmp_path / "c")]) == 2
 

@@ -26,6 +26,19 @@ PRESETS: dict[str, tuple[int, int, int, int, int, int, float, int]] = {
 
 
 @dataclass
+class RopeScaling:
+    """Llama 3.1's RoPE frequency scaling (`type: llama3`): wavelengths longer than
+    original_max_seq_len / low_freq_factor are divided by `factor`, those shorter than
+    original_max_seq_len / high_freq_factor are kept, and the band between is interpolated."""
+
+    type: Literal["", "llama3"] = ""  # "": plain RoPE; llama3: Llama 3.1+'s scaling
+    factor: float = 8.0  # how much longer the context is than the one RoPE was trained at
+    low_freq_factor: float = 1.0  # wavelengths above original_max_seq_len / this are scaled fully
+    high_freq_factor: float = 4.0  # wavelengths below original_max_seq_len / this are not scaled
+    original_max_seq_len: int = 8192  # the context before scaling (original_max_position_embeddings)
+
+
+@dataclass
 class ModelConfig:
     """A decoder-only transformer. `arch: llama` (RMSNorm, RoPE, SwiGLU, no biases) or
     `arch: gpt2` (LayerNorm, learned positions, GELU, biases).
@@ -41,6 +54,10 @@ class ModelConfig:
     `mlp` picks the MLP ("" = the arch's own: swiglu for llama, gelu for gpt2; relu2 is
     proj(relu(fc(x))²)); `logit_softcap` > 0 squashes logits to cap·tanh(logits / cap);
     `zero_init_proj` starts every residual output projection (attention out, MLP down) at zero.
+
+    Options of the Hugging Face families `lmforge import` takes, also off by default: `attn_bias`
+    (biases on the query, key and value projections, Qwen2), an explicit `head_dim` (Qwen3),
+    `rope_scaling` (Llama 3.1+), and `hf_family`, the transformers class `lmforge export` writes.
     """
 
     # llama (RMSNorm, RoPE, SwiGLU) or gpt2 (LayerNorm, learned positions, GELU)
@@ -52,18 +69,23 @@ class ModelConfig:
     d_model: int = 256  # hidden size
     n_head: int = 8  # attention heads (query heads)
     n_kv_head: int = 0  # key/value heads for grouped-query attention (0: n_head)
+    head_dim: int = 0  # width of one attention head (0: d_model / n_head)
     d_ff: int = 0  # MLP width (0: SwiGLU 8/3 x d_model rounded to 64, GELU / ReLU² 4 x d_model)
     max_seq_len: int = 256  # longest context, in tokens
     rope_theta: float = 10000.0  # RoPE base frequency
+    rope_scaling: RopeScaling = field(default_factory=RopeScaling)  # Llama 3.1+ long-context RoPE
     norm_eps: float = 1e-5  # epsilon of RMSNorm / LayerNorm
     tie_embeddings: bool = True  # the LM head shares the token embedding's weights
     dropout: float = 0.0  # dropout probability on attention and residual outputs
     init_std: float = 0.02  # std of the normal weight initialisation
     qk_norm: bool = False  # RMS-normalise queries and keys per head before RoPE
+    attn_bias: bool = False  # biases on the query, key and value projections (Qwen2)
     # "": the arch's own (swiglu for llama, gelu for gpt2); relu2: proj(relu(fc(x))²)
     mlp: Literal["", "swiglu", "relu2", "gelu"] = ""
     logit_softcap: float = 0.0  # > 0: logits become cap x tanh(logits / cap)
     zero_init_proj: bool = False  # start every residual output projection at zero
+    # the transformers class export writes ("": Qwen3 with qk_norm, Qwen2 with attn_bias, else Llama)
+    hf_family: Literal["", "llama", "mistral", "qwen2", "qwen3"] = ""
     extra: dict = field(default_factory=dict)  # free-form keys carried into the checkpoint's config.json
 
     def __post_init__(self) -> None:
@@ -86,6 +108,8 @@ class ModelConfig:
             self.n_head = max(1, self.d_model // 64)
         if self.n_kv_head == 0:
             self.n_kv_head = self.n_head
+        if self.head_dim == 0 and self.n_head > 0 and self.d_model % self.n_head == 0:
+            self.head_dim = self.d_model // self.n_head
         if not self.mlp:
             self.mlp = "swiglu" if self.arch == "llama" else "gelu"
         if self.d_ff == 0:
@@ -95,8 +119,10 @@ class ModelConfig:
                 self.d_ff = 4 * self.d_model
 
     def validate(self) -> None:
-        if self.d_model % self.n_head:
-            raise ValueError(f"d_model {self.d_model} is not divisible by n_head {self.n_head}")
+        if self.head_dim <= 0:
+            raise ValueError(
+                f"d_model {self.d_model} is not divisible by n_head {self.n_head} (or set model.head_dim)"
+            )
         if self.n_head % self.n_kv_head:
             raise ValueError(f"n_head {self.n_head} is not divisible by n_kv_head {self.n_kv_head}")
         if self.arch == "llama" and self.head_dim % 2:
@@ -108,10 +134,9 @@ class ModelConfig:
             raise ValueError("dropout must be in [0, 1)")
         if self.logit_softcap < 0:
             raise ValueError("logit_softcap must be >= 0 (0: off)")
-
-    @property
-    def head_dim(self) -> int:
-        return self.d_model // self.n_head
+        rs = self.rope_scaling
+        if rs.type and not (rs.factor >= 1 and 0 < rs.low_freq_factor < rs.high_freq_factor):
+            raise ValueError("rope_scaling needs factor >= 1 and 0 < low_freq_factor < high_freq_factor")
 
 
 def preset_training(name: str) -> tuple[float, int]:
@@ -125,8 +150,10 @@ def num_params(cfg: ModelConfig, include_embedding: bool = True) -> int:
     d, L, V, hd = cfg.d_model, cfg.n_layer, cfg.vocab_size, cfg.head_dim
     bias = cfg.arch == "gpt2"
     attn = d * (cfg.n_head * hd) + 2 * d * (cfg.n_kv_head * hd) + (cfg.n_head * hd) * d
+    if bias or cfg.attn_bias:
+        attn += cfg.n_head * hd + 2 * cfg.n_kv_head * hd
     if bias:
-        attn += cfg.n_head * hd + 2 * cfg.n_kv_head * hd + d
+        attn += d
     mlp = (3 if cfg.mlp == "swiglu" else 2) * d * cfg.d_ff
     if bias and cfg.mlp != "swiglu":
         mlp += cfg.d_ff + d
@@ -154,14 +181,33 @@ def flops_per_token(cfg: ModelConfig, seq_len: int | None = None) -> float:
     return 6 * n + 12 * cfg.n_layer * cfg.n_head * cfg.head_dim * T
 
 
-# Options Hugging Face's LlamaForCausalLM / GPT2LMHeadModel and llama.cpp's llama / gpt2 graphs
-# have no equivalent for: an exported model would silently compute something else. (Qwen3 has
-# QK-norm and Gemma 2 a logit soft-cap, but neither matches the rest of this block.)
+def export_family(cfg: ModelConfig) -> str:
+    """The Hugging Face family a llama-arch model exports as: `hf_family`, else the one its options need."""
+    return cfg.hf_family or ("qwen3" if cfg.qk_norm else "qwen2" if cfg.attn_bias else "llama")
+
+
+# What each family's transformers class has beyond Llama's graph (Qwen3's attention_bias also
+# biases the output projection, which lmforge's attn_bias does not).
+FAMILY_OPTIONS = {"llama": set(), "mistral": set(), "qwen2": {"attn_bias"}, "qwen3": {"qk_norm"}}
+
+
 def check_exportable(cfg: ModelConfig, target: str) -> None:
-    """Raise LmforgeError naming every set option of `cfg` the `target` format cannot express."""
+    """Raise LmforgeError naming every set option of `cfg` the `target` format cannot express, so an
+    exported model never silently computes something else. Hugging Face takes the llama-arch options
+    of the family `export_family` picks (QK-norm as Qwen3, q/k/v biases as Qwen2, RoPE scaling and
+    head_dim everywhere); llama.cpp's llama and GPT-2 graphs take none of them."""
     found = []
-    if cfg.qk_norm:
-        found.append("model.qk_norm")
+    hf_llama = target == "Hugging Face" and cfg.arch == "llama"
+    family = export_family(cfg) if hf_llama else cfg.arch
+    allowed = FAMILY_OPTIONS.get(family, set())
+    for option in ("qk_norm", "attn_bias"):
+        if getattr(cfg, option) and option not in allowed:
+            found.append(f"model.{option}")
+    if not hf_llama:
+        if cfg.rope_scaling.type:
+            found.append(f"model.rope_scaling: {cfg.rope_scaling.type}")
+        if cfg.head_dim * cfg.n_head != cfg.d_model:
+            found.append(f"model.head_dim: {cfg.head_dim} (not d_model / n_head)")
     default_mlp = "swiglu" if cfg.arch == "llama" else "gelu"
     if cfg.mlp != default_mlp:
         found.append(f"model.mlp: {cfg.mlp} (its {cfg.arch} graph has {default_mlp})")
@@ -169,6 +215,6 @@ def check_exportable(cfg: ModelConfig, target: str) -> None:
         found.append("model.logit_softcap")
     if found:
         raise LmforgeError(
-            f"cannot export to {target}: the model uses {', '.join(found)}, which {target}'s {cfg.arch} "
+            f"cannot export to {target}: the model uses {', '.join(found)}, which {target}'s {family} "
             "architecture does not have"
         )

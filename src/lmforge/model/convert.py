@@ -6,16 +6,17 @@ files of `Tokenizer.save_hf` (tokenizer.json + tokenizer_config.json with the ch
 behave as lmforge does (`export_tokenizer_files`), an optional model card (README.md), plus
 `lmforge-manifest.json` (what the export wrote, so that a later export may replace it).
 
-  arch llama -> LlamaForCausalLM. Names map 1:1 and our RoPE already uses HF's rotate-half layout,
-                so tensors are copied unchanged.
+  arch llama -> LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM or Qwen3ForCausalLM
+                (`hf_arch`: model.hf_family, else the class the options need). Names map 1:1 and
+                our RoPE already uses HF's rotate-half layout, so tensors are copied unchanged.
   arch gpt2  -> GPT2LMHeadModel. GPT-2 stores linear layers as Conv1D ([in, out], the transpose of
                 nn.Linear) and fuses q, k, v into one `c_attn`; the mapping transposes and concatenates.
 
-Import (`load_hf`) is the inverse for a local LlamaForCausalLM (or GPT2LMHeadModel) directory:
-config.json is translated into a ModelConfig, features our transformer does not implement
-(rope scaling, attention/MLP biases, other activations) are refused with a message, weights are
-read from safetensors (single or sharded, every shard inside DIR) or pytorch_model.bin
-(weights_only), and a byte-level BPE tokenizer.json becomes an lmforge Tokenizer.
+Import (`hf_import.load_hf`) is the inverse, built from the pieces here: config.json is translated
+into a ModelConfig (features our transformer does not implement, such as other RoPE scalings, MLP
+biases or other activations, are refused with a message), weights are read from safetensors (single
+or sharded, every shard inside DIR) or pytorch_model.bin (weights_only) and renamed, and a
+byte-level BPE tokenizer.json becomes an lmforge Tokenizer (`tokenizer_from_hf`).
 """
 
 from __future__ import annotations
@@ -53,20 +54,6 @@ def _dtype(name: str | None, default: torch.dtype) -> torch.dtype:
 
 # ---------------------------------------------------------------------------------------------
 # state-dict mapping
-
-
-# Our per-layer module names -> transformers' LlamaForCausalLM names (weights map one to one).
-LLAMA_LAYER_NAMES = (
-    ("attn.wq", "self_attn.q_proj"),
-    ("attn.wk", "self_attn.k_proj"),
-    ("attn.wv", "self_attn.v_proj"),
-    ("attn.wo", "self_attn.o_proj"),
-    ("mlp.w1", "mlp.gate_proj"),
-    ("mlp.w3", "mlp.up_proj"),
-    ("mlp.w2", "mlp.down_proj"),
-    ("attn_norm", "input_layernorm"),
-    ("mlp_norm", "post_attention_layernorm"),
-)
 
 
 def to_hf_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -188,7 +175,8 @@ def hf_config(cfg: ModelConfig, bos_id: int | None = None, eos_id: int | None = 
 
 
 def model_config_from_hf(hf: dict, source: str = "config.json", max_seq_len: int | None = None) -> ModelConfig:
-    """A transformers config.json (Llama or GPT-2) -> ModelConfig; unsupported features are refused."""
+    """A transformers config.json (the Llama family of `hf_arch`, or GPT-2) -> ModelConfig; features
+    lmforge's transformer lacks are refused."""
     model_type = hf.get("model_type")
 
     def need(key: str):
@@ -260,7 +248,11 @@ def export_hf(
     if tokenizer is not None and tokenizer.vocab_size > cfg.vocab_size:
         raise LmforgeError(f"tokenizer has {tokenizer.vocab_size} ids but the model only {cfg.vocab_size}")
     target = _dtype(dtype, next(model.parameters()).dtype)
-    tensors = {k: v.to(target).cpu() for k, v in to_hf_state_dict(model).items()}
+    from tqdm import tqdm
+
+    hf_tensors = to_hf_state_dict(model)
+    bar = tqdm(hf_tensors, desc="export", unit="tensor", disable=None)  # shown on a terminal only
+    tensors = {k: hf_tensors[k].to(target).cpu() for k in bar}
     dtype_name = next(k for k, v in DTYPES.items() if v == target)
     bos = getattr(tokenizer, "bos_id", None)
     eos = getattr(tokenizer, "eos_id", None)
@@ -294,8 +286,14 @@ def export_tokenizer_files(tokenizer, context: int) -> dict[str, dict]:
       default of `tok(text)` and of `pipeline("text-generation")`); chat templates add nothing more;
     * the pad token is <|eos|> (masked out by the attention mask), padding on the left so that a
       padded batch generates as each prompt alone does;
-    * `model_max_length` is the model's context, not "unlimited"."""
+    * `model_max_length` is the model's context, not "unlimited".
+
+    A model's own tokenizer.json that import kept (`HFTokenizer`) goes out as it came in."""
+    from lmforge.tokenizer.hf_tokenizer import HFTokenizer
     from lmforge.tokenizer.tokenizer import EOS, hf_files
+
+    if isinstance(tokenizer, HFTokenizer):
+        return tokenizer.hf_files()
 
     files = hf_files(tokenizer)
     config, special_map = files["tokenizer_config.json"], files["special_tokens_map.json"]
@@ -369,67 +367,6 @@ def _shard_names(index: Path) -> list[str]:
         if not name or p.is_absolute() or ".." in p.parts or "\\" in name:
             raise LmforgeError(f"{index}: weight file {name!r} is outside the model folder; refusing to read it")
     return names
-
-
-def load_hf(hf_dir: str | os.PathLike, dtype: str | None = None, max_seq_len: int | None = None):
-    """A local Hugging Face Llama/GPT-2 checkpoint -> (Transformer in eval mode, Tokenizer or None, report).
-
-    With a byte-level BPE tokenizer.json the tokenizer is converted (`tokenizer_from_hf`) and the
-    embedding / LM-head rows are reordered into lmforge's id layout (bytes 0-255, merges, specials),
-    so `model(our_ids)` gives the HF model's logits over `report["hf_ids"]` order. For a tokenizer
-    lmforge exported the layout is already ours and nothing moves. Without a usable tokenizer.json
-    the model keeps HF's ids and the tokenizer is None (report["tokenizer_error"] says why).
-    """
-    hf_dir = Path(hf_dir)
-    if not hf_dir.is_dir():
-        raise LmforgeError(f"{hf_dir}: not a directory")
-    cfg = model_config_from_hf(read_json(hf_dir / "config.json"), str(hf_dir / "config.json"), max_seq_len)
-    sd = from_hf_state_dict(read_hf_weights(hf_dir), cfg, str(hf_dir))
-    rows = sd["tok_emb.weight"].shape[0]
-    if rows != cfg.vocab_size:
-        raise LmforgeError(f"{hf_dir}: embedding has {rows} rows but config.json says vocab_size {cfg.vocab_size}")
-    if cfg.arch == "gpt2" and max_seq_len and max_seq_len != sd["pos_emb.weight"].shape[0]:
-        raise LmforgeError("GPT-2 has learned positions: max_seq_len cannot change its context")
-    report: dict[str, Any] = {"arch": cfg.arch, "vocab_size": cfg.vocab_size, "tokenizer_error": None}
-    tokenizer, order = None, None
-    if (hf_dir / "tokenizer.json").exists():
-        try:
-            tokenizer, hf_ids = tokenizer_from_hf(hf_dir / "tokenizer.json")
-        except LmforgeError as e:
-            report["tokenizer_error"] = str(e)
-        else:
-            if max(hf_ids) >= cfg.vocab_size:
-                raise LmforgeError(f"{hf_dir}: tokenizer.json has id {max(hf_ids)} but the model only {cfg.vocab_size} rows")
-            rest = sorted(set(range(cfg.vocab_size)) - set(hf_ids))
-            order = hf_ids + rest  # our id i is HF id order[i]; unused HF rows keep their order at the end
-            report["hf_ids"] = order
-            report["reordered"] = order != list(range(cfg.vocab_size))
-    else:
-        report["tokenizer_error"] = f"{hf_dir}: no tokenizer.json"
-    if order is not None and report["reordered"]:
-        index = torch.tensor(order)
-        sd["tok_emb.weight"] = sd["tok_emb.weight"][index]
-        sd["lm_head.weight"] = sd["tok_emb.weight"] if cfg.tie_embeddings else sd["lm_head.weight"][index]
-    model = _build_from_state_dict(cfg, sd, _dtype(dtype, torch.float32), str(hf_dir))
-    return model, tokenizer, report
-
-
-def _build_from_state_dict(cfg: ModelConfig, sd: dict[str, torch.Tensor], dtype: torch.dtype, source: str):
-    from lmforge.model.transformer import Transformer
-
-    with torch.device("meta"):  # no random init: every weight is overwritten
-        model = Transformer(cfg)
-    model = model.to_empty(device="cpu")
-    missing, unexpected = model.load_state_dict({k: v.to(dtype) for k, v in sd.items()}, strict=False)
-    if missing or unexpected:
-        raise LmforgeError(f"{source}: weights do not fit the model (missing {missing}, unexpected {unexpected})")
-    if cfg.tie_embeddings:
-        model.lm_head.weight = model.tok_emb.weight
-    if model.inv_freq is not None:  # a non-persistent buffer: to_empty left it uninitialised
-        from lmforge.model.transformer import rope_inv_freq
-
-        model.inv_freq.copy_(rope_inv_freq(cfg))
-    return model.to(dtype).eval()
 
 
 # HF's ByteLevel pre-tokenizer regex (use_regex=true): GPT-2's, with literal contractions.

@@ -4,6 +4,8 @@ Two families from one config (`ModelConfig.arch`):
   llama: token embedding -> [RMSNorm -> attention (RoPE, grouped-query KV heads) -> +residual
          -> RMSNorm -> SwiGLU MLP -> +residual] x n_layer -> RMSNorm -> LM head. No biases.
   gpt2:  token + learned position embeddings, LayerNorm, GELU MLP, biases everywhere.
+The llama family's imported variants are options of the same graph: q/k/v biases (Qwen2), QK-norm
+and a head width of its own (Qwen3), Llama 3.1's RoPE frequency scaling.
 
 Attention goes through `F.scaled_dot_product_attention` (flash / memory-efficient kernels on GPU).
 Rotary embeddings use the "rotate half" layout of Hugging Face's Llama, so exported weights load
@@ -53,6 +55,26 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x2, x1), dim=-1)
 
 
+def rope_inv_freq(cfg: ModelConfig) -> torch.Tensor:
+    """RoPE's inverse frequencies theta^(-2i/d) [head_dim / 2], with Llama 3.1's scaling when
+    `cfg.rope_scaling.type` is llama3: low frequencies (long wavelengths) are divided by `factor`,
+    high ones kept, and the band between interpolated smoothly (transformers' llama3 rope)."""
+    hd = cfg.head_dim
+    inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, hd, 2, dtype=torch.float32) / hd))
+    rs = cfg.rope_scaling
+    if rs.type != "llama3":
+        return inv_freq
+    wavelen = 2 * math.pi / inv_freq
+    low_freq_wavelen = rs.original_max_seq_len / rs.low_freq_factor
+    high_freq_wavelen = rs.original_max_seq_len / rs.high_freq_factor
+    scaled = torch.where(wavelen > low_freq_wavelen, inv_freq / rs.factor, inv_freq)
+    band = rs.high_freq_factor - rs.low_freq_factor
+    smooth = (rs.original_max_seq_len / wavelen - rs.low_freq_factor) / band
+    smoothed = (1 - smooth) * scaled / rs.factor + smooth * scaled
+    medium = (wavelen >= high_freq_wavelen) & (wavelen <= low_freq_wavelen)
+    return torch.where(medium, smoothed, scaled)
+
+
 def rope_cos_sin(inv_freq: torch.Tensor, positions: torch.Tensor, dtype: torch.dtype):
     """cos/sin of shape [B, 1, T, head_dim] for integer positions [B, T]."""
     freqs = positions[:, :, None].float() * inv_freq[None, None, :].float()
@@ -75,6 +97,7 @@ class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig, layer: int):
         super().__init__()
         bias = cfg.arch == "gpt2"
+        qkv_bias = bias or cfg.attn_bias
         self.layer, self.n_head, self.n_kv_head, self.head_dim = (
             layer,
             cfg.n_head,
@@ -82,9 +105,9 @@ class Attention(nn.Module):
             cfg.head_dim,
         )
         self.dropout = cfg.dropout
-        self.wq = nn.Linear(cfg.d_model, cfg.n_head * cfg.head_dim, bias=bias)
-        self.wk = nn.Linear(cfg.d_model, cfg.n_kv_head * cfg.head_dim, bias=bias)
-        self.wv = nn.Linear(cfg.d_model, cfg.n_kv_head * cfg.head_dim, bias=bias)
+        self.wq = nn.Linear(cfg.d_model, cfg.n_head * cfg.head_dim, bias=qkv_bias)
+        self.wk = nn.Linear(cfg.d_model, cfg.n_kv_head * cfg.head_dim, bias=qkv_bias)
+        self.wv = nn.Linear(cfg.d_model, cfg.n_kv_head * cfg.head_dim, bias=qkv_bias)
         self.wo = nn.Linear(cfg.n_head * cfg.head_dim, cfg.d_model, bias=bias)
         # QK-norm: per-head RMSNorm of queries and keys bounds the attention logits (Qwen3's q_norm/k_norm)
         self.q_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else None
@@ -189,10 +212,7 @@ class Transformer(nn.Module):
         if cfg.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
         if cfg.arch == "llama":
-            inv_freq = 1.0 / (
-                cfg.rope_theta ** (torch.arange(0, cfg.head_dim, 2, dtype=torch.float32) / cfg.head_dim)
-            )
-            self.register_buffer("inv_freq", inv_freq, persistent=False)
+            self.register_buffer("inv_freq", rope_inv_freq(cfg), persistent=False)
         else:
             self.inv_freq = None
         self.init_weights()
@@ -221,11 +241,7 @@ class Transformer(nn.Module):
                 if getattr(module, "bias", None) is not None:
                     nn.init.zeros_(module.bias)
         if self.inv_freq is not None:
-            cfg = self.cfg
-            self.inv_freq.copy_(
-                1.0
-                / (cfg.rope_theta ** (torch.arange(0, cfg.head_dim, 2, dtype=torch.float32) / cfg.head_dim))
-            )
+            self.inv_freq.copy_(rope_inv_freq(self.cfg))
 
     def forward(
         self,

@@ -162,6 +162,12 @@ def _tokenizer(tokenizer) -> str:
     if tokenizer is None:
         return ""
     specials = " ".join(f"`{s}`" for s in tokenizer.special_ids)
+    if not hasattr(tokenizer, "merges"):  # a model's own tokenizer.json, kept as imported
+        return (
+            "## Tokenizer\n\n"
+            f"The imported model's own tokenizer.json, {tokenizer.vocab_size:,} ids (specials {specials}), "
+            f"chat template from {tokenizer.chat_template_source}.\n"
+        )
     return (
         "## Tokenizer\n\n"
         f"Byte-level BPE, {tokenizer.vocab_size:,} ids (256 bytes, {len(tokenizer.merges):,} merges, "

@@ -21,6 +21,7 @@ from typing import Any
 from lmforge.errors import LmforgeError
 from lmforge.fileio import atomic_write_json, read_json
 from lmforge.tokenizer.bpe import (
+    bytes_to_unicode,
     count_chunks,
     encode_symbols,
     learn_merges,
@@ -29,13 +30,20 @@ from lmforge.tokenizer.bpe import (
     vocab_bytes,
 )
 from lmforge.tokenizer.patterns import PATTERNS, compile_pattern, resolve_pattern
+from lmforge.tokenizer.specials import (
+    BOS,
+    DEFAULT_SPECIALS,
+    END,
+    EOS,
+    ROLES,
+    check_conversation,
+    check_special,
+)
 
 FORMAT = "lmforge-bpe"
 VERSION = 1
 FILENAME = "lmforge_tokenizer.json"
-DEFAULT_SPECIALS = ["<|bos|>", "<|eos|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
-BOS, EOS, END = "<|bos|>", "<|eos|>", "<|end|>"
-ROLES = ("system", "user", "assistant")
+HF_FORMAT = "hf-tokenizers"  # lmforge_tokenizer.json of a tokenizer.json kept as-is (hf_tokenizer.py)
 
 
 class Tokenizer:
@@ -165,20 +173,7 @@ class Tokenizer:
     def _check_special(
         self, text: str, allowed_special: set[str] | str, disallowed_special: set[str] | str
     ) -> set[str]:
-        allowed = set(self.special_ids) if allowed_special == "all" else set(allowed_special)
-        unknown = allowed - set(self.special_ids)
-        if unknown:
-            raise LmforgeError(f"allowed_special names tokens this tokenizer lacks: {sorted(unknown)}")
-        disallowed = (
-            set(self.special_ids) - allowed if disallowed_special == "all" else set(disallowed_special)
-        )
-        for s in disallowed:
-            if s in text:
-                raise LmforgeError(
-                    f"the text contains the special token {s!r}; pass allowed_special={{{s!r}}} (or 'all') "
-                    "to encode it as a special token, or use encode_ordinary to encode it as plain text"
-                )
-        return allowed
+        return check_special(set(self.special_ids), text, allowed_special, disallowed_special)
 
     def encode(
         self,
@@ -278,11 +273,8 @@ class Tokenizer:
         missing = [s for s in need if s not in self.special_ids]
         if missing:
             raise LmforgeError(f"this tokenizer lacks the chat special tokens {missing}")
-        if not isinstance(messages, list) or not messages:
-            raise LmforgeError("a conversation must be a non-empty list of {'role', 'content'} messages")
         ids, mask = [self.special_ids[BOS]], [0]
-        for i, m in enumerate(messages):
-            role, content = _check_message(m, i)
+        for role, content in check_conversation(messages):
             flag = 1 if role == "assistant" else 0
             body = self.encode_ordinary(content)
             ids += [self.special_ids[f"<|{role}|>"], *body, self.special_ids[END]]
@@ -331,8 +323,9 @@ class Tokenizer:
         return directory
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> Tokenizer:
-        """Load a directory written by `save` (or the lmforge_tokenizer.json file itself)."""
+    def load(cls, path: str | os.PathLike):
+        """Load a directory written by `save` (or the lmforge_tokenizer.json file itself). A directory
+        that keeps a model's own tokenizer.json (`HFTokenizer.save`) loads as an HFTokenizer."""
         path = Path(path)
         file = path / FILENAME if path.is_dir() or not path.suffix else path
         if not file.exists():
@@ -340,6 +333,10 @@ class Tokenizer:
                 f"{file}: no tokenizer here (expected {FILENAME}, written by `lmforge tokenizer train`)"
             )
         data = read_json(file)
+        if isinstance(data, dict) and data.get("format") == HF_FORMAT:
+            from lmforge.tokenizer.hf_tokenizer import HFTokenizer
+
+            return HFTokenizer.load(file.parent)
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise LmforgeError(f'{file}: not an lmforge tokenizer (expected "format": "{FORMAT}")')
         if data.get("version") != VERSION:
@@ -380,41 +377,16 @@ class Tokenizer:
         return directory
 
 
-def _check_message(m: Any, i: int) -> tuple[str, str]:
-    if not isinstance(m, dict) or "role" not in m or "content" not in m:
-        raise LmforgeError(f"message {i}: expected a mapping with 'role' and 'content', got {m!r:.80}")
-    role, content = m["role"], m["content"]
-    if role not in ROLES:
-        raise LmforgeError(f"message {i}: unknown role {role!r} (expected system, user or assistant)")
-    if role == "system" and i != 0:
-        raise LmforgeError(f"message {i}: a system message may only come first")
-    if not isinstance(content, str):
-        raise LmforgeError(f"message {i}: content must be a string, got {type(content).__name__}")
-    return role, content
-
-
 # ---------------------------------------------------------------------------- Hugging Face files
-
-
-def bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's byte -> printable character map used by HF's ByteLevel pre-tokenizer and decoder."""
-    keep = (
-        list(range(ord("!"), ord("~") + 1))
-        + list(range(ord("¡"), ord("¬") + 1))
-        + list(range(ord("®"), ord("ÿ") + 1))
-    )
-    table, extra = {}, 0
-    for b in range(256):
-        if b in keep:
-            table[b] = chr(b)
-        else:
-            table[b] = chr(256 + extra)
-            extra += 1
-    return table
 
 
 def hf_files(tok: Tokenizer) -> dict[str, dict]:
     """The three JSON files of a Hugging Face fast tokenizer, as dicts."""
+    if not isinstance(tok, Tokenizer):
+        raise LmforgeError(
+            "this model keeps its own tokenizer.json (not lmforge's byte-level BPE), which has no "
+            "lmforge BPE form: it exports to Hugging Face only, as it came in"
+        )
     chars = bytes_to_unicode()
 
     def piece(token_id: int) -> str:
