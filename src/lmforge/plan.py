@@ -8,6 +8,9 @@ NCCL buffers and allocator fragmentation come on top):
   split over tp (norms are replicated), then over dp_shard (FSDP; dp_replicate copies).
 - FSDP buffers: two blocks' parameters gathered in the compute dtype at a time (the one running
   and the one prefetched) plus their unsharded gradients before the reduce-scatter.
+- FSDP root: the root group (embeddings, final norm, head) stays gathered from forward to the end
+  of backward (FSDP2 does not reshard the root after forward), with its unsharded fp32 gradients:
+  for a large vocabulary it outweighs a block (the 1b preset: 134M parameters against 61M).
 - activations: what autograd keeps per token and layer with fused (flash) attention, in the
   compute dtype: the norm inputs and outputs, q/k/v, the attention output and the MLP's hidden
   tensors, about 2·(8·d + 2·d_kv + 4·d_ff) bytes for SwiGLU blocks, divided by tp
@@ -62,10 +65,14 @@ class MemoryEstimate:
     activations: float
     logits: float
     host: float = 0.0  # offloaded to host memory (parallel.cpu_offload); not part of the device total
+    fsdp_root: float = 0.0  # FSDP's root group (embeddings, norm, head) gathered, with its gradients
 
     @property
     def total(self) -> float:
-        return self.params + self.grads + self.optimizer + self.fsdp_buffers + self.activations + self.logits
+        return (
+            self.params + self.grads + self.optimizer + self.fsdp_buffers + self.fsdp_root
+            + self.activations + self.logits
+        )
 
     def rows(self) -> list[tuple[str, float]]:
         device = [(f.name, getattr(self, f.name)) for f in dataclasses.fields(self) if f.name != "host"]
@@ -102,6 +109,17 @@ def stage_params(cfg: ModelConfig, layout: Layout) -> tuple[float, bool]:
         stages.append(p)
     worst = max(range(len(stages)), key=lambda i: (stages[i], i))
     return stages[worst], worst == len(stages) - 1
+
+
+def root_params(cfg: ModelConfig, layout: Layout) -> float:
+    """Parameters of FSDP's root group on the stage that holds the most of them, per tp rank: the
+    embeddings (first stage), the final norm and an untied head (last stage)."""
+    emb = cfg.vocab_size * cfg.d_model + (cfg.max_seq_len * cfg.d_model if cfg.arch == "gpt2" else 0)
+    head = 0 if (cfg.tie_embeddings and layout.pp == 1) else cfg.vocab_size * cfg.d_model
+    final_norm = cfg.d_model if cfg.arch == "llama" else 2 * cfg.d_model
+    if layout.pp == 1:
+        return (emb + head) / layout.tp + final_norm
+    return max(emb / layout.tp, head / layout.tp + final_norm)
 
 
 def _stage_sizes(n_layer: int, pp: int) -> list[tuple[int, int]]:
@@ -169,6 +187,7 @@ def estimate_memory(
         buffers = 2 * block_tp * cb + block_tp * 4  # 2 gathered blocks + one block's unsharded fp32 grads
     elif cb != 4:
         buffers = 2 * block_tp * cb  # autocast's low-precision weight copies of the running block
+    root = root_params(cfg, layout) * (cb + 4) if fsdp else 0.0
     layers_here = layers_here_of(cfg, layout)
     if layout.pp > 1:
         n_mb = layout.pp_microbatches
@@ -192,6 +211,7 @@ def estimate_memory(
             grads=0.0,
             optimizer=0.0,
             fsdp_buffers=buffers,
+            fsdp_root=root,
             activations=acts,
             logits=logits,
             host=16 * shard,
@@ -201,6 +221,7 @@ def estimate_memory(
         grads=4 * shard,
         optimizer=8 * shard,
         fsdp_buffers=buffers,
+        fsdp_root=root,
         activations=acts,
         logits=logits,
     )

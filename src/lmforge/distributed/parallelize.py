@@ -3,6 +3,8 @@ FSDP2 or DDP, and loss parallelism (torchtitan's order; see `lmforge.distributed
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -224,23 +226,47 @@ def set_grad_sync(model: nn.Module, enabled: bool) -> None:
 
 
 def build_parallel_model(
-    model_cfg, cfg: ParallelConfig, ctx: DistContext, seed: int = 0, **plan
+    model_cfg,
+    cfg: ParallelConfig,
+    ctx: DistContext,
+    seed: int = 0,
+    init_from: Path | None = None,
+    extend: Callable[[nn.Module], Any] | None = None,
+    **plan,
 ) -> nn.Module:
-    """Build the Transformer on the meta device, apply the plan, then materialise on ctx.device
-    and initialise: no rank ever holds the full unsharded model (what a 70B run needs).
+    """The one way a training stage builds its model: the Transformer on the meta device, the plan
+    applied (`parallelize`), then only this rank's shards allocated on ctx.device and filled, so no
+    rank ever holds the full unsharded model (what a 70B run needs).
 
-    Initial weights are seeded but, once sharded, not bit-identical to a single-process build
-    (each shard draws its own numbers); start from a checkpoint where that matters.
+    Fresh (`init_from` None): the weights equal `torch.manual_seed(seed); Transformer(model_cfg)`
+    in one process, bit for bit, whatever the layout (`lmforge.distributed.materialize`), and the
+    global generator ends in the state that build leaves. From a checkpoint: its weights, read
+    shard by shard (`load_weights_sharded`). `extend(model)` adds modules the stage trains with the
+    model (the reward model's value head) before the plan; theirs are always freshly initialised.
+    `plan` goes to `parallelize`.
     """
+    from lmforge.checkpoint.consolidated import load_weights_sharded
+    from lmforge.distributed.materialize import build_on_meta, materialize, replay
     from lmforge.model.transformer import Transformer
 
-    with torch.device("meta"):
+    def build() -> nn.Module:
         model = Transformer(model_cfg)
+        base.update(name for name, _ in model.named_parameters())
+        if extend is not None:
+            extend(model)
+        return model
+
+    base: set[str] = set()
+    torch.manual_seed(seed)
+    model, recipes = build_on_meta(build)
+    added = set(recipes) - base
     model = parallelize(model, cfg, ctx, **plan)
-    model.to_empty(device=ctx.device)
-    torch.manual_seed(seed + ctx.pp_rank)
-    with torch.no_grad():
-        model.init_weights()
+    materialize(model, ctx.device, host_shards=cfg.cpu_offload)
+    if init_from is None:
+        replay(model, recipes)
+    else:
+        replay(model, recipes, added)
+        load_weights_sharded(model, Path(init_from), skip=added)
     return model
 
 

@@ -13,7 +13,6 @@ and written to RUN_DIR/<stage>/demo_eval.json.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import time
 from dataclasses import dataclass
@@ -52,12 +51,26 @@ def start_checkpoint(stage: str, init_from: str, run_dir: Path) -> Path:
     )
 
 
-def load_start(stage: str, train_cfg, run_dir: Path):
-    from lmforge.checkpoint.consolidated import load_model
+def build_from(ckpt: Path, recipe: Recipe, ctx, train_cfg=None, sharded_logits: bool = False, extend=None):
+    """(model, tokenizer) from a checkpoint through the one builder: on the meta device, the recipe's
+    parallel plan applied, then each rank's shards read from the checkpoint. `train_cfg`: the plan
+    of the model being trained (activation checkpointing); None for a frozen reference."""
+    from lmforge.checkpoint.consolidated import read_checkpoint_model
+    from lmforge.distributed import build_parallel_model, uses_loss_parallel
 
+    ckpt, model_cfg, tok = read_checkpoint_model(ckpt)
+    model = build_parallel_model(
+        model_cfg, recipe.parallel, ctx, seed=recipe.seed, init_from=ckpt, extend=extend,
+        activation_checkpointing=train_cfg is not None and train_cfg.activation_checkpointing,
+        loss_parallel=uses_loss_parallel(recipe.parallel, ctx, sharded_logits),
+    )
+    return model, tok
+
+
+def load_start(stage: str, train_cfg, run_dir: Path, recipe: Recipe, ctx, sharded_logits: bool, extend=None):
     ckpt = start_checkpoint(stage, train_cfg.init_from, run_dir)
     say(f"{stage}: starting from {ckpt}")
-    model, tok = load_model(ckpt)
+    model, tok = build_from(ckpt, recipe, ctx, train_cfg, sharded_logits, extend)
     seq_len = min(train_cfg.seq_len, model.cfg.max_seq_len)
     return model, tok, dataclasses.replace(train_cfg, seq_len=seq_len), ckpt
 
@@ -131,6 +144,7 @@ class PostTrainStage:
 
     name: ClassVar[str]
     measures_demo: ClassVar[bool] = True  # print / save the demo metrics before and after
+    sharded_logits: ClassVar[bool] = False  # the objective's takes_sharded_logits (loss parallelism)
 
     def __init__(self, recipe: Recipe, run_dir: Path):
         self.recipe, self.run_dir = recipe, Path(run_dir)
@@ -143,21 +157,50 @@ class PostTrainStage:
         from lmforge.train.trainer import Trainer
 
         recipe = self.recipe
-        model, tok, cfg, start = load_start(self.name, self.section.train, self.run_dir)
+        ctx = setup_distributed(recipe.parallel, self.section.train.device)
+        model, tok, cfg, start = load_start(
+            self.name, self.section.train, self.run_dir, recipe, ctx, self.sharded_logits, self.extend_model
+        )
+        self.start, self.ctx = start, ctx
         with main_process_first(cfg.device):
             data = self.data(model, tok, cfg)
         before = None
         if self.measures_demo:
-            before = measure_start(self.name, start, recipe, model, tok, data.tasks)
-        ctx = setup_distributed(recipe.parallel, cfg.device)
+            scored = self.scored_model(model, start) if data.tasks is not None else model
+            before = measure_start(self.name, start, recipe, scored, tok, data.tasks)
         objective, loader = self.build(model, tok, cfg, data, ctx)
         torch.manual_seed(recipe.seed)
         trainer = Trainer(
-            model, objective, loader, cfg, self.run_dir / self.name, tokenizer=tok, seed=recipe.seed,
-            stage=self.name, parallel_cfg=recipe.parallel, run_name=recipe.name,
+            model, objective, loader, cfg, self.run_dir / self.name, tokenizer=tok, seed=recipe.seed, ctx=ctx,
+            stage=self.name, parallel_cfg=recipe.parallel, run_name=recipe.name, parallelized=True,
         )
         result = trainer.fit()
-        return self.finish(trainer.raw_model, tok, data, before, result)
+        trained = trainer.raw_model
+        if self.measures_demo and data.tasks is not None and ctx.distributed:
+            from lmforge.checkpoint.consolidated import list_checkpoints
+            from lmforge.distributed import barrier
+
+            barrier(ctx)  # rank 0 publishes the final checkpoint
+            final = list_checkpoints(self.run_dir / self.name / "checkpoints")[-1][1]
+            trained = self.scored_model(trained, final)
+        return self.finish(trained, tok, data, before, result)
+
+    def extend_model(self, model) -> None:
+        """Add modules trained with the model (on the meta device, before the parallel plan)."""
+
+    def scored_model(self, model, ckpt: Path):
+        """The model the demo metrics score: under torchrun a plain copy of `ckpt` on each rank (the
+        metrics call the model's parts directly, outside the sharded forward; the demo tasks exist
+        for the small models of the embedded plays), else `model` itself."""
+        if not self.ctx.distributed:
+            return model
+        from lmforge.checkpoint.consolidated import load_model
+
+        return load_model(ckpt, self.ctx.device)[0]
+
+    def reference_model(self):
+        """A frozen copy of the starting checkpoint, built and sharded like the policy."""
+        return build_from(self.start, self.recipe, self.ctx)[0]
 
     def data(self, model, tok, cfg) -> StageData:
         """Read or build the stage's data (runs on rank 0 first under torchrun)."""
@@ -175,12 +218,20 @@ class PostTrainStage:
     def pad_id(tok) -> int:
         return tok.special_ids.get("<|eos|>", 0)
 
+    def pretrain_windows(self, tok, cfg, ctx):
+        """Pretraining windows of the run's token shards, for the stages that mix them in."""
+        from lmforge.posttrain.mixing import PretrainWindows, pretrain_tokens
+
+        tokens = pretrain_tokens(self.run_dir, tok)
+        return PretrainWindows(tokens, cfg.seq_len, self.recipe.seed, ctx.dp_rank, ctx.dp_size)
+
 
 # ---------------------------------------------------------------------------- SFT
 
 
 class SFTStage(PostTrainStage):
     name = "sft"
+    sharded_logits = True
 
     def data(self, model, tok, cfg) -> StageData:
         from lmforge.model.loss import IGNORE_INDEX
@@ -206,6 +257,13 @@ class SFTStage(PostTrainStage):
             data.items, cfg.micro_batch, cfg.seq_len, self.recipe.seed, self.pad_id(tok),
             self.section.packing, ctx.dp_rank, ctx.dp_size,
         )
+        fraction = self.section.mix_pretrain
+        if fraction:
+            from lmforge.posttrain.mixing import SFTMixLoader
+
+            loader = SFTMixLoader(loader, self.pretrain_windows(tok, cfg, ctx), fraction, cfg.micro_batch)
+            tokens = self.run_dir / "tokens"
+            say(f"sft: {100 * fraction:.0f}% of the rows are pretraining windows from {tokens}")
         return CausalLMObjective(), loader
 
 
@@ -241,7 +299,7 @@ class DPOStage(PostTrainStage):
             ref_logps = precompute_logps(model, pairs, self.pad_id(tok))
             say(f"dpo: reference log-probs of {len(pairs)} pairs precomputed in {time.time() - t0:.1f}s")
         else:
-            ref_model = copy.deepcopy(model).to(ctx.device)
+            ref_model = self.reference_model()
         say(
             f"dpo: {len(pairs)} pairs, beta {sec.beta}, loss {sec.loss}, "
             f"label smoothing {sec.label_smoothing}, rpo_alpha {sec.rpo_alpha}"
@@ -249,7 +307,16 @@ class DPOStage(PostTrainStage):
         loader = PreferenceLoader(
             pairs, cfg.micro_batch, self.recipe.seed, self.pad_id(tok), ref_logps, ctx.dp_rank, ctx.dp_size,
         )
-        return DPOObjective(sec.beta, sec.loss, sec.label_smoothing, ref_model, sec.rpo_alpha), loader
+        if sec.mix_pretrain:
+            from lmforge.posttrain.mixing import PreferenceMixLoader
+
+            loader = PreferenceMixLoader(loader, self.pretrain_windows(tok, cfg, ctx), sec.mix_pretrain_rows)
+            rows = sec.mix_pretrain_rows
+            say(f"dpo: pretraining-NLL term, weight {sec.mix_pretrain}, {rows} windows per micro-batch")
+        objective = DPOObjective(
+            sec.beta, sec.loss, sec.label_smoothing, ref_model, sec.rpo_alpha, sec.mix_pretrain,
+        )
+        return objective, loader
 
 
 class RewardStage(PostTrainStage):
@@ -257,6 +324,11 @@ class RewardStage(PostTrainStage):
 
     name = "reward"
     measures_demo = False
+
+    def extend_model(self, model) -> None:
+        from lmforge.posttrain.reward import attach_value_head
+
+        attach_value_head(model)
 
     def data(self, model, tok, cfg) -> StageData:
         from lmforge.posttrain.preference import tokenize_pair
@@ -270,9 +342,9 @@ class RewardStage(PostTrainStage):
     def build(self, model, tok, cfg, data: StageData, ctx):
         from lmforge.checkpoint.manager import resumable_checkpoints
         from lmforge.posttrain.preference import PreferenceLoader
-        from lmforge.posttrain.reward import RewardObjective, attach_value_head, join_value_head
+        from lmforge.posttrain.reward import RewardObjective, join_value_head
 
-        self.head = attach_value_head(model)
+        self.head = model.value_head
         resumable = resumable_checkpoints(self.run_dir / self.name / "checkpoints")
         if resumable and cfg.resume != "never":  # the Trainer resumes from it: the head back into its weights
             join_value_head(resumable[-1][1])
@@ -325,20 +397,45 @@ class RLStage(PostTrainStage):
         from lmforge.train.trainer import grad_accum_steps
 
         sec, prompts = self.section, data.items
-        ref_model = copy.deepcopy(model) if sec.beta > 0 else None
+        ref_model = self.reference_model() if sec.beta > 0 else None
         sampling = SamplingParams(
             max_new_tokens=sec.max_new_tokens, temperature=sec.temperature, top_p=sec.top_p,
             seed=self.recipe.seed,
         )
         loader = RolloutLoader(
             model, tok, prompts, data.extra, sec.num_generations, sec.prompts_per_step, sampling,
-            self.recipe.seed, ref_model, sec.scale_rewards, sec.num_iterations, grad_accum_steps(cfg),
+            self.recipe.seed, ref_model, sec.scale_rewards, sec.num_iterations,
+            grad_accum_steps(cfg, ctx.dp_size), ctx.dp_rank, ctx.dp_size,
         )
         say(
             f"rl: GRPO, {len(prompts)} prompts, {sec.prompts_per_step} x {sec.num_generations} completions "
             f"per rollout, {sec.num_iterations} optimizer step(s) per rollout"
         )
         return GRPOObjective(sec.epsilon, sec.beta), loader
+
+    def finish(self, model, tok, data: StageData, before: dict | None, result: dict) -> dict:
+        summary = super().finish(model, tok, data, before, result)
+        rise = reward_rise(self.run_dir / self.name / "metrics.jsonl")
+        if rise is not None:
+            first, last = rise
+            say(f"rl: mean reward {first:.3f} over the first quarter of the steps -> {last:.3f} over the last")
+            summary["reward_first_quarter"], summary["reward_last_quarter"] = first, last
+            atomic_write_json(self.run_dir / self.name / "demo_eval.json", summary)
+        return summary
+
+
+def reward_rise(metrics_file: Path) -> tuple[float, float] | None:
+    """The mean rollout reward over the first and the last quarter of a GRPO run's steps."""
+    import json
+
+    if not metrics_file.exists():
+        return None
+    lines = metrics_file.read_text(encoding="utf-8").splitlines()
+    rewards = [row["reward"] for row in map(json.loads, lines) if "reward" in row]
+    if not rewards:
+        return None
+    q = max(1, len(rewards) // 4)
+    return sum(rewards[:q]) / q, sum(rewards[-q:]) / q
 
 
 def sft_stage(recipe: Recipe, run_dir: Path) -> dict:
