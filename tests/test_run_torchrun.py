@@ -78,6 +78,8 @@ def test_torchrun_run_runs_single_process_stages_once(tmp_path):
         run_dir,
         "--stages",
         "data,tokenizer,tokenize,pretrain",
+        "--data.inputs",
+        "[embedded:shakespeare]",
         "--data.steps",
         "[normalize]",
         "--tokenizer.max_chars",

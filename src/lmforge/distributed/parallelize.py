@@ -169,6 +169,10 @@ def apply_ac(model: nn.Module) -> None:
         block.forward = forward
 
 
+# the Transformer's own children; anything else on the model was added by a stage (`extend`)
+TRANSFORMER_PARTS = ("tok_emb", "pos_emb", "layers", "norm", "lm_head")
+
+
 def apply_fsdp(
     model: nn.Module,
     dp_mesh,
@@ -195,6 +199,9 @@ def apply_fsdp(
         kwargs["mp_policy"] = mp
     if cpu_offload:
         kwargs["offload_policy"] = CPUOffloadPolicy(pin_memory=torch.cuda.is_available())
+    for name, child in model.named_children():
+        if name not in TRANSFORMER_PARTS:  # e.g. the reward model's value head, called outside forward()
+            fully_shard(child, **kwargs)
     blocks = list(model.layers.values())
     for i, block in enumerate(blocks):
         # the last block's parameters are needed again at once in backward: keep them gathered
