@@ -263,35 +263,6 @@ def test_html_input_without_extract_step_is_rejected_not_kept(tmp_path):
     assert stats["output"]["documents"] == 0 and stats["rejects"] == {"html_without_extract": 1}
 
 
-def test_ray_code_path_with_a_stand_in_module(tmp_path, monkeypatch):
-    """The Ray executor's calls (init, remote, wait, get), served in-process by a stand-in module."""
-    import types
-
-    calls = []
-
-    class Ref:
-        def __init__(self, value):
-            self.value = value
-
-    def remote(fn):
-        return types.SimpleNamespace(remote=lambda args: (calls.append(args[1]), Ref(fn(args)))[1])
-
-    fake = types.SimpleNamespace(
-        is_initialized=lambda: False,
-        init=lambda **kw: calls.append("init"),
-        remote=remote,
-        wait=lambda refs, num_returns: (refs[:num_returns], refs[num_returns:]),
-        get=lambda refs: [r.value for r in refs],
-    )
-    monkeypatch.setitem(sys.modules, "ray", fake)
-    inputs = make_inputs(tmp_path / "in", files=3, docs_per_file=10)
-    cfg = DataConfig(inputs=inputs, steps=["normalize", "exact_dedup"], executor="ray")
-    run_pipeline(cfg, tmp_path / "ray")
-    run_pipeline(DataConfig(inputs=inputs, steps=["normalize", "exact_dedup"], workers=1), tmp_path / "local")
-    assert calls.count("init") == 2 and sorted(c for c in calls if c != "init") == [0, 0, 1, 1, 2, 2]
-    assert tree_bytes(tmp_path / "ray") == tree_bytes(tmp_path / "local")
-
-
 def test_every_registered_step_is_built_from_its_own_section():
     import dataclasses
 

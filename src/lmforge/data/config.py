@@ -25,16 +25,18 @@ from lmforge.data.toxicity import ToxicityConfig
 
 @dataclass
 class DataConfig:
+    # files, globs, directories, embedded:shakespeare or hf:DATASET
     inputs: list[str] = field(default_factory=lambda: ["embedded:shakespeare"])
-    text_field: str = "text"
+    text_field: str = "text"  # the text key of JSONL / Parquet records
     output: str = "data"  # relative to the run directory
+    # the pipeline steps, in order (lmforge data --help lists them)
     steps: list[str] = field(default_factory=lambda: ["normalize", "exact_dedup"])
     minhash: MinHashConfig = field(default_factory=MinHashConfig)
     workers: int = 0  # 0: os.cpu_count()
     tasks: int = 0  # 0: one per input file
     executor: str = "local"  # local | ray
     max_doc_chars: int = 10_000_000  # longer documents are rejected (reason too_long), never half-read
-    examples_per_rule: int = 3
+    examples_per_rule: int = 3  # removed examples kept per filter rule for summary.md
     extract: ExtractConfig = field(default_factory=ExtractConfig)
     normalize: NormalizeConfig = field(default_factory=NormalizeConfig)
     language: LanguageConfig = field(default_factory=LanguageConfig)

@@ -1,13 +1,15 @@
 """The data pipeline runner: sharded, resumable, parallel, deterministic.
 
-Work is split into tasks over input units (files; `expand_inputs`): task t takes
-sorted(units)[t::tasks]. Three phases, each a barrier for the next:
+Work is split into tasks over input units (files, or byte ranges of large JSONL files;
+`expand_inputs`, `splits.py`): task t takes units[t::tasks]. Three phases, each a barrier for the next:
 
 1. per task (parallel): read -> per-document steps (`process.py`) -> kept documents,
-   statistics, rejects, dedup keys and MinHash signatures under OUT/_work/tNNNNN/, then a
+   statistics, rejects, dedup keys and MinHash band buckets under OUT/_work/tNNNNN/, then a
    completion marker;
-2. dedup (one process, vectorised; `dedup.py`): exact dedup by content hash and URL,
-   MinHash-LSH clusters -> why each document is removed;
+2. dedup: exact dedup by content hash and URL over every task's keys (one process, 16 bytes a
+   document; `dedup.py`), then MinHash-LSH near dedup as sharded stages (`dedup_stages.py`):
+   one task per (band, hash range) finds candidate pairs, one task clusters them -> why each
+   document is removed; no process holds every signature;
 3. per task (parallel): drop those documents and write OUT/docs/NNNNN.jsonl.zst.
 
 Every output file is written atomically and every finished task leaves a marker, so a run
@@ -30,12 +32,14 @@ import numpy as np
 from lmforge.config import config_hash, from_dict, to_dict
 from lmforge.data.config import DataConfig
 from lmforge.data.dedup import DEDUP_REASONS, DedupKeys, dedup_reasons
+from lmforge.data.dedup_stages import BucketFile, band_buckets, bucket_pairs, cluster_duplicates, hash_range
 from lmforge.data.documents import ShardWriter, read_documents
 from lmforge.data.executors import execute
 from lmforge.data.process import build_steps, close_steps, process_documents, read_units
 from lmforge.data.readers import expand_inputs
 from lmforge.data.registry import DEDUP_STEPS
 from lmforge.data.rejects import Reject, reject_reason_kind
+from lmforge.data.splits import ByteRange, Unit, split_units
 from lmforge.data.stats import StatsRecorder, add_dedup_stats, merge_stats, record_dedup_drop, render_summary
 from lmforge.errors import LmforgeError
 from lmforge.fileio import atomic_write, atomic_write_json, atomic_write_text, read_json, remove_stale_temps
@@ -51,7 +55,7 @@ class Plan:
 
     cfg: dict[str, Any]
     out: str
-    units: list[list[str]]  # units per task
+    units: list[list[Unit]]  # units per task
 
     @property
     def work(self) -> Path:
@@ -89,7 +93,7 @@ def run_task(plan: Plan, task: int) -> int:
             keys.add(doc)
         count = writer.count
     if keys.hasher is not None:
-        _save_npy(tdir / "signatures.npy", keys.signatures())
+        _save_npy(tdir / "buckets.npy", band_buckets(keys.signatures(), cfg.minhash.bands, cfg.minhash.rows))
     if keys.exact:
         _save_npy(tdir / "keys.npy", keys.keys())
     rej_path = Path(plan.out) / "rejects" / f"{task:05d}.jsonl.zst"
@@ -112,8 +116,9 @@ def _save_npy(path: Path, arr: np.ndarray) -> None:
 # ---------------------------------------------------------------------------- phase 2: dedup
 
 
-def run_dedup(plan: Plan) -> None:
-    """Global exact and near dedup over every task's keys and signatures; writes the removal list."""
+def run_exact(plan: Plan) -> None:
+    """Exact dedup over every task's content/URL keys. Its removal codes are final without MinHash
+    dedup (removed.npy); otherwise the bucket tasks read them (exact.npy) to skip removed documents."""
     cfg = data_config(plan.cfg)
     tasks = range(len(plan.units))
     counts = [read_json(plan.task_dir(t) / PHASE1_MARKER)["count"] for t in tasks]
@@ -121,11 +126,35 @@ def run_dedup(plan: Plan) -> None:
     if "exact_dedup" in cfg.steps:
         parts = [a for a in (np.load(plan.task_dir(t) / "keys.npy") for t in tasks) if a.size]
         keys = np.concatenate(parts) if parts else np.empty((0, 2), dtype=np.uint64)
-    signatures = None
-    if "minhash_dedup" in cfg.steps:
-        signatures = [np.load(plan.task_dir(t) / "signatures.npy", mmap_mode="r") for t in tasks]
-    reasons = dedup_reasons(int(sum(counts)), keys, cfg.exact_dedup, signatures, cfg.minhash)
+    reasons = dedup_reasons(int(sum(counts)), keys, cfg.exact_dedup, None, cfg.minhash)
     atomic_write_json(plan.work / "counts.json", counts)
+    _save_npy(plan.work / ("exact.npy" if "minhash_dedup" in cfg.steps else "removed.npy"), reasons)  # marker
+
+
+def pairs_path(plan: Plan, band: int, shard: int) -> Path:
+    return plan.work / "pairs" / f"b{band:03d}s{shard:05d}.npy"
+
+
+def run_bucket(plan: Plan, band: int, shard: int) -> None:
+    """One bucket task: the candidate pairs of one band within one hash range, from every task's buckets."""
+    cfg = data_config(plan.cfg)
+    counts = read_json(plan.work / "counts.json")
+    offsets = np.concatenate(([0], np.cumsum(counts)[:-1])).tolist()
+    parts = [(BucketFile(plan.task_dir(t) / "buckets.npy", band), offsets[t]) for t in range(len(counts))]
+    removed = np.load(plan.work / "exact.npy")
+    pairs = bucket_pairs(parts, *hash_range(shard, cfg.minhash.bucket_shards), removed)
+    path = pairs_path(plan, band, shard)
+    path.parent.mkdir(exist_ok=True)
+    _save_npy(path, pairs)
+
+
+def run_clusters(plan: Plan) -> None:
+    """The cluster task: connected components of every bucket task's pairs -> the final removal codes."""
+    cfg = data_config(plan.cfg)
+    reasons = np.load(plan.work / "exact.npy")
+    shards = cfg.minhash.bucket_shards
+    pairs = [np.load(pairs_path(plan, b, s)) for b in range(cfg.minhash.bands) for s in range(shards)]
+    reasons[cluster_duplicates(np.concatenate(pairs))] = 3
     _save_npy(plan.work / "removed.npy", reasons)  # last: also the barrier's completion marker
 
 
@@ -167,11 +196,15 @@ def _phase3(args: tuple[Plan, int]) -> int:
     return run_write(*args)
 
 
+def _bucket(args: tuple[Plan, int, int]) -> None:
+    run_bucket(*args)
+
+
 # ---------------------------------------------------------------------------- the run
 
 
 def make_plan(cfg: DataConfig, out: Path) -> Plan:
-    units = expand_inputs(cfg.inputs)
+    units = split_units(expand_inputs(cfg.inputs), cfg.task_bytes)
     if not units:
         raise LmforgeError("data.inputs: no input files")
     n_tasks = cfg.tasks if cfg.tasks > 0 else len(units)
@@ -198,21 +231,36 @@ def run_pipeline(cfg: DataConfig, out: str | Path, workers: int | None = None,
         atomic_write_json(state, {"hash": signature, "tasks": len(plan.units)})
     n = len(plan.units)
     todo = [(plan, t) for t in range(n) if not (plan.task_dir(t) / PHASE1_MARKER).exists()]
-    execute(_phase1, todo, workers, executor, "data: filter")
+    execute(_phase1, todo, workers, executor, "data: filter", cfg.ray)
     if any(s in cfg.steps for s in DEDUP_STEPS) and not (plan.work / "removed.npy").exists():
-        run_dedup(plan)
+        run_dedup(plan, workers, executor)
     todo = [(plan, t) for t in range(n) if not (plan.task_dir(t) / PHASE3_MARKER).exists()]
-    execute(_phase3, todo, workers, executor, "data: write")
+    execute(_phase3, todo, workers, executor, "data: write", cfg.ray)
+    remove_stale_temps(out, recursive=True)  # what the workers of retried tasks left behind
     stats = finalize(plan, cfg)
     shutil.rmtree(plan.work, ignore_errors=True)
     return stats
+
+
+def run_dedup(plan: Plan, workers: int, executor: str) -> None:
+    """Phase 2: exact dedup, then the MinHash bucket tasks (on the executor) and the cluster task."""
+    cfg = data_config(plan.cfg)
+    minhash = "minhash_dedup" in cfg.steps
+    if not (plan.work / ("exact.npy" if minhash else "removed.npy")).exists():
+        run_exact(plan)
+    if minhash:
+        todo = [(plan, b, s) for b in range(cfg.minhash.bands) for s in range(cfg.minhash.bucket_shards)
+                if not pairs_path(plan, b, s).exists()]
+        execute(_bucket, todo, workers, executor, "data: dedup buckets", cfg.ray)
+        run_clusters(plan)
 
 
 def _file_stamps(plan: Plan) -> list[tuple[int, int]]:
     """(size, mtime) of every input file: a resumed run must not mix old and new inputs."""
     stamps = []
     for unit in (u for units in plan.units for u in units):
-        st = os.stat(unit) if os.path.isfile(unit) else None
+        path = unit.path if isinstance(unit, ByteRange) else unit
+        st = os.stat(path) if os.path.isfile(path) else None
         stamps.append((st.st_size, st.st_mtime_ns) if st else (0, 0))
     return stamps
 

@@ -8,9 +8,9 @@ from collections.abc import Iterable, Iterator
 
 from lmforge.data.config import DataConfig
 from lmforge.data.documents import HTML_FLAG, Document
-from lmforge.data.readers import read_unit
 from lmforge.data.registry import DOC_STEPS
 from lmforge.data.rejects import OnReject, Reject
+from lmforge.data.splits import Unit, read_task_unit
 from lmforge.data.stats import EXCERPT_CHARS, StatsRecorder
 from lmforge.data.step import Step
 
@@ -35,10 +35,9 @@ def max_record_bytes(cfg: DataConfig) -> int:
     return 4 * cfg.max_doc_chars + (1 << 20)
 
 
-def read_units(units: list[str], cfg: DataConfig, on_reject: OnReject) -> Iterator[Document]:
+def read_units(units: list[Unit], cfg: DataConfig, on_reject: OnReject) -> Iterator[Document]:
     for unit in units:
-        yield from read_unit(unit, text_field=cfg.text_field, on_reject=on_reject,
-                             max_bytes=max_record_bytes(cfg))
+        yield from read_task_unit(unit, cfg.text_field, on_reject, max_record_bytes(cfg))
 
 
 def process_documents(
