@@ -71,7 +71,8 @@ def gguf_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
             p, q = f"layers.{i}.", f"blk.{i}."
             for kind in ("weight", "bias"):
                 out[q + f"attn_norm.{kind}"] = sd[p + f"attn_norm.{kind}"]
-                out[q + f"attn_qkv.{kind}"] = torch.cat([sd[p + f"attn.{w}.{kind}"] for w in ("wq", "wk", "wv")])
+                qkv = [sd[p + f"attn.{w}.{kind}"] for w in ("wq", "wk", "wv")]
+                out[q + f"attn_qkv.{kind}"] = torch.cat(qkv)
                 out[q + f"attn_output.{kind}"] = sd[p + f"attn.wo.{kind}"]
                 out[q + f"ffn_norm.{kind}"] = sd[p + f"mlp_norm.{kind}"]
                 out[q + f"ffn_up.{kind}"] = sd[p + f"mlp.fc.{kind}"]
@@ -159,7 +160,9 @@ def export_gguf(
     check_exportable(cfg, "GGUF")
     out_path = Path(out_path)
     if out_path.is_dir():
-        raise LmforgeError(f"{out_path} is a directory; the GGUF output is a file, e.g. {out_path / 'model.gguf'}")
+        raise LmforgeError(
+            f"{out_path} is a directory; the GGUF output is a file, e.g. {out_path / 'model.gguf'}"
+        )
     for path in (out_path, modelfile_path(out_path)):
         if path.exists() and not force:
             raise LmforgeError(f"{path} exists; pass --force to overwrite it")
@@ -183,8 +186,12 @@ def export_gguf(
     else:
         w.add_layer_norm_eps(cfg.norm_eps)
     _add_tokenizer(w, tokenizer, cfg.vocab_size, hf_files(tokenizer)["tokenizer.json"])
+    from tqdm import tqdm
+
     nbytes = 0
-    for tname, t in gguf_tensors(model).items():
+    tensors = gguf_tensors(model)
+    for tname, t in tqdm(tensors.items(), total=len(tensors), desc=f"quantise ({dtype})", unit="tensor",
+                         mininterval=0.5, leave=False):
         data, data_type = _encode(tname, np.ascontiguousarray(t.numpy()), qtype)
         w.add_tensor(tname, data, raw_dtype=data_type)
         nbytes += data.nbytes
@@ -248,7 +255,8 @@ def _add_tokenizer(w, tokenizer, n_vocab: int, tokenizer_json: dict) -> None:
     pre = PRE_TOKENIZER.get(tokenizer.pattern_name or "")
     if pre is None:
         log.warning(
-            "llama.cpp has no pre-tokenizer for split pattern %s; writing 'llama-bpe' (digits may split differently)",
+            "llama.cpp has no pre-tokenizer for split pattern %s; writing 'llama-bpe' "
+            "(digits may split differently)",
             tokenizer.pattern_name or "custom",
         )
         pre = "llama-bpe"
