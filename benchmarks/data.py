@@ -56,7 +56,9 @@ def jaccard(a: np.ndarray, b: np.ndarray) -> float:
     return len(sa & sb) / len(sa | sb)
 
 
-def planted_pairs(n_pairs: int, n_unrelated: int, seed: int = 0) -> tuple[list[str], list[tuple[int, int, float]]]:
+def planted_pairs(
+    n_pairs: int, n_unrelated: int, seed: int = 0
+) -> tuple[list[str], list[tuple[int, int, float]]]:
     """Texts and (base index, variant index, true Jaccard) with Jaccard spread over [0.1, 1]."""
     rng = random.Random(seed)
     vocab = [word(rng) for _ in range(20000)]
@@ -98,8 +100,10 @@ def near_dup_quality(n_pairs: int, n_unrelated: int) -> None:
     high, low = js >= 0.85, js < 0.5
     pair_members = {k for i, j, _ in pairs for k in (i, j)}
     stray = sum(1 for k in range(len(texts)) if k not in pair_members and np.sum(roots == roots[k]) > 1)
-    print(f"## near-duplicate detection (MinHash 5-grams, 14x8 LSH): {len(pairs)} planted pairs, "
-          f"{n_unrelated} unrelated documents")
+    print(
+        f"## near-duplicate detection (MinHash 5-grams, 14x8 LSH): {len(pairs)} planted pairs, "
+        f"{n_unrelated} unrelated documents"
+    )
     print(f"recall  J >= 0.85: {found[high].mean():.4f} ({found[high].sum()}/{high.sum()} pairs)")
     print(f"FPR     J <  0.50: {found[low].mean():.4f} ({found[low].sum()}/{low.sum()} pairs)")
     print(f"unrelated documents put in a cluster: {stray}/{n_unrelated}")
@@ -128,12 +132,16 @@ def vs_datasketch(n_pairs: int) -> None:
         theirs.append(m1.jaccard(m2))
         true.append(jac)
     ours_a, theirs_a, true_a = map(np.array, (ours, theirs, true))
-    print(f"\n## MinHash Jaccard estimates vs datasketch {datasketch.__version__} (128 permutations, "
-          f"{n_pairs} pairs, J in [0.1, 1])")
-    print(f"mean |lmforge - true| {np.abs(ours_a - true_a).mean():.4f}; "
-          f"mean |datasketch - true| {np.abs(theirs_a - true_a).mean():.4f}; "
-          f"mean |lmforge - datasketch| {np.abs(ours_a - theirs_a).mean():.4f}; "
-          f"correlation {np.corrcoef(ours_a, theirs_a)[0, 1]:.4f}")
+    print(
+        f"\n## MinHash Jaccard estimates vs datasketch {datasketch.__version__} (128 permutations, "
+        f"{n_pairs} pairs, J in [0.1, 1])"
+    )
+    print(
+        f"mean |lmforge - true| {np.abs(ours_a - true_a).mean():.4f}; "
+        f"mean |datasketch - true| {np.abs(theirs_a - true_a).mean():.4f}; "
+        f"mean |lmforge - datasketch| {np.abs(ours_a - theirs_a).mean():.4f}; "
+        f"correlation {np.corrcoef(ours_a, theirs_a)[0, 1]:.4f}"
+    )
 
 
 def scene_documents(n: int) -> list[str]:
@@ -179,11 +187,19 @@ def throughput(n_docs: int) -> None:
 
     tok, ws = Words(split_words), Words(str.split)
     texts = scene_documents(n_docs)
-    ours_filters = [GopherRepetition(GopherRepetitionConfig()), GopherQuality(GopherQualityConfig()),
-                    C4(C4Config(disable=["too_few_sentences"])), FineWeb(FineWebConfig())]
+    ours_filters = [
+        GopherRepetition(GopherRepetitionConfig()),
+        GopherQuality(GopherQualityConfig()),
+        C4(C4Config(disable=["too_few_sentences"])),
+        FineWeb(FineWebConfig()),
+    ]
     hasher = MinHasher()
-    theirs_filters = [GopherRepetitionFilter(language=tok), GopherQualityFilter(language=tok),
-                      C4QualityFilter(min_num_sentences=-1, language=tok), FineWebQualityFilter(language=tok)]
+    theirs_filters = [
+        GopherRepetitionFilter(language=tok),
+        GopherQualityFilter(language=tok),
+        C4QualityFilter(min_num_sentences=-1, language=tok),
+        FineWebQualityFilter(language=tok),
+    ]
     tmp = tempfile.mkdtemp()
     sig_step = MinhashDedupSignature(output_folder=tmp, config=MinhashConfig(), language=ws)
     # datatrove 0.10.1 passes str to xxhash, which xxhash >= 4 refuses; encode as older xxhash did
@@ -221,16 +237,20 @@ def throughput(n_docs: int) -> None:
         d_theirs = run_theirs()
         best_theirs = min(best_theirs, time.process_time() - t0)
     names = ["gopher_repetition", "gopher_quality", "c4", "fineweb"]
-    print(f"\n## throughput, one core: {n_docs} documents (Shakespeare scenes, "
-          f"{sum(map(len, texts)) / n_docs:,.0f} chars on average), 4 filters + MinHash signatures")
+    print(
+        f"\n## throughput, one core: {n_docs} documents (Shakespeare scenes, "
+        f"{sum(map(len, texts)) / n_docs:,.0f} chars on average), 4 filters + MinHash signatures"
+    )
     for k, name in enumerate(names):
         a = sum(1 for r in d_ours if r[k])
         b = sum(1 for r in d_theirs if r[k])
         print(f"{name}: drops lmforge {a}, datatrove {b}")
     ro, rt = n_docs / best_ours, n_docs / best_theirs
     print(f"lmforge   {ro:,.0f} docs/s/core ({best_ours:.2f} s)")
-    print(f"datatrove {datatrove.__version__ if hasattr(datatrove, '__version__') else '0.10.1'} "
-          f"{rt:,.0f} docs/s/core ({best_theirs:.2f} s)")
+    print(
+        f"datatrove {datatrove.__version__ if hasattr(datatrove, '__version__') else '0.10.1'} "
+        f"{rt:,.0f} docs/s/core ({best_theirs:.2f} s)"
+    )
     print(f"ratio lmforge / datatrove: {ro / rt:.2f}x")
     shutil.rmtree(tmp, ignore_errors=True)
 
@@ -295,8 +315,11 @@ def end_to_end(n_docs: int, files: int, workers: int) -> None:
                 fh.write(json.dumps({"text": texts[i], "id": f"{f}/{i}"}) + "\n")
     tok, ws = _Words.make(split_words), _Words.make(str.split)
 
-    cfg = DataConfig(inputs=[str(root / "in")], steps=["gopher_repetition", "gopher_quality", "c4", "fineweb",
-                                                       "minhash_dedup"], workers=workers)
+    cfg = DataConfig(
+        inputs=[str(root / "in")],
+        steps=["gopher_repetition", "gopher_quality", "c4", "fineweb", "minhash_dedup"],
+        workers=workers,
+    )
     cfg.c4.disable = ["too_few_sentences"]
     t0 = time.perf_counter()
     stats = run_pipeline(cfg, root / "lmforge")
@@ -312,32 +335,60 @@ def end_to_end(n_docs: int, files: int, workers: int) -> None:
             self._hash_func = _xxh64  # datatrove 0.10.1 hands str to xxhash >= 4, which refuses it
 
     def run(pipeline, tasks):
-        LocalPipelineExecutor(pipeline=pipeline, tasks=tasks, workers=workers, logging_dir=str(dt / f"logs{run.n}"),
-                              start_method="fork").run()
+        LocalPipelineExecutor(
+            pipeline=pipeline,
+            tasks=tasks,
+            workers=workers,
+            logging_dir=str(dt / f"logs{run.n}"),
+            start_method="fork",
+        ).run()
         run.n += 1
 
     run.n = 0
     t0 = time.perf_counter()
-    run([JsonlReader(str(root / "in")), GopherRepetitionFilter(language=tok), GopherQualityFilter(language=tok),
-         C4QualityFilter(min_num_sentences=-1, language=tok), FineWebQualityFilter(language=tok),
-         JsonlWriter(str(dt / "filtered"))], files)
+    run(
+        [
+            JsonlReader(str(root / "in")),
+            GopherRepetitionFilter(language=tok),
+            GopherQualityFilter(language=tok),
+            C4QualityFilter(min_num_sentences=-1, language=tok),
+            FineWebQualityFilter(language=tok),
+            JsonlWriter(str(dt / "filtered")),
+        ],
+        files,
+    )
     run([JsonlReader(str(dt / "filtered")), Signature(str(dt / "sigs"), config=mh, language=ws)], files)
     run([MinhashDedupBuckets(str(dt / "sigs"), str(dt / "buckets"), config=mh)], mh.num_buckets)
     run([MinhashDedupCluster(str(dt / "buckets"), str(dt / "remove"), config=mh)], 1)
-    run([JsonlReader(str(dt / "filtered")), MinhashDedupFilter(str(dt / "remove")), JsonlWriter(str(dt / "out"))],
-        files)
+    run(
+        [
+            JsonlReader(str(dt / "filtered")),
+            MinhashDedupFilter(str(dt / "remove")),
+            JsonlWriter(str(dt / "out")),
+        ],
+        files,
+    )
     theirs = time.perf_counter() - t0
     kept_theirs = sum(1 for p in (dt / "out").glob("*") for _ in __import__("gzip").open(p))
-    print(f"\n## end to end, {workers} workers: {n_docs} documents in {files} JSONL files -> 4 filters -> "
-          f"MinHash dedup (signatures, buckets, clusters, filter) -> jsonl")
+    print(
+        f"\n## end to end, {workers} workers: {n_docs} documents in {files} JSONL files -> 4 filters -> "
+        f"MinHash dedup (signatures, buckets, clusters, filter) -> jsonl"
+    )
     print("| run | wall s | documents/s per core | kept | datatrove time / this time |")
     print("|---|---:|---:|---:|---:|")
-    rows = [("lmforge, local executor", ours, stats["output"]["documents"]),
-            ("lmforge, Ray executor", on_ray[0], on_ray[1]) if on_ray else None,
-            ("datatrove 0.10.1, LocalPipelineExecutor", theirs, kept_theirs)]
+    rows = [
+        ("lmforge, local executor", ours, stats["output"]["documents"]),
+        ("lmforge, Ray executor", on_ray[0], on_ray[1]) if on_ray else None,
+        ("datatrove 0.10.1, LocalPipelineExecutor", theirs, kept_theirs),
+    ]
     for name, seconds, kept in filter(None, rows):
-        print(f"| {name} | {seconds:.1f} | {n_docs / seconds / workers:.0f} | {kept} | {theirs / seconds:.2f}x |")
-    print("anchor: NeMo Curator's README: GPU fuzzy dedup 16x faster on 3xH100 nodes than on CPU (not run here)")
+        print(
+            f"| {name} | {seconds:.1f} | {n_docs / seconds / workers:.0f} | {kept} "
+            f"| {theirs / seconds:.2f}x |"
+        )
+    print(
+        "anchor: NeMo Curator's README: GPU fuzzy dedup 16x faster on 3xH100 nodes than on CPU (not run here)"
+    )
     shutil.rmtree(root, ignore_errors=True)
 
 
@@ -355,10 +406,18 @@ def _ray_seconds(cfg, out, workers: int) -> tuple[float, int] | None:
         print("(Ray run skipped: needs `unshare -rn`)")
         return None
     spec = shlex.quote(json.dumps({"cfg": to_dict(cfg), "out": str(out), "workers": workers}))
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16),
-           "RAY_USAGE_STATS_ENABLED": "0"}
-    cmd = f"ip link set lo up && exec {shlex.quote(sys.executable)} {shlex.quote(__file__)} --ray-child {spec}"
-    done = subprocess.run(["unshare", "-rn", "sh", "-c", cmd], env=env, capture_output=True, text=True, check=True)
+    env = {
+        **os.environ,
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": secrets.token_hex(16),
+        "RAY_USAGE_STATS_ENABLED": "0",
+    }
+    cmd = (
+        f"ip link set lo up && exec {shlex.quote(sys.executable)} {shlex.quote(__file__)} --ray-child {spec}"
+    )
+    done = subprocess.run(
+        ["unshare", "-rn", "sh", "-c", cmd], env=env, capture_output=True, text=True, check=True
+    )
     result = json.loads(done.stdout.strip().splitlines()[-1])
     return result["seconds"], result["kept"]
 
@@ -374,7 +433,9 @@ def _ray_child(spec: str) -> None:
 
     args = json.loads(spec)
     cfg = from_dict(DataConfig, args["cfg"], where="data", source="<bench>")
-    ray.init(num_cpus=args["workers"], _node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False)
+    ray.init(
+        num_cpus=args["workers"], _node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False
+    )
     t0 = time.perf_counter()
     stats = run_pipeline(cfg, args["out"], workers=args["workers"], executor="ray")
     print(json.dumps({"seconds": time.perf_counter() - t0, "kept": stats["output"]["documents"]}))
@@ -386,7 +447,9 @@ def main() -> None:
     p.add_argument("--unrelated", type=int, default=2000, help="unrelated documents (default 2000)")
     p.add_argument("--docs", type=int, default=2000, help="documents for the throughput run (default 2000)")
     p.add_argument("--workers", type=int, default=2, help="workers for the end-to-end run (default 2)")
-    p.add_argument("--skip", default="", help="comma list of parts to skip: quality,datasketch,throughput,end2end")
+    p.add_argument(
+        "--skip", default="", help="comma list of parts to skip: quality,datasketch,throughput,end2end"
+    )
     p.add_argument("--ray-child", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.ray_child:

@@ -96,7 +96,9 @@ def child(mode: str, root: Path, shards: int) -> dict:
         pairs = []
         for b in range(BANDS):
             for s in range(shards):
-                parts = [(BucketFile(root / f"t{t:05d}" / "buckets.npy", b), offsets[t]) for t in range(TASKS)]
+                parts = [
+                    (BucketFile(root / f"t{t:05d}" / "buckets.npy", b), offsets[t]) for t in range(TASKS)
+                ]
                 pairs.append(bucket_pairs(parts, *hash_range(s, shards), removed))
         result["removed"] = int(cluster_duplicates(np.concatenate(pairs)).size)
     result["seconds"] = time.perf_counter() - t0
@@ -112,8 +114,12 @@ def peak_mb() -> float:
 
 
 def measure(mode: str, root: Path, shards: int = 1) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--child", mode, str(root), str(shards)],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", mode, str(root), str(shards)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
@@ -127,7 +133,9 @@ def main() -> None:
         import lmforge.data.pipeline  # noqa: F401  (a task imports the runner: count it in the baseline)
 
         mode, root, shards = args.child
-        print(json.dumps({"peak_mb": peak_mb()} if mode == "baseline" else child(mode, Path(root), int(shards))))
+        print(
+            json.dumps({"peak_mb": peak_mb()} if mode == "baseline" else child(mode, Path(root), int(shards)))
+        )
         return
     shard_counts = [int(s) for s in args.shards.split(",")]
     base = measure("baseline", Path("."))
@@ -138,15 +146,22 @@ def main() -> None:
             synthesize(root, n)
             today = measure("today", root)
             print(f"\n## {n:,} documents, {TASKS} input tasks, {BANDS}x{ROWS} LSH")
-            print(f"today's dedup (one process):   {today['seconds']:6.1f} s, peak {today['peak_mb']:6.0f} MB, "
-                  f"removed {today['removed']:,}")
-            print("| bucket shards | bucket tasks | one bucket task: peak MB | s | all stages, one core: s | removed |")
+            print(
+                f"today's dedup (one process):   {today['seconds']:6.1f} s, peak {today['peak_mb']:6.0f} MB, "
+                f"removed {today['removed']:,}"
+            )
+            print(
+                "| bucket shards | bucket tasks | one bucket task: peak MB | s "
+                "| all stages, one core: s | removed |"
+            )
             print("|---:|---:|---:|---:|---:|---:|")
             for s in shard_counts:
                 one, every = measure("bucket", root, s), measure("all", root, s)
                 assert every["removed"] == today["removed"], (every, today)
-                print(f"| {s} | {BANDS * s} | {one['peak_mb']:.0f} | {one['seconds']:.2f} | {every['seconds']:.1f} "
-                      f"| {every['removed']:,} |")
+                print(
+                    f"| {s} | {BANDS * s} | {one['peak_mb']:.0f} | {one['seconds']:.2f} "
+                    f"| {every['seconds']:.1f} | {every['removed']:,} |"
+                )
         finally:
             shutil.rmtree(root, ignore_errors=True)
 

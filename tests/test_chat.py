@@ -22,7 +22,9 @@ SYSTEM = "Thou art a player."
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
-    tok = Tokenizer.train([embedded_documents("shakespeare")[2][1][:20_000]], vocab_size=400, progress=False, workers=1)
+    tok = Tokenizer.train(
+        [embedded_documents("shakespeare")[2][1][:20_000]], vocab_size=400, progress=False, workers=1
+    )
     torch.manual_seed(1)
     cfg = ModelConfig(vocab_size=tok.vocab_size, n_layer=2, d_model=64, n_head=4, max_seq_len=256)
     model = Transformer(cfg).eval()
@@ -63,7 +65,9 @@ def test_chat_exits_on_eof_in_process(ckpt, capsys, monkeypatch):
     argv = ["chat", "--model", str(ckpt[0]), "--temperature", "0", "--max-new-tokens", "5", "--device", "cpu"]
     assert main(argv) == 0
     out = capsys.readouterr().out
-    want = Engine(ckpt[1], ckpt[2]).chat([{"role": "user", "content": "Hail"}], SamplingParams(5, temperature=0))
+    want = Engine(ckpt[1], ckpt[2]).chat(
+        [{"role": "user", "content": "Hail"}], SamplingParams(5, temperature=0)
+    )
     assert out == f"assistant> {want.text}\n"
 
 
@@ -77,6 +81,8 @@ def test_fit_history_drops_oldest_turns_and_keeps_system(ckpt):
     msgs.append({"role": "user", "content": "last"})
     kept = fit_history(engine, msgs, reserve=64)
     assert kept[0] == msgs[0] and kept[-1] == msgs[-1] and kept[1]["role"] == "user"
-    assert len(tok.render_chat(kept, add_generation_prompt=True)[0]) <= 256 - 64 < len(
-        tok.render_chat(msgs, add_generation_prompt=True)[0]
+    assert (
+        len(tok.render_chat(kept, add_generation_prompt=True)[0])
+        <= 256 - 64
+        < len(tok.render_chat(msgs, add_generation_prompt=True)[0])
     )

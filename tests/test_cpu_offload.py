@@ -18,18 +18,54 @@ from lmforge.run import run_recipe
 
 ROOT = Path(__file__).parent.parent
 SMALL = [
-    "--tokenizer.vocab_size", "300", "--model.n_layer", "2", "--model.d_model", "32", "--model.n_head", "2",
-    "--train.micro_batch", "2", "--train.seq_len", "32", "--train.batch_tokens", "256",
-    "--train.max_minutes", "0", "--train.max_steps", "4", "--train.eval_every", "2",
-    "--train.eval_tokens", "512", "--train.samples", "0", "--train.warmup_steps", "1",
+    "--tokenizer.vocab_size",
+    "300",
+    "--model.n_layer",
+    "2",
+    "--model.d_model",
+    "32",
+    "--model.n_head",
+    "2",
+    "--train.micro_batch",
+    "2",
+    "--train.seq_len",
+    "32",
+    "--train.batch_tokens",
+    "256",
+    "--train.max_minutes",
+    "0",
+    "--train.max_steps",
+    "4",
+    "--train.eval_every",
+    "2",
+    "--train.eval_tokens",
+    "512",
+    "--train.samples",
+    "0",
+    "--train.warmup_steps",
+    "1",
 ]
 
 
 def pretrain(run_dir: Path, *layout: str, nproc: int = 2) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-           "-m", "lmforge", "pretrain", "recipes/shakespeare.yaml", "--run_dir", str(run_dir), *SMALL, *layout]
-    return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={nproc}",
+        "-m",
+        "lmforge",
+        "pretrain",
+        "recipes/shakespeare.yaml",
+        "--run_dir",
+        str(run_dir),
+        *SMALL,
+        *layout,
+    ]
+    return subprocess.run(
+        cmd, capture_output=True, text=True, cwd=ROOT, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
 
 
 @pytest.fixture(scope="module")

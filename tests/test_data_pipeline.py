@@ -22,9 +22,11 @@ from lmforge.data.pipeline import run_pipeline
 sys.path.insert(0, str(Path(__file__).parent))
 from test_data_readers import ARTICLE, write_warc  # noqa: E402
 
-VOCAB = ("the of and to in that have with be it is was for on are as his they at one this from by "
-         "river mountain history science people music garden quickly system data model theory city "
-         "water light stone paper window forest animal language number country winter summer").split()
+VOCAB = (
+    "the of and to in that have with be it is was for on are as his they at one this from by "
+    "river mountain history science people music garden quickly system data model theory city "
+    "water light stone paper window forest animal language number country winter summer"
+).split()
 
 
 def prose(rng: random.Random, sentences: int) -> str:
@@ -59,8 +61,16 @@ def make_inputs(root: Path, files: int = 4, docs_per_file: int = 40, seed: int =
     return [str(root / "*.jsonl")]
 
 
-STEPS = ["normalize", "language", "gopher_quality", "gopher_repetition", "fineweb", "pii", "exact_dedup",
-         "minhash_dedup"]
+STEPS = [
+    "normalize",
+    "language",
+    "gopher_quality",
+    "gopher_repetition",
+    "fineweb",
+    "pii",
+    "exact_dedup",
+    "minhash_dedup",
+]
 
 
 def tree_bytes(folder: Path) -> dict[str, bytes]:
@@ -69,13 +79,19 @@ def tree_bytes(folder: Path) -> dict[str, bytes]:
 
 def test_pipeline_end_to_end(tmp_path):
     inputs = make_inputs(tmp_path / "in")
-    write_warc(tmp_path / "in" / "crawl.warc.gz", [
-        ("http://example.com/rivers", "text/html", ARTICLE.encode()),
-        ("http://example.com/img", "image/png", b"\x89PNG\r\n"),
-    ])
+    write_warc(
+        tmp_path / "in" / "crawl.warc.gz",
+        [
+            ("http://example.com/rivers", "text/html", ARTICLE.encode()),
+            ("http://example.com/img", "image/png", b"\x89PNG\r\n"),
+        ],
+    )
     (tmp_path / "in" / "bad.jsonl").write_bytes(b'{"text": "fine text"}\n{"text": oops\n\xff\xfe\n')
-    cfg = DataConfig(inputs=inputs + [str(tmp_path / "in" / "crawl.warc.gz"), str(tmp_path / "in" / "bad.jsonl")],
-                     steps=["extract", *STEPS], workers=1)
+    cfg = DataConfig(
+        inputs=inputs + [str(tmp_path / "in" / "crawl.warc.gz"), str(tmp_path / "in" / "bad.jsonl")],
+        steps=["extract", *STEPS],
+        workers=1,
+    )
     cfg.gopher_quality.min_doc_words = 20
     stats = run_pipeline(cfg, tmp_path / "out")
     out = tmp_path / "out"
@@ -96,8 +112,11 @@ def test_pipeline_end_to_end(tmp_path):
     assert len(docs) == saved["output"]["documents"] == s["minhash_dedup"]["out_docs"]
     assert any("civilisations" in d.text for d in docs)
     assert len({d.text for d in docs}) == len(docs)
-    rejects = [json.loads(line) for p in (out / "rejects").glob("*.jsonl.zst")
-               for line in __import__("zstandard").ZstdDecompressor().stream_reader(p.open("rb")).read().splitlines()]
+    rejects = [
+        json.loads(line)
+        for p in (out / "rejects").glob("*.jsonl.zst")
+        for line in __import__("zstandard").ZstdDecompressor().stream_reader(p.open("rb")).read().splitlines()
+    ]
     assert {r["position"] for r in rejects} >= {"line 2", "line 3"}
     assert all(r["source"] and r["reason"] for r in rejects)
     summary = (out / "summary.md").read_text()
@@ -126,8 +145,11 @@ def test_too_long_document_is_rejected(tmp_path):
 
 
 def write_recipe(path: Path, run_dir: Path, inputs: list[str], **data) -> Path:
-    recipe = {"name": "t", "run_dir": str(run_dir), "data": {"inputs": inputs, "steps": STEPS,
-                                                           "gopher_quality": {"min_doc_words": 20}, **data}}
+    recipe = {
+        "name": "t",
+        "run_dir": str(run_dir),
+        "data": {"inputs": inputs, "steps": STEPS, "gopher_quality": {"min_doc_words": 20}, **data},
+    }
     path.write_text(yaml.safe_dump(recipe))
     return path
 
@@ -138,8 +160,12 @@ def test_killed_worker_then_resume_gives_identical_output(tmp_path):
     assert cli_main(["data", str(ref)]) == 0
     recipe = write_recipe(tmp_path / "r.yaml", tmp_path / "run", inputs, workers=2)
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
-    proc = subprocess.Popen([sys.executable, "-m", "lmforge", "data", str(recipe)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lmforge", "data", str(recipe)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     import psutil
 
     work = tmp_path / "run" / "data" / "_work"
@@ -148,8 +174,11 @@ def test_killed_worker_then_resume_gives_identical_output(tmp_path):
     while time.time() < deadline and proc.poll() is None and killed is None:
         done = list(work.glob("t*/stats.json"))
         try:
-            children = [c for c in psutil.Process(proc.pid).children()
-                        if "resource_tracker" not in " ".join(c.cmdline())]  # pool workers only
+            children = [
+                c
+                for c in psutil.Process(proc.pid).children()
+                if "resource_tracker" not in " ".join(c.cmdline())
+            ]  # pool workers only
         except psutil.Error:
             children = []
         if done and children:
@@ -177,13 +206,38 @@ def test_dry_run_writes_nothing(tmp_path, capsys):
 def test_train_classifier_and_filter(tmp_path):
     rng = random.Random(5)
     good = [{"text": prose(rng, 6)} for _ in range(150)]
-    spam = [{"text": " ".join(rng.choice(["buy", "cheap", "pills", "casino", "win", "free", "now", "click",
-                                           "offer", "deal"]) for _ in range(60)) + "."} for _ in range(150)]
+    spam = [
+        {
+            "text": " ".join(
+                rng.choice(
+                    ["buy", "cheap", "pills", "casino", "win", "free", "now", "click", "offer", "deal"]
+                )
+                for _ in range(60)
+            )
+            + "."
+        }
+        for _ in range(150)
+    ]
     (tmp_path / "good.jsonl").write_text("\n".join(json.dumps(d) for d in good[:100]))
     (tmp_path / "spam.jsonl").write_text("\n".join(json.dumps(d) for d in spam[:100]))
     model = tmp_path / "q.npz"
-    assert cli_main(["data", "train-classifier", "--positive", str(tmp_path / "good.jsonl"), "--negative",
-                     str(tmp_path / "spam.jsonl"), "--out", str(model), "--epochs", "60"]) == 0
+    assert (
+        cli_main(
+            [
+                "data",
+                "train-classifier",
+                "--positive",
+                str(tmp_path / "good.jsonl"),
+                "--negative",
+                str(tmp_path / "spam.jsonl"),
+                "--out",
+                str(model),
+                "--epochs",
+                "60",
+            ]
+        )
+        == 0
+    )
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "mix.jsonl").write_text("\n".join(json.dumps(d) for d in good[100:] + spam[100:]))
     cfg = DataConfig(inputs=[str(tmp_path / "in")], steps=["classifier"])
@@ -198,7 +252,8 @@ def test_language_and_pii_and_wordlist(tmp_path):
     rows = [
         "The river flows through the old town and the people walk along it. Write to jane.doe@example.org "
         "or visit 10.0.0.1 for the schedule of the boats on the water.",
-        "Der Fluss fließt durch die alte Stadt und die Menschen gehen an ihm entlang, wenn die Sonne scheint.",
+        "Der Fluss fließt durch die alte Stadt und die Menschen gehen an ihm entlang, "
+        "wenn die Sonne scheint.",
         "This is a fucking terrible sentence about the river and the town that nobody wants to read.",
     ]
     (tmp_path / "in" / "a.jsonl").write_text("\n".join(json.dumps({"text": t}) for t in rows))

@@ -46,13 +46,24 @@ def cluster():
     if not _netns_available():
         pytest.skip("needs unshare/nsenter and unprivileged network namespaces")
     temp = tempfile.mkdtemp(prefix="lmray", dir="/tmp")  # Ray's socket paths must stay short
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16),
-           "RAY_USAGE_STATS_ENABLED": "0"}
-    start = (f'ip link set lo up && exec "{BIN / "ray"}" start --head --block --node-ip-address=127.0.0.1 '
-             f"--port=6379 --num-cpus=2 --include-dashboard=false --temp-dir={temp}")
+    env = {
+        **os.environ,
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": secrets.token_hex(16),
+        "RAY_USAGE_STATS_ENABLED": "0",
+    }
+    start = (
+        f'ip link set lo up && exec "{BIN / "ray"}" start --head --block --node-ip-address=127.0.0.1 '
+        f"--port=6379 --num-cpus=2 --include-dashboard=false --temp-dir={temp}"
+    )
     log = open(Path(temp) / "start.log", "wb")
-    proc = subprocess.Popen(["unshare", "-rn", "sh", "-c", start], env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        ["unshare", "-rn", "sh", "-c", start],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     deadline = time.time() + START_TIMEOUT
     while b"block forever" not in (Path(temp) / "start.log").read_bytes():
         if proc.poll() is not None or time.time() > deadline:
@@ -78,8 +89,12 @@ def cluster():
 
 def ray_data(cluster, recipe: Path) -> subprocess.Popen:
     """`lmforge data RECIPE --executor ray`, run inside the cluster's namespace."""
-    return subprocess.Popen([*cluster["enter"], str(BIN / "lmforge"), "data", str(recipe), "--executor", "ray"],
-                            env=cluster["env"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [*cluster["enter"], str(BIN / "lmforge"), "data", str(recipe), "--executor", "ray"],
+        env=cluster["env"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
 
 
 def ray_processes(cluster) -> list:
@@ -96,17 +111,25 @@ def test_the_cluster_is_reachable_on_loopback_only(cluster):
     # outside the namespace no Ray process listens on any address
     pids = {p.pid for p in ray_processes(cluster)}
     assert len(pids) > 3
-    outside = [c for c in psutil.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN and c.pid in pids]
+    outside = [
+        c for c in psutil.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN and c.pid in pids
+    ]
     assert outside == []
 
 
 def test_ray_output_is_byte_identical_to_local(cluster, tmp_path):
     inputs = make_inputs(tmp_path / "in", files=5, docs_per_file=30)
-    local = write_recipe(tmp_path / "local.yaml", tmp_path / "local", inputs, workers=2,
-                         minhash={"bucket_shards": 2})
+    local = write_recipe(
+        tmp_path / "local.yaml", tmp_path / "local", inputs, workers=2, minhash={"bucket_shards": 2}
+    )
     assert cli_main(["data", str(local)]) == 0
-    recipe = write_recipe(tmp_path / "ray.yaml", tmp_path / "ray", inputs, minhash={"bucket_shards": 2},
-                          ray={"address": ADDRESS, "num_cpus": 1, "memory": 300 << 20})
+    recipe = write_recipe(
+        tmp_path / "ray.yaml",
+        tmp_path / "ray",
+        inputs,
+        minhash={"bucket_shards": 2},
+        ray={"address": ADDRESS, "num_cpus": 1, "memory": 300 << 20},
+    )
     proc = ray_data(cluster, recipe)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err.decode()[-3000:]
@@ -136,8 +159,9 @@ def test_a_worker_killed_mid_task_is_retried_and_the_output_is_unchanged(cluster
     inputs = slow_inputs(tmp_path)
     local = write_recipe(tmp_path / "local.yaml", tmp_path / "local", inputs, workers=2)
     assert cli_main(["data", str(local)]) == 0
-    recipe = write_recipe(tmp_path / "ray.yaml", tmp_path / "ray", inputs,
-                          ray={"address": ADDRESS, "max_retries": 2})
+    recipe = write_recipe(
+        tmp_path / "ray.yaml", tmp_path / "ray", inputs, ray={"address": ADDRESS, "max_retries": 2}
+    )
     proc = ray_data(cluster, recipe)
     killed = kill_a_running_task(cluster, proc, "_phase1")
     _, err = proc.communicate(timeout=300)
@@ -152,7 +176,9 @@ def test_without_retries_a_killed_worker_fails_the_run_and_a_rerun_resumes(clust
     inputs = slow_inputs(tmp_path)
     local = write_recipe(tmp_path / "local.yaml", tmp_path / "local", inputs, workers=2)
     assert cli_main(["data", str(local)]) == 0
-    recipe = write_recipe(tmp_path / "ray.yaml", tmp_path / "ray", inputs, ray={"address": ADDRESS, "max_retries": 0})
+    recipe = write_recipe(
+        tmp_path / "ray.yaml", tmp_path / "ray", inputs, ray={"address": ADDRESS, "max_retries": 0}
+    )
     proc = ray_data(cluster, recipe)
     assert kill_a_running_task(cluster, proc, "_phase1") is not None
     _, err = proc.communicate(timeout=300)

@@ -31,7 +31,9 @@ def test_sigmoid_loss_matches_the_papers_closed_form():
     for beta in (0.05, 0.1, 0.5):
         # Rafailov et al. Eq. 7: -log sigma(beta log(pi(yw)/ref(yw)) - beta log(pi(yl)/ref(yl)))
         expected = -log_sigmoid(beta * (pc - rc) - beta * (pr - rr))
-        losses, r_c, r_r = dpo_losses(*(torch.tensor(a, dtype=torch.float64) for a in (pc, pr, rc, rr)), beta=beta)
+        losses, r_c, r_r = dpo_losses(
+            *(torch.tensor(a, dtype=torch.float64) for a in (pc, pr, rc, rr)), beta=beta
+        )
         np.testing.assert_allclose(losses.numpy(), expected, rtol=1e-12)
         np.testing.assert_allclose(r_c.numpy(), beta * (pc - rc), rtol=1e-12)
         np.testing.assert_allclose(r_r.numpy(), beta * (pr - rr), rtol=1e-12)

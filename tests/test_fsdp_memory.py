@@ -23,19 +23,44 @@ GIB = 1024**3
 
 @pytest.mark.slow
 def test_fsdp_4_ranks_peak_rss_matches_plan():
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=4",
-           str(ROOT / "benchmarks" / "fsdp_memory.py"), "--device", "cpu", "--preset", "1b", "--n-layer", "8",
-           "--micro-batch", "1", "--seq-len", "64", "--steps", "2"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=1500,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node=4",
+        str(ROOT / "benchmarks" / "fsdp_memory.py"),
+        "--device",
+        "cpu",
+        "--preset",
+        "1b",
+        "--n-layer",
+        "8",
+        "--micro-batch",
+        "1",
+        "--seq-len",
+        "64",
+        "--steps",
+        "2",
+    ]
+    proc = subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=1500,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))
-    result = json.loads(line[len("RESULT "):])
+    result = json.loads(line[len("RESULT ") :])
     assert result["world"] == 4 and result["params"] > 5e8
     full_model_gib = 4 * result["params"] / GIB  # the fp32 weights alone, unsharded
     # so the bound below excludes an unsharded rank (16 bytes a parameter: weights, grads, AdamW)
     assert 4 * full_model_gib > 1.5 * result["estimate_gib"]
-    for peak, build_peak, runtime in zip(result["measured_gib"], result["build_peak_gib"], result["runtime_gib"]):
+    for peak, build_peak, runtime in zip(
+        result["measured_gib"], result["build_peak_gib"], result["runtime_gib"]
+    ):
         assert result["estimate_gib"] / 1.5 <= peak <= 1.5 * result["estimate_gib"], (peak, result)
         # while building: this rank's quarter plus one full tensor at a time, never the whole model
         assert build_peak - runtime < 0.75 * full_model_gib, (build_peak, runtime, full_model_gib)

@@ -95,7 +95,9 @@ def test_rollout_loader_groups_and_rewards():
 
     tok = Tokenizer.train(["abc abd abe " * 50], vocab_size=270, progress=False, workers=1)
     torch.manual_seed(0)
-    model = Transformer(ModelConfig(n_layer=1, d_model=16, n_head=2, vocab_size=tok.vocab_size, max_seq_len=64))
+    model = Transformer(
+        ModelConfig(n_layer=1, d_model=16, n_head=2, vocab_size=tok.vocab_size, max_seq_len=64)
+    )
     prompts = [{"messages": [{"role": "user", "content": f"q{i}"}], "answer": str(i)} for i in range(3)]
     seen = {}
 
@@ -103,8 +105,16 @@ def test_rollout_loader_groups_and_rewards():
         seen["answer"] = answer
         return [float(len(c)) for c in completion_ids]
 
-    loader = RolloutLoader(model, tok, prompts, reward, num_generations=3, prompts_per_step=2,
-                           sampling=SamplingParams(max_new_tokens=5, seed=0), seed=0)
+    loader = RolloutLoader(
+        model,
+        tok,
+        prompts,
+        reward,
+        num_generations=3,
+        prompts_per_step=2,
+        sampling=SamplingParams(max_new_tokens=5, seed=0),
+        seed=0,
+    )
     batch = loader.next()
     assert batch["input_ids"].shape[0] == 6 and seen["answer"][:3] == [seen["answer"][0]] * 3
     assert batch["advantages"].view(2, 3).sum(1).abs().max() < 1e-4  # zero mean within each group
@@ -124,15 +134,27 @@ def test_rollouts_are_sharded_by_data_parallel_rank_as_one_rank_samples_them():
 
     tok = Tokenizer.train(["abc abd abe " * 50], vocab_size=270, progress=False, workers=1)
     torch.manual_seed(0)
-    model = Transformer(ModelConfig(n_layer=1, d_model=16, n_head=2, vocab_size=tok.vocab_size, max_seq_len=64))
+    model = Transformer(
+        ModelConfig(n_layer=1, d_model=16, n_head=2, vocab_size=tok.vocab_size, max_seq_len=64)
+    )
     prompts = [{"messages": [{"role": "user", "content": f"question {i}"}]} for i in range(7)]
 
     def reward(prompts, completions, **_):
         return [float(len(c) % 3) for c in completions]
 
     def loader(rank, size):
-        return RolloutLoader(model, tok, prompts, reward, 2, 2, SamplingParams(max_new_tokens=6, seed=5),
-                             seed=1, dp_rank=rank, dp_size=size)
+        return RolloutLoader(
+            model,
+            tok,
+            prompts,
+            reward,
+            2,
+            2,
+            SamplingParams(max_new_tokens=6, seed=5),
+            seed=1,
+            dp_rank=rank,
+            dp_size=size,
+        )
 
     one, ranks = loader(0, 1), [loader(0, 2), loader(1, 2)]
     for _ in range(3):
@@ -155,8 +177,15 @@ def test_grpo_on_two_gloo_ranks_trains_the_one_rank_model(tmp_path):
     weights = {}
     for n in (1, 2):
         out = tmp_path / f"n{n}"
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}",
-               worker, str(out)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc-per-node={n}",
+            worker,
+            str(out),
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=400)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
         weights[n] = torch.load(out / "weights.pt")

@@ -15,8 +15,14 @@ LINT = Path(sys.executable).with_name("lint-imports")
 
 def lint(src_parent: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(src_parent / "src")}
-    return subprocess.run([str(LINT), "--config", str(ROOT / "pyproject.toml"), "--no-cache"],
-                          capture_output=True, text=True, env=env, cwd=src_parent, timeout=300)
+    return subprocess.run(
+        [str(LINT), "--config", str(ROOT / "pyproject.toml"), "--no-cache"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=src_parent,
+        timeout=300,
+    )
 
 
 def test_the_package_keeps_its_layers():
@@ -26,10 +32,14 @@ def test_the_package_keeps_its_layers():
 
 
 def test_an_upward_import_inside_a_function_breaks_the_contract(tmp_path):
-    shutil.copytree(ROOT / "src", tmp_path / "src", ignore=shutil.ignore_patterns("*.egg-info", "__pycache__"))
+    shutil.copytree(
+        ROOT / "src", tmp_path / "src", ignore=shutil.ignore_patterns("*.egg-info", "__pycache__")
+    )
     model = tmp_path / "src" / "lmforge" / "model" / "transformer.py"
-    model.write_text(model.read_text() + "\n\ndef _upward():\n    from lmforge.train.trainer import Trainer\n\n"
-                     "    return Trainer\n")
+    model.write_text(
+        model.read_text() + "\n\ndef _upward():\n    from lmforge.train.trainer import Trainer\n\n"
+        "    return Trainer\n"
+    )
     proc = lint(tmp_path)
     assert proc.returncode == 1
     assert "lmforge.model is not allowed to import lmforge.train" in proc.stdout
@@ -37,12 +47,16 @@ def test_an_upward_import_inside_a_function_breaks_the_contract(tmp_path):
 
 
 def test_a_cycle_between_sibling_modules_breaks_the_contract(tmp_path):
-    shutil.copytree(ROOT / "src", tmp_path / "src", ignore=shutil.ignore_patterns("*.egg-info", "__pycache__"))
+    shutil.copytree(
+        ROOT / "src", tmp_path / "src", ignore=shutil.ignore_patterns("*.egg-info", "__pycache__")
+    )
     data = tmp_path / "src" / "lmforge" / "data"
     for module, other in (("pii", "normalize"), ("normalize", "pii")):  # same layer, each importing the other
         path = data / f"{module}.py"
-        path.write_text(path.read_text() + f"\n\ndef _sideways():\n    from lmforge.data import {other}\n\n"
-                        f"    return {other}\n")
+        path.write_text(
+            path.read_text() + f"\n\ndef _sideways():\n    from lmforge.data import {other}\n\n"
+            f"    return {other}\n"
+        )
     proc = lint(tmp_path)
     assert proc.returncode == 1
     assert "No cycles are allowed in lmforge.data" in proc.stdout

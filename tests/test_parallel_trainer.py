@@ -20,20 +20,57 @@ from lmforge.recipe import load_recipe
 from lmforge.run import run_recipe
 
 SMALL = [
-    "--tokenizer.vocab_size", "384", "--model.n_layer", "2", "--model.d_model", "64", "--model.n_head", "4",
-    "--train.micro_batch", "4", "--train.seq_len", "64", "--train.batch_tokens", "1024", "--train.max_minutes", "0",
-    "--train.checkpoint_every", "2", "--train.eval_every", "2", "--train.eval_tokens", "2048", "--train.samples", "0",
-    "--train.warmup_steps", "1",
+    "--tokenizer.vocab_size",
+    "384",
+    "--model.n_layer",
+    "2",
+    "--model.d_model",
+    "64",
+    "--model.n_head",
+    "4",
+    "--train.micro_batch",
+    "4",
+    "--train.seq_len",
+    "64",
+    "--train.batch_tokens",
+    "1024",
+    "--train.max_minutes",
+    "0",
+    "--train.checkpoint_every",
+    "2",
+    "--train.eval_every",
+    "2",
+    "--train.eval_tokens",
+    "2048",
+    "--train.samples",
+    "0",
+    "--train.warmup_steps",
+    "1",
 ]
 
 
 def pretrain(run_dir: Path, steps: int, *layout: str, nproc: int = 2) -> None:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m", "lmforge",
-           "pretrain", "recipes/shakespeare.yaml", "--run_dir", str(run_dir), "--train.max_steps", str(steps),
-           *SMALL, *layout]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={nproc}",
+        "-m",
+        "lmforge",
+        "pretrain",
+        "recipes/shakespeare.yaml",
+        "--run_dir",
+        str(run_dir),
+        "--train.max_steps",
+        str(steps),
+        *SMALL,
+        *layout,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300,
-                          cwd=Path(__file__).parent.parent)
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, env=env, timeout=300, cwd=Path(__file__).parent.parent
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
 
 
@@ -83,15 +120,23 @@ def test_fsdp_pretrain_then_resume_under_ddp(prepared, tmp_path):
     assert losses(resumed) == pytest.approx(losses(straight), rel=1e-5)
 
     # a time budget: every rank must stop at the same step (one rank leaving alone would hang the other)
-    pretrain(resumed, 100_000, "--parallel.dp_shard", "2", "--train.max_minutes", "0.1", "--train.eval_every", "0")
-    steps = [r["step"] for r in map(json.loads, (resumed / "pretrain" / "metrics.jsonl").read_text().splitlines())
-             if "loss" in r]
+    pretrain(
+        resumed, 100_000, "--parallel.dp_shard", "2", "--train.max_minutes", "0.1", "--train.eval_every", "0"
+    )
+    steps = [
+        r["step"]
+        for r in map(json.loads, (resumed / "pretrain" / "metrics.jsonl").read_text().splitlines())
+        if "loss" in r
+    ]
     assert 4 < steps[-1] < 100_000
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("layout", [["--parallel.tp", "2"], ["--parallel.pp", "2", "--parallel.pp_microbatches", "2"]],
-                         ids=["tp2", "pp2"])
+@pytest.mark.parametrize(
+    "layout",
+    [["--parallel.tp", "2"], ["--parallel.pp", "2", "--parallel.pp_microbatches", "2"]],
+    ids=["tp2", "pp2"],
+)
 def test_trainer_tp_pp_match_single_process(prepared, tmp_path, layout):
     """With one data-parallel replica the batch stream is the single process's: same losses,
     validation losses and bits per byte (TP runs with loss parallelism, the default)."""
@@ -100,8 +145,19 @@ def test_trainer_tp_pp_match_single_process(prepared, tmp_path, layout):
     shutil.copytree(prepared, single)
     shutil.copytree(prepared, dist)
     root = Path(__file__).parent.parent
-    cmd = [sys.executable, "-m", "lmforge", "pretrain", "recipes/shakespeare.yaml", "--run_dir", str(single),
-           "--train.max_steps", "4", *SMALL, *untied]
+    cmd = [
+        sys.executable,
+        "-m",
+        "lmforge",
+        "pretrain",
+        "recipes/shakespeare.yaml",
+        "--run_dir",
+        str(single),
+        "--train.max_steps",
+        "4",
+        *SMALL,
+        *untied,
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=root, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     pretrain(dist, 4, *layout, *untied)
@@ -136,6 +192,16 @@ def test_trainer_pipeline_with_replicas_matches_ddp(prepared, tmp_path):
     shutil.copytree(prepared, ddp)
     shutil.copytree(prepared, pp_ddp)
     pretrain(ddp, 4, "--parallel.dp_replicate", "2", *untied)
-    pretrain(pp_ddp, 4, "--parallel.dp_replicate", "2", "--parallel.pp", "2", "--parallel.pp_microbatches", "2",
-             *untied, nproc=4)
+    pretrain(
+        pp_ddp,
+        4,
+        "--parallel.dp_replicate",
+        "2",
+        "--parallel.pp",
+        "2",
+        "--parallel.pp_microbatches",
+        "2",
+        *untied,
+        nproc=4,
+    )
     assert_same_curves(pp_ddp, ddp)

@@ -57,7 +57,11 @@ def test_supervised_ids_are_exactly_the_assistant_spans(tok):
 def test_alpaca_and_messages_files(tmp_path, tok):
     path = write_jsonl(
         tmp_path / "mixed.jsonl",
-        [{"messages": CONVO}, {"instruction": "Add.", "input": "2 and 2", "output": "4"}, {"instruction": "Hi", "output": "Hello"}],
+        [
+            {"messages": CONVO},
+            {"instruction": "Add.", "input": "2 and 2", "output": "4"},
+            {"instruction": "Hi", "output": "Hello"},
+        ],
     )
     convs = load_conversations([path])
     assert convs[1] == [{"role": "user", "content": "Add.\n\n2 and 2"}, {"role": "assistant", "content": "4"}]
@@ -93,7 +97,11 @@ def test_preference_and_prompt_files(tmp_path, tok):
         tmp_path / "prefs.jsonl",
         [
             {"prompt": "Say hi", "chosen": "hi", "rejected": "no"},
-            {"messages": [{"role": "user", "content": "Q"}], "chosen": [{"role": "assistant", "content": "A"}], "rejected": "B"},
+            {
+                "messages": [{"role": "user", "content": "Q"}],
+                "chosen": [{"role": "assistant", "content": "A"}],
+                "rejected": "B",
+            },
         ],
     )
     prefs = load_preferences([path])
@@ -141,18 +149,25 @@ def test_packing_keeps_labels_and_blocks_attention_across_conversations(tok):
 
     for arch in ("llama", "gpt2"):
         torch.manual_seed(0)
-        model = Transformer(ModelConfig(arch=arch, n_layer=2, d_model=32, n_head=4, vocab_size=tok.vocab_size)).eval()
+        model = Transformer(
+            ModelConfig(arch=arch, n_layer=2, d_model=32, n_head=4, vocab_size=tok.vocab_size)
+        ).eval()
         with torch.no_grad():
             packed = model(batch["input_ids"], positions=batch["positions"], attn_mask=batch["attn_mask"])
             start = 0
             for e in examples:
                 alone = model(torch.tensor([e.input_ids]))
-                torch.testing.assert_close(packed[0, start : start + len(e.input_ids)], alone[0], atol=1e-5, rtol=1e-5)
+                torch.testing.assert_close(
+                    packed[0, start : start + len(e.input_ids)], alone[0], atol=1e-5, rtol=1e-5
+                )
                 start += len(e.input_ids)
 
 
 def test_sft_loader_is_deterministic_and_resumable(tok):
-    convs = [[{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "a" * (i % 7 + 1)}] for i in range(40)]
+    convs = [
+        [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "a" * (i % 7 + 1)}]
+        for i in range(40)
+    ]
     examples = sft_examples(convs, tok, 64)
     a = SFTLoader(examples, micro_batch=2, seq_len=64, seed=1, pad_id=0)
     b = SFTLoader(examples, micro_batch=2, seq_len=64, seed=1, pad_id=0)
@@ -170,9 +185,15 @@ MIX = {"which_play": 0.25, "next_line": 0.25, "echo": 0.25, "loop": 0.25}
 
 
 def test_demo_tasks_held_out_by_scene_and_deterministic():
-    cfg = DemoConfig(which_play=200, who_speaks=50, continue_speech=50, small_talk=20, preference_pairs=200,
-                     eval_items=60,
-                     preference_mix=MIX)
+    cfg = DemoConfig(
+        which_play=200,
+        who_speaks=50,
+        continue_speech=50,
+        small_talk=20,
+        preference_pairs=200,
+        eval_items=60,
+        preference_mix=MIX,
+    )
     a = build_demo_tasks(cfg, seed=7)
     b = build_demo_tasks(cfg, seed=7)
     assert a.sft == b.sft and a.mc_eval == b.mc_eval and a.preference_eval == b.preference_eval
@@ -195,7 +216,9 @@ def test_demo_tasks_held_out_by_scene_and_deterministic():
 
 
 def test_preference_pair_kinds():
-    cfg = DemoConfig(which_play=20, who_speaks=5, continue_speech=5, preference_pairs=80, eval_items=60, preference_mix=MIX)
+    cfg = DemoConfig(
+        which_play=20, who_speaks=5, continue_speech=5, preference_pairs=80, eval_items=60, preference_mix=MIX
+    )
     tasks = build_demo_tasks(cfg, seed=7)
     for pairs, n in ((tasks.preference_train, 80), (tasks.preference_eval, 60)):
         assert sorted(p.kind for p in pairs) == sorted(k for k in MIX for _ in range(n // 4))
@@ -221,7 +244,9 @@ def test_preference_pair_kinds():
     assert {(p.chosen, p.rejected) for p in echo} <= {(p.chosen, p.rejected) for p in alone.preference_eval}
 
 
-@pytest.mark.parametrize("mix", [{"which_play": 0.5, "echo": 0.4}, {"echo": 1.2, "loop": -0.2}, {"repeat": 1.0}])
+@pytest.mark.parametrize(
+    "mix", [{"which_play": 0.5, "echo": 0.4}, {"echo": 1.2, "loop": -0.2}, {"repeat": 1.0}]
+)
 def test_preference_mix_is_checked(mix):
     with pytest.raises(ValueError, match="preference_mix"):
         DemoConfig(preference_mix=mix).validate()

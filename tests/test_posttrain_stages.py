@@ -1,4 +1,5 @@
-"""The post-training stages end to end on a tiny model: sft -> dpo, reward, rl (GRPO) through the one Trainer."""
+"""The post-training stages end to end on a tiny model: sft -> dpo, reward, rl (GRPO) through the one
+Trainer."""
 
 from __future__ import annotations
 
@@ -14,7 +15,14 @@ from lmforge.recipe import load_recipe
 from lmforge.tasks.demo import build_demo_tasks
 from lmforge.tokenizer import Tokenizer
 
-TINY_TRAIN = {"max_steps": 2, "micro_batch": 2, "seq_len": 96, "batch_tokens": 192, "warmup_steps": 1, "samples": 0}
+TINY_TRAIN = {
+    "max_steps": 2,
+    "micro_batch": 2,
+    "seq_len": 96,
+    "batch_tokens": 192,
+    "warmup_steps": 1,
+    "samples": 0,
+}
 
 
 def overrides(run_dir) -> dict:
@@ -23,21 +31,33 @@ def overrides(run_dir) -> dict:
     out.update({f"sft.demo.{k}": v for k, v in demo.items()})
     for section in ("sft", "dpo", "reward", "rl"):
         out.update({f"{section}.train.{k}": v for k, v in TINY_TRAIN.items()})
-    out.update({"rl.num_generations": 2, "rl.prompts_per_step": 2, "rl.max_new_tokens": 4, "rl.train.batch_tokens": 192})
+    out.update(
+        {
+            "rl.num_generations": 2,
+            "rl.prompts_per_step": 2,
+            "rl.max_new_tokens": 4,
+            "rl.train.batch_tokens": 192,
+        }
+    )
     return out
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    """A run directory holding a (random, tiny) 'pretrain' checkpoint with a tokenizer trained on demo text."""
+    """A run directory holding a (random, tiny) 'pretrain' checkpoint with a tokenizer trained on demo
+    text."""
     d = tmp_path_factory.mktemp("run")
     recipe = load_recipe(None, overrides(d))
     tasks = build_demo_tasks(recipe.sft.demo, recipe.seed)
     text = "\n".join(m["content"] for conv in tasks.sft for m in conv)
     tok = Tokenizer.train([text], vocab_size=600, progress=False, workers=1)
     torch.manual_seed(0)
-    model = Transformer(ModelConfig(n_layer=2, d_model=32, n_head=4, vocab_size=tok.vocab_size, max_seq_len=128))
-    save_model_checkpoint(model, tok, d / "pretrain" / "checkpoints" / "step_000010", stage="pretrain", step=10)
+    model = Transformer(
+        ModelConfig(n_layer=2, d_model=32, n_head=4, vocab_size=tok.vocab_size, max_seq_len=128)
+    )
+    save_model_checkpoint(
+        model, tok, d / "pretrain" / "checkpoints" / "step_000010", stage="pretrain", step=10
+    )
     return d
 
 
@@ -98,7 +118,9 @@ def test_sft_then_dpo_reward_rl(run_dir, capsys, monkeypatch):
     rm, head, _ = load_reward_model(run_dir / "reward")  # model.safetensors is a plain Transformer again
     assert head.weight.shape == (1, 32) and not hasattr(rm, "value_head")
     more = reward_stage(load_recipe(None, {**overrides(run_dir), "reward.train.max_steps": 3}), run_dir)
-    assert more["train"]["step"] == 3 and "resumed from" in capsys.readouterr().out  # continues the split checkpoint
+    assert (
+        more["train"]["step"] == 3 and "resumed from" in capsys.readouterr().out
+    )  # continues the split checkpoint
     assert load_reward_model(run_dir / "reward")[1].weight.shape == (1, 32)
 
     recipe = load_recipe(None, {**overrides(run_dir), "rl.reward": "model", "rl.num_iterations": 2})
@@ -115,10 +137,20 @@ def test_sft_from_jsonl_without_packing(run_dir, tmp_path):
     from lmforge.stages.posttrain import sft_stage
 
     data = tmp_path / "chat.jsonl"
-    rows = [{"instruction": "Name a play.", "output": "Hamlet"}, {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]}]
+    rows = [
+        {"instruction": "Name a play.", "output": "Hamlet"},
+        {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]},
+    ]
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    recipe = load_recipe(None, {**overrides(tmp_path / "run2"), "sft.data": [str(data)], "sft.packing": False,
-                                "sft.train.init_from": str(run_dir / "pretrain")})
+    recipe = load_recipe(
+        None,
+        {
+            **overrides(tmp_path / "run2"),
+            "sft.data": [str(data)],
+            "sft.packing": False,
+            "sft.train.init_from": str(run_dir / "pretrain"),
+        },
+    )
     summary = sft_stage(recipe, tmp_path / "run2")
     assert "after" not in summary and summary["train"]["step"] == 2
 

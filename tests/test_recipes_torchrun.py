@@ -68,7 +68,14 @@ TINY = [
         ("recipes/gpt2-124m.yaml", ["--parallel.dp_replicate", "2"]),
         (
             "recipes/llama3-1b.yaml",
-            ["--model.preset", '""', "--model.n_kv_head", "2", "--parallel.dp_shard", "2"],  # YAML '': no preset
+            [
+                "--model.preset",
+                '""',
+                "--model.n_kv_head",
+                "2",
+                "--parallel.dp_shard",
+                "2",
+            ],  # YAML '': no preset
         ),
     ],
 )

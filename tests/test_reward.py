@@ -46,16 +46,24 @@ def model():
 def test_reward_reads_the_last_real_token_and_ignores_padding(model):
     head = attach_value_head(model)
     torch.nn.init.normal_(head.weight)
-    batch = {"input_ids": torch.tensor([[1, 2, 3, 0, 0], [1, 2, 3, 9, 9]]), "labels": torch.tensor([[-100, 3, 4, -100, -100], [-100, 3, 4, -100, -100]])}
+    batch = {
+        "input_ids": torch.tensor([[1, 2, 3, 0, 0], [1, 2, 3, 9, 9]]),
+        "labels": torch.tensor([[-100, 3, 4, -100, -100], [-100, 3, 4, -100, -100]]),
+    }
     r = sequence_rewards(model, head, batch)
     assert r[0].item() == pytest.approx(r[1].item(), abs=1e-5)  # what follows the last label is padding
-    alone = sequence_rewards(model, head, {"input_ids": torch.tensor([[1, 2, 3]]), "labels": torch.tensor([[-100, 3, 4]])})
+    alone = sequence_rewards(
+        model, head, {"input_ids": torch.tensor([[1, 2, 3]]), "labels": torch.tensor([[-100, 3, 4]])}
+    )
     assert alone.item() == pytest.approx(r[0].item(), abs=1e-5)
 
 
 def test_zero_initialised_head_gives_ln2(model):
     head = attach_value_head(model)
-    batch = {"input_ids": torch.tensor([[1, 2, 3], [1, 2, 4]]), "labels": torch.tensor([[-100, 3, 5], [-100, 4, 6]])}
+    batch = {
+        "input_ids": torch.tensor([[1, 2, 3], [1, 2, 4]]),
+        "labels": torch.tensor([[-100, 3, 5], [-100, 4, 6]]),
+    }
     out = RewardObjective(head).loss(model, batch)
     assert out.count == 1 and out.loss_sum.item() == pytest.approx(math.log(2), abs=1e-7)
     assert "value_head.weight" in dict(model.named_parameters())  # the Trainer's optimizer sees the head
@@ -66,7 +74,9 @@ def test_value_head_is_split_out_of_the_checkpoint(model, tmp_path):
     from lmforge.tokenizer import Tokenizer
 
     tok = Tokenizer.train(["some text here " * 20], vocab_size=262, progress=False, workers=1)
-    model = Transformer(ModelConfig(n_layer=1, d_model=16, n_head=2, vocab_size=tok.vocab_size, max_seq_len=32))
+    model = Transformer(
+        ModelConfig(n_layer=1, d_model=16, n_head=2, vocab_size=tok.vocab_size, max_seq_len=32)
+    )
     head = attach_value_head(model)
     torch.nn.init.normal_(head.weight)
     ckpt = save_model_checkpoint(model, tok, tmp_path / "checkpoints" / "step_000001", stage="reward", step=1)

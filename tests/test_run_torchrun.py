@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from lmforge.fileio import read_json
 
 ROOT = Path(__file__).parent.parent
@@ -112,7 +114,19 @@ def test_torchrun_run_stops_every_rank_when_rank0_fails(tmp_path):
         f"[{tmp_path / 'missing' / '*.jsonl'}]",
         timeout=120,
     )
-    assert proc.returncode != 0
+    assert proc.returncode != 0  # the job ends: no rank is left waiting for a marker that never comes
     failed = read_json(run_dir / "data" / "_failed.json")
-    assert failed["error"]
-    assert "failed on rank 0" in proc.stdout + proc.stderr
+    assert "missing" in failed["error"] and failed["hash"]
+    assert "lmforge run: error: input" in proc.stdout + proc.stderr
+
+
+def test_a_waiting_rank_stops_with_rank0s_failure(tmp_path):
+    """Where the launcher does not stop the job itself (another node's agent still waiting, say), a rank
+    that waits on a stage rank 0 failed raises rank 0's message instead of waiting for ever."""
+    from lmforge.errors import LmforgeError
+    from lmforge.fileio import atomic_write_json
+    from lmforge.run import failure_path, wait_for_stage
+
+    atomic_write_json(failure_path(tmp_path, "data"), {"hash": "h1", "launch": "", "error": "OSError: disk full"})
+    with pytest.raises(LmforgeError, match=r"data: failed on rank 0 \(OSError: disk full\)"):
+        wait_for_stage(tmp_path, "data", "h1", this_launch=False, poll_seconds=0.01)

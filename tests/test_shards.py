@@ -87,16 +87,22 @@ def test_without_tiktoken_the_same_shards(tok: Tokenizer, tmp_path, monkeypatch:
     monkeypatch.setitem(plain.__dict__, "_tiktoken", None)
     tokenize_documents(plain, DOCS, tmp_path / "slow", val_fraction=0.2, progress=False)
     for split in ("train", "val"):
-        assert (tmp_path / "fast" / f"{split}.bin").read_bytes() == (tmp_path / "slow" / f"{split}.bin").read_bytes()
+        assert (tmp_path / "fast" / f"{split}.bin").read_bytes() == (
+            tmp_path / "slow" / f"{split}.bin"
+        ).read_bytes()
 
 
 def test_batches_and_workers_do_not_change_the_shards(tok: Tokenizer, tmp_path) -> None:
     docs = DOCS + [""] + DOCS[:7]
     tokenize_documents(tok, docs, tmp_path / "a", val_fraction=0.2, workers=1, batch_chars=1, progress=False)
-    meta = tokenize_documents(tok, docs, tmp_path / "b", val_fraction=0.2, workers=3, batch_chars=500, progress=False)
+    meta = tokenize_documents(
+        tok, docs, tmp_path / "b", val_fraction=0.2, workers=3, batch_chars=500, progress=False
+    )
     assert meta["empty_documents"] == 1 and meta["documents"] == len(docs) - 1
     for split in ("train", "val"):
-        assert (tmp_path / "a" / f"{split}.bin").read_bytes() == (tmp_path / "b" / f"{split}.bin").read_bytes()
+        assert (tmp_path / "a" / f"{split}.bin").read_bytes() == (
+            tmp_path / "b" / f"{split}.bin"
+        ).read_bytes()
 
 
 TOKENIZE_IN_A_FRESH_PROCESS = """
@@ -122,7 +128,10 @@ def test_tokenize_memory_is_bounded_by_the_batches_not_the_corpus(tok: Tokenizer
         f.writelines(json.dumps({"text": d}) + "\n" for d in docs)
     tok.save(tmp_path / "tok")
     result = measured(
-        TOKENIZE_IN_A_FRESH_PROCESS, str(tmp_path / "tok"), str(tmp_path / "corpus.jsonl"), str(tmp_path / "out")
+        TOKENIZE_IN_A_FRESH_PROCESS,
+        str(tmp_path / "tok"),
+        str(tmp_path / "corpus.jsonl"),
+        str(tmp_path / "out"),
     )
     assert result["documents"] == len(docs)
     meta = read_meta(tmp_path / "out")

@@ -1,4 +1,5 @@
-"""Export a checkpoint for other tools: Hugging Face transformers (`--format hf`) or llama.cpp (`--format gguf`).
+"""Export a checkpoint for other tools: Hugging Face transformers (`--format hf`) or llama.cpp
+(`--format gguf`).
 
 `hf` writes a directory that `AutoModelForCausalLM.from_pretrained(DIR)` and
 `AutoTokenizer.from_pretrained(DIR)` load with no custom code (LlamaForCausalLM for arch llama,

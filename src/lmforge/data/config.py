@@ -66,7 +66,9 @@ class DataConfig:
             if step in DEDUP_STEPS:
                 seen_dedup = True
             elif seen_dedup:
-                raise ValueError(f"step {step!r} comes after a dedup step; dedup steps are barriers and must come last")
+                raise ValueError(
+                    f"step {step!r} comes after a dedup step; dedup steps are barriers and must come last"
+                )
         if len(set(self.steps)) != len(self.steps):
             raise ValueError("steps: each step may appear once")
         if self.executor not in ("local", "ray"):
@@ -78,4 +80,6 @@ class DataConfig:
         if self.task_bytes < 0 or self.ray.max_retries < 0 or self.ray.num_cpus <= 0 or self.ray.memory < 0:
             raise ValueError("task_bytes, ray.max_retries and ray.memory must be >= 0, ray.num_cpus > 0")
         if "classifier" in self.steps and not self.classifier.path:
-            raise ValueError("step 'classifier' needs classifier.path (train one with `lmforge data train-classifier`)")
+            raise ValueError(
+                "step 'classifier' needs classifier.path (train one with `lmforge data train-classifier`)"
+            )

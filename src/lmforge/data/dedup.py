@@ -27,8 +27,11 @@ from lmforge.data.minhash import MinHashConfig, MinHasher
 
 _SPACE = re.compile(r"\s+")
 # dedup_reasons codes -> (step, rule) as they appear in stats.json
-DEDUP_REASONS = {1: ("exact_dedup", "duplicate_content"), 2: ("exact_dedup", "duplicate_url"),
-                 3: ("minhash_dedup", "near_duplicate")}
+DEDUP_REASONS = {
+    1: ("exact_dedup", "duplicate_content"),
+    2: ("exact_dedup", "duplicate_url"),
+    3: ("minhash_dedup", "near_duplicate"),
+}
 _SIGNATURE_BATCH = 256
 
 
@@ -52,7 +55,9 @@ def url_key(url: str | None) -> int:
     return xxhash.xxh3_64_intdigest(u.encode("utf-8")) or 1
 
 
-def first_occurrence_duplicates(keys: np.ndarray, alive: np.ndarray | None = None, skip_zero: bool = False) -> np.ndarray:
+def first_occurrence_duplicates(
+    keys: np.ndarray, alive: np.ndarray | None = None, skip_zero: bool = False
+) -> np.ndarray:
     """Indices whose key already appeared at a lower index (among `alive` ones)."""
     idx = np.arange(keys.size)
     mask = np.ones(keys.size, dtype=bool) if alive is None else alive.copy()
@@ -115,7 +120,9 @@ def band_pairs(band: np.ndarray, candidates: np.ndarray) -> tuple[np.ndarray, np
     return candidates[order[pos]], candidates[order[pos + 1]]
 
 
-def near_duplicates(signatures: np.ndarray | list[np.ndarray], bands: int, rows: int, alive: np.ndarray) -> np.ndarray:
+def near_duplicates(
+    signatures: np.ndarray | list[np.ndarray], bands: int, rows: int, alive: np.ndarray
+) -> np.ndarray:
     """Indices to remove so that each LSH cluster keeps only its first (lowest-index) document.
 
     `signatures` is (n_docs, bands*rows) or a list of such parts in order (e.g. one memory-mapped
@@ -130,7 +137,11 @@ def near_duplicates(signatures: np.ndarray | list[np.ndarray], bands: int, rows:
     uf = UnionFind(n)
     for bi in range(bands):
         cols = slice(bi * rows, (bi + 1) * rows)
-        band = np.concatenate([np.asarray(p[:, cols]) for p in parts]) if len(parts) > 1 else np.asarray(parts[0][:, cols])
+        band = (
+            np.concatenate([np.asarray(p[:, cols]) for p in parts])
+            if len(parts) > 1
+            else np.asarray(parts[0][:, cols])
+        )
         first, other = band_pairs(band, candidates)
         del band
         for x, y in zip(first.tolist(), other.tolist()):
@@ -201,9 +212,13 @@ def dedup_reasons(
     if signatures is not None:
         parts = [p for p in signatures if p.shape[0]]
         # a document without words has an all-max signature: never anyone's near duplicate
-        has_words = np.concatenate([np.asarray(p[:, 0]) != np.iinfo(np.uint64).max for p in parts]
-                                   or [np.zeros(0, bool)])
-        dup = (near_duplicates(parts, minhash.bands, minhash.rows, alive & has_words) if parts
-               else np.empty(0, np.int64))
+        has_words = np.concatenate(
+            [np.asarray(p[:, 0]) != np.iinfo(np.uint64).max for p in parts] or [np.zeros(0, bool)]
+        )
+        dup = (
+            near_duplicates(parts, minhash.bands, minhash.rows, alive & has_words)
+            if parts
+            else np.empty(0, np.int64)
+        )
         alive[dup], reasons[dup] = False, 3
     return reasons

@@ -31,8 +31,14 @@ class RayConfig:
     max_retries: int = 3  # runs of a task after its worker dies or it raises OSError
 
 
-def execute(fn: Callable[[T], Any], args: list[T], workers: int, executor: str, desc: str,
-            ray: RayConfig | None = None) -> None:
+def execute(
+    fn: Callable[[T], Any],
+    args: list[T],
+    workers: int,
+    executor: str,
+    desc: str,
+    ray: RayConfig | None = None,
+) -> None:
     """Call `fn` on every element of `args`: in this process, a local process pool, or Ray."""
     from tqdm import tqdm
 
@@ -58,8 +64,12 @@ def _execute_pool(fn: Callable, args: list, workers: int, bar: Any) -> None:
     from concurrent.futures.process import BrokenProcessPool
 
     ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
-    with ProcessPoolExecutor(max_workers=min(workers, len(args)), mp_context=ctx,
-                             initializer=exit_with_parent, initargs=(os.getpid(),)) as pool:
+    with ProcessPoolExecutor(
+        max_workers=min(workers, len(args)),
+        mp_context=ctx,
+        initializer=exit_with_parent,
+        initargs=(os.getpid(),),
+    ) as pool:
         futures = [pool.submit(fn, a) for a in args]
         try:
             for f in as_completed(futures):
@@ -76,14 +86,21 @@ def _execute_ray(fn: Callable, args: list, workers: int, cfg: RayConfig, bar: An
     try:
         import ray  # type: ignore[import-not-found]
     except ImportError:
-        raise LmforgeError("--executor ray needs the `ray` package (pip install 'lmforge[cluster]')") from None
+        raise LmforgeError(
+            "--executor ray needs the `ray` package (pip install 'lmforge[cluster]')"
+        ) from None
     if not ray.is_initialized():
         if cfg.address:
             ray.init(address=cfg.address, log_to_driver=False)
         else:  # a one-machine cluster for this run, on the loopback address, without the dashboard
-            ray.init(num_cpus=workers, _node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False)
-    options: dict[str, Any] = {"num_cpus": cfg.num_cpus, "max_retries": cfg.max_retries,
-                               "retry_exceptions": [OSError]}
+            ray.init(
+                num_cpus=workers, _node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False
+            )
+    options: dict[str, Any] = {
+        "num_cpus": cfg.num_cpus,
+        "max_retries": cfg.max_retries,
+        "retry_exceptions": [OSError],
+    }
     if cfg.memory:
         options["memory"] = cfg.memory
     remote = ray.remote(**options)(fn)

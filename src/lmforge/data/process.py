@@ -54,11 +54,23 @@ def process_documents(
         stats.input["documents"] += 1
         stats.input["characters"] += n
         if n > max_doc_chars:
-            on_reject(Reject(doc.source, doc.id, f"too_long: {n} characters > data.max_doc_chars {max_doc_chars}",
-                             doc.text[:EXCERPT_CHARS]))
+            on_reject(
+                Reject(
+                    doc.source,
+                    doc.id,
+                    f"too_long: {n} characters > data.max_doc_chars {max_doc_chars}",
+                    doc.text[:EXCERPT_CHARS],
+                )
+            )
             continue
         if not extracts and doc.metadata.get(HTML_FLAG):
-            on_reject(Reject(doc.source, doc.id, "html_without_extract: add `extract` to data.steps for HTML/WARC input"))
+            on_reject(
+                Reject(
+                    doc.source,
+                    doc.id,
+                    "html_without_extract: add `extract` to data.steps for HTML/WARC input",
+                )
+            )
             continue
         for step in steps:
             s = stats.steps[step.name]

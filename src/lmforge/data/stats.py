@@ -18,8 +18,17 @@ EXCERPT_CHARS = 240
 
 
 def new_step_stats() -> dict[str, Any]:
-    return {"in_docs": 0, "in_chars": 0, "out_docs": 0, "out_chars": 0, "modified": 0,
-            "dropped": {}, "dropped_chars": {}, "counters": {}, "examples": {}}
+    return {
+        "in_docs": 0,
+        "in_chars": 0,
+        "out_docs": 0,
+        "out_chars": 0,
+        "modified": 0,
+        "dropped": {},
+        "dropped_chars": {},
+        "counters": {},
+        "examples": {},
+    }
 
 
 def example(doc: Document) -> dict[str, str]:
@@ -77,8 +86,9 @@ def record_dedup_drop(dropped: dict[str, Any], step: str, rule: str, doc: Docume
         d["examples"].append(example(doc))
 
 
-def add_dedup_stats(stats: dict[str, Any], drops: Iterable[dict[str, Any]], steps: list[str], docs_in: int,
-                    examples: int) -> None:
+def add_dedup_stats(
+    stats: dict[str, Any], drops: Iterable[dict[str, Any]], steps: list[str], docs_in: int, examples: int
+) -> None:
     """Per-step statistics of the dedup barriers, from the per-task `record_dedup_drop` dictionaries.
 
     `docs_in` is the number of documents the per-document steps kept; in/out characters follow
@@ -117,22 +127,32 @@ def render_summary(stats: dict[str, Any]) -> str:
         rej = ", ".join(f"{k} {v:,}" for k, v in sorted(stats["rejects"].items()))
         lines.append(f"- rejected records (see rejects/): {rej}")
     if out:
-        lines.append(f"- output: {out['documents']:,} documents, {out['characters']:,} characters "
-                     f"in {len(out['shards'])} shard(s)")
-    lines += ["", "| step | docs in | docs out | chars in | chars out | modified |", "|---|---:|---:|---:|---:|---:|"]
+        lines.append(
+            f"- output: {out['documents']:,} documents, {out['characters']:,} characters "
+            f"in {len(out['shards'])} shard(s)"
+        )
+    lines += [
+        "",
+        "| step | docs in | docs out | chars in | chars out | modified |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for name in stats.get("steps_order", list(stats["steps"])):
         s = stats["steps"].get(name)
         if s is None:
             continue
-        lines.append(f"| {name} | {s['in_docs']:,} | {s['out_docs']:,} | {s['in_chars']:,} | {s['out_chars']:,} "
-                     f"| {s['modified']:,} |")
+        lines.append(
+            f"| {name} | {s['in_docs']:,} | {s['out_docs']:,} | {s['in_chars']:,} | {s['out_chars']:,} "
+            f"| {s['modified']:,} |"
+        )
     for name in stats.get("steps_order", list(stats["steps"])):
         s = stats["steps"].get(name)
         if not s or not (s["dropped"] or s["counters"]):
             continue
         lines += ["", f"## {name}", ""]
         for reason, n in sorted(s["dropped"].items(), key=lambda kv: (-kv[1], kv[0])):
-            lines.append(f"- dropped by `{reason}`: {n:,} documents ({s['dropped_chars'].get(reason, 0):,} chars)")
+            lines.append(
+                f"- dropped by `{reason}`: {n:,} documents ({s['dropped_chars'].get(reason, 0):,} chars)"
+            )
             for ex in s["examples"].get(reason, []):
                 excerpt = " ".join(ex["excerpt"].split())[:160]
                 lines.append(f"  - `{ex['id']}`: {excerpt}")

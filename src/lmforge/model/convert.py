@@ -81,7 +81,11 @@ def to_hf_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
             qkv = [p + f"attn.{w}" for w in ("wq", "wk", "wv")]
             out[q + "attn.c_attn.weight"] = torch.cat([sd[n + ".weight"] for n in qkv], 0).t()
             out[q + "attn.c_attn.bias"] = torch.cat([sd[n + ".bias"] for n in qkv], 0)
-            for ours, theirs in (("attn.wo", "attn.c_proj"), ("mlp.fc", "mlp.c_fc"), ("mlp.proj", "mlp.c_proj")):
+            for ours, theirs in (
+                ("attn.wo", "attn.c_proj"),
+                ("mlp.fc", "mlp.c_fc"),
+                ("mlp.proj", "mlp.c_proj"),
+            ):
                 out[q + theirs + ".weight"] = sd[p + ours + ".weight"].t()
                 out[q + theirs + ".bias"] = sd[p + ours + ".bias"]
         out["transformer.ln_f.weight"] = sd["norm.weight"]
@@ -93,13 +97,17 @@ def to_hf_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.contiguous() for k, v in out.items()}
 
 
-def from_hf_state_dict(hf: dict[str, torch.Tensor], cfg: ModelConfig, source: str = "") -> dict[str, torch.Tensor]:
+def from_hf_state_dict(
+    hf: dict[str, torch.Tensor], cfg: ModelConfig, source: str = ""
+) -> dict[str, torch.Tensor]:
     """transformers' names -> our Transformer's state dict (the inverse of `to_hf_state_dict`)."""
     hf = {k.removeprefix("base_model."): v for k, v in hf.items()}
 
     def get(name: str) -> torch.Tensor:
         if name not in hf:
-            raise LmforgeError(f"{source}: weights have no tensor {name!r} (is this a {cfg.arch} checkpoint?)")
+            raise LmforgeError(
+                f"{source}: weights have no tensor {name!r} (is this a {cfg.arch} checkpoint?)"
+            )
         return hf[name]
 
     sd: dict[str, torch.Tensor] = {}
@@ -124,7 +132,11 @@ def from_hf_state_dict(hf: dict[str, torch.Tensor], cfg: ModelConfig, source: st
             for j, name in enumerate(("wq", "wk", "wv")):
                 sd[p + f"attn.{name}.weight"] = w[j * d : (j + 1) * d]
                 sd[p + f"attn.{name}.bias"] = b[j * d : (j + 1) * d]
-            for ours, theirs in (("attn.wo", "attn.c_proj"), ("mlp.fc", "mlp.c_fc"), ("mlp.proj", "mlp.c_proj")):
+            for ours, theirs in (
+                ("attn.wo", "attn.c_proj"),
+                ("mlp.fc", "mlp.c_fc"),
+                ("mlp.proj", "mlp.c_proj"),
+            ):
                 sd[p + ours + ".weight"] = get(q + theirs + ".weight").t()
                 sd[p + ours + ".bias"] = get(q + theirs + ".bias")
         sd["norm.weight"] = get("transformer.ln_f.weight")
@@ -137,7 +149,9 @@ def from_hf_state_dict(hf: dict[str, torch.Tensor], cfg: ModelConfig, source: st
 # config.json
 
 
-def hf_config(cfg: ModelConfig, bos_id: int | None = None, eos_id: int | None = None, dtype: str = "float32") -> dict:
+def hf_config(
+    cfg: ModelConfig, bos_id: int | None = None, eos_id: int | None = None, dtype: str = "float32"
+) -> dict:
     """The transformers config.json for a ModelConfig."""
     common: dict[str, Any] = {
         "vocab_size": cfg.vocab_size,
@@ -174,7 +188,9 @@ def hf_config(cfg: ModelConfig, bos_id: int | None = None, eos_id: int | None = 
     raise LmforgeError(f"cannot export arch {cfg.arch!r} to Hugging Face (llama or gpt2)")
 
 
-def model_config_from_hf(hf: dict, source: str = "config.json", max_seq_len: int | None = None) -> ModelConfig:
+def model_config_from_hf(
+    hf: dict, source: str = "config.json", max_seq_len: int | None = None
+) -> ModelConfig:
     """A transformers config.json (the Llama family of `hf_arch`, or GPT-2) -> ModelConfig; features
     lmforge's transformer lacks are refused."""
     model_type = hf.get("model_type")
@@ -262,8 +278,12 @@ def export_hf(
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         atomic_write_json(tmp / "config.json", hf_config(cfg, bos, eos, dtype_name))
         # Greedy unless asked: transformers' pipeline samples (temperature 0.7) when the model says nothing.
-        gen = {"bos_token_id": bos, "eos_token_id": _stop_ids(tokenizer), "pad_token_id": eos,
-               "do_sample": False}
+        gen = {
+            "bos_token_id": bos,
+            "eos_token_id": _stop_ids(tokenizer),
+            "pad_token_id": eos,
+            "do_sample": False,
+        }
         atomic_write_json(tmp / "generation_config.json", {k: v for k, v in gen.items() if v is not None})
         if tokenizer is not None:
             for name, obj in export_tokenizer_files(tokenizer, cfg.max_seq_len).items():
@@ -320,7 +340,9 @@ def _stop_ids(tokenizer) -> list[int] | None:
     """Ids that end a generation: <|eos|> and the chat turn end <|end|>, when the tokenizer has them."""
     if tokenizer is None:
         return None
-    ids = [tokenizer.special_ids[s] for s in ("<|eos|>", "<|end|>") if s in getattr(tokenizer, "special_ids", {})]
+    ids = [
+        tokenizer.special_ids[s] for s in ("<|eos|>", "<|end|>") if s in getattr(tokenizer, "special_ids", {})
+    ]
     return ids or None
 
 
@@ -344,7 +366,9 @@ def read_hf_weights(hf_dir: Path) -> dict[str, torch.Tensor]:
         except Exception as e:
             raise LmforgeError(f"{hf_dir / 'pytorch_model.bin'}: cannot read weights ({e})") from None
     else:
-        raise LmforgeError(f"{hf_dir}: no model.safetensors, model.safetensors.index.json or pytorch_model.bin")
+        raise LmforgeError(
+            f"{hf_dir}: no model.safetensors, model.safetensors.index.json or pytorch_model.bin"
+        )
     out: dict[str, torch.Tensor] = {}
     for f in files:
         try:
@@ -365,7 +389,9 @@ def _shard_names(index: Path) -> list[str]:
     for name in names:
         p = PurePosixPath(name)
         if not name or p.is_absolute() or ".." in p.parts or "\\" in name:
-            raise LmforgeError(f"{index}: weight file {name!r} is outside the model folder; refusing to read it")
+            raise LmforgeError(
+                f"{index}: weight file {name!r} is outside the model folder; refusing to read it"
+            )
     return names
 
 

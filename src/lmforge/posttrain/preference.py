@@ -24,7 +24,9 @@ class TokenizedPair:
     rejected: tuple[list[int], list[int]]
 
 
-def completion_row(prompt_ids: list[int], completion_ids: list[int], max_len: int) -> tuple[list[int], list[int]]:
+def completion_row(
+    prompt_ids: list[int], completion_ids: list[int], max_len: int
+) -> tuple[list[int], list[int]]:
     """Shifted (input_ids, labels) for prompt + completion, labels only on the completion."""
     keep = max(1, max_len + 1 - len(completion_ids))
     prompt_ids = prompt_ids[-keep:]
@@ -63,7 +65,9 @@ def sequence_logps(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 @torch.no_grad()
-def precompute_logps(model, pairs: list[TokenizedPair], pad_id: int, batch_size: int = 16) -> list[tuple[float, float]]:
+def precompute_logps(
+    model, pairs: list[TokenizedPair], pad_id: int, batch_size: int = 16
+) -> list[tuple[float, float]]:
     """(chosen, rejected) summed log-probs of `model` for every pair (the frozen reference)."""
     was_training = model.training
     model.eval()

@@ -37,7 +37,9 @@ def sequence_rewards(model, head: nn.Module, batch: dict[str, torch.Tensor]) -> 
     return head(h.to(head.weight.dtype)).squeeze(-1).float()
 
 
-def bradley_terry_losses(r_chosen: torch.Tensor, r_rejected: torch.Tensor, center: float = 0.0) -> torch.Tensor:
+def bradley_terry_losses(
+    r_chosen: torch.Tensor, r_rejected: torch.Tensor, center: float = 0.0
+) -> torch.Tensor:
     losses = -F.logsigmoid(r_chosen - r_rejected)
     if center:
         losses = losses + center * (r_chosen + r_rejected) ** 2

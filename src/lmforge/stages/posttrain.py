@@ -60,7 +60,12 @@ def build_from(ckpt: Path, recipe: Recipe, ctx, train_cfg=None, sharded_logits: 
 
     ckpt, model_cfg, tok = read_checkpoint_model(ckpt)
     model = build_parallel_model(
-        model_cfg, recipe.parallel, ctx, seed=recipe.seed, init_from=ckpt, extend=extend,
+        model_cfg,
+        recipe.parallel,
+        ctx,
+        seed=recipe.seed,
+        init_from=ckpt,
+        extend=extend,
         activation_checkpointing=train_cfg is not None and train_cfg.activation_checkpointing,
         loss_parallel=uses_loss_parallel(recipe.parallel, ctx, sharded_logits),
     )
@@ -112,19 +117,34 @@ def measure_start(stage: str, ckpt: Path, recipe: Recipe, model, tok, tasks) -> 
     saved = ckpt.parent.parent / "demo_eval.json"
     if saved.exists():
         data = read_json(saved)
-        if data.get("checkpoint") == str(ckpt) and data.get("demo_key") == demo_key(recipe) and "after" in data:
+        if (
+            data.get("checkpoint") == str(ckpt)
+            and data.get("demo_key") == demo_key(recipe)
+            and "after" in data
+        ):
             from lmforge.tasks.demo_eval import format_metrics
 
-            print(format_metrics(f"before {stage}", data["after"], len(tasks.mc_eval), len(tasks.preference_eval)), flush=True)
+            print(
+                format_metrics(
+                    f"before {stage}", data["after"], len(tasks.mc_eval), len(tasks.preference_eval)
+                ),
+                flush=True,
+            )
             return data["after"]
     return measure(f"before {stage}", model, tok, tasks)
 
 
-def finish(recipe: Recipe, stage: str, run_dir: Path, before: dict | None, model, tok, tasks, result: dict) -> dict:
+def finish(
+    recipe: Recipe, stage: str, run_dir: Path, before: dict | None, model, tok, tasks, result: dict
+) -> dict:
     from lmforge.checkpoint.consolidated import list_checkpoints
 
     final = list_checkpoints(run_dir / stage / "checkpoints")
-    summary: dict = {"train": result, "checkpoint": str(final[-1][1]) if final else None, "demo_key": demo_key(recipe)}
+    summary: dict = {
+        "train": result,
+        "checkpoint": str(final[-1][1]) if final else None,
+        "demo_key": demo_key(recipe),
+    }
     if tasks is not None:
         after = measure(f"after {stage}", model, tok, tasks)
         summary.update(before=before, after=after)
@@ -171,8 +191,18 @@ class PostTrainStage:
         objective, loader = self.build(model, tok, cfg, data, ctx)
         torch.manual_seed(recipe.seed)
         trainer = Trainer(
-            model, objective, loader, cfg, self.run_dir / self.name, tokenizer=tok, seed=recipe.seed, ctx=ctx,
-            stage=self.name, parallel_cfg=recipe.parallel, run_name=recipe.name, parallelized=True,
+            model,
+            objective,
+            loader,
+            cfg,
+            self.run_dir / self.name,
+            tokenizer=tok,
+            seed=recipe.seed,
+            ctx=ctx,
+            stage=self.name,
+            parallel_cfg=recipe.parallel,
+            run_name=recipe.name,
+            parallelized=True,
         )
         result = trainer.fit()
         trained = trainer.raw_model
@@ -254,8 +284,14 @@ class SFTStage(PostTrainStage):
         from lmforge.train.objectives import CausalLMObjective
 
         loader = SFTLoader(
-            data.items, cfg.micro_batch, cfg.seq_len, self.recipe.seed, self.pad_id(tok),
-            self.section.packing, ctx.dp_rank, ctx.dp_size,
+            data.items,
+            cfg.micro_batch,
+            cfg.seq_len,
+            self.recipe.seed,
+            self.pad_id(tok),
+            self.section.packing,
+            ctx.dp_rank,
+            ctx.dp_size,
         )
         fraction = self.section.mix_pretrain
         if fraction:
@@ -305,7 +341,13 @@ class DPOStage(PostTrainStage):
             f"label smoothing {sec.label_smoothing}, rpo_alpha {sec.rpo_alpha}"
         )
         loader = PreferenceLoader(
-            pairs, cfg.micro_batch, self.recipe.seed, self.pad_id(tok), ref_logps, ctx.dp_rank, ctx.dp_size,
+            pairs,
+            cfg.micro_batch,
+            self.recipe.seed,
+            self.pad_id(tok),
+            ref_logps,
+            ctx.dp_rank,
+            ctx.dp_size,
         )
         if sec.mix_pretrain:
             from lmforge.posttrain.mixing import PreferenceMixLoader
@@ -314,7 +356,12 @@ class DPOStage(PostTrainStage):
             rows = sec.mix_pretrain_rows
             say(f"dpo: pretraining-NLL term, weight {sec.mix_pretrain}, {rows} windows per micro-batch")
         objective = DPOObjective(
-            sec.beta, sec.loss, sec.label_smoothing, ref_model, sec.rpo_alpha, sec.mix_pretrain,
+            sec.beta,
+            sec.loss,
+            sec.label_smoothing,
+            ref_model,
+            sec.rpo_alpha,
+            sec.mix_pretrain,
         )
         return objective, loader
 
@@ -349,7 +396,13 @@ class RewardStage(PostTrainStage):
         if resumable and cfg.resume != "never":  # the Trainer resumes from it: the head back into its weights
             join_value_head(resumable[-1][1])
         loader = PreferenceLoader(
-            data.items, cfg.micro_batch, self.recipe.seed, self.pad_id(tok), None, ctx.dp_rank, ctx.dp_size,
+            data.items,
+            cfg.micro_batch,
+            self.recipe.seed,
+            self.pad_id(tok),
+            None,
+            ctx.dp_rank,
+            ctx.dp_size,
         )
         return RewardObjective(self.head, self.section.center_rewards), loader
 
@@ -399,13 +452,26 @@ class RLStage(PostTrainStage):
         sec, prompts = self.section, data.items
         ref_model = self.reference_model() if sec.beta > 0 else None
         sampling = SamplingParams(
-            max_new_tokens=sec.max_new_tokens, temperature=sec.temperature, top_p=sec.top_p,
+            max_new_tokens=sec.max_new_tokens,
+            temperature=sec.temperature,
+            top_p=sec.top_p,
             seed=self.recipe.seed,
         )
         loader = RolloutLoader(
-            model, tok, prompts, data.extra, sec.num_generations, sec.prompts_per_step, sampling,
-            self.recipe.seed, ref_model, sec.scale_rewards, sec.num_iterations,
-            grad_accum_steps(cfg, ctx.dp_size), ctx.dp_rank, ctx.dp_size,
+            model,
+            tok,
+            prompts,
+            data.extra,
+            sec.num_generations,
+            sec.prompts_per_step,
+            sampling,
+            self.recipe.seed,
+            ref_model,
+            sec.scale_rewards,
+            sec.num_iterations,
+            grad_accum_steps(cfg, ctx.dp_size),
+            ctx.dp_rank,
+            ctx.dp_size,
         )
         say(
             f"rl: GRPO, {len(prompts)} prompts, {sec.prompts_per_step} x {sec.num_generations} completions "
@@ -418,7 +484,9 @@ class RLStage(PostTrainStage):
         rise = reward_rise(self.run_dir / self.name / "metrics.jsonl")
         if rise is not None:
             first, last = rise
-            say(f"rl: mean reward {first:.3f} over the first quarter of the steps -> {last:.3f} over the last")
+            say(
+                f"rl: mean reward {first:.3f} over the first quarter of the steps -> {last:.3f} over the last"
+            )
             summary["reward_first_quarter"], summary["reward_last_quarter"] = first, last
             atomic_write_json(self.run_dir / self.name / "demo_eval.json", summary)
         return summary
