@@ -127,6 +127,7 @@ def test_a_waiting_rank_stops_with_rank0s_failure(tmp_path):
     from lmforge.fileio import atomic_write_json
     from lmforge.run import failure_path, wait_for_stage
 
-    atomic_write_json(failure_path(tmp_path, "data"), {"hash": "h1", "launch": "", "error": "OSError: disk full"})
+    record = {"hash": "h1", "launch": "", "error": "OSError: disk full"}
+    atomic_write_json(failure_path(tmp_path, "data"), record)
     with pytest.raises(LmforgeError, match=r"data: failed on rank 0 \(OSError: disk full\)"):
         wait_for_stage(tmp_path, "data", "h1", this_launch=False, poll_seconds=0.01)
