@@ -41,3 +41,13 @@ def test_device_cuda_without_cuda_is_one_clear_error():
     with pytest.raises(LmforgeError, match="not a torch device"):
         pick_device("gpu0")
     assert pick_device("auto").type == "cpu"
+
+
+def test_the_verb_table_and_recipes_load_without_torch():
+    """`lmforge --help` and every verb's parser stay fast: building them imports no torch."""
+    code = (
+        "import sys; from lmforge.cli import build_parser; from lmforge.recipe import load_recipe; "
+        "build_parser(); load_recipe(None); print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

@@ -28,37 +28,48 @@ parallel -> activation checkpointing -> compile -> FSDP/DDP -> materialise and i
 keeping its weights, which is what the parity tests and small runs use).
 """
 
-from lmforge.distributed.collectives import (
-    agree,
-    all_reduce_mean,
-    all_reduce_sum,
-    barrier,
-    clip_grad_norm_,
-    run_on_main,
-)
-from lmforge.distributed.config import ParallelConfig
-from lmforge.distributed.loss_parallel import loss_parallel_context, uses_loss_parallel
-from lmforge.distributed.mesh import (
-    MESH_DIMS,
-    DistContext,
-    check_degrees,
-    degrees,
-    init_process_group,
-    main_process_first,
-    pick_device,
-    setup_distributed,
-    teardown_distributed,
-)
-from lmforge.distributed.parallelize import (
-    apply_ac,
-    apply_ddp,
-    apply_fsdp,
-    apply_tp,
-    build_parallel_model,
-    parallelize,
-    set_grad_sync,
-)
-from lmforge.distributed.pipeline import Pipeline, split_for_pipeline, stage_layers
+import importlib
+from typing import Any
+
+# name -> submodule, imported on first use: `lmforge.distributed.config` (which every recipe reads,
+# and so every verb's --help) must not pull in torch. No submodule shares a name with what it exports.
+_NAMES = {
+    "agree": "collectives",
+    "all_reduce_mean": "collectives",
+    "all_reduce_sum": "collectives",
+    "barrier": "collectives",
+    "clip_grad_norm_": "collectives",
+    "run_on_main": "collectives",
+    "ParallelConfig": "config",
+    "loss_parallel_context": "loss_parallel",
+    "uses_loss_parallel": "loss_parallel",
+    "MESH_DIMS": "mesh",
+    "DistContext": "mesh",
+    "check_degrees": "mesh",
+    "degrees": "mesh",
+    "init_process_group": "mesh",
+    "main_process_first": "mesh",
+    "pick_device": "mesh",
+    "setup_distributed": "mesh",
+    "teardown_distributed": "mesh",
+    "apply_ac": "parallel_plan",
+    "apply_ddp": "parallel_plan",
+    "apply_fsdp": "parallel_plan",
+    "apply_tp": "parallel_plan",
+    "build_parallel_model": "parallel_plan",
+    "parallelize": "parallel_plan",
+    "set_grad_sync": "parallel_plan",
+    "Pipeline": "pipeline",
+    "split_for_pipeline": "pipeline",
+    "stage_layers": "pipeline",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _NAMES:
+        raise AttributeError(f"module 'lmforge.distributed' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"lmforge.distributed.{_NAMES[name]}"), name)
+
 
 __all__ = [
     "MESH_DIMS",
