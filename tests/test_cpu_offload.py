@@ -85,6 +85,7 @@ def rows(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "pretrain" / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow  # ~40 s; tests/test_meta_init.py checks the offload policy is applied by default
 def test_cpu_offload_trains_like_fsdp(prepared, tmp_path):
     plain, offload = tmp_path / "plain", tmp_path / "offload"
     shutil.copytree(prepared, plain)
@@ -100,6 +101,7 @@ def test_cpu_offload_trains_like_fsdp(prepared, tmp_path):
     assert len(val) == 4 and val == pytest.approx(val_want, rel=1e-6)
 
 
+@pytest.mark.slow
 def test_cpu_offload_needs_fsdp_shards(prepared, tmp_path):
     run_dir = tmp_path / "ddp"
     shutil.copytree(prepared, run_dir)

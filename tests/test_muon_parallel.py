@@ -58,6 +58,7 @@ def reference() -> list[float]:
     return dist_common.train(model, opt, DistContext(), range(4))
 
 
+@pytest.mark.slow  # the three layouts and the resume share one ~60 s fixture of gloo runs
 @pytest.mark.parametrize("name", ["ddp2", "fsdp2", "tp2"])
 def test_muon_layout_matches_single_process(runs, reference, name):
     losses = json.loads((runs / name / "losses.json").read_text())
@@ -65,6 +66,7 @@ def test_muon_layout_matches_single_process(runs, reference, name):
     assert len(set(losses)) == 4  # the weights move
 
 
+@pytest.mark.slow
 def test_muon_sharded_checkpoint_resumes_under_another_layout(runs, reference):
     first = json.loads((runs / "fsdp2-half" / "losses.json").read_text())
     resumed = json.loads((runs / "resume-tp2" / "losses.json").read_text())

@@ -88,6 +88,7 @@ def prepared(tmp_path_factory) -> Path:
     return run_dir
 
 
+@pytest.mark.slow  # ~60 s; tests/test_world_size_independence.py resumes FSDP 2 on 1 rank by default
 def test_fsdp_pretrain_then_resume_under_ddp(prepared, tmp_path):
     from lmforge.checkpoint.consolidated import load_model
     from lmforge.checkpoint.sharded import is_sharded
