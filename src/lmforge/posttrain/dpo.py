@@ -11,8 +11,11 @@ With pretrain_weight w > 0 (`dpo.mix_pretrain`) each pair adds w · the mean per
 micro-batch's pretraining windows (lmforge.posttrain.mixing): it keeps the base model's language.
 Metrics follow TRL: rewards/chosen = β·Δ_chosen, rewards/rejected = β·Δ_rejected,
 rewards/margins = their mean difference, rewards/accuracies = mean(chosen > rejected) (strict).
-The reference is either precomputed once (batch["ref_logps"], the default: no second model in
-memory) or a frozen copy of the starting policy held by the objective.
+The reference is either precomputed once (batch["ref_logps"], the default: every pair's reference
+log-probs are computed by the starting policy before the first step, and no second model is held
+during training) or, with `dpo.precompute_ref: false`, a frozen copy of the starting policy held
+by the objective, built like the policy (on the meta device, the recipe's parallel plan, each
+rank reading its shards), so under FSDP every rank holds its shard of the reference only.
 """
 
 from __future__ import annotations
@@ -51,11 +54,28 @@ def dpo_losses(
     return losses, beta * delta_c.detach(), beta * delta_r.detach()
 
 
+def parameter_bytes(model: torch.nn.Module) -> tuple[int, int]:
+    """(bytes of the parameters this rank holds, bytes of the whole model's): a sharded parameter
+    (a DTensor, FSDP2 / tensor parallel) counts its local shard in the first."""
+    from torch.distributed.tensor import DTensor
+
+    local = full = 0
+    for p in model.parameters():
+        held = p.to_local() if isinstance(p, DTensor) else p
+        local += held.numel() * held.element_size()
+        full += p.numel() * p.element_size()
+    return local, full
+
+
 class DPOObjective(Objective):
     """loss(model, batch) on a [chosen; rejected] batch (lmforge.posttrain.preference); count = pairs."""
 
     def __init__(
-        self, beta: float = 0.1, loss_type: str = "sigmoid", label_smoothing: float = 0.0, ref_model=None,
+        self,
+        beta: float = 0.1,
+        loss_type: str = "sigmoid",
+        label_smoothing: float = 0.0,
+        ref_model=None,
         rpo_alpha: float = 0.0,
         pretrain_weight: float = 0.0,
     ):

@@ -19,6 +19,7 @@ Under data parallelism each rank samples its own prompts: one optimizer step tak
 prompts_per_step x accumulation x dp_size prompts in all, and rank r's i-th rollout is rollout
 i x dp_size + r of the one prompt stream (its prompts and its sampling seeds), so at an equal
 global batch (train.batch_tokens) 1 and N ranks sample the same rollouts and take the same steps.
+DDP samples with the policy itself, FSDP with a plain copy of its gathered weights (`_engine`).
 
 Reward functions are called as f(prompts, completions, **columns) -> list[float], with prompts
 and completions as text, `prompt_ids`/`completion_ids` as token lists, and every extra column
@@ -31,6 +32,7 @@ import importlib
 from collections.abc import Callable
 
 import torch
+from torch.distributed.tensor import DTensor
 
 from lmforge.errors import LmforgeError
 from lmforge.model.loss import IGNORE_INDEX, token_nll
@@ -97,7 +99,7 @@ class GRPOObjective(Objective):
 
 
 def load_reward_function(target: str) -> Callable:
-    """"package.module:function" -> the function."""
+    """ "package.module:function" -> the function."""
     if ":" not in target:
         raise LmforgeError(f"rl.reward {target!r}: expected 'model' or 'package.module:function'")
     module_name, func_name = target.split(":", 1)
@@ -118,9 +120,9 @@ class RewardModelScorer:
 
     @torch.no_grad()
     def __call__(self, prompts, completions, prompt_ids, completion_ids, **_) -> list[float]:
-        from lmforge.posttrain.reward import sequence_rewards
+        from lmforge.posttrain.reward import REWARD_ROOM, sequence_rewards
 
-        max_len = self.model.cfg.max_seq_len
+        max_len = self.model.cfg.max_seq_len - REWARD_ROOM
         rows = [
             completion_row(list(p), list(c) or [self.pad_id], max_len)
             for p, c in zip(prompt_ids, completion_ids)
@@ -170,7 +172,8 @@ class RolloutLoader:
         self.G, self.P, self.sampling, self.seed = num_generations, prompts_per_step, sampling, seed
         self.ref_model, self.scale = ref_model, scale_rewards
         self.num_iterations, self.rollouts_per_step = num_iterations, rollouts_per_step
-        self.engine = Engine(policy, tokenizer)
+        self.sharded = any(isinstance(p, DTensor) for p in policy.parameters())
+        self.engine = None if self.sharded else Engine(policy, tokenizer)
         self.prompt_order = EpochSampler(lambda epoch: shuffled(len(prompts), seed, "rl", epoch))
         self.rollouts = 0
         self._buffer: list[dict[str, torch.Tensor]] = []  # this step's rollouts, served num_iterations times
@@ -206,13 +209,16 @@ class RolloutLoader:
             self._first_forward(prompt_ids[0])
         self.rollouts += 1
         flat_prompts = [p for p in prompt_ids for _ in range(self.G)]
-        completions = self.engine.generate(flat_prompts, params)
+        completions = self._engine().generate(flat_prompts, params)
         columns = {k: [it.get(k) for it in items for _ in range(self.G)] for k in items[0] if k != "messages"}
         texts = [self.tok.decode(p) for p in flat_prompts]
         comp_ids = [c.token_ids for c in completions]
         rewards = torch.tensor(
             self.reward_fn(
-                texts, [c.text for c in completions], prompt_ids=flat_prompts, completion_ids=comp_ids,
+                texts,
+                [c.text for c in completions],
+                prompt_ids=flat_prompts,
+                completion_ids=comp_ids,
                 **columns,
             ),
             dtype=torch.float32,
@@ -237,6 +243,35 @@ class RolloutLoader:
         mean_length = sum(map(len, comp_ids)) / len(comp_ids)
         batch[STAT_PREFIX + "completion_length"] = torch.tensor(float(mean_length))
         return batch
+
+    def _engine(self):
+        """The engine that samples this rollout. The engine calls the model's parts directly, outside
+        its forward, which a policy held as DTensor shards (FSDP2) cannot serve: then every rank
+        gathers the policy's full weights (a collective, at the same point of every rank's rollout)
+        into a plain copy that samples this rollout and is freed after it, as TRL gathers the
+        weights for generation. Sampling itself is then local, so ranks whose completions end at
+        different lengths never wait on each other."""
+        from lmforge.inference import Engine
+
+        if not self.sharded:
+            return self.engine
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        from lmforge.model.transformer import Transformer, rope_inv_freq
+
+        full = get_model_state_dict(self.policy, options=StateDictOptions(full_state_dict=True))
+        cfg = self.policy.cfg
+        with torch.device("meta"):
+            plain = Transformer(cfg)
+        missing, unexpected = plain.load_state_dict(full, assign=True, strict=False)
+        if missing or unexpected:
+            raise LmforgeError(
+                f"rl: a sharded policy samples from a plain Transformer copy, which does not match its "
+                f"weights (missing {missing[:3]}, unexpected {unexpected[:3]}): use parallel.dp_replicate"
+            )
+        if plain.inv_freq is not None:  # not in the state dict
+            plain.inv_freq = rope_inv_freq(cfg).to(next(iter(full.values())).device)
+        return Engine(plain.eval(), self.tok)
 
     def _first_forward(self, ids: list[int]) -> None:
         """One forward outside inference mode before the engine's first: data parallelism (DDP's

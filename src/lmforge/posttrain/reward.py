@@ -1,10 +1,13 @@
 """The reward model: the transformer plus a scalar head, trained with the Bradley–Terry loss.
 
 The reward of a sequence is `value_head(h)` where h is the final-normed hidden state
-(`model(ids, return_hidden=True)`) at the last labelled position of the row, i.e. its last
-non-pad input token (batches come from lmforge.posttrain.preference: [chosen; rejected], right
-padded). Loss per pair (TRL's RewardTrainer): −log σ(r_c − r_r) + c·(r_c + r_r)² with c the
-optional centering coefficient. A reward checkpoint is a normal model checkpoint plus
+(`model(ids, return_hidden=True)`) at the sequence's last token, the `<|end|>` closing the
+completion (TRL's RewardTrainer: the last non-pad token). Batches come from
+lmforge.posttrain.preference ([chosen; rejected], right padded, shifted: the final token is
+only a label), so `sequence_rewards` puts it back; the full sequence is one token longer than
+the batch, hence reward pairs are tokenized to at most `seq_len - 1` inputs (`REWARD_ROOM`).
+Loss per pair (TRL's RewardTrainer): −log σ(r_c − r_r) + c·(r_c + r_r)² with c the optional
+centering coefficient. A reward checkpoint is a normal model checkpoint plus
 `value_head.safetensors` ({"weight": [1, d_model], "bias": [1]}).
 """
 
@@ -21,6 +24,7 @@ from lmforge.model.loss import IGNORE_INDEX
 from lmforge.train.objectives import LossOutput, Objective
 
 VALUE_HEAD_FILE = "value_head.safetensors"
+REWARD_ROOM = 1  # the final token that sequence_rewards appends to each row
 
 
 def last_positions(labels: torch.Tensor) -> torch.Tensor:
@@ -31,10 +35,18 @@ def last_positions(labels: torch.Tensor) -> torch.Tensor:
 
 
 def sequence_rewards(model, head: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    hidden = model(batch["input_ids"], return_hidden=True)
-    pos = last_positions(batch["labels"])
-    h = hidden[torch.arange(hidden.shape[0], device=hidden.device), pos]
-    return head(h.to(head.weight.dtype)).squeeze(-1).float()
+    """The reward of every row [rows], read at the row's last token: the whole sequence is the
+    input ids with the last label (the completion's final token, `<|end|>` when it ended) put
+    back after them, since a shifted batch holds the final token only as a label."""
+    ids, labels = batch["input_ids"], batch["labels"]
+    rows = torch.arange(ids.shape[0], device=ids.device)
+    pos = last_positions(labels) + 1
+    full = torch.cat([ids, ids[:, -1:]], dim=1)
+    full[rows, pos] = torch.where(
+        labels[rows, pos - 1] != IGNORE_INDEX, labels[rows, pos - 1], full[rows, pos]
+    )
+    hidden = model(full, return_hidden=True)
+    return head(hidden[rows, pos].to(head.weight.dtype)).squeeze(-1).float()
 
 
 def bradley_terry_losses(
