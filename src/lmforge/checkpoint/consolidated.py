@@ -3,6 +3,8 @@
 Layout of `<run_dir>/<stage>/checkpoints/step_NNNNNN/`:
 
     model.safetensors   the plain Transformer state dict (a tied lm_head is stored once, as tok_emb)
+    adapter.safetensors instead of model.safetensors, for a stage trained with LoRA: only the adapters,
+                        config.json pointing at the base checkpoint (lmforge.checkpoint.adapters)
     dcp/                instead of model.safetensors, under more than one process: the sharded
                         weights and optimizer (lmforge.checkpoint.sharded); model.safetensors is
                         consolidated from it into the checkpoint the first time a model is loaded
@@ -32,7 +34,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from lmforge.checkpoint import sharded
+from lmforge.checkpoint import adapters, sharded
 from lmforge.errors import LmforgeError
 from lmforge.fileio import (
     atomic_rename_dir,
@@ -71,8 +73,8 @@ def list_checkpoints(ckpt_root: Path) -> list[tuple[int, Path]]:
 
 
 def has_weights(path: Path) -> bool:
-    """Whether a checkpoint directory holds weights: model.safetensors or DCP shards."""
-    return (path / WEIGHTS).exists() or sharded.is_sharded(path)
+    """Whether a checkpoint directory holds weights: model.safetensors, DCP shards or adapters."""
+    return (path / WEIGHTS).exists() or sharded.is_sharded(path) or adapters.is_adapter_checkpoint(path)
 
 
 def is_checkpoint(path: Path) -> bool:
@@ -221,6 +223,37 @@ def write_checkpoint(
     return final
 
 
+def write_adapter_checkpoint(
+    ckpt_root: Path,
+    step: int,
+    tensors: dict[str, torch.Tensor],
+    model_cfg: Any,
+    tokenizer: Any,
+    *,
+    stage: str,
+    info: dict,
+    train_state: dict | None = None,
+    optimizer_state: dict | None = None,
+) -> Path:
+    """Write the adapter checkpoint `ckpt_root/step_NNNNNN` atomically (lmforge.checkpoint.adapters):
+    `tensors` as adapter.safetensors and `info` (with the base's path relative to it) in config.json."""
+    remove_checkpoint_leftovers(ckpt_root)
+    final = ckpt_root / step_dir_name(step)
+    tmp = owned_temp_dir(ckpt_root, final.name)
+    try:
+        tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+        save_file(tensors, str(tmp / adapters.ADAPTER_WEIGHTS), metadata={"format": "pt"})
+        write_checkpoint_files(
+            tmp, model_cfg, tokenizer, stage=stage, step=step, train_state=train_state,
+            optimizer_state=optimizer_state, adapter=adapters.with_relative(info, final),
+        )
+        atomic_rename_dir(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
 def write_checkpoint_files(
     d: Path,
     model_cfg: Any,
@@ -231,6 +264,7 @@ def write_checkpoint_files(
     extra: dict | None = None,
     train_state: dict | None = None,
     optimizer_state: dict | None = None,
+    adapter: dict | None = None,
 ) -> None:
     """Everything of a checkpoint but its weights, into the (temp) directory `d`."""
     config = {
@@ -240,6 +274,8 @@ def write_checkpoint_files(
         "tokenizer_hash": getattr(tokenizer, "hash", None),
         "arch_extra": dict(extra or {}),
     }
+    if adapter is not None:
+        config["adapter"] = adapter
     atomic_write_json(d / "config.json", config)
     if tokenizer is not None:
         tokenizer.save(d / "tokenizer")
@@ -326,9 +362,39 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torc
 
     ckpt, model_cfg, tokenizer = read_checkpoint_model(path)
     model = _build(Transformer, model_cfg)
-    load_weights(model, weights_file(ckpt))
+    load_checkpoint_weights(model, ckpt)
     model = model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
     return model.eval(), tokenizer
+
+
+def load_checkpoint_weights(model: torch.nn.Module, ckpt: Path) -> None:
+    """A checkpoint's weights into a plain model: its model.safetensors (consolidated from DCP shards
+    the first time), or for an adapter checkpoint its base's weights with the adapters merged in."""
+    if adapters.is_adapter_checkpoint(ckpt):
+        load_checkpoint_weights(model, adapters.resolve_base(ckpt))
+        merge_adapters(model, ckpt)
+        return
+    load_weights(model, weights_file(ckpt))
+
+
+def merge_adapters(model: torch.nn.Module, ckpt: Path) -> None:
+    """Add an adapter checkpoint's updates (alpha / rank) * B @ A to the weights of `model` as it is
+    sharded now: each rank computes only its shard's region of each update."""
+    from torch.distributed.tensor import DTensor
+
+    info, tensors = adapters.read_adapters(ckpt)
+    s = adapters.scale(info)
+    params = {adapters.checkpoint_name(n): p for n, p in unwrap(model).named_parameters()}
+    with torch.no_grad():
+        for module in info["modules"]:
+            param = params.get(f"{module}.weight")
+            a, b = tensors[f"{module}.lora_A.weight"], tensors[f"{module}.lora_B.weight"]
+            if param is None or tuple(param.shape) != (b.shape[0], a.shape[1]):
+                shape = None if param is None else tuple(param.shape)
+                raise LmforgeError(f"{ckpt}: adapters for {module} do not fit the model (weight {shape})")
+            local = param.to_local() if isinstance(param, DTensor) else param
+            index = local_index(param)
+            local.add_(adapters.lora_delta(a.to(local.device), b.to(local.device), s, index).to(local.dtype))
 
 
 def _build(cls, cfg):
@@ -397,7 +463,9 @@ def load_weights_sliced(model: torch.nn.Module, path: Path, skip: set[str] = fro
         handle = safe_open(str(path), framework="pt")
     except Exception as e:  # safetensors raises its own error types for torn / foreign files
         raise LmforgeError(f"{path}: cannot read weights ({e})") from None
-    own = {k: p for k, p in unwrap(model).named_parameters() if k not in skip}
+    # parameter name -> its name in the file (peft's wrappers rename the weights they wrap)
+    stored = {k: adapters.checkpoint_name(k) for k, _ in unwrap(model).named_parameters() if k not in skip}
+    own = {stored[k]: p for k, p in unwrap(model).named_parameters() if k in stored}
     with handle as f:
         names = set(f.keys())
         tied = getattr(getattr(unwrap(model), "cfg", None), "tie_embeddings", False)
@@ -415,17 +483,24 @@ def load_weights_sliced(model: torch.nn.Module, path: Path, skip: set[str] = fro
         ]
         if wrong:
             raise LmforgeError(f"{path}: weights do not match the model config (shapes: {wrong[:3]})")
-        fill_local_shards(model, lambda name, index: f.get_slice(name)[index], set(own))
+        fill_local_shards(model, lambda name, index: f.get_slice(stored[name])[index], set(stored))
 
 
 def load_weights_sharded(model: torch.nn.Module, ckpt: Path, skip: set[str] = frozenset()) -> None:
     """Load a checkpoint's weights into a model that is already sharded, shard by shard: sliced
     reads of model.safetensors when the checkpoint has one, else its DCP shards (collective).
-    `skip`: parameters the checkpoint does not hold (a head added for the stage)."""
+    `skip`: parameters the checkpoint does not hold (a head added for the stage, adapters). An
+    adapter checkpoint loads its base, then merges its adapters into the shards. A model wrapped by
+    peft (its weights renamed `base_layer`) reads DCP shards through their consolidated copy."""
     from lmforge.checkpoint.sharded import is_sharded, load_sharded
 
-    if (ckpt / WEIGHTS).exists():
-        load_weights_sliced(model, ckpt / WEIGHTS, skip)
+    if adapters.is_adapter_checkpoint(ckpt):
+        load_weights_sharded(model, adapters.resolve_base(ckpt), skip)
+        merge_adapters(model, ckpt)
+        return
+    renamed = any(adapters.BASE_LAYER in k for k, _ in unwrap(model).named_parameters())
+    if (ckpt / WEIGHTS).exists() or (renamed and is_sharded(ckpt)):
+        load_weights_sliced(model, weights_file(ckpt), skip)
     elif is_sharded(ckpt):
         load_sharded(model, None, ckpt, frozenset(skip))
     else:

@@ -18,6 +18,12 @@ loader's position is global), a single process included. The trainer's counters
 (step, elapsed time, loss guard) travel in `state.json` as the dict it hands to `save` and
 gets back from `resume`.
 
+A model trained with adapters (LoRA: it carries an `AdapterSpec`, lmforge.checkpoint.adapters)
+gets adapter checkpoints, under any number of processes: the adapters and the optimizer state,
+gathered whole (they are small), written by rank 0 with a pointer to the base checkpoint; its
+config hash covers the adapter settings and the base's content, so a run resumes only onto the
+base it was trained on.
+
 Resume modes: "auto" continues from the latest checkpoint when its config hash matches and
 otherwise starts fresh after moving the old run aside (to `<out_dir>.previous`); "always"
 requires a matching checkpoint; "never" starts fresh.
@@ -34,8 +40,9 @@ from typing import Any
 
 import torch
 
+from lmforge.checkpoint import adapters, sharded
 from lmforge.checkpoint import consolidated as ckpt_io
-from lmforge.checkpoint import sharded
+from lmforge.config import config_hash as hash_of
 from lmforge.errors import LmforgeError
 from lmforge.fileio import atomic_rename_dir, atomic_write_json, owned_temp_name, read_json
 
@@ -81,6 +88,10 @@ class CheckpointManager:
         self.loader, self.tokenizer, self.stage, self.config_hash = loader, tokenizer, stage, config_hash
         self.keep_last, self.device, self.distributed, self.is_main = keep_last, device, distributed, is_main
         self.run_files, self.say = tuple(run_files), say
+        self.adapters = adapters.spec_of(raw_model)
+        if self.adapters is not None:
+            key = {"run": config_hash, "adapter": adapters.resume_key(self.adapters.info)}
+            self.config_hash = hash_of(key)
         self.best_val = math.inf
         self.saved_step = -1  # the step of the newest checkpoint written (-1: none)
         self.pending: _Unpublished | None = None  # a sharded save not yet published
@@ -136,7 +147,9 @@ class CheckpointManager:
         """Weights, optimizer and scaler from checkpoint `d` (and the loader / RNG state when
         asked); returns its state.json."""
         state, opt = ckpt_io.load_training_state(d)
-        if sharded.is_sharded(d):  # written under a parallel layout: reshards onto this one
+        if adapters.is_adapter_checkpoint(d) or self.adapters is not None:
+            self.load_adapters(d, opt)
+        elif sharded.is_sharded(d):  # written under a parallel layout: reshards onto this one
             sharded.load_sharded(self.model, self.optimizer, d)
         elif self.distributed:
             raise LmforgeError(
@@ -155,6 +168,35 @@ class CheckpointManager:
             if self.device.type == "cuda" and "rng_cuda" in opt:
                 torch.cuda.set_rng_state(opt["rng_cuda"], self.device)
         return state
+
+    def load_adapters(self, d: Path, opt: dict) -> None:
+        """The adapters and their optimizer state of adapter checkpoint `d`, into the model and
+        optimizer as they are sharded now (every rank reads the small files itself)."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+        if self.adapters is None or not adapters.is_adapter_checkpoint(d):
+            raise LmforgeError(
+                f"{d}: {'holds adapters' if self.adapters is None else 'holds full weights'}, but this run "
+                f"trains {'every weight' if self.adapters is None else 'adapters'}; use --train.resume never"
+            )
+        _, tensors = adapters.read_adapters(d)
+        wanted, params = self.adapters.params, dict(self.raw_model.named_parameters())
+        wrong = [
+            k for k, name in wanted.items()
+            if k not in tensors or tuple(tensors[k].shape) != tuple(params[name].shape)
+        ]
+        if wrong or set(tensors) != set(wanted):
+            example = (wrong or sorted(set(tensors) ^ set(wanted)))[:3]
+            raise LmforgeError(f"{d}: its adapters do not match this run's ({example})")
+        by_param = {name: k for k, name in wanted.items()}
+        ckpt_io.fill_local_shards(
+            self.raw_model, lambda name, index: tensors[by_param[name]][index], set(by_param)
+        )
+        try:
+            full = StateDictOptions(full_state_dict=True)
+            set_optimizer_state_dict(self.model, list(self.optimizer), opt["optimizer"], options=full)
+        except (KeyError, RuntimeError, ValueError) as e:
+            raise LmforgeError(f"{d}: cannot restore the adapters' optimizer state ({e})") from None
 
     # ------------------------------------------------------------------ rollback
 
@@ -197,6 +239,8 @@ class CheckpointManager:
             opt_state["scaler"] = self.scaler.state_dict()
         self.saved_step = step
         best = {"step": step, "val_loss": val_loss} if is_best else None
+        if self.adapters is not None:
+            return self.save_adapters(step, state, opt_state, best)
         if self.distributed:
             return self.save_sharded(step, state, opt_state, best)
         opt_state["optimizer"] = self.optimizer.state_dict()
@@ -206,6 +250,35 @@ class CheckpointManager:
         )
         self.published(best)
         return d
+
+    def save_adapters(self, step: int, train_state: dict, opt_state: dict, best: dict | None) -> Path:
+        """Collective under a distributed run: the adapters and the optimizer state, gathered whole
+        (keyed by parameter name), written by rank 0 as an adapter checkpoint and published at once."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+        from torch.distributed.tensor import DTensor
+
+        self.wait()
+        params = dict(self.raw_model.named_parameters())
+        tensors = {}
+        for k, name in self.adapters.params.items():
+            p = params[name].detach()
+            tensors[k] = (p.full_tensor() if isinstance(p, DTensor) else p).cpu()
+        optim = get_optimizer_state_dict(
+            self.model, list(self.optimizer), options=StateDictOptions(full_state_dict=True)
+        )
+        final = self.root / ckpt_io.step_dir_name(step)
+        if self.is_main:
+            opt_state["optimizer"] = _to_cpu(optim)
+            ckpt_io.write_adapter_checkpoint(
+                self.root, step, tensors, self.raw_model.cfg, self.tokenizer, stage=self.stage,
+                info=self.adapters.info, train_state=train_state, optimizer_state=opt_state,
+            )
+        if self.distributed:
+            import torch.distributed as dist
+
+            dist.barrier()  # published before any rank lists the checkpoints
+        self.published(best)
+        return final
 
     def save_sharded(self, step: int, train_state: dict, opt_state: dict, best: dict | None) -> Path:
         """Collective: every rank writes its shards to `dcp/` of a temp folder (rank 0's name),
@@ -266,6 +339,16 @@ class CheckpointManager:
         if best is not None:
             atomic_write_json(self.root / "best.json", best)
         ckpt_io.prune_checkpoints(self.root, self.keep_last)
+
+
+def _to_cpu(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_to_cpu(v) for v in obj]
+    return obj
 
 
 @dataclass

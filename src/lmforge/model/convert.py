@@ -39,7 +39,7 @@ from lmforge.fileio import (
     write_manifest,
 )
 from lmforge.model.config import ModelConfig, check_exportable
-from lmforge.model.hf_arch import FAMILIES, config_from_family, family_config, layer_tensors
+from lmforge.model.hf_arch import FAMILIES, LAYER_TENSORS, config_from_family, family_config, layer_tensors
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -238,6 +238,7 @@ def model_config_from_hf(
 
 
 EXPORT_WRITER = "lmforge export"  # the manifest's writer: an HF export may replace only an HF export
+ADAPTER_WRITER = "lmforge export (PEFT adapter)"
 
 
 def export_hf(
@@ -291,6 +292,116 @@ def export_hf(
         if card is not None:
             atomic_write_text(tmp / "README.md", card)
         write_manifest(tmp, EXPORT_WRITER)
+        atomic_rename_dir(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+GPT2_LINEAR = {"attn.wo": "attn.c_proj", "mlp.fc": "mlp.c_fc", "mlp.proj": "mlp.c_proj"}
+QKV = ("attn.wq", "attn.wk", "attn.wv")
+
+
+def hf_adapter_tensors(
+    cfg: ModelConfig, tensors: dict[str, torch.Tensor], modules: list[str], rank: int
+) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
+    """LoRA adapters on lmforge's modules -> (PEFT's tensor names -> tensors, each adapted HF module's
+    rank). The llama family's linear layers map one to one (wq -> self_attn.q_proj, w1 ->
+    mlp.gate_proj, ...): A and B are copied. GPT-2 fuses q, k, v into one `c_attn`, whose update
+    must be [dq; dk; dv] = [Bq Aq; Bk Ak; Bv Av]: one adapter of rank r per adapted part, A the
+    parts' A stacked, B block-diagonal (each part's B in its rows and its own r columns)."""
+    out: dict[str, torch.Tensor] = {}
+    ranks: dict[str, int] = {}
+
+    def put(theirs: str, a: torch.Tensor, b: torch.Tensor) -> None:
+        out[f"base_model.model.{theirs}.lora_A.weight"] = a
+        out[f"base_model.model.{theirs}.lora_B.weight"] = b
+        ranks[theirs] = a.shape[0]
+
+    def lora(module: str, x: str) -> torch.Tensor:
+        return tensors[f"{module}.lora_{x}.weight"]
+
+    if cfg.arch == "llama":
+        linear = {o.removesuffix(".weight"): t.removesuffix(".weight") for o, t in LAYER_TENSORS}
+        for module in modules:
+            _, layer, ours = module.split(".", 2)
+            if ours not in linear:
+                raise LmforgeError(f"{module}: no Hugging Face module to put its adapter on")
+            put(f"model.layers.{layer}.{linear[ours]}", lora(module, "A"), lora(module, "B"))
+        return out, ranks
+    if cfg.arch != "gpt2":
+        raise LmforgeError(f"cannot export arch {cfg.arch!r} to Hugging Face (llama or gpt2)")
+    fused: dict[str, list[str]] = {}
+    for module in modules:
+        _, layer, ours = module.split(".", 2)
+        if ours in QKV:
+            fused.setdefault(layer, []).append(ours)
+        elif ours in GPT2_LINEAR:
+            put(f"transformer.h.{layer}.{GPT2_LINEAR[ours]}", lora(module, "A"), lora(module, "B"))
+        else:
+            raise LmforgeError(f"{module}: no Hugging Face module to put its adapter on")
+    d = cfg.d_model
+    for layer, parts in fused.items():
+        parts = [p for p in QKV if p in parts]
+        a = torch.cat([lora(f"layers.{layer}.{p}", "A") for p in parts], 0)
+        b = torch.zeros(3 * d, rank * len(parts), dtype=a.dtype)
+        for j, p in enumerate(parts):
+            i = QKV.index(p)
+            b[i * d : (i + 1) * d, j * rank : (j + 1) * rank] = lora(f"layers.{layer}.{p}", "B")
+        put(f"transformer.h.{layer}.attn.c_attn", a, b)
+    return out, ranks
+
+
+def export_lora_adapter(
+    cfg: ModelConfig,
+    info: dict,
+    tensors: dict[str, torch.Tensor],
+    out_dir: str | os.PathLike,
+    base_dir: str | os.PathLike,
+    dtype: str | None = None,
+    force: bool = False,
+) -> Path:
+    """Write an lmforge adapter checkpoint's LoRA adapters (`info`: its config.json "adapter" entry) as
+    a PEFT adapter directory, `adapter_config.json` + `adapter_model.safetensors` under transformers'
+    module names, for the Hugging Face export of its base in `base_dir`:
+    `PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), out_dir)`. Replaced as
+    a whole, like an HF export (`fileio.check_replaceable`)."""
+    import shutil
+
+    from peft import LoraConfig
+    from safetensors.torch import save_file
+
+    out_dir = Path(out_dir)
+    check_replaceable(out_dir, ADAPTER_WRITER, force)
+    rank, alpha = int(info["rank"]), float(info["alpha"])
+    hf, ranks = hf_adapter_tensors(cfg, tensors, info["modules"], rank)
+    modules = list(ranks)
+    # the short names (q_proj, ...) when every layer has the same adapters, else each module's full name
+    short = sorted({m.rsplit(".", 1)[-1] for m in modules})
+    every_layer = cfg.arch == "llama" and len(modules) == cfg.n_layer * len(short)
+    # a fused c_attn's rank is a multiple of r: its alpha grows with it, so the scale stays alpha / r
+    other = {m: k for m, k in ranks.items() if k != rank}
+    target = _dtype(dtype, next(iter(hf.values())).dtype)
+    peft_cfg = LoraConfig(
+        r=rank,
+        lora_alpha=alpha,
+        lora_dropout=info["dropout"],
+        target_modules=short if every_layer else modules,
+        rank_pattern={m.replace(".", r"\."): k for m, k in other.items()},
+        alpha_pattern={m.replace(".", r"\."): alpha * k / rank for m, k in other.items()},
+        fan_in_fan_out=cfg.arch == "gpt2",  # GPT-2's Conv1D stores [in, out]
+        bias="none",
+        task_type="CAUSAL_LM",
+        base_model_name_or_path=str(Path(base_dir).resolve()),
+    )
+    remove_stale_temps(out_dir.parent, out_dir.name)
+    tmp = owned_temp_dir(out_dir.parent, out_dir.name)
+    try:
+        peft_cfg.save_pretrained(str(tmp))
+        tensors_out = {k: v.to(target).contiguous() for k, v in hf.items()}
+        save_file(tensors_out, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
+        write_manifest(tmp, ADAPTER_WRITER)
         atomic_rename_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -48,6 +48,35 @@ class RLTrainConfig(PostTrainConfig):
     lr: float = 2e-5
     warmup_steps: int = 0
     batch_tokens: int = 2048  # = micro_batch x seq_len: one micro-batch (one rollout) per step
+    # off: the GRPO surrogate is centred on 0 (advantages have mean 0 per group), so "5 x its running
+    # mean" flags ordinary steps as spikes and three of them in a row stop the run; NaN is still caught
+    spike_factor: float = 0.0
+
+
+@dataclass
+class LoRAConfig:
+    """Low-rank adapters (LoRA, through peft) on the model's linear layers; rank 0: off (full fine-tuning).
+
+    With rank > 0 only the adapters train (everything else is frozen) and a checkpoint holds only
+    them plus a pointer to (and a content hash of) the checkpoint the stage started from
+    (lmforge.posttrain.lora)."""
+
+    rank: int = 0  # adapter rank r (0: no adapters, every weight trains)
+    alpha: float = 16.0  # the adapter's output is scaled by alpha / rank
+    dropout: float = 0.0  # dropout on the adapter's input while training
+    # lmforge's linear modules that get adapters, matched as peft does (a name or a dotted suffix:
+    # wq, wk, wv, wo, MLP w1/w2/w3 or fc/proj, or layers.0.attn.wq); unknown names are refused
+    targets: list[str] = field(default_factory=lambda: ["wq", "wk", "wv", "wo"])
+
+    def validate(self) -> None:
+        if self.rank < 0:
+            raise ValueError("rank must be >= 0 (0: no adapters)")
+        if self.alpha <= 0:
+            raise ValueError("alpha must be positive")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError("dropout must be in [0, 1)")
+        if self.rank > 0 and not self.targets:
+            raise ValueError("targets must name at least one linear module when rank > 0")
 
 
 @dataclass
@@ -59,6 +88,7 @@ class SFTConfig:
     # keeps the base model's language (lmforge.posttrain.mixing)
     mix_pretrain: float = 0.0
     demo: DemoConfig = field(default_factory=DemoConfig)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
     train: PostTrainConfig = field(default_factory=PostTrainConfig)
 
     def validate(self) -> None:
@@ -72,8 +102,9 @@ class DPOConfig:
     beta: float = 0.1  # DPO's temperature: how far the policy may move from the reference
     loss: Literal["sigmoid", "ipo"] = "sigmoid"  # sigmoid (DPO) or ipo
     label_smoothing: float = 0.0  # robust DPO (cDPO) epsilon, sigmoid loss only
-    # true (the default): the reference log-probs are computed once up front, so no second model is
-    # held in memory during training; false: a frozen copy of the starting policy scores every batch
+    # true (the default): the starting policy's log-probs of every pair are computed once before the
+    # first step and no second model is held during training; false: a frozen copy of the starting
+    # policy, built and sharded like it (FSDP: each rank holds its shard), scores every batch
     precompute_ref: bool = True
     # weight of the chosen completions' per-token NLL added to the loss (RPO; 0: plain DPO)
     rpo_alpha: float = 0.0
@@ -81,6 +112,7 @@ class DPOConfig:
     # RUN_DIR/tokens per micro-batch, added per pair (0: none; lmforge.posttrain.mixing)
     mix_pretrain: float = 0.0
     mix_pretrain_rows: int = 2  # pretraining windows per micro-batch when mix_pretrain > 0
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
     train: PreferenceTrainConfig = field(default_factory=PreferenceTrainConfig)
 
     def validate(self) -> None:

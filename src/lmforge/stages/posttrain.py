@@ -51,14 +51,37 @@ def start_checkpoint(stage: str, init_from: str, run_dir: Path) -> Path:
     )
 
 
-def build_from(ckpt: Path, recipe: Recipe, ctx, train_cfg=None, sharded_logits: bool = False, extend=None):
+def build_from(
+    ckpt: Path,
+    recipe: Recipe,
+    ctx,
+    train_cfg=None,
+    sharded_logits: bool = False,
+    extend=None,
+    lora=None,
+    where: str = "lora",
+):
     """(model, tokenizer) from a checkpoint through the one builder: on the meta device, the recipe's
     parallel plan applied, then each rank's shards read from the checkpoint. `train_cfg`: the plan
-    of the model being trained (activation checkpointing); None for a frozen reference."""
+    of the model being trained (activation checkpointing); None for a frozen reference. `lora`: the
+    section's LoRAConfig (its recipe key: `where`); with a rank, adapters on a frozen model
+    (lmforge.posttrain.lora)."""
     from lmforge.checkpoint.consolidated import read_checkpoint_model
     from lmforge.distributed import build_parallel_model, uses_loss_parallel
 
     ckpt, model_cfg, tok = read_checkpoint_model(ckpt)
+    plan = {
+        "activation_checkpointing": train_cfg is not None and train_cfg.activation_checkpointing,
+        "loss_parallel": uses_loss_parallel(recipe.parallel, ctx, sharded_logits),
+    }
+    if lora is not None and lora.rank > 0:
+        from lmforge.posttrain.lora import build_lora_model, describe
+
+        model = build_lora_model(
+            ckpt, model_cfg, lora, recipe.parallel, ctx, seed=recipe.seed, extend=extend, where=where, **plan
+        )
+        say(describe(model))
+        return model, tok
     model = build_parallel_model(
         model_cfg,
         recipe.parallel,
@@ -66,16 +89,17 @@ def build_from(ckpt: Path, recipe: Recipe, ctx, train_cfg=None, sharded_logits: 
         seed=recipe.seed,
         init_from=ckpt,
         extend=extend,
-        activation_checkpointing=train_cfg is not None and train_cfg.activation_checkpointing,
-        loss_parallel=uses_loss_parallel(recipe.parallel, ctx, sharded_logits),
+        **plan,
     )
     return model, tok
 
 
-def load_start(stage: str, train_cfg, run_dir: Path, recipe: Recipe, ctx, sharded_logits: bool, extend=None):
+def load_start(
+    stage: str, train_cfg, run_dir: Path, recipe: Recipe, ctx, sharded_logits: bool, extend=None, lora=None
+):
     ckpt = start_checkpoint(stage, train_cfg.init_from, run_dir)
     say(f"{stage}: starting from {ckpt}")
-    model, tok = build_from(ckpt, recipe, ctx, train_cfg, sharded_logits, extend)
+    model, tok = build_from(ckpt, recipe, ctx, train_cfg, sharded_logits, extend, lora, f"{stage}.lora")
     seq_len = min(train_cfg.seq_len, model.cfg.max_seq_len)
     return model, tok, dataclasses.replace(train_cfg, seq_len=seq_len), ckpt
 
@@ -179,7 +203,14 @@ class PostTrainStage:
         recipe = self.recipe
         ctx = setup_distributed(recipe.parallel, self.section.train.device)
         model, tok, cfg, start = load_start(
-            self.name, self.section.train, self.run_dir, recipe, ctx, self.sharded_logits, self.extend_model
+            self.name,
+            self.section.train,
+            self.run_dir,
+            recipe,
+            ctx,
+            self.sharded_logits,
+            self.extend_model,
+            getattr(self.section, "lora", None),
         )
         self.start, self.ctx = start, ctx
         with main_process_first(cfg.device):
@@ -335,7 +366,11 @@ class DPOStage(PostTrainStage):
             ref_logps = precompute_logps(model, pairs, self.pad_id(tok))
             say(f"dpo: reference log-probs of {len(pairs)} pairs precomputed in {time.time() - t0:.1f}s")
         else:
+            from lmforge.posttrain.dpo import parameter_bytes
+
             ref_model = self.reference_model()
+            local, full = parameter_bytes(ref_model)
+            say(f"dpo: frozen reference on rank {ctx.rank}: {local} of its {full} parameter bytes")
         say(
             f"dpo: {len(pairs)} pairs, beta {sec.beta}, loss {sec.loss}, "
             f"label smoothing {sec.label_smoothing}, rpo_alpha {sec.rpo_alpha}"
@@ -379,11 +414,14 @@ class RewardStage(PostTrainStage):
 
     def data(self, model, tok, cfg) -> StageData:
         from lmforge.posttrain.preference import tokenize_pair
+        from lmforge.posttrain.reward import REWARD_ROOM
 
-        pairs, tasks = preference_data(self.recipe, self.section.data, tok, cfg.seq_len)
+        # room for the final token, where sequence_rewards reads the reward
+        max_len = cfg.seq_len - REWARD_ROOM
+        pairs, tasks = preference_data(self.recipe, self.section.data, tok, max_len)
         held_out = None
         if tasks is not None:
-            held_out = [tokenize_pair(p, tok, cfg.seq_len) for p in tasks.preference_eval]
+            held_out = [tokenize_pair(p, tok, max_len) for p in tasks.preference_eval]
         return StageData(tasks, pairs, held_out)
 
     def build(self, model, tok, cfg, data: StageData, ctx):
