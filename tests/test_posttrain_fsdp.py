@@ -1,8 +1,10 @@
 """DPO with a frozen reference model and GRPO under FSDP2, through the CLI as a user launches them:
 `lmforge dpo|rl` on 1 process and under `torchrun --nproc-per-node 2` with `--parallel.dp_shard 2`
 (gloo, CPU), at the same global batch, take the same steps (per-step loss and gradient norm to
-1e-5, the trained weights to 1e-5). Under FSDP the DPO reference is built and sharded like the
-policy: each rank holds about half of its parameter bytes (the stage reports them per rank).
+1e-5, the trained weights to 1e-5) and log the same metrics (DPO's reward margin and GRPO's reward
+are means over every micro-batch of every rank, not rank 0's alone). Under FSDP the DPO reference is
+built and sharded like the policy: each rank holds about half of its parameter bytes (the stage
+reports them per rank).
 """
 
 from __future__ import annotations
@@ -91,12 +93,13 @@ def trained_weights(run_dir: Path, stage: str) -> dict[str, torch.Tensor]:
     return load_model(list_checkpoints(run_dir / stage / "checkpoints")[-1][1])[0].state_dict()
 
 
-def assert_same_run(one: Path, two: Path, stage: str) -> None:
+def assert_same_run(one: Path, two: Path, stage: str, metric: str) -> None:
     a, b = steps(one, stage), steps(two, stage)
     assert len(a) == len(b) == 3
     for x, y in zip(a, b):
         assert y["loss"] == pytest.approx(x["loss"], abs=1e-5)
         assert y["grad_norm"] == pytest.approx(x["grad_norm"], rel=1e-5)
+        assert y[metric] == pytest.approx(x[metric], abs=1e-5)
     assert a[-1]["loss"] != a[0]["loss"]  # it trained
     w1, w2 = trained_weights(one, stage), trained_weights(two, stage)
     assert w1.keys() == w2.keys()
@@ -143,6 +146,40 @@ def test_dpo_default_precomputes_the_reference_and_holds_no_second_model(tmp_pat
         torch.testing.assert_close(batch["ref_logps"], sequence_logps(model, batch))  # the start's log-probs
 
 
+def test_a_lora_model_reads_its_base_weights_with_no_random_init_first(tmp_path, monkeypatch):
+    """A LoRA stage builds through `build_parallel_model`'s init_from although peft renames the weights
+    it wraps: only the adapters are generated (materialize.regenerate, the full-tensor replay of a
+    random init), the base weights come from the checkpoint, the adapters start as peft's (B zero)."""
+    from lmforge.checkpoint.adapters import checkpoint_name
+    from lmforge.distributed import materialize, setup_distributed
+    from lmforge.posttrain.config import LoRAConfig
+    from lmforge.recipe import load_recipe
+    from lmforge.stages.posttrain import build_from
+
+    ckpt = make_run_dir(tmp_path / "run") / "pretrain" / "checkpoints" / "step_000001"
+    base = load_model(ckpt)[0].state_dict()
+    generated: list[tuple[int, ...]] = []
+    regenerate = materialize.regenerate
+
+    def counting(shape, dtype, ops):
+        generated.append(tuple(shape))
+        return regenerate(shape, dtype, ops)
+
+    monkeypatch.setattr(materialize, "regenerate", counting)
+    recipe = load_recipe(None, {"seed": 0})
+    ctx = setup_distributed(recipe.parallel, "cpu")
+    model, _ = build_from(ckpt, recipe, ctx, lora=LoRAConfig(rank=4, targets=["wq", "wo"]), where="sft.lora")
+    params = dict(model.named_parameters())
+    adapters = {n: p for n, p in params.items() if ".lora_" in n}
+    assert len(adapters) == 2 * 2 * 2  # A and B on wq and wo of 2 layers
+    assert sorted(generated) == sorted(tuple(p.shape) for p in adapters.values())
+    for name, p in params.items():
+        if name not in adapters:
+            torch.testing.assert_close(p.detach(), base[checkpoint_name(name)], rtol=0, atol=0)
+    assert all(float(p.detach().abs().sum()) == 0 for n, p in adapters.items() if ".lora_B." in n)
+    assert all(float(p.detach().abs().sum()) > 0 for n, p in adapters.items() if ".lora_A." in n)
+
+
 @pytest.mark.slow
 def test_dpo_with_a_frozen_reference_under_fsdp_matches_one_process(tmp_path):
     runs = {}
@@ -160,7 +197,7 @@ def test_dpo_with_a_frozen_reference_under_fsdp_matches_one_process(tmp_path):
             *train_args("dpo", 1e-3),
         ]
         runs[ranks] = (d, launch("dpo", d, ranks, args))
-    assert_same_run(runs[1][0], runs[2][0], "dpo")
+    assert_same_run(runs[1][0], runs[2][0], "dpo", "rewards/margins")
     held = {
         int(r): (int(local), int(full))
         for r, local, full in re.findall(
@@ -204,4 +241,4 @@ def test_grpo_under_fsdp_matches_one_process(tmp_path):
         ]
         launch("rl", d, ranks, args)
         runs[ranks] = d
-    assert_same_run(runs[1], runs[2], "rl")
+    assert_same_run(runs[1], runs[2], "rl", "reward")

@@ -249,8 +249,10 @@ def build_parallel_model(
     in one process, bit for bit, whatever the layout (`lmforge.distributed.materialize`), and the
     global generator ends in the state that build leaves. From a checkpoint: its weights, read
     shard by shard (`load_weights_sharded`). `extend(model)` adds modules the stage trains with the
-    model (the reward model's value head) before the plan; theirs are always freshly initialised.
-    `plan` goes to `parallelize`.
+    model (the reward model's value head, LoRA adapters) before the plan; theirs are always freshly
+    initialised, and they are told from the model's own by parameter identity, not name, so an
+    `extend` that wraps the model's modules (peft) still gets its base weights from the checkpoint
+    alone, with no random initialisation first. `plan` goes to `parallelize`.
     """
     from lmforge.checkpoint.consolidated import load_weights_sharded
     from lmforge.distributed.materialize import build_on_meta, materialize, replay
@@ -258,15 +260,18 @@ def build_parallel_model(
 
     def build() -> nn.Module:
         model = Transformer(model_cfg)
-        base.update(name for name, _ in model.named_parameters())
+        base.update(id(p) for p in model.parameters())
         if extend is not None:
             extend(model)
         return model
 
-    base: set[str] = set()
+    # The Transformer's own parameters, by identity: `extend` may move them under a new name (peft
+    # keeps a wrapped Linear as `base_layer`, so `wq.weight` becomes `wq.base_layer.weight`), but
+    # the tensors stay the same, and the checkpoint fills them whatever they are called now.
+    base: set[int] = set()
     torch.manual_seed(seed)
     model, recipes = build_on_meta(build)
-    added = set(recipes) - base
+    added = {name for name, p in model.named_parameters() if id(p) not in base}
     model = parallelize(model, cfg, ctx, **plan)
     materialize(model, ctx.device, host_shards=cfg.cpu_offload)
     if init_from is None:

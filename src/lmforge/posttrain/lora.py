@@ -7,7 +7,7 @@ exactly) and freezes every other parameter, so the optimizer sees the adapters o
 (`train.optim.param_roles` takes trainable parameters only). The adapters are added on the meta
 device before the parallel plan (`build_parallel_model`'s `extend`), so FSDP2 shards and DDP
 replicates them like any parameter; tensor and pipeline parallelism are refused. The base weights
-are then read from the starting checkpoint shard by shard.
+are then read from the starting checkpoint shard by shard (`build_parallel_model`'s `init_from`).
 
 Checkpoints hold only the adapters and a pointer to the starting checkpoint (its path and a hash of
 its weights): `lmforge.checkpoint.adapters`. Every loader of a model merges them into the base.
@@ -89,14 +89,14 @@ def build_lora_model(
     where: str,
     **plan: Any,
 ) -> torch.nn.Module:
-    """The stage's model with adapters: built on the meta device with the adapters injected, the
-    recipe's parallel plan applied, the adapters initialised as peft does (the same values on every
-    layout), then the base weights of checkpoint `ckpt` read shard by shard (with its own adapters
-    merged in when `ckpt` is an adapter checkpoint). The model is built fresh and then loaded, not
-    with `build_parallel_model`'s `init_from`: that one tells a stage's added parameters from the
-    model's by name, and peft renames the weights it wraps (`wq.weight` -> `wq.base_layer.weight`),
-    so the base weights pay one random initialisation before they are read."""
-    from lmforge.checkpoint.consolidated import load_weights_sharded, weights_file
+    """The stage's model with adapters: `build_parallel_model` from checkpoint `ckpt`, with the
+    adapters injected on the meta device (its `extend`), the recipe's parallel plan applied, the
+    adapters initialised as peft does (the same values on every layout), and the base weights read
+    once, shard by shard, with no random initialisation first (with `ckpt`'s own adapters merged in
+    when it is an adapter checkpoint). peft renames the weights it wraps (`wq.weight` ->
+    `wq.base_layer.weight`); `build_parallel_model` tells added parameters by identity, and the
+    sliced reader maps the names back (`lmforge.checkpoint.adapters.checkpoint_name`)."""
+    from lmforge.checkpoint.consolidated import weights_file
     from lmforge.distributed import build_parallel_model, main_process_first
 
     if ctx.tp_size > 1 or ctx.pp_size > 1:
@@ -113,10 +113,9 @@ def build_lora_model(
             extend(model)
         add_adapters(model, cfg, base, where)
 
-    model = build_parallel_model(model_cfg, parallel_cfg, ctx, seed=seed, extend=extend_with_adapters, **plan)
-    lora_params = {n for n, _ in model.named_parameters() if ".lora_" in n}
-    load_weights_sharded(model, ckpt, skip=lora_params)
-    return model
+    return build_parallel_model(
+        model_cfg, parallel_cfg, ctx, seed=seed, init_from=ckpt, extend=extend_with_adapters, **plan
+    )
 
 
 def _consolidate_chain(ckpt: Path, weights_file) -> None:

@@ -283,14 +283,9 @@ class Trainer:
         self.model.train()
         t0 = time.perf_counter()
         loss_sum, count, n_tokens, metric_sums = self.accumulate_gradients()
-        if self.ctx.world_size > 1 and torch.distributed.is_initialized():
-            torch.distributed.all_reduce(loss_sum)
-            torch.distributed.all_reduce(count)
-            replicas = self.ctx.world_size // self.ctx.dp_size  # tp / pp peers hold the same sums
-            loss_sum /= replicas
-            count /= replicas
-        total = max(float(count), 1.0)
-        loss = float(loss_sum) / total
+        loss_sum, count, metrics = self.reduce_sums(loss_sum, count, metric_sums)
+        total = max(count, 1.0)
+        loss = loss_sum / total
         # Gradients hold d(sum of losses); DDP-style averaging over ranks divides by dp_size already.
         scale = self.ctx.dp_size / total if self.ctx.dp_size > 1 else 1.0 / total
         if self.scaler is not None:
@@ -330,17 +325,34 @@ class Trainer:
             step_s=round(dt, 4),
             mem_gb=round(memory_gb(self.device), 3),
         )
-        record.update({k: v / self.accum for k, v in metric_sums.items()})
+        record.update(metrics)
         if self.guard.needs_rollback:
             record["rollback"] = self.rollback()
         return record
 
-    def accumulate_gradients(self) -> tuple[torch.Tensor, torch.Tensor, int, dict[str, float]]:
+    def reduce_sums(
+        self, loss_sum: torch.Tensor, count: torch.Tensor, metric_sums: dict[str, torch.Tensor]
+    ) -> tuple[float, float, dict[str, float]]:
+        """(summed loss, units, metrics) of the whole step from this rank's sums: one all_reduce of
+        one packed tensor when distributed, one copy to the host either way. A metric is its mean
+        over all micro-batches of all data-parallel ranks, so what is logged does not depend on how
+        the global batch is split; tensor and pipeline peers hold the same sums (divided out).
+        Every rank reports the same metric names (an objective's metrics do not depend on the data)."""
+        names = sorted(metric_sums)
+        packed = torch.stack([loss_sum, count, *(metric_sums[k] for k in names)]).double()
+        if self.ctx.world_size > 1 and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(packed)
+            packed /= self.ctx.world_size // self.ctx.dp_size
+        loss_total, units, *values = packed.tolist()
+        micro_batches = self.accum * self.ctx.dp_size
+        return loss_total, units, {k: v / micro_batches for k, v in zip(names, values)}
+
+    def accumulate_gradients(self) -> tuple[torch.Tensor, torch.Tensor, int, dict[str, torch.Tensor]]:
         """Forward and backward over this step's micro-batches: (summed loss, units, tokens,
         summed metrics) of this rank; the gradients hold the summed loss's."""
         loss_sum = torch.zeros((), device=self.device)
         count = torch.zeros((), device=self.device)
-        metric_sums: dict[str, float] = {}
+        metric_sums: dict[str, torch.Tensor] = {}
         n_tokens = 0
         for i in range(self.accum):
             if self.ctx.distributed:  # DDP all-reduces on the last micro-batch only
@@ -362,8 +374,9 @@ class Trainer:
                 backward_loss.backward()
             loss_sum += out.loss_sum.detach().float()
             count += torch.as_tensor(out.count, device=self.device, dtype=torch.float32)
-            for k, v in out.metrics.items():
-                metric_sums[k] = metric_sums.get(k, 0.0) + float(v)
+            for k, v in out.metrics.items():  # kept on the device: no host sync per micro-batch
+                v = torch.as_tensor(v, device=self.device, dtype=torch.float32).detach()
+                metric_sums[k] = metric_sums[k] + v if k in metric_sums else v
         return loss_sum, count, n_tokens, metric_sums
 
     def rollback(self) -> int:
