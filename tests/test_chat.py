@@ -86,3 +86,17 @@ def test_fit_history_drops_oldest_turns_and_keeps_system(ckpt):
         <= 256 - 64
         < len(tok.render_chat(msgs, add_generation_prompt=True)[0])
     )
+
+
+def test_a_message_of_several_lines_goes_between_triple_quotes(ckpt, capsys, monkeypatch):
+    """The which-play questions have several lines: between two '\"\"\"' lines they are one message."""
+    question = "Which play is this passage from?\n\nROMEO:\nBut soft!"
+    monkeypatch.setattr(sys, "stdin", io.StringIO(f'"""\n{question}\n"""\nHail\n'))
+    argv = ["chat", "--model", str(ckpt[0]), "--temperature", "0", "--max-new-tokens", "5", "--device", "cpu"]
+    assert main(argv) == 0
+    engine, params = Engine(ckpt[1], ckpt[2]), SamplingParams(5, temperature=0)
+    first = [{"role": "user", "content": question}]
+    r1 = engine.chat(first, params).text
+    second = [*first, {"role": "assistant", "content": r1}, {"role": "user", "content": "Hail"}]
+    r2 = engine.chat(second, params).text
+    assert capsys.readouterr().out == f"assistant> {r1}\nassistant> {r2}\n"

@@ -13,7 +13,7 @@ from lmforge.posttrain.config import DemoConfig
 from lmforge.posttrain.preference import collate_pairs, tokenize_pair
 from lmforge.posttrain.sft_data import SFTLoader, collate, make_example, pack, sft_examples
 from lmforge.tasks.chat_data import load_conversations, load_preferences, load_prompts
-from lmforge.tasks.demo import build_demo_tasks, play_title_reward, split_scenes
+from lmforge.tasks.demo import LISTED_CREDIT, build_demo_tasks, play_title_reward, split_scenes
 from lmforge.tokenizer import Tokenizer
 
 TEXT = (
@@ -207,10 +207,10 @@ def test_demo_tasks_held_out_by_scene_and_deterministic():
     train_text = "\n".join(m["content"] for conv in a.sft for m in conv)
     train_text += "\n".join(p.messages[0]["content"] + p.chosen for p in a.preference_train)
     for item in a.mc_eval[:30]:  # held-out passages never appear in the training data
-        passage = item.messages[0]["content"].split("\n\n", 1)[1]
+        passage = item.messages[0]["content"].split("\n\n")[1]
         assert passage not in train_text
         assert len(item.choices) == 4 and len(set(item.choices)) == 4
-        assert "(" + " / ".join(item.choices) + ")" in item.messages[0]["content"]
+        assert item.messages[0]["content"].endswith("\n\nChoices:\n" + "\n".join(item.choices))
     golds = [m.gold for m in a.mc_eval]
     assert len(set(golds)) == 4  # the answer position varies
 
@@ -226,8 +226,8 @@ def test_preference_pair_kinds():
         prompt = p.messages[0]["content"]
         assert p.chosen != p.rejected
         if p.kind == "which_play":  # right title vs a wrong listed title
-            assert f"{p.chosen} /" in prompt or f"/ {p.chosen})" in prompt
-            assert p.rejected in tasks.titles and p.rejected in prompt
+            listed = prompt.split("\n\nChoices:\n")[1].split("\n")
+            assert p.chosen in listed and p.rejected in listed and p.rejected in tasks.titles
             continue
         assert prompt.startswith("Continue this speech") and p.chosen not in prompt.split("\n\n", 1)[1]
         if p.kind == "echo":  # the prompt's last line repeated
@@ -254,6 +254,39 @@ def test_preference_mix_is_checked(mix):
 
 def test_play_title_reward():
     assert play_title_reward(["q", "q"], [" Hamlet", "Macbeth"], answer=["Hamlet", "Hamlet"]) == [1.0, 0.0]
+    # with the listed choices: partial credit for another listed title, none for an unlisted one
+    listed = [["Hamlet", "Macbeth", "Pericles", "Cymbeline"]] * 4
+    replies = ["Hamlet", "Macbeth\n", "King Lear", "Hamlet is the play"]
+    rewards = play_title_reward(["q"] * 4, replies, answer=["Hamlet"] * 4, choices=listed)
+    assert rewards == [1.0, LISTED_CREDIT, 0.0, 0.0]
+    assert 0 < LISTED_CREDIT < 1
+
+
+def test_demo_rl_prompts_carry_the_listed_choices():
+    tasks = build_demo_tasks(DemoConfig(which_play=10, who_speaks=2, continue_speech=2, eval_items=5), 3)
+    for prompt in tasks.rl_prompts:
+        assert prompt["answer"] in prompt["choices"] and len(prompt["choices"]) == 4
+        assert prompt["messages"][0]["content"].endswith("\n".join(prompt["choices"]))
+
+
+def test_which_play_reply_tokens_are_in_the_prompt_and_end_is_supervised():
+    """The choices are listed one per line, so a title's tokens in the prompt are the tokens of the
+    reply (a small model can copy them; in "(A / B)" " Henry" would be one token, the reply's
+    "Henry" two); and the SFT loss covers the title and the <|end|> after it, so the model stops."""
+    tasks = build_demo_tasks(DemoConfig(which_play=40, who_speaks=2, continue_speech=2, eval_items=5), 3)
+    titles_text = " ".join(f"from {t} and {t}, " for t in tasks.titles) * 5
+    tok = Tokenizer.train([TEXT + titles_text], vocab_size=400, progress=False, workers=1)
+    end = tok.special_ids["<|end|>"]
+    which = [c for c in tasks.sft if c[0]["content"].startswith("Which play")]
+    assert len(which) == 40
+    for conv in which:
+        title = conv[1]["content"]
+        reply = tok.encode_ordinary(title)
+        prompt = tok.encode_ordinary(conv[0]["content"])
+        assert any(prompt[i : i + len(reply)] == reply for i in range(len(prompt))), title
+        ex = sft_examples([conv], tok, 10_000)[0]
+        assert [t for t in ex.labels if t != IGNORE_INDEX] == reply + [end]
+        assert ex.labels[-1] == end
 
 
 def test_small_talk_answers_in_verse_and_leaves_the_other_items_alone():
@@ -267,3 +300,36 @@ def test_small_talk_answers_in_verse_and_leaves_the_other_items_alone():
     assert all(len(c[1]["content"].split("\n")) == 2 and c[1]["role"] == "assistant" for c in talk)
     assert [m.messages for m in with_talk.mc_eval] == [m.messages for m in without.mc_eval]
     assert [p.chosen for p in with_talk.preference_eval] == [p.chosen for p in without.preference_eval]
+
+
+def test_chat_checks_are_held_out_and_well_formed():
+    from lmforge.tasks.demo import CHAT_CHECKS, OUT_OF_DOMAIN, SMALL_TALK
+
+    cfg = DemoConfig(which_play=30, who_speaks=30, continue_speech=30, preference_pairs=10, eval_items=10)
+    tasks = build_demo_tasks(cfg, 5)
+    kinds = [c.kind for c in tasks.chat_eval]
+    assert kinds == ["who_speaks"] * CHAT_CHECKS + ["continue"] * CHAT_CHECKS + ["out_of_domain"] * 10
+    train_text = "\n".join(m["content"] for conv in tasks.sft for m in conv)
+    for check in tasks.chat_eval:
+        question = check.messages[0]["content"]
+        if check.kind == "who_speaks":
+            assert check.answer in check.names and all(n.isupper() for n in check.names)
+            assert question.split("\n\n", 1)[1] not in train_text  # held out by scene
+        elif check.kind == "continue":
+            assert question.startswith("Continue this speech") and check.answer
+        else:
+            assert question in OUT_OF_DOMAIN and question not in SMALL_TALK
+    assert build_demo_tasks(cfg, 5).chat_eval == tasks.chat_eval  # deterministic
+
+
+def test_sft_choices_vary_the_listed_titles_of_the_training_questions_only():
+    cfg = DemoConfig(which_play=60, who_speaks=2, continue_speech=2, eval_items=10, sft_choices=[1, 4])
+    tasks = build_demo_tasks(cfg, 3)
+    which = [c for c in tasks.sft if c[0]["content"].startswith("Which play")]
+    listed = [c[0]["content"].split("\n\nChoices:\n")[1].split("\n") for c in which]
+    assert {len(titles) for titles in listed} == {1, 4}
+    assert all(c[1]["content"] in titles for c, titles in zip(which, listed))
+    assert all(len(m.choices) == 4 for m in tasks.mc_eval)  # held-out questions: always 4
+    assert tasks.rl_prompts and all(len(p["choices"]) == 4 for p in tasks.rl_prompts)
+    with pytest.raises(ValueError, match="sft_choices"):
+        DemoConfig(sft_choices=[5]).validate()

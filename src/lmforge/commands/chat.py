@@ -1,7 +1,8 @@
 """Chat with a model in the terminal: the conversation is kept, replies stream as they are made.
 
-Type a message and press Enter. Commands: /reset starts over (the --system prompt stays),
-/exit (or Ctrl-D) quits; Ctrl-C during a reply stops that reply. Messages are rendered with
+Type a message and press Enter; a message of several lines goes between two lines that are
+three double quotes (\"\"\"), as in Ollama. Commands: /reset starts over (the --system prompt
+stays), /exit (or Ctrl-D) quits; Ctrl-C during a reply stops that reply. Messages are rendered with
 the chat template (<|bos|> <|system|>...<|end|> <|user|>...<|end|> <|assistant|>) and a reply
 ends at <|end|>. When the conversation outgrows the model's context, the oldest turns are
 dropped (the system prompt is kept). Works best with a model after `lmforge sft`.
@@ -10,6 +11,7 @@ examples:
   lmforge chat --model runs/shakespeare
   lmforge chat --model runs/shakespeare/sft --system "Answer as Hamlet." --temperature 0.6
   printf 'Who is Hamlet?\\n/exit\\n' | lmforge chat --model runs/shakespeare --seed 0
+  printf '\"\"\"\\nWhich play?\\n\\nROMEO:\\nBut soft!\\n\"\"\"\\n' | lmforge chat --model M --temperature 0
 """
 
 from __future__ import annotations
@@ -38,6 +40,27 @@ def fit_history(engine, messages: list[dict], reserve: int) -> list[dict]:
     return head + turns
 
 
+BLOCK = '"""'  # a line of its own opens and closes a message of several lines
+
+
+def read_message(read) -> str:
+    """The next message from `read()` (input): one line, or the lines between two BLOCK lines.
+    EOFError inside a block ends the block."""
+    line = read()
+    if line.strip() != BLOCK:
+        return line
+    lines: list[str] = []
+    while True:
+        try:
+            more = read()
+        except EOFError:
+            break
+        if more.strip() == BLOCK:
+            break
+        lines.append(more)
+    return "\n".join(lines)
+
+
 def main(args: argparse.Namespace, overrides: list[str]) -> int:
     from lmforge.inference import SamplingParams
 
@@ -52,7 +75,7 @@ def main(args: argparse.Namespace, overrides: list[str]) -> int:
     turn = 0
     while True:
         try:
-            line = input("you> " if interactive else "")
+            line = read_message(lambda: input("you> " if interactive else ""))
         except EOFError:
             break
         except KeyboardInterrupt:

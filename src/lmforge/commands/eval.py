@@ -2,6 +2,8 @@
 
 Task specs (comma-separated):
   plays, plays_chat, plays_pref   the demo's held-out questions from the plays (chance 25% / 50%)
+  plays_answer                    the chatbot's greedy replies to them: a listed title (format), the
+                                  right one (acc), and who-speaks, continue-speech, everyday-question formats
   val_bpb                         bits per byte on the run's val token shard
   mmlu:FILE.csv  hellaswag:FILE.jsonl  arc:FILE.jsonl  mc:FILE.jsonl  gen:FILE.jsonl
   bpb:FILE.txt|FILE.jsonl|TOKENS_DIR   (a bare PATH works too; the kind is guessed)

@@ -141,9 +141,12 @@ def eval_gen(
     return {"exact_match": sum(em) / len(em), "exact_match_stderr": mean_stderr(em)}, outs
 
 
-def eval_chat_answer(model, tok, docs: list, max_gen_toks: int, samples: int) -> tuple[dict, list]:
-    """Greedy chat replies to 4-choice questions (lmforge.tasks.demo.MCItem): format and acc."""
-    from lmforge.tasks.demo_eval import which_play_answers
+def eval_chat_answer(
+    model, tok, docs: list, max_gen_toks: int, samples: int, checks: list | None = None
+) -> tuple[dict, list]:
+    """Greedy chat replies to 4-choice questions (lmforge.tasks.demo.MCItem): format and acc; with
+    `checks` (lmforge.tasks.demo.ChatCheck) also the shape of those replies (demo_eval.reply_checks)."""
+    from lmforge.tasks.demo_eval import reply_checks, which_play_answers
 
     out = which_play_answers(model, tok, docs, max_gen_toks)
     listed = [float(r.strip() in d.choices) for r, d in zip(out["replies"], docs)]
@@ -154,6 +157,8 @@ def eval_chat_answer(model, tok, docs: list, max_gen_toks: int, samples: int) ->
         "acc": out["accuracy"],
         "acc_stderr": mean_stderr(right),
     }
+    if checks:
+        metrics.update({k: v for k, v in reply_checks(model, tok, checks).items() if k != "replies"})
     shown = [
         {"prompt": d.messages[-1]["content"][-300:], "output": r, "answers": [d.choices[d.gold]]}
         for d, r in list(zip(docs, out["replies"]))[:samples]
@@ -249,7 +254,9 @@ def evaluate_task(
             result["metrics"] = eval_token_mc(model, task, docs, batch_size)
             result["shots"] = 0
         elif task.kind == "chat_answer":
-            result["metrics"], result["samples"] = eval_chat_answer(model, tok, docs, max_gen_toks, samples)
+            result["metrics"], result["samples"] = eval_chat_answer(
+                model, tok, docs, max_gen_toks, samples, task.checks
+            )
             result["shots"] = 0
         else:
             contexts = [

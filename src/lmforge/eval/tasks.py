@@ -19,7 +19,10 @@ A task spec is `KIND:PATH` (or just PATH, the kind guessed from the file) or a b
   plays_chat        the same questions in the chat template, answered as the assistant (the SFT format)
   plays_answer      the same questions answered by greedy generation in the chat template, as
                     `lmforge chat` answers at temperature 0: format (the reply is one of the listed
-                    titles) and acc (it is the right one)
+                    titles) and acc (it is the right one); besides, 20 held-out who-speaks and 20
+                    continue-speech turns and 10 everyday questions (not limited by --limit):
+                    who_speaks_format / who_speaks_acc (a speaker name of the play / the right one),
+                    continue_format and out_of_domain_format (the first line has 3+ words: verse)
   val_bpb           bits per byte on the val token shard of the checkpoint's run (RUN/tokens)
   plays_pref        the demo's held-out preference pairs (the recipe's sft.demo.preference_mix of
                     which-play, echo and loop pairs): is the chosen completion more likely than the
@@ -80,6 +83,7 @@ class Task:
     source: str = ""  # bpb: the file or shard directory
     target_delimiter: str = " "
     fewshot_delimiter: str = "\n\n"
+    checks: list = field(default_factory=list)  # chat_answer: other chat turns whose reply shape is checked
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -353,7 +357,7 @@ def load_plays_task(kind: str, tokenizer=None, seed: int = 1337, demo_cfg=None) 
         docs = [MCDoc(f"{m.messages[-1]['content']}\nAnswer:", list(m.choices), m.gold) for m in demo.mc_eval]
         return Task(kind, "mc", docs, chance=0.25)
     if kind == "plays_answer":
-        return Task(kind, "chat_answer", list(demo.mc_eval), chance=0.25)
+        return Task(kind, "chat_answer", list(demo.mc_eval), chance=0.25, checks=list(demo.chat_eval))
     if tokenizer is None:
         raise ValueError(f"task {kind} needs the tokenizer")
     end = [tokenizer.special_ids["<|end|>"]]

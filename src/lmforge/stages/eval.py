@@ -4,7 +4,7 @@ Writes RUN_DIR/eval/results.json (one entry per checkpoint, pretrain < sft < dpo
 RUN_DIR/eval/samples.json (a few seeded generations per checkpoint, for the report card):
 base checkpoints continue each prompt as text, post-trained ones answer it as a user's chat turn.
 Chat-only tasks (plays_answer) run on the post-trained stages only; the final stage's answer format
-and accuracy are printed last.
+and accuracy (and the shape of its other replies) are printed last.
 """
 
 from __future__ import annotations
@@ -109,3 +109,11 @@ def print_answer_summary(results: dict) -> None:
         f"{100 * m['acc']:.0f}% (chance 25%)",
         flush=True,
     )
+    if "who_speaks_format" in m:
+        print(
+            f"[lmforge] eval: and gives a speaker of the play to {100 * m['who_speaks_format']:.0f}% of the "
+            f"who-speaks questions (the right one {100 * m['who_speaks_acc']:.0f}%), verse to "
+            f"{100 * m.get('continue_format', 0):.0f}% of the continue-this-speech turns and to "
+            f"{100 * m.get('out_of_domain_format', 0):.0f}% of the everyday questions",
+            flush=True,
+        )

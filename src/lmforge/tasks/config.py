@@ -21,6 +21,9 @@ class DemoConfig:
     )
     eval_items: int = 200  # held-out 4-choice questions and held-out preference pairs, each
     passage_lines: int = 3  # verse lines shown in a "which play" passage
+    # titles listed by each SFT which-play question, drawn per question from this list (held-out
+    # questions and RL prompts list 4): with 1 listed the answer is a pure copy of the list
+    sft_choices: list[int] = field(default_factory=lambda: [4])
 
     def validate(self) -> None:
         if not 0.0 < self.eval_scene_fraction < 1.0:
@@ -37,5 +40,7 @@ class DemoConfig:
         total = sum(self.preference_mix.values())
         if min(self.preference_mix.values(), default=-1.0) < 0 or abs(total - 1.0) > 1e-6:
             raise ValueError(f"preference_mix: fractions must be >= 0 and sum to 1 (they sum to {total:g})")
+        if not self.sft_choices or not all(1 <= k <= 4 for k in self.sft_choices):
+            raise ValueError("sft_choices must list numbers of choices from 1 to 4")
         if self.passage_lines < 1:
             raise ValueError("passage_lines must be at least 1")

@@ -3,9 +3,10 @@
 Every scene of every play goes either to training or to evaluation (`eval_scene_fraction`
 of each play's scenes, drawn from the seed), so nothing evaluated was post-trained on.
 From the training scenes come
-  - SFT conversations: "which play is this passage from" (4 titles offered, the answer is the
-    title), "who speaks these lines", "continue this speech" and small talk (an everyday
-    question from SMALL_TALK answered with two lines of a speech);
+  - SFT conversations: "which play is this passage from" (the titles offered after the passage,
+    one per line, `sft_choices` of them; the answer is the title), "who speaks these lines",
+    "continue this speech" and small talk (an everyday question from SMALL_TALK answered with two
+    lines of a speech);
   - preference pairs of the kinds in PAIR_KINDS, mixed by `preference_mix`:
       which_play  the 4-choice question; the right title chosen, one of the 3 wrong listed titles rejected
       echo        a "continue this speech" prompt; its true next line chosen, the prompt's last
@@ -14,7 +15,8 @@ From the training scenes come
                   length rejected (a repetition loop)
       next_line   the same prompt; the true next line chosen, a line of similar length from
                   another play rejected
-and from the evaluation scenes the same 4-choice questions (chance 25%) and preference pairs.
+and from the evaluation scenes the same questions with 4 titles (chance 25%), preference pairs, and
+the chat checks (who-speaks and continue-speech turns, plus OUT_OF_DOMAIN questions).
 Everything is deterministic given the seed and the DemoConfig.
 
 The pretraining corpus is the plays themselves, so the base model has read the held-out
@@ -32,10 +34,13 @@ from lmforge.data.embedded import Play, Scene, Speech, shakespeare_plays
 from lmforge.tasks.chat_data import Preference
 from lmforge.tasks.config import DemoConfig
 
-WHICH_PLAY = "Which play is this passage from ({choices})?\n\n{passage}"
+# The choices come last, one per line: a title then tokenizes as it does at the start of the reply
+# (in "(A / B)" " Henry" is one token, the reply's "Henry" two), so the model can copy it.
+WHICH_PLAY = "Which play is this passage from?\n\n{passage}\n\nChoices:\n{choices}"
 WHO_SPEAKS = "Who speaks these lines in {title}?\n\n{lines}"
 CONTINUE = "Continue this speech by {speaker} in {title}:\n\n{lines}"
 PAIR_KINDS = ("which_play", "next_line", "echo", "loop")  # the preference pair kinds, in build order
+# fmt: off
 # Questions outside the plays' tasks; the SFT reply is verse from a play, so the chatbot answers
 # anything in character instead of with an empty string or a stray "."
 SMALL_TALK = (
@@ -45,6 +50,15 @@ SMALL_TALK = (
     "What is the meaning of life?", "Tell me about yourself.", "Good morning.", "What is the time?",
     "Do you like music?", "Who is the king?", "What news?",
 )
+# Everyday questions that no SFT conversation asks: the eval checks that the chatbot answers them
+# in verse too (lmforge.tasks.demo_eval.reply_checks)
+OUT_OF_DOMAIN = (
+    "Hello, who are you?", "What is two plus two?", "Write me a poem about the sea.",
+    "What is your favourite food?", "How do I get to the market?", "Do you believe in ghosts?",
+    "What do you dream of?", "Why is the sky blue?", "Where do you live?", "Can you keep a secret?",
+)
+# fmt: on
+CHAT_CHECKS = 20  # held-out who-speaks and continue-speech turns in DemoTasks.chat_eval, each
 
 
 @dataclass
@@ -57,13 +71,24 @@ class MCItem:
 
 
 @dataclass
+class ChatCheck:
+    """A held-out chat turn whose reply is checked for its shape (lmforge.tasks.demo_eval.reply_checks)."""
+
+    messages: list[dict]
+    kind: str  # "who_speaks" | "continue" | "out_of_domain"
+    answer: str = ""  # who_speaks: the speaker; continue: the speech's true next line
+    names: list[str] = field(default_factory=list)  # who_speaks: the play's upper-case speaker names
+
+
+@dataclass
 class DemoTasks:
     sft: list[list[dict]] = field(default_factory=list)  # conversations (messages lists)
     preference_train: list[Preference] = field(default_factory=list)
     preference_eval: list[Preference] = field(default_factory=list)
     mc_eval: list[MCItem] = field(default_factory=list)
-    rl_prompts: list[dict] = field(default_factory=list)  # {"messages", "answer"}: which-play questions
+    rl_prompts: list[dict] = field(default_factory=list)  # {"messages", "answer", "choices"}: 4 titles
     titles: list[str] = field(default_factory=list)
+    chat_eval: list[ChatCheck] = field(default_factory=list)  # held out by scene, but out_of_domain
 
 
 _ROMAN = re.compile(r"^(i|ii|iii|iv|v|vi|vii|viii)$")
@@ -117,14 +142,16 @@ def passage(scene: Scene, rng: random.Random, n_lines: int) -> str | None:
     return "\n".join(out) if count >= min(2, n_lines) else None
 
 
-def _which_play(play: Play, scene: Scene, titles: list[str], rng: random.Random, n_lines: int):
+def _which_play(
+    play: Play, scene: Scene, titles: list[str], rng: random.Random, n_lines: int, n_choices: int = 4
+):
     text = passage(scene, rng, n_lines)
     if text is None:
         return None
     gold = play_title(play)
-    choices = rng.sample([t for t in titles if t != gold], 3) + [gold]
+    choices = rng.sample([t for t in titles if t != gold], n_choices - 1) + [gold]
     rng.shuffle(choices)
-    listed = " / ".join(choices)
+    listed = "\n".join(choices)
     return MCItem(
         [{"role": "user", "content": WHICH_PLAY.format(choices=listed, passage=text)}],
         choices,
@@ -295,7 +322,12 @@ def build_demo_tasks(cfg: DemoConfig, seed: int, plays: Sequence[Play] | None = 
     def answered(item: MCItem) -> list[dict]:
         return [*item.messages, {"role": "assistant", "content": item.choices[item.gold]}]
 
-    which = _draw(cfg.which_play, train, rng, lambda p, s: _which_play(p, s, titles, rng, n))
+    ks = cfg.sft_choices
+
+    def which_item(p: Play, s: Scene) -> MCItem | None:
+        return _which_play(p, s, titles, rng, n, rng.choice(ks) if len(ks) > 1 else ks[0])
+
+    which = _draw(cfg.which_play, train, rng, which_item)
     who = _draw(cfg.who_speaks, train, rng, lambda p, s: _who_speaks(p, s, rng))
     cont = _draw(cfg.continue_speech, train, rng, lambda p, s: _continue(p, s, rng))
     sft = [answered(m) for m in which] + who + cont
@@ -307,12 +339,52 @@ def build_demo_tasks(cfg: DemoConfig, seed: int, plays: Sequence[Play] | None = 
     mc_eval = _draw(cfg.eval_items, held_out, rng, lambda p, s: _which_play(p, s, titles, rng, n))
     pref_train = _pairs(cfg.preference_pairs, cfg.preference_mix, train, titles, f"{seed}:pairs", n)
     pref_eval = _pairs(cfg.eval_items, cfg.preference_mix, held_out, titles, f"{seed}:held-out pairs", n)
-    rl_prompts = [{"messages": m.messages, "answer": m.choices[m.gold]} for m in which]
-    return DemoTasks(sft, pref_train, pref_eval, mc_eval, rl_prompts, titles)
+    rl_prompts = [
+        {"messages": m.messages, "answer": m.choices[m.gold], "choices": m.choices}
+        for m in which
+        if len(m.choices) == 4
+    ]
+    chat_eval = _chat_checks(held_out, random.Random(f"{seed}:chat-eval"))
+    return DemoTasks(sft, pref_train, pref_eval, mc_eval, rl_prompts, titles, chat_eval)
+
+
+def _chat_checks(held_out: list[tuple[Play, Scene]], rng: random.Random) -> list[ChatCheck]:
+    """CHAT_CHECKS who-speaks and continue-speech turns from the held-out scenes, and OUT_OF_DOMAIN
+    (its own random stream: the other sets do not depend on it)."""
+    speakers: dict[str, list[str]] = {}
+
+    def who(play: Play, scene: Scene) -> ChatCheck | None:
+        conv = _who_speaks(play, scene, rng)
+        if conv is None:
+            return None
+        if play.slug not in speakers:
+            names = {sp.speaker for sc in play.scenes for sp in sc.speeches if sp.speaker.isupper()}
+            speakers[play.slug] = sorted(names)
+        return ChatCheck(conv[:1], "who_speaks", conv[1]["content"], speakers[play.slug])
+
+    def cont(play: Play, scene: Scene) -> ChatCheck | None:
+        conv = _continue(play, scene, rng)
+        return None if conv is None else ChatCheck(conv[:1], "continue", conv[1]["content"])
+
+    ood = [ChatCheck([{"role": "user", "content": q}], "out_of_domain") for q in OUT_OF_DOMAIN]
+    return _draw(CHAT_CHECKS, held_out, rng, who) + _draw(CHAT_CHECKS, held_out, rng, cont) + ood
+
+
+LISTED_CREDIT = 0.2  # play_title_reward for a listed title that is not the answer
 
 
 def play_title_reward(
-    prompts: list[str], completions: list[str], answer: list[str], **_: object
+    prompts: list[str],
+    completions: list[str],
+    answer: list[str],
+    choices: list[list[str]] | None = None,
+    **_: object,
 ) -> list[float]:
-    """The demo RL reward: 1 when the completion names the right play (whitespace ignored), else 0."""
-    return [1.0 if c.strip() == a.strip() else 0.0 for c, a in zip(completions, answer)]
+    """The demo RL reward: 1 when the completion is the right title (surrounding whitespace ignored),
+    LISTED_CREDIT when it is another of the question's listed `choices` (the answer format, without
+    which a model that names unlisted plays gets no signal), else 0."""
+    listed = choices or [[] for _ in completions]
+    return [
+        1.0 if c.strip() == a.strip() else LISTED_CREDIT if c.strip() in ch else 0.0
+        for c, a, ch in zip(completions, answer, listed)
+    ]

@@ -8,13 +8,15 @@
                    pair kinds also preference_acc/KIND for each kind
 Scoring is lmforge.inference.scoring.token_loglikelihoods (the one scorer) on pre-tokenized requests.
 What a user sees is measured by generation instead (`which_play_answers`): the greedy reply to each
-held-out question, which must be one of the listed titles (format) and the right one (accuracy).
+held-out question, which must be one of the listed titles (format) and the right one (accuracy);
+`reply_checks` checks the shape of the other replies: a who-speaks question gets an upper-case
+speaker name of that play, "continue this speech" and an everyday question get verse (`is_verse`).
 """
 
 from __future__ import annotations
 
 from lmforge.tasks.chat_data import Preference
-from lmforge.tasks.demo import MCItem
+from lmforge.tasks.demo import ChatCheck, MCItem
 
 
 def _reply(tokenizer, text: str) -> list[int]:
@@ -98,3 +100,30 @@ def which_play_answers(model, tokenizer, items: list[MCItem], max_new_tokens: in
     right = [r.strip() == i.choices[i.gold] for r, i in zip(replies, items)]
     n = max(1, len(items))
     return {"format": sum(listed) / n, "accuracy": sum(right) / n, "replies": replies}
+
+
+def is_verse(reply: str) -> bool:
+    """The reply's first non-empty line has at least 3 words: a line of verse, not an empty string,
+    a stray "." or a fragment."""
+    lines = [ln for ln in reply.splitlines() if ln.strip()]
+    return bool(lines) and len(lines[0].split()) >= 3
+
+
+def reply_checks(model, tokenizer, checks: list[ChatCheck], max_new_tokens: int = 32) -> dict:
+    """Greedy replies to the held-out chat checks (lmforge.tasks.demo.ChatCheck), per kind the
+    fraction in shape: who_speaks_format (a speaker name of the play) and who_speaks_acc (the right
+    one), continue_format and out_of_domain_format (`is_verse`); plus the replies."""
+    replies = chat_replies(model, tokenizer, [c.messages for c in checks], max_new_tokens)
+    ok: dict[str, list[bool]] = {}
+    right: list[bool] = []
+    for check, reply in zip(checks, replies):
+        if check.kind == "who_speaks":
+            ok.setdefault("who_speaks", []).append(reply.strip() in check.names)
+            right.append(reply.strip() == check.answer)
+        else:
+            ok.setdefault(check.kind, []).append(is_verse(reply))
+    out: dict = {f"{kind}_format": sum(v) / len(v) for kind, v in ok.items()}
+    if right:
+        out["who_speaks_acc"] = sum(right) / len(right)
+    out["replies"] = replies
+    return out
