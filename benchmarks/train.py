@@ -16,13 +16,25 @@ its tokens/s is read back from metrics.jsonl. transformers runs the loop a user 
 
 `--interleaved` measures the forward + backward pass alone (no optimizer, no loader) of lmforge's
 Transformer (eager and compiled) and of LlamaForCausalLM in ONE process, alternating them call by
-call and keeping each one's best of `--steps` calls: the comparison least disturbed by other jobs.
+call, and reports each one's best and median of `--steps` calls: the comparison least disturbed by
+other jobs. Both sides compute the same thing: fp32, SDPA attention (HF's `attn_implementation=
+"sdpa"`), the mean cross-entropy over the 255 predicted positions of each row (HF shifts the labels
+inside its loss; lmforge scores labels shifted by one with the last one ignored, as its loader
+gives them, through the trainer's loss function).
+
+`--options` prices the learning-efficiency options (docs/training.md): one real Trainer per
+variant (the baseline, then each option alone: Muon, QK-norm, ReLU² and GELU MLPs, logit softcap,
+zero-init projections, document masking) in ONE process, their whole training steps (loader,
+forward, backward, clipping, optimizer) alternated call by call; best and median tokens/s of
+`--steps` steps each, and the ratio to the baseline. The token stream has an <|eos|> every 300
+tokens or so (web-sized documents), so the document mask has boundaries to mask.
 
 usage:
   .venv/bin/python benchmarks/train.py                 # lmforge eager vs HF
   .venv/bin/python benchmarks/train.py --compile       # + lmforge with torch.compile (inductor, CPU)
   .venv/bin/python benchmarks/train.py --interleaved   # forward+backward only, one process, best of N
   .venv/bin/python benchmarks/train.py --interleaved --model demo   # the same for the demo's model
+  .venv/bin/python benchmarks/train.py --options       # tokens/s of each learning-efficiency option
 """
 
 from __future__ import annotations
@@ -51,27 +63,10 @@ def tokens():
     return np.random.default_rng(0).integers(0, ARCH["vocab"], size=2_000_000).astype(np.uint16)
 
 
-def child_lmforge(steps: int, warmup: int, compile_: bool) -> list[float]:
-    import torch
-
-    from lmforge.model.config import ModelConfig
-    from lmforge.model.transformer import Transformer
+def train_config(**options):
     from lmforge.train.config import TrainConfig
-    from lmforge.train.data import PretrainLoader
-    from lmforge.train.objectives import CausalLMObjective
-    from lmforge.train.trainer import Trainer
 
-    torch.manual_seed(0)
-    mcfg = ModelConfig(
-        n_layer=ARCH["n_layer"],
-        d_model=ARCH["d_model"],
-        n_head=ARCH["n_head"],
-        d_ff=ARCH["d_ff"],
-        vocab_size=ARCH["vocab"],
-        max_seq_len=ARCH["seq"],
-    )
-    cfg = TrainConfig(
-        max_steps=steps + warmup,
+    return TrainConfig(
         batch_tokens=ARCH["batch"] * ARCH["seq"],
         micro_batch=ARCH["batch"],
         seq_len=ARCH["seq"],
@@ -80,10 +75,23 @@ def child_lmforge(steps: int, warmup: int, compile_: bool) -> list[float]:
         eval_every=0,
         checkpoint_every=0,
         samples=0,
-        compile=compile_,
         resume="never",
         peak_flops=1.0,
+        **options,
     )
+
+
+def child_lmforge(steps: int, warmup: int, compile_: bool) -> list[float]:
+    import torch
+
+    from lmforge.model.transformer import Transformer
+    from lmforge.train.data import PretrainLoader
+    from lmforge.train.objectives import CausalLMObjective
+    from lmforge.train.trainer import Trainer
+
+    torch.manual_seed(0)
+    mcfg = model_config()
+    cfg = train_config(max_steps=steps + warmup, compile=compile_)
     with tempfile.TemporaryDirectory() as d:
         loader = PretrainLoader(tokens(), ARCH["batch"], ARCH["seq"], seed=0)
         Trainer(Transformer(mcfg), CausalLMObjective(), loader, cfg, Path(d), model_cfg=mcfg).fit()
@@ -91,11 +99,10 @@ def child_lmforge(steps: int, warmup: int, compile_: bool) -> list[float]:
     return [r["tokens_per_s"] for r in recs if "tokens_per_s" in r and r["step"] > warmup]
 
 
-def child_hf(steps: int, warmup: int) -> list[float]:
-    import torch
+def hf_model():
+    """LlamaForCausalLM of ARCH's shape, with the SDPA attention lmforge uses."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    torch.manual_seed(0)
     cfg = LlamaConfig(
         vocab_size=ARCH["vocab"],
         hidden_size=ARCH["d_model"],
@@ -105,8 +112,33 @@ def child_hf(steps: int, warmup: int) -> list[float]:
         num_key_value_heads=ARCH["n_head"],
         max_position_embeddings=ARCH["seq"],
         tie_word_embeddings=True,
+        attn_implementation="sdpa",
     )
     model = LlamaForCausalLM(cfg).train()
+    if model.config._attn_implementation != "sdpa":
+        raise SystemExit(f"transformers picked {model.config._attn_implementation!r} attention, not sdpa")
+    return model
+
+
+def model_config(**options):
+    from lmforge.model.config import ModelConfig
+
+    shape = dict(
+        n_layer=ARCH["n_layer"],
+        d_model=ARCH["d_model"],
+        n_head=ARCH["n_head"],
+        d_ff=ARCH["d_ff"],
+        vocab_size=ARCH["vocab"],
+        max_seq_len=ARCH["seq"],
+    )
+    return ModelConfig(**{**shape, **options})
+
+
+def child_hf(steps: int, warmup: int) -> list[float]:
+    import torch
+
+    torch.manual_seed(0)
+    model = hf_model()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1)
     data = tokens()
     rng = __import__("numpy").random.default_rng(0)
@@ -127,64 +159,127 @@ def child_hf(steps: int, warmup: int) -> list[float]:
     return out
 
 
+def timed(f) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process) of one call. On a machine shared with other
+    jobs the CPU time is the steadier measure of the work itself: waiting for a core adds wall
+    time but no CPU time (with one thread it is the work alone; with more it includes the time
+    idle threads spin)."""
+    t0, c0 = time.perf_counter(), time.process_time()
+    f()
+    return time.perf_counter() - t0, time.process_time() - c0
+
+
+def best_and_median(times: dict[str, list[tuple[float, float]]], base: str, tokens_per_call: int) -> None:
+    """One line per contender: best and median tokens/s of wall time, and median tokens per CPU
+    second, each as a ratio to `base`'s."""
+
+    def stats(t):
+        wall, cpu = [w for w, _ in t], [c for _, c in t]
+        return min(wall), statistics.median(wall), statistics.median(cpu)
+
+    best0, med0, cpu0 = stats(times[base])
+    for name, t in times.items():
+        best, med, cpu = stats(t)
+        print(
+            f"{name:16s} best {tokens_per_call / best:7.0f} tokens/s ({best0 / best:.2f}x)   "
+            f"median {tokens_per_call / med:7.0f} tokens/s ({med0 / med:.2f}x)   "
+            f"median {tokens_per_call / cpu:7.0f} tokens/CPU-s ({cpu0 / cpu:.2f}x {base})"
+        )
+
+
 def interleaved(steps: int, threads: int) -> None:
     import torch
-    import torch.nn.functional as F
-    from transformers import LlamaConfig, LlamaForCausalLM
 
-    from lmforge.model.config import ModelConfig
+    from lmforge.model.loss import IGNORE_INDEX, scored_count, summed_token_nll
     from lmforge.model.transformer import Transformer
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    ours = Transformer(
-        ModelConfig(
-            n_layer=ARCH["n_layer"],
-            d_model=ARCH["d_model"],
-            n_head=ARCH["n_head"],
-            d_ff=ARCH["d_ff"],
-            vocab_size=ARCH["vocab"],
-            max_seq_len=ARCH["seq"],
-        )
-    )
+    ours = Transformer(model_config())
     compiled = torch.compile(ours)
-    hf = LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=ARCH["vocab"],
-            hidden_size=ARCH["d_model"],
-            intermediate_size=ARCH["d_ff"],
-            num_hidden_layers=ARCH["n_layer"],
-            num_attention_heads=ARCH["n_head"],
-            num_key_value_heads=ARCH["n_head"],
-            max_position_embeddings=ARCH["seq"],
-            tie_word_embeddings=True,
-        )
-    )
+    hf = hf_model()
+    missing, unexpected = hf.load_state_dict(hf_state_dict(ours), strict=False)
+    if unexpected or set(missing) - {"lm_head.weight"}:  # the tied head is the embedding
+        raise SystemExit(f"weights do not map onto LlamaForCausalLM: {missing} {unexpected}")
     x = torch.randint(0, ARCH["vocab"], (ARCH["batch"], ARCH["seq"]))
+    # what lmforge's loader gives: the next token, and nothing to predict after the last one
+    labels = torch.cat([x[:, 1:], torch.full_like(x[:, :1], IGNORE_INDEX)], dim=1)
+    count = scored_count(labels)
 
     def lm(model):
         def f():
-            logits = model(x)  # the same 256 positions as HF, loss shifted as HF shifts it
-            F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), x[:, 1:].flatten()).backward()
+            (summed_token_nll(model(x), labels) / count).backward()
 
         return f
 
     def hf_step():
-        hf(input_ids=x, labels=x).loss.backward()
+        hf(input_ids=x, labels=x).loss.backward()  # HF shifts the labels inside its loss
 
     calls = {"lmforge": lm(ours), "lmforge+compile": lm(compiled), "hf": hf_step}
     for f in calls.values():  # warm-up (compilation)
         f()
-    best = dict.fromkeys(calls, float("inf"))
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in calls}
     for _ in range(steps):
         for name, f in calls.items():
-            t0 = time.perf_counter()
-            f()
-            best[name] = min(best[name], time.perf_counter() - t0)
-    tokens_per_call = ARCH["batch"] * ARCH["seq"]
-    print(f"arch {ARCH}, fp32, {threads} threads, forward+backward, best of {steps} interleaved calls")
-    for name, t in best.items():
-        print(f"{name:16s} {tokens_per_call / t:7.0f} tokens/s ({best['hf'] / t:.2f}x hf)")
+            times[name].append(timed(f))
+    print(f"arch {ARCH}, fp32, {threads} threads, forward+backward, {steps} interleaved calls each")
+    best_and_median(times, "hf", ARCH["batch"] * ARCH["seq"])
+
+
+def hf_state_dict(model) -> dict:
+    """lmforge's weights under transformers' names (what `lmforge export` writes)."""
+    from lmforge.model.convert import to_hf_state_dict
+
+    return to_hf_state_dict(model)
+
+
+OPTIONS = {  # variant: (ModelConfig options, TrainConfig options)
+    "baseline": ({}, {}),
+    "muon": ({}, {"optimizer": "muon"}),
+    "qk_norm": ({"qk_norm": True}, {}),
+    "mlp relu2": ({"mlp": "relu2", "d_ff": 0}, {}),  # d_ff 0: the 4·d these MLPs take
+    "mlp gelu": ({"mlp": "gelu", "d_ff": 0}, {}),
+    "logit_softcap 15": ({"logit_softcap": 15.0}, {}),
+    "zero_init_proj": ({"zero_init_proj": True}, {}),
+    "doc_mask": ({}, {"doc_mask": True}),
+}
+EOS = 0  # the document separator of --options's token stream
+
+
+def options(steps: int, threads: int, compile_: bool) -> None:
+    import numpy as np
+    import torch
+
+    from lmforge.model.transformer import Transformer
+    from lmforge.train.data import PretrainLoader
+    from lmforge.train.objectives import CausalLMObjective
+    from lmforge.train.trainer import Trainer
+
+    torch.set_num_threads(threads)
+    data = tokens()
+    data[data == EOS] = 1
+    data[np.random.default_rng(1).random(len(data)) < 1 / 300] = EOS
+    trainers = {}
+    with tempfile.TemporaryDirectory() as d:
+        for name, (model_opts, train_opts) in OPTIONS.items():
+            torch.manual_seed(0)
+            mcfg = model_config(**model_opts)
+            cfg = train_config(max_steps=10**6, compile=compile_, **train_opts)
+            loader = PretrainLoader(
+                data, ARCH["batch"], ARCH["seq"], seed=0, doc_mask=cfg.doc_mask, eos_id=EOS
+            )
+            out = Path(d) / name.replace(" ", "_")
+            trainers[name] = Trainer(Transformer(mcfg), CausalLMObjective(), loader, cfg, out, model_cfg=mcfg)
+        for t in trainers.values():  # warm-up (allocation, compilation)
+            t.train_step()
+            t.train_step()
+        times: dict[str, list[tuple[float, float]]] = {name: [] for name in trainers}
+        for _ in range(steps):
+            for name, t in trainers.items():
+                times[name].append(timed(t.train_step))
+    how = "compiled" if compile_ else "eager"
+    print(f"arch {ARCH}, fp32, {threads} threads, whole Trainer steps ({how}), {steps} interleaved each")
+    best_and_median(times, "baseline", ARCH["batch"] * ARCH["seq"])
 
 
 def run_child(which: str, args) -> list[float]:
@@ -219,7 +314,12 @@ def main() -> int:
         "--threads", type=int, default=os.cpu_count() or 1, help="torch threads (default: all cores)"
     )
     p.add_argument("--compile", action="store_true", help="lmforge with torch.compile")
-    p.add_argument("--interleaved", action="store_true", help="forward+backward only, one process, best of N")
+    p.add_argument(
+        "--interleaved", action="store_true", help="forward+backward only, one process, best and median of N"
+    )
+    p.add_argument(
+        "--options", action="store_true", help="tokens/s of each learning-efficiency option vs the baseline"
+    )
     p.add_argument(
         "--model",
         choices=sorted(SHAPES),
@@ -232,6 +332,9 @@ def main() -> int:
     ARCH.update(SHAPES[args.model])
     if args.interleaved:
         interleaved(args.steps, args.threads)
+        return 0
+    if args.options:
+        options(args.steps, args.threads, args.compile)
         return 0
     if args.child:
         import torch

@@ -30,6 +30,24 @@ def test_causality_future_tokens_do_not_change_past_logits():
         assert not torch.allclose(m(x)[:, 7:], m(y)[:, 7:])
 
 
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_shared_positions_equal_per_row_positions(arch):
+    """Without `positions` the rotary tables / position embeddings are built once and broadcast
+    over the batch: the same logits and gradients as every row passing its own positions."""
+    torch.manual_seed(0)
+    m = Transformer(small(arch))
+    x = torch.randint(0, 300, (3, 12))
+    shared = m(x)
+    shared.square().mean().backward()
+    grads = [p.grad.clone() for p in m.parameters()]
+    m.zero_grad()
+    per_row = m(x, positions=torch.arange(12).expand(3, 12))
+    per_row.square().mean().backward()
+    torch.testing.assert_close(shared, per_row, rtol=0, atol=1e-6)
+    for g, p in zip(grads, m.parameters(), strict=True):
+        torch.testing.assert_close(g, p.grad, rtol=1e-5, atol=1e-7)
+
+
 def test_tied_head_shares_storage():
     m = Transformer(small(tie_embeddings=True))
     assert m.lm_head.weight.data_ptr() == m.tok_emb.weight.data_ptr()

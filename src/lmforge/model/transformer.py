@@ -76,7 +76,8 @@ def rope_inv_freq(cfg: ModelConfig) -> torch.Tensor:
 
 
 def rope_cos_sin(inv_freq: torch.Tensor, positions: torch.Tensor, dtype: torch.dtype):
-    """cos/sin of shape [B, 1, T, head_dim] for integer positions [B, T]."""
+    """cos/sin of shape [B, 1, T, head_dim] for integer positions [B, T] (B = 1 when every row
+    has the same positions: the rotation then reads one table for the whole batch, not B copies)."""
     freqs = positions[:, :, None].float() * inv_freq[None, None, :].float()
     emb = torch.cat((freqs, freqs), dim=-1)[:, None]
     return emb.cos().to(dtype), emb.sin().to(dtype)
@@ -256,11 +257,12 @@ class Transformer(nn.Module):
 
         `cache`/`start_pos` continue a sequence whose first start_pos tokens are cached.
         `positions` [B, T] and a boolean `attn_mask` [B, 1, T, S] (True = attend) serve batches
-        of left-padded prompts. Under pipeline parallelism `idx` is the previous stage's output.
+        of left-padded prompts and packed rows. Under pipeline parallelism `idx` is the previous
+        stage's output.
         """
-        B, T = idx.shape[:2]
-        if positions is None:
-            positions = torch.arange(start_pos, start_pos + T, device=idx.device).expand(B, T)
+        T = idx.shape[1]
+        if positions is None:  # [1, T]: the rotary tables and position embeddings broadcast over the batch
+            positions = torch.arange(start_pos, start_pos + T, device=idx.device)[None]
         h = self.tok_emb(idx) if self.tok_emb is not None else idx
         if self.pos_emb is not None:
             h = h + self.pos_emb(positions)
