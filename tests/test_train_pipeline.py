@@ -52,7 +52,6 @@ def make_run(prepared: Path, tmp_path: Path, name: str, **train) -> Path:
         eval_tokens=1024,
         checkpoint_every=10,
         keep_last=2,
-        log_every=10,
         samples=0,
     )
     cfg.update(train)

@@ -48,7 +48,6 @@ def train_cfg(**kw) -> TrainConfig:
         warmup_steps=2,
         eval_every=0,
         checkpoint_every=0,
-        log_every=100,
         samples=0,
         eval_tokens=256,
     )
@@ -354,3 +353,9 @@ def test_causal_lm_loss_on_a_packed_row_is_the_sum_over_its_conversations():
     assert int(packed.count) == 4
     assert float(packed.loss_sum) == pytest.approx(sum(float(o.loss_sum) for o in alone), rel=1e-6)
     assert float(crossed.loss_sum) != pytest.approx(float(packed.loss_sum), rel=1e-5)  # the mask matters
+
+
+def test_log_every_writes_a_record_every_n_steps(tmp_path):
+    cfg = train_cfg(max_steps=7, log_every=3)
+    Trainer(tiny_model(), CausalLMObjective(), PretrainLoader(tokens(), 4, 16, 0), cfg, tmp_path).fit()
+    assert [r["step"] for r in records(tmp_path) if "loss" in r] == [3, 6]

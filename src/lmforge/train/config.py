@@ -49,7 +49,7 @@ class TrainConfig:
     # Under more than one process: write each checkpoint with DCP's async_save (the step waits only
     # for the copy to CPU memory; the files are written in the background and published when done)
     async_checkpoint: bool = False
-    log_every: int = logging_only(10)  # write a metrics record every N steps
+    log_every: int = logging_only(1)  # write a metrics record (metrics.jsonl, TensorBoard, W&B) every N steps
     init_from: str = ""  # a checkpoint to start from (fine-tuning)
     tensorboard: bool = logging_only(False)  # mirror the metrics into <stage>/tensorboard
     wandb: WandbConfig = logging_only(default_factory=WandbConfig)  # Weights & Biases (mode, project, entity)
@@ -82,8 +82,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be positive")
         if self.max_steps < 0 or self.max_minutes < 0:
             raise ValueError("max_steps and max_minutes must be >= 0")
-        if self.keep_last < 1:
-            raise ValueError("keep_last must be >= 1")
+        if self.keep_last < 1 or self.log_every < 1:
+            raise ValueError("keep_last and log_every must be >= 1")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ValueError("min_lr_ratio must be in [0, 1]")
         if not 0.0 < self.decay_fraction <= 1.0:

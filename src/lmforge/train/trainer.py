@@ -250,7 +250,8 @@ class Trainer:
         return False
 
     def report(self, record: dict[str, Any], bar) -> None:
-        if self.logger:
+        # a skipped step or a rollback is always recorded, whatever log_every says
+        if self.logger and (self.step % self.cfg.log_every == 0 or {"skipped", "rollback"} & record.keys()):
             self.logger.log(record)
         if bar is not None:
             bar.update(1)
