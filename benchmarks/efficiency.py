@@ -53,6 +53,11 @@ CHANGES: dict[str, dict] = {
     "batch_1k": {"train.batch_tokens": 1024, "train.micro_batch": 4},
     "depth_2": {"model.n_layer": 2, "train.seq_len": 128, "train.micro_batch": 8, "train.batch_tokens": 1024},
 }
+# settings that only make sense beside a change (not run alone): --combined may name them too
+TUNING: dict[str, dict] = {
+    "muon_lr_0.04": {"train.muon_lr": 0.04},
+    "muon_lr_0.01": {"train.muon_lr": 0.01},
+}
 NANOGPT = {
     "model.arch": "gpt2",
     "model.tie_embeddings": True,
@@ -173,7 +178,11 @@ def main() -> None:
                 and statistics.mean(r["val_bpb"] for r in results[c])
                 < statistics.mean(r["val_bpb"] for r in results["baseline"])
             ]
-            overrides = {k: v for c in picked for k, v in CHANGES[c].items()}
+            unknown = set(picked) - set(CHANGES) - set(TUNING)
+            if unknown:
+                known = ", ".join([*CHANGES, *TUNING])
+                raise SystemExit(f"unknown change(s) {sorted(unknown)}; known: {known}")
+            overrides = {k: v for c in picked for k, v in {**CHANGES, **TUNING}[c].items()}
             label = f"combined ({'+'.join(picked) or 'nothing beat the baseline'})"
         else:
             overrides = NANOGPT if name == "nanogpt" else CHANGES[name]
