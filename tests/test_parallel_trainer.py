@@ -19,7 +19,11 @@ from lmforge.checkpoint.consolidated import weights_file
 from lmforge.recipe import load_recipe
 from lmforge.run import run_recipe
 
+# AdamW: these runs compare world sizes to 1e-5 (Muon's bf16 Newton-Schulz agrees to 1e-4 across
+# layouts: tests/test_muon_parallel.py), whatever the recipe's own optimizer
 SMALL = [
+    "--train.optimizer",
+    "adamw",
     "--tokenizer.vocab_size",
     "384",
     "--model.n_layer",
