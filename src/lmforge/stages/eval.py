@@ -66,6 +66,8 @@ def eval_stage(recipe: Any, run_dir: Path) -> dict:
     for stage, ckpt in stages:
         model, tok = load_model(ckpt, device=device)
         tasks = [t for t in cfg.tasks if stage in CHAT_STAGES or t not in CHAT_ONLY_TASKS]
+        if not tasks:  # e.g. `--eval.tasks '[plays_answer]'`: nothing of it applies to the base model
+            continue
         entry = evaluate_checkpoint(
             ckpt,
             tasks,
