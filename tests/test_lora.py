@@ -351,3 +351,9 @@ def test_lora_sft_on_two_ranks_matches_one(base_run, sft_run, tmp_path, layout):
     assert got.keys() == want.keys()
     assert all(torch.allclose(got[k], want[k], atol=1e-5) for k in want)
     assert not (final_checkpoint(run) / WEIGHTS).exists() and not (final_checkpoint(run) / "dcp").exists()
+
+
+def test_missing_peft_names_the_key_and_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "peft", None)  # import peft -> ImportError
+    with pytest.raises(LmforgeError, match=r"sft\.lora\.rank > 0 needs the `peft` package.*lmforge\[lora\]"):
+        add_adapters(tiny_model(), LoRAConfig(rank=2), base={}, where="sft.lora")

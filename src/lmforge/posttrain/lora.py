@@ -50,7 +50,12 @@ def target_modules(model: torch.nn.Module, targets: list[str], where: str = "lor
 def add_adapters(model: torch.nn.Module, cfg: LoRAConfig, base: dict, where: str = "lora") -> list[str]:
     """Inject LoRA adapters into `model` (in place, on whatever device it is built), freeze the rest,
     and attach the `AdapterSpec` its checkpoints are written from. Returns the adapted module names."""
-    from peft import LoraConfig, inject_adapter_in_model
+    try:
+        from peft import LoraConfig, inject_adapter_in_model
+    except ImportError:
+        raise LmforgeError(
+            f"{where}.rank > 0 needs the `peft` package: pip install 'lmforge[lora]' (or pip install peft)"
+        ) from None
 
     modules = target_modules(model, cfg.targets, f"{where}.targets")
     peft_cfg = LoraConfig(
