@@ -219,9 +219,10 @@ def interleaved(steps: int, threads: int) -> None:
     for f in calls.values():  # warm-up (compilation)
         f()
     times: dict[str, list[tuple[float, float]]] = {name: [] for name in calls}
-    for _ in range(steps):
-        for name, f in calls.items():
-            times[name].append(timed(f))
+    order = list(calls)
+    for i in range(steps):  # the order rotates each round, so no contender always runs after the same one
+        for name in order[i % len(order):] + order[: i % len(order)]:
+            times[name].append(timed(calls[name]))
     print(f"arch {ARCH}, fp32, {threads} threads, forward+backward, {steps} interleaved calls each")
     best_and_median(times, "hf", ARCH["batch"] * ARCH["seq"])
 
@@ -242,6 +243,7 @@ OPTIONS = {  # variant: (ModelConfig options, TrainConfig options)
     "logit_softcap 15": ({"logit_softcap": 15.0}, {}),
     "zero_init_proj": ({"zero_init_proj": True}, {}),
     "doc_mask": ({}, {"doc_mask": True}),
+    "value_embeds": ({"value_embeds": 2}, {}),
 }
 EOS = 0  # the document separator of --options's token stream
 
