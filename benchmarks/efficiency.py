@@ -55,6 +55,8 @@ CHANGES: dict[str, dict] = {
     # the recipe's own shape at this budget (the tuning log's quiet-box R2 and R3): more, smaller steps
     "batch_1k": {"train.batch_tokens": 1024, "train.micro_batch": 4},
     "depth_2": {"model.n_layer": 2, "train.seq_len": 128, "train.micro_batch": 8, "train.batch_tokens": 1024},
+    # value embeddings on the first and last layer: lookups, free in counted FLOPs (modded-nanogpt)
+    "value_embeds": {"model.value_embeds": 2},
 }
 # settings that only make sense beside a change (not run alone): --combined may name them too
 TUNING: dict[str, dict] = {

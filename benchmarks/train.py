@@ -221,7 +221,7 @@ def interleaved(steps: int, threads: int) -> None:
     times: dict[str, list[tuple[float, float]]] = {name: [] for name in calls}
     order = list(calls)
     for i in range(steps):  # the order rotates each round, so no contender always runs after the same one
-        for name in order[i % len(order):] + order[: i % len(order)]:
+        for name in order[i % len(order) :] + order[: i % len(order)]:
             times[name].append(timed(calls[name]))
     print(f"arch {ARCH}, fp32, {threads} threads, forward+backward, {steps} interleaved calls each")
     best_and_median(times, "hf", ARCH["batch"] * ARCH["seq"])

@@ -101,6 +101,7 @@ def test_zero_init_projections_make_every_block_the_identity():
         ({"qk_norm": True, "hf_family": "llama"}, "model.qk_norm"),  # QK-norm exports as Qwen3 only
         ({"mlp": "relu2"}, "model.mlp"),
         ({"logit_softcap": 15.0}, "model.logit_softcap"),
+        ({"value_embeds": 1}, "model.value_embeds"),
     ],
 )
 def test_export_refuses_options_the_target_lacks(kw, named, tmp_path):

@@ -244,6 +244,31 @@ def test_preference_pair_kinds():
     assert {(p.chosen, p.rejected) for p in echo} <= {(p.chosen, p.rejected) for p in alone.preference_eval}
 
 
+def test_answer_format_pair_kinds():
+    """unlisted: the right title over a title the question does not list; who_speaks: the speaker's
+    name over the speech's next line (the chatbot's two format misses)."""
+    cfg = DemoConfig(
+        which_play=20,
+        who_speaks=5,
+        continue_speech=5,
+        preference_pairs=60,
+        eval_items=40,
+        preference_mix={"unlisted": 0.5, "who_speaks": 0.5},
+    )
+    tasks = build_demo_tasks(cfg, seed=7)
+    kinds = [p.kind for p in tasks.preference_train]
+    assert kinds.count("unlisted") == 30 and kinds.count("who_speaks") == 30
+    for p in tasks.preference_train + tasks.preference_eval:
+        prompt = p.messages[0]["content"]
+        if p.kind == "unlisted":
+            listed = prompt.split("\n\nChoices:\n")[1].split("\n")
+            assert p.chosen in listed and p.rejected not in listed and p.rejected in tasks.titles
+        else:
+            assert prompt.startswith("Who speaks these lines in ")
+            lines = prompt.split("\n\n", 1)[1].split("\n")
+            assert p.chosen.isupper() and p.rejected not in lines and len(lines) >= 2
+
+
 @pytest.mark.parametrize(
     "mix", [{"which_play": 0.5, "echo": 0.4}, {"echo": 1.2, "loop": -0.2}, {"repeat": 1.0}]
 )

@@ -24,7 +24,7 @@ def events(log_dir):
 def test_logging_only_keys_do_not_re_run_a_finished_stage(tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(
-        run_mod, "run_stage_function", lambda stage, recipe, run_dir: calls.append(stage.name)
+        run_mod, "run_stage_function", lambda stage, recipe, run_dir, key: calls.append(stage.name)
     )
     base = {"run_dir": str(tmp_path / "run"), "stages": ["pretrain"], "sft": {}}
     run_mod.run_recipe(load_recipe(None, base))

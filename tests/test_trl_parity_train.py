@@ -15,8 +15,10 @@ What TRL computes and how the test lines it up with lmforge's documented semanti
 * DPO (`dpo_trainer.py`): log-probs summed over the completion tokens, the loss a mean over the
   pairs of the batch, as lmforge. TRL tokenizes the conversational pairs itself through the chat
   template of the exported tokenizer (prompt with the generation prompt, completion = the rest,
-  `<|end|>` included): the same ids as `tokenize_pair`. lmforge precomputes the reference log-probs
-  (its default), TRL keeps a frozen reference model (its default): the same reference.
+  `<|end|>` included): the same ids as `tokenize_pair`. The reference is the starting model both
+  ways, on both sides: its log-probs precomputed before the first step (`dpo.precompute_ref: true`,
+  lmforge's default; TRL's `precompute_ref_log_probs=True`), or a frozen copy scoring every batch
+  (`dpo.precompute_ref: false`, built from the starting checkpoint; TRL's default).
 * SFT (`sft_trainer.py`): TRL takes pre-tokenised `input_ids` + `assistant_masks` (lmforge's chat
   mask, 1 on assistant content and its `<|end|>`), shifts the labels inside the model, and divides
   the summed token losses by the tokens of the whole accumulated batch (`num_items_in_batch`), as
@@ -43,6 +45,7 @@ trl = pytest.importorskip("trl")
 transformers = pytest.importorskip("transformers")
 datasets = pytest.importorskip("datasets")
 
+from lmforge.checkpoint.consolidated import save_model_checkpoint  # noqa: E402
 from lmforge.distributed import setup_distributed  # noqa: E402
 from lmforge.model.config import ModelConfig  # noqa: E402
 from lmforge.model.convert import export_hf  # noqa: E402
@@ -127,12 +130,15 @@ def train_cfg(**over) -> PreferenceTrainConfig:
 
 
 def run_lmforge(
-    stage_cls, model, tok, cfg, data: StageData, out, overrides=None
+    stage_cls, model, tok, cfg, data: StageData, out, overrides=None, start=None
 ) -> tuple[list[dict], object]:
-    """The stage's objective and loader in the one Trainer: (per-step metrics records, loader)."""
+    """The stage's objective and loader in the one Trainer: (per-step metrics records, loader).
+    `start`: the starting checkpoint (what a frozen DPO reference is built from)."""
     recipe = load_recipe(None, {"seed": 0, **(overrides or {})})
     ctx = setup_distributed(recipe.parallel, "cpu")
-    objective, loader = stage_cls(recipe, out).build(model, tok, cfg, data, ctx)
+    stage = stage_cls(recipe, out)
+    stage.start, stage.ctx = start, ctx
+    objective, loader = stage.build(model, tok, cfg, data, ctx)
     served = copy.deepcopy(loader)  # what the loader serves, read before training
     torch.manual_seed(0)
     Trainer(model, objective, loader, cfg, out, tokenizer=tok, seed=0, ctx=ctx, stage=stage_cls.name).fit()
@@ -190,13 +196,24 @@ def assert_steps_agree(ours: list[dict], theirs: list[dict], keys: dict[str, str
             )
 
 
-def test_dpo_steps_equal_trl_dpo_trainer(tiny, tmp_path):
+@pytest.mark.parametrize("precompute_ref", [True, False], ids=["precomputed-ref", "frozen-ref"])
+def test_dpo_steps_equal_trl_dpo_trainer(tiny, tmp_path, capsys, precompute_ref):
     tok, _, _, hf_dir = tiny
     cfg = train_cfg()
     pairs = [tokenize_pair(p, tok, SEQ) for p in PAIRS]
+    start = tmp_path / "start"
+    save_model_checkpoint(lmforge_model(tiny), tok, start, stage="pretrain", step=0)
     ours, loader = run_lmforge(
-        DPOStage, lmforge_model(tiny), tok, cfg, StageData(None, pairs), tmp_path / "ours"
+        DPOStage,
+        lmforge_model(tiny),
+        tok,
+        cfg,
+        StageData(None, pairs),
+        tmp_path / "ours",
+        {"dpo.precompute_ref": precompute_ref},
+        start,
     )
+    assert ("frozen reference" in capsys.readouterr().out) != precompute_ref
     order = loader.order.take(STEPS * PAIRS_PER_STEP)
 
     rows = [
@@ -209,7 +226,14 @@ def test_dpo_steps_equal_trl_dpo_trainer(tiny, tmp_path):
     ]
     hf = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
     hf_tok = transformers.AutoTokenizer.from_pretrained(hf_dir)
-    args = trl_args(trl.DPOConfig, tmp_path / "trl", beta=0.1, loss_type=["sigmoid"], max_length=None)
+    args = trl_args(
+        trl.DPOConfig,
+        tmp_path / "trl",
+        beta=0.1,
+        loss_type=["sigmoid"],
+        max_length=None,
+        precompute_ref_log_probs=precompute_ref,
+    )
     trainer = trl.DPOTrainer(
         model=hf,
         args=args,
@@ -217,6 +241,7 @@ def test_dpo_steps_equal_trl_dpo_trainer(tiny, tmp_path):
         processing_class=hf_tok,
         optimizers=(lmforge_adamw(hf), None),
     )
+    assert (trainer.ref_model is None) == precompute_ref  # TRL's side takes the same path
     for row, i in zip(trainer.train_dataset, order):  # TRL's tokenisation = lmforge's
         (c_ids, c_labels), (r_ids, r_labels) = pairs[i].chosen, pairs[i].rejected
         assert row["prompt_ids"] + row["chosen_ids"] == c_ids + [c_labels[-1]]

@@ -4,7 +4,9 @@ Stages form a chain in the order of STAGES. A stage's marker (RUN_DIR/<stage>/_c
 holds a hash of its own recipe sections and of the previous stage's hash, so changing any
 setting re-runs that stage and every stage after it, and nothing before it.
 
-A stage function takes `(recipe, run_dir)` and writes only inside `run_dir`. Stage
+A stage function takes `(recipe, run_dir)` and writes only inside `run_dir`; a training stage
+also takes `data_key=` (`data_key` below), which its trainer puts in its resume check: a stage
+re-run for other data trains from scratch instead of resuming the finished checkpoint. Stage
 functions are looked up lazily ("module:function"), so the runner imports nothing heavy.
 
 Under torchrun (`torchrun --nproc-per-node N -m lmforge run RECIPE`) every rank runs this loop.
@@ -17,6 +19,8 @@ with its message. Across nodes the run directory must be on a filesystem every n
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import importlib
 import os
 import time
@@ -36,6 +40,7 @@ class Stage:
     sections: tuple[str, ...]  # recipe sections whose values the stage depends on
     summary: str
     distributed: bool = False  # runs on every rank under torchrun; otherwise once, on rank 0
+    train: str = ""  # the recipe key of its TrainConfig ("": the stage trains no model)
 
 
 # The full chain, in order. A recipe's `stages` picks a subsequence.
@@ -49,6 +54,7 @@ STAGES: list[Stage] = [
         ("model", "train", "parallel"),
         "pretrain",
         distributed=True,
+        train="train",
     ),
     Stage(
         "sft",
@@ -56,6 +62,7 @@ STAGES: list[Stage] = [
         ("sft",),
         "supervised fine-tuning (chat, prompt-masked loss)",
         distributed=True,
+        train="sft.train",
     ),
     Stage(
         "dpo",
@@ -63,6 +70,7 @@ STAGES: list[Stage] = [
         ("sft", "dpo"),
         "direct preference optimization",
         distributed=True,
+        train="dpo.train",
     ),
     Stage(
         "reward",
@@ -70,6 +78,7 @@ STAGES: list[Stage] = [
         ("sft", "reward"),
         "reward model (Bradley-Terry)",
         distributed=True,
+        train="reward.train",
     ),
     Stage(
         "rl",
@@ -77,6 +86,7 @@ STAGES: list[Stage] = [
         ("sft", "rl"),
         "GRPO from a reward function or model",
         distributed=True,
+        train="rl.train",
     ),
     Stage(
         "eval",
@@ -103,6 +113,37 @@ def stage_hash(recipe: Recipe, stage: Stage, previous: str) -> str:
     payload = {"stage": stage.name, "seed": recipe.seed, "previous": previous}
     payload.update({s: settings_dict(getattr(recipe, s)) for s in stage.sections})
     return config_hash(payload)
+
+
+def data_key(recipe: Recipe, stage: Stage, previous: str) -> str:
+    """What a training stage trains on, for its trainer's resume check: the stage's sections (and,
+    through `previous`, those of the stages before it) without the train settings, which the
+    trainer hashes itself leaving out the ones a resumed run may change (max_steps, cadence), and
+    without the parallel layout, which a checkpoint resumes across. Changing a data setting re-runs
+    the stage (its stage hash) and, through this key, trains it from scratch instead of resuming
+    the finished checkpoint."""
+    payload: dict = {"stage": stage.name, "seed": recipe.seed, "previous": previous}
+    for name in stage.sections:
+        if name not in ("train", "parallel"):
+            settings = settings_dict(getattr(recipe, name))
+            payload[name] = {k: v for k, v in settings.items() if k != "train"}
+    return config_hash(payload)
+
+
+def trained_fresh(recipe: Recipe, stage: Stage) -> Recipe:
+    """The recipe with the stage's train.resume `auto` set to `never` (a forced re-run trains from
+    scratch, the old checkpoints moved aside); `always` (resume, and fail without a checkpoint) stays."""
+    path = stage.train.split(".")
+    cfg = functools.reduce(getattr, path, recipe)
+    if cfg.resume != "auto":
+        return recipe
+    return _replaced(recipe, path, dataclasses.replace(cfg, resume="never"))
+
+
+def _replaced(obj, path: list[str], value):
+    """`obj` with the nested dataclass field at `path` replaced by `value`."""
+    head, *rest = path
+    return dataclasses.replace(obj, **{head: _replaced(getattr(obj, head), rest, value) if rest else value})
 
 
 def check_stages(names: list[str]) -> None:
@@ -152,8 +193,11 @@ def wait_for_stage(
         time.sleep(poll_seconds)
 
 
-def run_recipe(recipe: Recipe, only: list[str] | None = None, force: bool = False) -> Path:
-    """Run the recipe's stages (or `only` these), skipping finished ones unless `force`."""
+def run_recipe(
+    recipe: Recipe, only: list[str] | None = None, force: bool = False, fresh: bool = False
+) -> Path:
+    """Run the recipe's stages (or `only` these), skipping finished ones unless `force`; with
+    `fresh`, a training stage that runs trains from scratch (`trained_fresh`) rather than resuming."""
     check_stages(recipe.stages)
     selected = only or recipe.stages
     check_stages(selected)
@@ -163,11 +207,12 @@ def run_recipe(recipe: Recipe, only: list[str] | None = None, force: bool = Fals
     if rank == 0:
         atomic_write_text(run_dir / "config.yaml", dump_yaml(recipe))
     chain = [s for s in STAGES if s.name in recipe.stages or s.name in selected]
-    previous = ""
+    previous = previous_data = ""
     timings: dict[str, float] = {}
     for stage in chain:
         h = stage_hash(recipe, stage, previous)
-        previous = h
+        key = data_key(recipe, stage, previous_data)
+        previous, previous_data = h, key
         if stage.name not in selected:
             continue
         marker = marker_path(run_dir, stage.name)
@@ -182,7 +227,8 @@ def run_recipe(recipe: Recipe, only: list[str] | None = None, force: bool = Fals
             marker.unlink(missing_ok=True)
         print(f"[lmforge] {stage.name}: {stage.summary}", flush=True)
         t0 = time.time()
-        run_marked(stage, recipe, run_dir, h, leader=rank == 0)
+        stage_recipe = trained_fresh(recipe, stage) if fresh and stage.train else recipe
+        run_marked(stage, stage_recipe, run_dir, h, key, leader=rank == 0)
         if rank != 0:  # the next stage may read what rank 0 publishes last
             wait_for_stage(run_dir, stage.name, h, this_launch=True)
         timings[stage.name] = time.time() - t0
@@ -197,14 +243,14 @@ def run_recipe(recipe: Recipe, only: list[str] | None = None, force: bool = Fals
     return run_dir
 
 
-def run_marked(stage: Stage, recipe: Recipe, run_dir: Path, h: str, leader: bool) -> None:
+def run_marked(stage: Stage, recipe: Recipe, run_dir: Path, h: str, key: str, leader: bool) -> None:
     """Run a stage; the leader (rank 0) writes its completion marker, or `_failed.json` if it raises."""
     failed = failure_path(run_dir, stage.name)
     if leader:
         failed.unlink(missing_ok=True)
     t0 = time.time()
     try:
-        run_stage_function(stage, recipe, run_dir)
+        run_stage_function(stage, recipe, run_dir, key)
     except BaseException as e:
         if leader:
             error = f"{type(e).__name__}: {e}"[:2000]
@@ -216,7 +262,8 @@ def run_marked(stage: Stage, recipe: Recipe, run_dir: Path, h: str, leader: bool
         atomic_write_json(marker_path(run_dir, stage.name), record)
 
 
-def run_stage_function(stage: Stage, recipe: Recipe, run_dir: Path) -> None:
+def run_stage_function(stage: Stage, recipe: Recipe, run_dir: Path, key: str = "") -> None:
+    """Call the stage function; a training stage also gets its `data_key` (as `data_key=`)."""
     module_name, func_name = stage.target.split(":")
     func = getattr(importlib.import_module(module_name), func_name)
-    func(recipe, run_dir)
+    func(recipe, run_dir, **({"data_key": key} if stage.train else {}))

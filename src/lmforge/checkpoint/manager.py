@@ -24,9 +24,10 @@ gathered whole (they are small), written by rank 0 with a pointer to the base ch
 config hash covers the adapter settings and the base's content, so a run resumes only onto the
 base it was trained on.
 
-Resume modes: "auto" continues from the latest checkpoint when its config hash matches and
-otherwise starts fresh after moving the old run aside (to `<out_dir>.previous`); "always"
-requires a matching checkpoint; "never" starts fresh.
+Resume modes: "auto" continues from the latest checkpoint when its config hash matches (the
+trainer's: settings and data, lmforge.train.trainer) and otherwise starts fresh after moving the
+old run aside (to `<out_dir>.previous`, replacing the one before); "always" requires a matching
+checkpoint; "never" starts fresh, moving the old run aside the same way.
 """
 
 from __future__ import annotations
@@ -121,7 +122,7 @@ class CheckpointManager:
                     f"{d}: its config differs from this run's (hash {written_with} vs {self.config_hash}); "
                     "use --train.resume never to start over"
                 )
-            self.say(f"{d} was trained with a different config; starting fresh")
+            self.say(f"{d} was trained with other settings or data; starting fresh")
             self.start_fresh(True)
             return None
         state = self.load(d, restore_loader=True, restore_rng=True)
@@ -136,12 +137,13 @@ class CheckpointManager:
         if not had_checkpoints and not any((self.out_dir / name).exists() for name in self.run_files):
             return
         stale = self.out_dir.with_name(self.out_dir.name + ".previous")
+        replaced = " (replacing the older run there)" if stale.exists() else ""
         shutil.rmtree(stale, ignore_errors=True)
         stale.mkdir(parents=True)
         for name in ("checkpoints", *self.run_files):
             if (self.out_dir / name).exists():
                 shutil.move(str(self.out_dir / name), str(stale / name))
-        self.say(f"moved the previous run's checkpoints and metrics to {stale}")
+        self.say(f"moved the previous run's checkpoints and metrics to {stale}{replaced}")
 
     def load(self, d: Path, *, restore_loader: bool, restore_rng: bool) -> dict:
         """Weights, optimizer and scaler from checkpoint `d` (and the loader / RNG state when

@@ -82,6 +82,11 @@ def apply_tp(model: nn.Module, tp_mesh, loss_parallel: bool = False) -> None:
     )
 
     cfg = model.cfg
+    if cfg.value_embeds:
+        raise LmforgeError(
+            "tensor parallelism does not support model.value_embeds (each rank would learn the "
+            "value embeddings' gains from its own heads alone): set model.value_embeds: 0"
+        )
     tp = tp_mesh.size()
     for name, n in (("n_head", cfg.n_head), ("n_kv_head", cfg.n_kv_head), ("d_ff", cfg.d_ff)):
         if n % tp:
@@ -116,8 +121,8 @@ def apply_tp(model: nn.Module, tp_mesh, loss_parallel: bool = False) -> None:
             next(iter(model.layers.values())),
             tp_mesh,
             PrepareModuleInput(
-                input_layouts=(Replicate(), None, None, None, None),
-                desired_input_layouts=(Shard(1), None, None, None, None),
+                input_layouts=(Replicate(), None, None, None, None, None),
+                desired_input_layouts=(Shard(1), None, None, None, None, None),
                 use_local_output=True,
             ),
         )
@@ -127,10 +132,10 @@ def apply_tp(model: nn.Module, tp_mesh, loss_parallel: bool = False) -> None:
     for block in model.layers.values():
         plan = {
             "attn_norm": SequenceParallel(),
-            # attn(x, rope, cache, start_pos, attn_mask): only x is redistributed
+            # attn(x, rope, cache, start_pos, attn_mask, value_embed): only x is redistributed
             "attn": PrepareModuleInput(
-                input_layouts=(Shard(1), None, None, None, None),
-                desired_input_layouts=(Replicate(), None, None, None, None),
+                input_layouts=(Shard(1), None, None, None, None, None),
+                desired_input_layouts=(Replicate(), None, None, None, None, None),
             ),
             "attn.wq": ColwiseParallel(),
             "attn.wk": ColwiseParallel(),
@@ -170,7 +175,7 @@ def apply_ac(model: nn.Module) -> None:
 
 
 # the Transformer's own children; anything else on the model was added by a stage (`extend`)
-TRANSFORMER_PARTS = ("tok_emb", "pos_emb", "layers", "norm", "lm_head")
+TRANSFORMER_PARTS = ("tok_emb", "pos_emb", "value_embeds", "layers", "norm", "lm_head")
 
 
 def apply_fsdp(

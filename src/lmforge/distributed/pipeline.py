@@ -30,6 +30,11 @@ def split_for_pipeline(model: nn.Module, pp_rank: int, pp_size: int) -> None:
             "pipeline parallelism needs untied embeddings (the embedding and the head live on different "
             "stages): set model.tie_embeddings: false"
         )
+    if model.cfg.value_embeds:
+        raise LmforgeError(
+            "pipeline parallelism does not support model.value_embeds (a later stage receives hidden "
+            "states, not the token ids its value embeddings look up): set model.value_embeds: 0"
+        )
     keep = {str(i) for i in stage_layers(model.cfg.n_layer, pp_rank, pp_size)}
     for name in list(model.layers.keys()):
         if name not in keep:

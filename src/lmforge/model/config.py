@@ -53,7 +53,9 @@ class ModelConfig:
     `qk_norm` RMS-normalises queries and keys per head before RoPE (as Qwen3 / modded-nanogpt);
     `mlp` picks the MLP ("" = the arch's own: swiglu for llama, gelu for gpt2; relu2 is
     proj(relu(fc(x))²)); `logit_softcap` > 0 squashes logits to cap·tanh(logits / cap);
-    `zero_init_proj` starts every residual output projection (attention out, MLP down) at zero.
+    `zero_init_proj` starts every residual output projection (attention out, MLP down) at zero;
+    `value_embeds` N gives the first ceil(N/2) and last floor(N/2) layers a token-embedding table
+    of their own whose lookup is added to the attention values (modded-nanogpt, nanochat).
 
     Options of the Hugging Face families `lmforge import` takes, also off by default: `attn_bias`
     (biases on the query, key and value projections, Qwen2), an explicit `head_dim` (Qwen3),
@@ -84,6 +86,7 @@ class ModelConfig:
     mlp: Literal["", "swiglu", "relu2", "gelu"] = ""
     logit_softcap: float = 0.0  # > 0: logits become cap x tanh(logits / cap)
     zero_init_proj: bool = False  # start every residual output projection at zero
+    value_embeds: int = 0  # layers (first and last) whose attention values add a token embedding
     # the transformers class export writes ("": Qwen3 with qk_norm, Qwen2 with attn_bias, else Llama)
     hf_family: Literal["", "llama", "mistral", "qwen2", "qwen3"] = ""
     extra: dict = field(default_factory=dict)  # free-form keys carried into the checkpoint's config.json
@@ -134,6 +137,10 @@ class ModelConfig:
             raise ValueError("dropout must be in [0, 1)")
         if self.logit_softcap < 0:
             raise ValueError("logit_softcap must be >= 0 (0: off)")
+        if not 0 <= self.value_embeds <= self.n_layer:
+            raise ValueError(
+                f"value_embeds must be in [0, n_layer = {self.n_layer}] (got {self.value_embeds})"
+            )
         rs = self.rope_scaling
         if rs.type and not (rs.factor >= 1 and 0 < rs.low_freq_factor < rs.high_freq_factor):
             raise ValueError("rope_scaling needs factor >= 1 and 0 < low_freq_factor < high_freq_factor")
@@ -145,8 +152,15 @@ def preset_training(name: str) -> tuple[float, int]:
     return lr, batch_tokens
 
 
+def value_embed_layers(cfg: ModelConfig) -> list[int]:
+    """The layers with a value embedding: the first ceil(N/2) and the last floor(N/2) of them."""
+    n, L = cfg.value_embeds, cfg.n_layer
+    return list(range(n - n // 2)) + list(range(L - n // 2, L))
+
+
 def num_params(cfg: ModelConfig, include_embedding: bool = True) -> int:
-    """Exact parameter count of `Transformer(cfg)` (vocab_size must be set)."""
+    """Exact parameter count of `Transformer(cfg)` (vocab_size must be set). Without embeddings
+    it leaves out the lookups: token, position and value embeddings (their tables and gains)."""
     d, L, V, hd = cfg.d_model, cfg.n_layer, cfg.vocab_size, cfg.head_dim
     bias = cfg.arch == "gpt2"
     attn = d * (cfg.n_head * hd) + 2 * d * (cfg.n_kv_head * hd) + (cfg.n_head * hd) * d
@@ -162,7 +176,7 @@ def num_params(cfg: ModelConfig, include_embedding: bool = True) -> int:
         norms += 2 * hd
     total = L * (attn + mlp + norms) + (d if cfg.arch == "llama" else 2 * d)
     if include_embedding:
-        total += V * d
+        total += V * d + cfg.value_embeds * (V * cfg.n_kv_head * hd + 1)
         if not cfg.tie_embeddings:
             total += V * d
         if cfg.arch == "gpt2":
@@ -213,6 +227,8 @@ def check_exportable(cfg: ModelConfig, target: str) -> None:
         found.append(f"model.mlp: {cfg.mlp} (its {cfg.arch} graph has {default_mlp})")
     if cfg.logit_softcap > 0:
         found.append("model.logit_softcap")
+    if cfg.value_embeds:
+        found.append("model.value_embeds")
     if found:
         raise LmforgeError(
             f"cannot export to {target}: the model uses {', '.join(found)}, which {target}'s {family} "

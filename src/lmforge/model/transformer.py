@@ -5,9 +5,12 @@ Two families from one config (`ModelConfig.arch`):
          -> RMSNorm -> SwiGLU MLP -> +residual] x n_layer -> RMSNorm -> LM head. No biases.
   gpt2:  token + learned position embeddings, LayerNorm, GELU MLP, biases everywhere.
 The llama family's imported variants are options of the same graph: q/k/v biases (Qwen2), QK-norm
-and a head width of its own (Qwen3), Llama 3.1's RoPE frequency scaling.
+and a head width of its own (Qwen3), Llama 3.1's RoPE frequency scaling. Value embeddings
+(`value_embeds`, modded-nanogpt) give some layers a token-embedding table of their own, looked up
+from the input tokens and added, times a learned per-layer gain, to that layer's attention values.
 
-Attention goes through `F.scaled_dot_product_attention` (flash / memory-efficient kernels on GPU).
+Attention goes through `F.scaled_dot_product_attention` (flash / memory-efficient kernels on GPU),
+or through flex_attention when the mask given is a BlockMask (document masking, lmforge.model.flex).
 Rotary embeddings use the "rotate half" layout of Hugging Face's Llama, so exported weights load
 there unchanged. Layers live in a ModuleDict keyed "0".."L-1" and the embedding, final norm and
 head may be None: pipeline parallelism (lmforge.distributed) deletes the parts a stage does not own
@@ -23,8 +26,10 @@ from typing import Protocol
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.attention.flex_attention import BlockMask
 
-from lmforge.model.config import ModelConfig
+from lmforge.model.config import ModelConfig, value_embed_layers
+from lmforge.model.flex import flex_attend
 
 
 class RMSNorm(nn.Module):
@@ -113,13 +118,26 @@ class Attention(nn.Module):
         # QK-norm: per-head RMSNorm of queries and keys bounds the attention logits (Qwen3's q_norm/k_norm)
         self.q_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else None
         self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else None
+        # the gain of this layer's value embedding (the table itself is the Transformer's)
+        self.ve_lambda = nn.Parameter(torch.ones(1)) if layer in value_embed_layers(cfg) else None
 
-    def forward(self, x, rope=None, cache: LayerKVCache | None = None, start_pos: int = 0, attn_mask=None):
+    def forward(
+        self,
+        x,
+        rope=None,
+        cache: LayerKVCache | None = None,
+        start_pos: int = 0,
+        attn_mask=None,
+        value_embed=None,
+    ):
         B, T, _ = x.shape
         # -1 instead of the head count: under tensor parallelism each rank holds a slice of the heads.
         q = self.wq(x).view(B, T, -1, self.head_dim).transpose(1, 2)
         k = self.wk(x).view(B, T, -1, self.head_dim).transpose(1, 2)
         v = self.wv(x).view(B, T, -1, self.head_dim).transpose(1, 2)
+        if value_embed is not None:  # [B, T, H_kv·D], a lookup of this chunk's tokens
+            ve = self.ve_lambda * value_embed.view(B, T, -1, self.head_dim).transpose(1, 2)
+            v = v + ve.to(v.dtype)  # under autocast v is low precision, the table's lookup is not
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
@@ -128,19 +146,22 @@ class Attention(nn.Module):
             k = k * cos + rotate_half(k) * sin
         if cache is not None:
             k, v = cache.update(self.layer, k, v, start_pos)
-        S = k.shape[2]
-        is_causal = attn_mask is None and T > 1 and S == T
-        if attn_mask is None and T > 1 and S > T:  # a chunk appended after cached tokens
-            attn_mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(diagonal=S - T)
-        y = F.scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            attn_mask=attn_mask,
-            is_causal=is_causal,
-            dropout_p=self.dropout if self.training else 0.0,
-            enable_gqa=q.shape[1] != k.shape[1],
-        )
+        if isinstance(attn_mask, BlockMask):  # document masking on flex_attention (no dropout there)
+            y = flex_attend(q, k, v, attn_mask)
+        else:
+            S = k.shape[2]
+            is_causal = attn_mask is None and T > 1 and S == T
+            if attn_mask is None and T > 1 and S > T:  # a chunk appended after cached tokens
+                attn_mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(diagonal=S - T)
+            y = F.scaled_dot_product_attention(
+                q,
+                k,
+                v,
+                attn_mask=attn_mask,
+                is_causal=is_causal,
+                dropout_p=self.dropout if self.training else 0.0,
+                enable_gqa=q.shape[1] != k.shape[1],
+            )
         y = y.transpose(1, 2).reshape(B, T, -1)
         return dropout(self.wo(y), self.dropout, self.training)
 
@@ -192,8 +213,8 @@ class Block(nn.Module):
         self.mlp_norm = make_norm(cfg)
         self.mlp = MLPS[cfg.mlp](cfg)
 
-    def forward(self, x, rope=None, cache=None, start_pos=0, attn_mask=None):
-        x = x + self.attn(self.attn_norm(x), rope, cache, start_pos, attn_mask)
+    def forward(self, x, rope=None, cache=None, start_pos=0, attn_mask=None, value_embed=None):
+        x = x + self.attn(self.attn_norm(x), rope, cache, start_pos, attn_mask, value_embed)
         return x + self.mlp(self.mlp_norm(x))
 
 
@@ -208,6 +229,10 @@ class Transformer(nn.Module):
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.pos_emb = nn.Embedding(cfg.max_seq_len, cfg.d_model) if cfg.arch == "gpt2" else None
         self.layers = nn.ModuleDict({str(i): Block(cfg, i) for i in range(cfg.n_layer)})
+        kv_width = cfg.n_kv_head * cfg.head_dim
+        self.value_embeds = nn.ModuleDict(
+            {str(i): nn.Embedding(cfg.vocab_size, kv_width) for i in value_embed_layers(cfg)}
+        )
         self.norm = make_norm(cfg)
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
@@ -241,6 +266,8 @@ class Transformer(nn.Module):
                 nn.init.ones_(module.weight)
                 if getattr(module, "bias", None) is not None:
                     nn.init.zeros_(module.bias)
+            elif isinstance(module, Attention) and module.ve_lambda is not None:
+                nn.init.ones_(module.ve_lambda)
         if self.inv_freq is not None:
             self.inv_freq.copy_(rope_inv_freq(self.cfg))
 
@@ -250,15 +277,15 @@ class Transformer(nn.Module):
         cache: LayerKVCache | None = None,
         start_pos: int = 0,
         positions: torch.Tensor | None = None,
-        attn_mask: torch.Tensor | None = None,
+        attn_mask: torch.Tensor | BlockMask | None = None,
         return_hidden: bool = False,
     ) -> torch.Tensor:
         """Logits [B, T, vocab] for token ids [B, T] (or the hidden states, with return_hidden).
 
         `cache`/`start_pos` continue a sequence whose first start_pos tokens are cached.
         `positions` [B, T] and a boolean `attn_mask` [B, 1, T, S] (True = attend) serve batches
-        of left-padded prompts and packed rows. Under pipeline parallelism `idx` is the previous
-        stage's output.
+        of left-padded prompts and packed rows; a flex_attention BlockMask serves document masking.
+        Under pipeline parallelism `idx` is the previous stage's output.
         """
         T = idx.shape[1]
         if positions is None:  # [1, T]: the rotary tables and position embeddings broadcast over the batch
@@ -268,8 +295,9 @@ class Transformer(nn.Module):
             h = h + self.pos_emb(positions)
         h = dropout(h, self.cfg.dropout, self.training)
         rope = rope_cos_sin(self.inv_freq, positions, h.dtype) if self.inv_freq is not None else None
-        for block in self.layers.values():
-            h = block(h, rope, cache, start_pos, attn_mask)
+        value_embeds = {i: emb(idx) for i, emb in self.value_embeds.items()}
+        for i, block in self.layers.items():
+            h = block(h, rope, cache, start_pos, attn_mask, value_embeds.get(i))
         if self.norm is not None:
             h = self.norm(h)
         if return_hidden or self.lm_head is None:
@@ -287,8 +315,14 @@ class Transformer(nn.Module):
     def num_params(self, include_embedding: bool = True) -> int:
         seen, total = set(), 0
         for name, p in self.named_parameters():
-            if id(p) in seen or (not include_embedding and name.startswith(("tok_emb", "pos_emb"))):
+            if id(p) in seen or (not include_embedding and is_embedding(name)):
                 continue
             seen.add(id(p))
             total += p.numel()
         return total
+
+
+def is_embedding(name: str) -> bool:
+    """Whether parameter `name` belongs to a lookup (token, position, value embeddings and the
+    value embeddings' gains), which costs no matmul and so counts in neither size nor FLOPs."""
+    return name.startswith(("tok_emb", "pos_emb", "value_embeds")) or name.endswith("ve_lambda")

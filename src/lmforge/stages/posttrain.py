@@ -190,13 +190,18 @@ class PostTrainStage:
     measures_demo: ClassVar[bool] = True  # print / save the demo metrics before and after
     sharded_logits: ClassVar[bool] = False  # the objective's takes_sharded_logits (loss parallelism)
 
-    def __init__(self, recipe: Recipe, run_dir: Path):
-        self.recipe, self.run_dir = recipe, Path(run_dir)
+    def __init__(self, recipe: Recipe, run_dir: Path, data_key: str = ""):
+        """`data_key`: what the recipe feeds this stage (lmforge.run.data_key); the trainer's resume
+        check holds it and the starting weights' hash, so new data or a new start trains from scratch."""
+        self.recipe, self.run_dir, self.data_key = recipe, Path(run_dir), data_key
         self.section = getattr(recipe, self.name)
+        self.inputs: dict[str, str] = {}  # hashes of other models the stage trains against (resume check)
 
     def run(self) -> dict:
         import torch
 
+        from lmforge.checkpoint.adapters import weights_hash
+        from lmforge.config import config_hash
         from lmforge.distributed import main_process_first, setup_distributed
         from lmforge.train.trainer import Trainer
 
@@ -234,6 +239,7 @@ class PostTrainStage:
             parallel_cfg=recipe.parallel,
             run_name=recipe.name,
             parallelized=True,
+            data_key=config_hash({"run": self.data_key, "start": weights_hash(start), **self.inputs}),
         )
         result = trainer.fit()
         trained = trainer.raw_model
@@ -472,9 +478,13 @@ class RLStage(PostTrainStage):
         tasks = demo_tasks(self.recipe) if not sec.data else None
         prompts = tasks.rl_prompts if tasks is not None else load_prompts(sec.data)
         if sec.reward == "model":
+            from lmforge.checkpoint.adapters import weights_hash
+            from lmforge.checkpoint.consolidated import resolve_checkpoint
             from lmforge.posttrain.reward import load_reward_model
 
-            rm, head, rm_tok = load_reward_model(sec.reward_model or self.run_dir / "reward")
+            rm_ckpt = resolve_checkpoint(sec.reward_model or self.run_dir / "reward")
+            self.inputs["reward_model"] = weights_hash(rm_ckpt)
+            rm, head, rm_tok = load_reward_model(rm_ckpt)
             if rm_tok.hash != tok.hash:
                 raise LmforgeError("rl: the reward model was trained with another tokenizer than the policy")
             reward_fn = RewardModelScorer(rm, head, self.pad_id(tok))
@@ -544,17 +554,17 @@ def reward_rise(metrics_file: Path) -> tuple[float, float] | None:
     return sum(rewards[:q]) / q, sum(rewards[-q:]) / q
 
 
-def sft_stage(recipe: Recipe, run_dir: Path) -> dict:
-    return SFTStage(recipe, run_dir).run()
+def sft_stage(recipe: Recipe, run_dir: Path, data_key: str = "") -> dict:
+    return SFTStage(recipe, run_dir, data_key).run()
 
 
-def dpo_stage(recipe: Recipe, run_dir: Path) -> dict:
-    return DPOStage(recipe, run_dir).run()
+def dpo_stage(recipe: Recipe, run_dir: Path, data_key: str = "") -> dict:
+    return DPOStage(recipe, run_dir, data_key).run()
 
 
-def reward_stage(recipe: Recipe, run_dir: Path) -> dict:
-    return RewardStage(recipe, run_dir).run()
+def reward_stage(recipe: Recipe, run_dir: Path, data_key: str = "") -> dict:
+    return RewardStage(recipe, run_dir, data_key).run()
 
 
-def rl_stage(recipe: Recipe, run_dir: Path) -> dict:
-    return RLStage(recipe, run_dir).run()
+def rl_stage(recipe: Recipe, run_dir: Path, data_key: str = "") -> dict:
+    return RLStage(recipe, run_dir, data_key).run()

@@ -35,14 +35,17 @@ def build_model(recipe: Recipe, vocab_size: int, seed: int):
     return build_parallel_model(model_cfg, ParallelConfig(), DistContext(), seed=seed), model_cfg
 
 
-def pretrain_stage(recipe: Recipe, run_dir: Path) -> dict:
+def pretrain_stage(recipe: Recipe, run_dir: Path, data_key: str = "") -> dict:
+    """`data_key`: what the recipe feeds this stage (lmforge.run.data_key); the trainer's resume
+    check holds it and the token shards' meta.json, so new data trains from scratch."""
     import torch
 
     from lmforge.checkpoint.consolidated import resolve_checkpoint
+    from lmforge.config import config_hash
     from lmforge.distributed import build_parallel_model, setup_distributed, uses_loss_parallel
-    from lmforge.shards import check_tokenizer, load_tokens
+    from lmforge.shards import check_tokenizer, load_tokens, read_meta
     from lmforge.tokenizer import Tokenizer
-    from lmforge.train.data import PretrainLoader, val_batches
+    from lmforge.train.data import PretrainLoader, doc_mask_kernel, val_batches
     from lmforge.train.objectives import CausalLMObjective
     from lmforge.train.trainer import Trainer, sample_texts
 
@@ -68,8 +71,10 @@ def pretrain_stage(recipe: Recipe, run_dir: Path) -> dict:
         activation_checkpointing=cfg.activation_checkpointing,
         loss_parallel=uses_loss_parallel(recipe.parallel, ctx, objective.takes_sharded_logits),
     )
+    kernel = doc_mask_kernel(ctx.device, pipeline=ctx.pp_size > 1, dropout=model_cfg.dropout)
     loader = PretrainLoader(train_tokens, cfg.micro_batch, cfg.seq_len, recipe.seed, ctx.dp_rank, ctx.dp_size,
-                            window_start=cfg.window_start, doc_mask=cfg.doc_mask, eos_id=tokenizer.eos_id)
+                            window_start=cfg.window_start, doc_mask=cfg.doc_mask, eos_id=tokenizer.eos_id,
+                            doc_mask_kernel=kernel)
     val_fn = functools.partial(val_batches, val_tokens, cfg.micro_batch, cfg.seq_len, cfg.eval_tokens,
                                ctx.dp_rank, ctx.dp_size)
     torch.manual_seed(recipe.seed)
@@ -77,6 +82,7 @@ def pretrain_stage(recipe: Recipe, run_dir: Path) -> dict:
         model, objective, loader, cfg, run_dir / "pretrain", val_loader_fn=val_fn, tokenizer=tokenizer,
         seed=recipe.seed, ctx=ctx, model_cfg=model_cfg, stage="pretrain", parallel_cfg=recipe.parallel,
         run_name=recipe.name, parallelized=True,
+        data_key=config_hash({"run": data_key, "tokens": read_meta(tokens_dir)}),
     )
     result = trainer.fit()
     if ctx.is_main:

@@ -33,6 +33,8 @@ class DemoConfig:
             "next_line",
             "echo",
             "loop",
+            "unlisted",
+            "who_speaks",
         )  # lmforge.tasks.demo.PAIR_KINDS (not imported: it pulls the plays in)
         unknown = sorted(set(self.preference_mix) - set(kinds))
         if unknown:

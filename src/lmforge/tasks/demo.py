@@ -15,6 +15,10 @@ From the training scenes come
                   length rejected (a repetition loop)
       next_line   the same prompt; the true next line chosen, a line of similar length from
                   another play rejected
+      unlisted    the 4-choice question; the right title chosen, a title that is not listed
+                  rejected (the answer format: the chatbot's misses are mostly unlisted plays)
+      who_speaks  a "who speaks these lines" question; the speaker's name chosen, the speech's
+                  next line rejected (the chatbot's miss: it answered verse, not a name)
 and from the evaluation scenes the same questions with 4 titles (chance 25%), preference pairs, and
 the chat checks (who-speaks and continue-speech turns, plus OUT_OF_DOMAIN questions).
 Everything is deterministic given the seed and the DemoConfig.
@@ -39,7 +43,8 @@ from lmforge.tasks.config import DemoConfig
 WHICH_PLAY = "Which play is this passage from?\n\n{passage}\n\nChoices:\n{choices}"
 WHO_SPEAKS = "Who speaks these lines in {title}?\n\n{lines}"
 CONTINUE = "Continue this speech by {speaker} in {title}:\n\n{lines}"
-PAIR_KINDS = ("which_play", "next_line", "echo", "loop")  # the preference pair kinds, in build order
+# the preference pair kinds, in build order
+PAIR_KINDS = ("which_play", "next_line", "echo", "loop", "unlisted", "who_speaks")
 # fmt: off
 # Questions outside the plays' tasks; the SFT reply is verse from a play, so the chatbot answers
 # anything in character instead of with an empty string or a stray "."
@@ -272,6 +277,27 @@ def _which_play_pair(play: Play, scene: Scene, titles: list[str], rng: random.Ra
     return Preference(item.messages, item.choices[item.gold], wrong, "which_play")
 
 
+def _unlisted_pair(play: Play, scene: Scene, titles: list[str], rng: random.Random, n_lines: int):
+    """The which-play question as the prompt: the right title chosen, a title not listed rejected."""
+    item = _which_play(play, scene, titles, rng, n_lines)
+    if item is None:
+        return None
+    wrong = rng.choice([t for t in titles if t not in item.choices])
+    return Preference(item.messages, item.choices[item.gold], wrong, "unlisted")
+
+
+def _who_speaks_pair(play: Play, scene: Scene, rng: random.Random):
+    """The who-speaks question as the prompt: the speaker chosen, the speech's next line rejected."""
+    speeches = [s for s in scene.speeches if len(_speech_lines(s)) >= 3 and s.speaker.isupper()]
+    if not speeches:
+        return None
+    sp = rng.choice(speeches)
+    lines = _speech_lines(sp)
+    shown = lines[: min(3, len(lines) - 1)]
+    question = WHO_SPEAKS.format(title=play_title(play), lines="\n".join(shown))
+    return Preference([{"role": "user", "content": question}], sp.speaker, lines[len(shown)], "who_speaks")
+
+
 def _pair_maker(kind: str, rng: random.Random, pool: dict[str, list[str]], titles: list[str], n_lines: int):
     """make(play, scene) -> a Preference of `kind`, or None when the scene offers none."""
     return {
@@ -279,6 +305,8 @@ def _pair_maker(kind: str, rng: random.Random, pool: dict[str, list[str]], title
         "next_line": lambda p, s: _next_line_pair(p, s, pool, rng),
         "echo": lambda p, s: _echo_pair(p, s, rng),
         "loop": lambda p, s: _loop_pair(p, s, rng),
+        "unlisted": lambda p, s: _unlisted_pair(p, s, titles, rng, n_lines),
+        "who_speaks": lambda p, s: _who_speaks_pair(p, s, rng),
     }[kind]
 
 

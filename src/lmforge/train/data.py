@@ -17,7 +17,10 @@ documents, as nanochat's BOS-aligned loader: each document is tiled in seq_len s
 separator before it, so every document's opening is seen from its first token, with the
 separator in front acting as BOS. `doc_mask` adds, per window, `positions` restarting at 0 at
 each document and a block-diagonal causal `attn_mask` (the SFT packing format), so no token
-attends across a document boundary. A separator starts the document after it.
+attends across a document boundary. A separator starts the document after it. On CUDA
+(`doc_mask_kernel` flex) the loader gives per-token document ids
+`doc_ids` instead of the dense mask, and the objective turns them into a flex_attention BlockMask
+on the device (`lmforge.model.flex`).
 
 Validation uses fixed, non-overlapping windows from the start of the val split, the same at
 every evaluation and in every run with the same tokens, whatever the number of ranks.
@@ -52,15 +55,26 @@ def document_starts(tokens: np.ndarray, eos_id: int, seq_len: int) -> np.ndarray
     return starts[starts <= len(tokens) - seq_len - 1].astype(np.int64)
 
 
-def document_mask(input_ids: torch.Tensor, eos_id: int) -> dict[str, torch.Tensor]:
-    """positions [B, T] restarting at every document and the block-diagonal causal attn_mask
-    [B, 1, T, T] (True = attend) for windows whose documents are separated by eos_id."""
+def document_mask(input_ids: torch.Tensor, eos_id: int, kernel: str = "sdpa") -> dict[str, torch.Tensor]:
+    """positions [B, T] restarting at every document, and for windows whose documents are separated
+    by eos_id either the block-diagonal causal attn_mask [B, 1, T, T] (True = attend; kernel sdpa)
+    or the document id of every token, doc_ids [B, T] (kernel flex)."""
     B, T = input_ids.shape
     doc = (input_ids == eos_id).long().cumsum(1)  # a separator opens the document after it
-    mask = (doc[:, :, None] == doc[:, None, :]) & torch.ones(T, T, dtype=torch.bool).tril()
     first = torch.arange(T).expand(B, T) * (torch.diff(doc, dim=1, prepend=doc[:, :1] - 1) != 0)
     positions = torch.arange(T) - torch.cummax(first, dim=1).values
+    if kernel == "flex":
+        return {"positions": positions, "doc_ids": doc}
+    mask = (doc[:, :, None] == doc[:, None, :]) & torch.ones(T, T, dtype=torch.bool).tril()
     return {"positions": positions, "attn_mask": mask[:, None]}
+
+
+def doc_mask_kernel(device: torch.device, *, pipeline: bool = False, dropout: float = 0.0) -> str:
+    """The attention kernel of document masking on `device`: flex (a flex_attention BlockMask) on
+    CUDA, sdpa (a dense mask) elsewhere, since flex_attention has no backward on the CPU. flex
+    also cannot serve pipeline parallelism (its schedule splits the model's tensor inputs into
+    microbatches, not a BlockMask) nor attention dropout."""
+    return "flex" if device.type == "cuda" and not pipeline and dropout == 0 else "sdpa"
 
 
 class PretrainLoader:
@@ -78,6 +92,7 @@ class PretrainLoader:
         *,
         window_start: str = "random",
         doc_mask: bool = False,
+        doc_mask_kernel: str = "sdpa",
         eos_id: int | None = None,
     ):
         if len(tokens) < seq_len + 2:
@@ -91,7 +106,7 @@ class PretrainLoader:
             )
         self.tokens, self.micro_batch, self.seq_len = tokens, micro_batch, seq_len
         self.seed, self.dp_rank, self.dp_size = seed, dp_rank, dp_size
-        self.doc_mask, self.eos_id = doc_mask, eos_id
+        self.doc_mask, self.doc_mask_kernel, self.eos_id = doc_mask, doc_mask_kernel, eos_id
         self.starts = document_starts(tokens, eos_id, seq_len) if window_start == "document" else None
         self.position = 0  # windows of the stream consumed by all ranks together
         self._block: tuple[int, np.ndarray] = (-1, np.zeros(0, dtype=np.int64))
@@ -121,7 +136,7 @@ class PretrainLoader:
         self.position += self.micro_batch * self.dp_size
         batch = _windows(self.tokens, starts, self.seq_len)
         if self.doc_mask:
-            batch.update(document_mask(batch["input_ids"], self.eos_id))
+            batch.update(document_mask(batch["input_ids"], self.eos_id, self.doc_mask_kernel))
         return batch
 
     def state_dict(self) -> dict:

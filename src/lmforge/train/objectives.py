@@ -20,6 +20,7 @@ from typing import Protocol
 
 import torch
 
+from lmforge.model.flex import document_block_mask
 from lmforge.model.loss import scored_count, summed_token_nll, token_nll
 
 
@@ -83,7 +84,10 @@ class CausalLMObjective(Objective):
     PACKING_INPUTS = ("positions", "attn_mask")
 
     def model_inputs(self, batch: Batch) -> Batch:
-        return {k: batch[k] for k in self.PACKING_INPUTS if k in batch}
+        inputs = {k: batch[k] for k in self.PACKING_INPUTS if k in batch}
+        if "doc_ids" in batch:  # document masking on flex_attention: its BlockMask, on the batch's device
+            inputs["attn_mask"] = document_block_mask(batch["doc_ids"])
+        return inputs
 
     def logits_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return summed_token_nll(logits, labels)

@@ -2,9 +2,9 @@
 learning-rate schedules.
 
 Every trainable parameter has one role (`param_roles`): `matrix` (the 2-D weights inside the
-blocks), `head` (an untied LM head), `embedding` (token / position embeddings, and a tied head)
-and `scalar` (norm gains, biases). No weight decay on embeddings and scalars: decaying a gain
-towards 0 or an embedding row that is rarely seen only hurts.
+blocks), `head` (an untied LM head), `embedding` (token / position / value embeddings, and a tied
+head) and `scalar` (norm gains, biases, the value embeddings' gains). No weight decay on
+embeddings and scalars: decaying a gain towards 0 or an embedding row that is rarely seen only hurts.
 
 `train.optimizer: muon` gives the matrices to `torch.optim.Muon` (orthogonalised momentum,
 modded-nanogpt / nanochat) and everything else to AdamW. Each role has its own learning rate

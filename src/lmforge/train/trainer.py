@@ -11,10 +11,12 @@ max_minutes, whichever comes first, always followed by a final checkpoint.
 What the loop asks of an objective is `lmforge.train.objectives.Objective`. Resume, save and
 rollback are the `CheckpointManager`'s (lmforge.checkpoint.manager); the trainer's part of a
 checkpoint is its counters (step, elapsed time, loss guard) and the config hash that decides
-whether a checkpoint may be resumed: model, tokenizer, seed, the global batch and the train
+whether a checkpoint may be resumed: model, tokenizer, seed, the global batch, the train
 settings that change the trajectory (max_steps, max_minutes, the logging / eval / checkpoint
 cadence, and how the global batch is split over ranks and micro-batches may change between a run
-and its resumption).
+and its resumption) and the caller's `data_key`, what the run trains on (a stage's data and
+objective settings, its token shards, its starting weights), so that a checkpoint trained on
+other data is never resumed.
 """
 
 from __future__ import annotations
@@ -94,15 +96,18 @@ class Trainer:
         parallel_cfg: ParallelConfig | None = None,
         run_name: str = "",
         parallelized: bool = False,
+        data_key: str = "",
     ):
         """`parallelized`: the model comes from `build_parallel_model`, already sharded on its device
         with the plan for this objective (activation checkpointing and loss parallelism included);
-        otherwise the trainer moves it to the device and applies the plan itself."""
+        otherwise the trainer moves it to the device and applies the plan itself. `data_key`: a hash
+        of what the run trains on besides the train settings, part of the resume check."""
         from lmforge.distributed import Pipeline, parallelize, setup_distributed, uses_loss_parallel
 
         self.cfg, self.objective, self.loader = cfg, objective, train_loader
         self.out_dir, self.stage, self.seed = Path(out_dir), stage, seed
         self.val_loader_fn, self.tokenizer, self.run_name = val_loader_fn, tokenizer, run_name
+        self.data_key = data_key
         parallel_cfg = parallel_cfg or ParallelConfig()
         self.ctx = ctx or setup_distributed(parallel_cfg, cfg.device)
         if self.ctx.pp_size > 1 and objective.logits_loss is None:
@@ -162,6 +167,8 @@ class Trainer:
             "tokenizer": getattr(self.tokenizer, "hash", None),
             "global_batch": self.accum * self.cfg.micro_batch * self.ctx.dp_size,
         }
+        if self.data_key:  # absent, the hash stays that of a run without one
+            payload["data"] = self.data_key
         return config_hash(payload)
 
     def autocast(self):
