@@ -69,6 +69,7 @@ def apply_tp(model: nn.Module, tp_mesh, loss_parallel: bool = False) -> None:
     Between blocks the residual stream is sharded along the sequence (Shard(1)); attention and
     MLP inputs are all-gathered, their inner projections split by heads / hidden units, and their
     output projections reduce-scatter back to sequence shards. Heads and n_kv_head must divide by tp.
+    QK-norm gains are replicated over the head-sharded queries and keys.
     The head's logits are a DTensor sharded on the vocabulary (Shard(-1)) with `loss_parallel`,
     otherwise gathered into a plain tensor.
     """
@@ -154,6 +155,12 @@ def apply_tp(model: nn.Module, tp_mesh, loss_parallel: bool = False) -> None:
                     "mlp.w2": RowwiseParallel(output_layouts=Shard(1)),
                 }
             )
+        if cfg.qk_norm:
+            # One [head_dim] gain for every head, while each rank holds a slice of the heads
+            # ([B, H/tp, T, D]): as replicated DTensors over head-sharded inputs their gradients
+            # are summed over the tensor-parallel ranks, so the copies stay equal.
+            heads = SequenceParallel(sequence_dim=1, use_local_output=True)
+            plan.update({"attn.q_norm": heads, "attn.k_norm": heads})
         parallelize_module(block, tp_mesh, plan)
 
 

@@ -64,6 +64,9 @@ def pretrain_stage(recipe: Recipe, run_dir: Path, data_key: str = "") -> dict:
     ctx = setup_distributed(recipe.parallel, cfg.device)
     model_cfg = model_config(recipe, tokenizer.vocab_size)
     objective = CausalLMObjective()
+    # before the build, so a kernel that cannot run here fails at once
+    kernel = doc_mask_kernel(ctx.device, choice=cfg.doc_mask_kernel, pipeline=ctx.pp_size > 1,
+                             dropout=model_cfg.dropout) if cfg.doc_mask else "sdpa"
     # on the meta device, the plan applied, then only this rank's shards initialised or loaded
     model = build_parallel_model(
         model_cfg, recipe.parallel, ctx, seed=recipe.seed,
@@ -71,7 +74,6 @@ def pretrain_stage(recipe: Recipe, run_dir: Path, data_key: str = "") -> dict:
         activation_checkpointing=cfg.activation_checkpointing,
         loss_parallel=uses_loss_parallel(recipe.parallel, ctx, objective.takes_sharded_logits),
     )
-    kernel = doc_mask_kernel(ctx.device, pipeline=ctx.pp_size > 1, dropout=model_cfg.dropout)
     loader = PretrainLoader(train_tokens, cfg.micro_batch, cfg.seq_len, recipe.seed, ctx.dp_rank, ctx.dp_size,
                             window_start=cfg.window_start, doc_mask=cfg.doc_mask, eos_id=tokenizer.eos_id,
                             doc_mask_kernel=kernel)

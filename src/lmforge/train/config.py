@@ -75,6 +75,9 @@ class TrainConfig:
     # seq_len steps from its first token); doc_mask: no attention across a document boundary.
     window_start: Literal["random", "document"] = "random"
     doc_mask: bool = False  # no attention across a document boundary inside a window
+    # doc_mask's attention: auto picks flex_attention on CUDA (not under pipeline parallelism or
+    # attention dropout), else SDPA's dense mask; sdpa forces the dense mask; flex forces flex_attention
+    doc_mask_kernel: Literal["auto", "sdpa", "flex"] = "auto"
 
     def validate(self) -> None:
         for name in ("micro_batch", "seq_len", "batch_tokens"):

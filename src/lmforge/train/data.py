@@ -17,8 +17,8 @@ documents, as nanochat's BOS-aligned loader: each document is tiled in seq_len s
 separator before it, so every document's opening is seen from its first token, with the
 separator in front acting as BOS. `doc_mask` adds, per window, `positions` restarting at 0 at
 each document and a block-diagonal causal `attn_mask` (the SFT packing format), so no token
-attends across a document boundary. A separator starts the document after it. On CUDA
-(`doc_mask_kernel` flex) the loader gives per-token document ids
+attends across a document boundary. A separator starts the document after it. With the flex
+kernel (`train.doc_mask_kernel`; auto picks it on CUDA) the loader gives per-token document ids
 `doc_ids` instead of the dense mask, and the objective turns them into a flex_attention BlockMask
 on the device (`lmforge.model.flex`).
 
@@ -69,12 +69,31 @@ def document_mask(input_ids: torch.Tensor, eos_id: int, kernel: str = "sdpa") ->
     return {"positions": positions, "attn_mask": mask[:, None]}
 
 
-def doc_mask_kernel(device: torch.device, *, pipeline: bool = False, dropout: float = 0.0) -> str:
-    """The attention kernel of document masking on `device`: flex (a flex_attention BlockMask) on
-    CUDA, sdpa (a dense mask) elsewhere, since flex_attention has no backward on the CPU. flex
-    also cannot serve pipeline parallelism (its schedule splits the model's tensor inputs into
-    microbatches, not a BlockMask) nor attention dropout."""
-    return "flex" if device.type == "cuda" and not pipeline and dropout == 0 else "sdpa"
+def _flex_blocker(device: torch.device, pipeline: bool, dropout: float) -> str | None:
+    """Why flex_attention cannot train here, or None."""
+    if device.type != "cuda":
+        return f"flex_attention has no backward on {device.type} (it trains on CUDA only)"
+    if pipeline:
+        return "pipeline parallelism splits the model's tensor inputs into microbatches, not a BlockMask"
+    if dropout:
+        return f"flex_attention has no attention dropout (model.dropout is {dropout})"
+    return None
+
+
+def doc_mask_kernel(
+    device: torch.device, *, choice: str = "auto", pipeline: bool = False, dropout: float = 0.0
+) -> str:
+    """The attention kernel of document masking for `train.doc_mask_kernel`: sdpa (a dense mask),
+    flex (a flex_attention BlockMask), or for auto flex where it can run and sdpa elsewhere. flex
+    trains on CUDA only and serves neither pipeline parallelism (its schedule splits the model's
+    tensor inputs into microbatches) nor attention dropout: asked for there, it is refused before
+    training starts."""
+    blocker = _flex_blocker(device, pipeline, dropout)
+    if choice == "flex" and blocker:
+        raise LmforgeError(f"train.doc_mask_kernel flex cannot run here: {blocker}; use auto or sdpa")
+    if choice == "auto":
+        return "sdpa" if blocker else "flex"
+    return choice
 
 
 class PretrainLoader:

@@ -51,7 +51,7 @@ RESUMABLE_CHANGES = (
     "max_steps", "max_minutes", "eval_every", "eval_tokens", "sample_every", "checkpoint_every", "keep_last",
     "resume", "compile", "device", "samples", "sample_tokens",
     "sample_prompts", "peak_flops", "max_rollbacks", "activation_checkpointing", "init_from",
-    "async_checkpoint",
+    "async_checkpoint", "doc_mask_kernel",
 )
 # How the global batch is split (per device, accumulated) does not change the trajectory either:
 # the hash holds the global batch in sequences instead, so a run resumes on another number of ranks.
