@@ -73,6 +73,9 @@ CHANGES: dict[str, dict] = {
 TUNING: dict[str, dict] = {
     "muon_lr_0.04": {"train.muon_lr": 0.04},
     "muon_lr_0.01": {"train.muon_lr": 0.01},
+    "muon_lr_0.03": {"train.muon_lr": 0.03},
+    "layers_3": {"model.n_layer": 3},  # after depth_2: its windows and batch with 3 layers
+    "min_lr_0": {"train.min_lr_ratio": 0.0},  # the cosine decays to 0 instead of lr / 10
     "embedding_lr_0.05": {"train.embedding_lr": 0.05},  # after untied (its 2e-2 was tuned with AdamW)
     "embedding_lr_0.2": {"train.embedding_lr": 0.2},  # nanochat's
     "head_lr_0.01": {"train.head_lr": 0.01},
