@@ -258,15 +258,18 @@ def test_answer_format_pair_kinds():
     tasks = build_demo_tasks(cfg, seed=7)
     kinds = [p.kind for p in tasks.preference_train]
     assert kinds.count("unlisted") == 30 and kinds.count("who_speaks") == 30
+    near: list[bool] = []  # a rejected title that starts like a listed one ("Henry VI" beside "Henry IV")
     for p in tasks.preference_train + tasks.preference_eval:
         prompt = p.messages[0]["content"]
         if p.kind == "unlisted":
             listed = prompt.split("\n\nChoices:\n")[1].split("\n")
             assert p.chosen in listed and p.rejected not in listed and p.rejected in tasks.titles
+            near.append(p.rejected.split()[0] in {c.split()[0] for c in listed})
         else:
             assert prompt.startswith("Who speaks these lines in ")
             lines = prompt.split("\n\n", 1)[1].split("\n")
             assert p.chosen.isupper() and p.rejected not in lines and len(lines) >= 2
+    assert 0.3 < sum(near) / len(near) < 0.9
 
 
 @pytest.mark.parametrize(

@@ -278,11 +278,16 @@ def _which_play_pair(play: Play, scene: Scene, titles: list[str], rng: random.Ra
 
 
 def _unlisted_pair(play: Play, scene: Scene, titles: list[str], rng: random.Random, n_lines: int):
-    """The which-play question as the prompt: the right title chosen, a title not listed rejected."""
+    """The which-play question as the prompt: the right title chosen, a title not listed rejected;
+    half the time one that starts like a listed title ("Henry VI, Part 1" beside "Henry IV, Part 1"
+    or "Henry VI, Part 3"), the chatbot's most common miss."""
     item = _which_play(play, scene, titles, rng, n_lines)
     if item is None:
         return None
-    wrong = rng.choice([t for t in titles if t not in item.choices])
+    unlisted = [t for t in titles if t not in item.choices]
+    firsts = {c.split()[0] for c in item.choices}
+    near = [t for t in unlisted if t.split()[0] in firsts]
+    wrong = rng.choice(near if near and rng.random() < 0.5 else unlisted)
     return Preference(item.messages, item.choices[item.gold], wrong, "unlisted")
 
 
