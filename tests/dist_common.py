@@ -3,7 +3,12 @@ batch stream and the training loop that every layout runs (and the single proces
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import torch
 from torch.distributed.tensor import DTensor
@@ -33,8 +38,15 @@ TOKEN_BYTES = torch.tensor([i % 4 for i in range(VOCAB)], dtype=torch.float64)
 
 def model_config(arch: str = "llama", tied: bool = False) -> ModelConfig:
     return ModelConfig(
-        arch=arch, vocab_size=VOCAB, n_layer=4, d_model=32, n_head=4, n_kv_head=2 if arch == "llama" else 0,
-        d_ff=64, max_seq_len=SEQ, tie_embeddings=tied,
+        arch=arch,
+        vocab_size=VOCAB,
+        n_layer=4,
+        d_model=32,
+        n_head=4,
+        n_kv_head=2 if arch == "llama" else 0,
+        d_ff=64,
+        max_seq_len=SEQ,
+        tie_embeddings=tied,
     )
 
 
@@ -60,15 +72,22 @@ def pipeline(model, ctx: DistContext, pcfg: ParallelConfig | None) -> Pipeline |
     """The schedule of a pipeline layout, scoring with the causal LM objective's loss."""
     if ctx.pp_size == 1:
         return None
-    return Pipeline(model, pcfg, ctx, GLOBAL_BATCH // ctx.dp_size, SEQ, CausalLMObjective().logits_loss,
-                    uses_loss_parallel(pcfg, ctx))
+    return Pipeline(
+        model,
+        pcfg,
+        ctx,
+        GLOBAL_BATCH // ctx.dp_size,
+        SEQ,
+        CausalLMObjective().logits_loss,
+        uses_loss_parallel(pcfg, ctx),
+    )
 
 
 def rank_rows(step: int, ctx: DistContext) -> tuple[torch.Tensor, torch.Tensor]:
     """This data-parallel rank's rows of the global batch of `step`."""
     x, y = batch(step)
     rows = GLOBAL_BATCH // ctx.dp_size
-    return x[ctx.dp_rank * rows:(ctx.dp_rank + 1) * rows], y[ctx.dp_rank * rows:(ctx.dp_rank + 1) * rows]
+    return x[ctx.dp_rank * rows : (ctx.dp_rank + 1) * rows], y[ctx.dp_rank * rows : (ctx.dp_rank + 1) * rows]
 
 
 def train(model, opt, ctx: DistContext, steps: range, pipe: Pipeline | None = None) -> list[float]:
@@ -170,7 +189,13 @@ def sft_trainer(out_dir, pcfg: ParallelConfig, ctx: DistContext, objective: str 
     from lmforge.train.trainer import Trainer
 
     cfg = PostTrainConfig(
-        max_steps=3, micro_batch=4, seq_len=SEQ, batch_tokens=8 * SEQ, lr=LR, warmup_steps=1, device="cpu",
+        max_steps=3,
+        micro_batch=4,
+        seq_len=SEQ,
+        batch_tokens=8 * SEQ,
+        lr=LR,
+        warmup_steps=1,
+        device="cpu",
     )
     stage = SFTStage(load_recipe(None, {"seed": 0}), out_dir)
     model = build()
@@ -189,3 +214,22 @@ def sft_trainer(out_dir, pcfg: ParallelConfig, ctx: DistContext, objective: str 
     if trainer.raw_model.lm_head is not None:
         trainer.raw_model.lm_head.register_forward_hook(record)
     return trainer, placements
+
+
+def run_layouts(worker: str, out: Path, layouts: list[dict], timeout: int = 400) -> Path:
+    """Launch tests/WORKER on 2 gloo ranks through torchrun with `out` and the JSON `layouts`, as a
+    user launches training; fail with the end of its output when a rank fails."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node=2",
+        str(Path(__file__).parent / worker),
+        str(out),
+        json.dumps(layouts),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    return out

@@ -6,14 +6,10 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
-from lmforge.checkpoint.consolidated import list_checkpoints, load_model, save_model_checkpoint
-from lmforge.model.config import ModelConfig
-from lmforge.model.transformer import Transformer
+from lmforge.checkpoint.consolidated import list_checkpoints, load_model
 from lmforge.recipe import load_recipe
-from lmforge.tasks.demo import build_demo_tasks
-from lmforge.tokenizer import Tokenizer
+from tiny_runs import save_tiny_pretrain
 
 TINY_TRAIN = {
     "max_steps": 2,
@@ -48,17 +44,7 @@ def run_dir(tmp_path_factory):
     text."""
     d = tmp_path_factory.mktemp("run")
     recipe = load_recipe(None, overrides(d))
-    tasks = build_demo_tasks(recipe.sft.demo, recipe.seed)
-    text = "\n".join(m["content"] for conv in tasks.sft for m in conv)
-    tok = Tokenizer.train([text], vocab_size=600, progress=False, workers=1)
-    torch.manual_seed(0)
-    model = Transformer(
-        ModelConfig(n_layer=2, d_model=32, n_head=4, vocab_size=tok.vocab_size, max_seq_len=128)
-    )
-    save_model_checkpoint(
-        model, tok, d / "pretrain" / "checkpoints" / "step_000010", stage="pretrain", step=10
-    )
-    return d
+    return save_tiny_pretrain(d, recipe)
 
 
 def rank0_first_recorder(monkeypatch) -> list[str]:

@@ -7,8 +7,6 @@ loss curve and, on every rank and in the sharded checkpoint, its final weights."
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -32,22 +30,7 @@ LAYOUTS = [
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("qk_norm")
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc-per-node=2",
-        str(Path(__file__).parent / "qk_norm_dist_worker.py"),
-        str(out),
-        json.dumps(LAYOUTS),
-    ]
-    proc = subprocess.run(
-        cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=400
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
-    return out
+    return dist_common.run_layouts("qk_norm_dist_worker.py", tmp_path_factory.mktemp("qk_norm"), LAYOUTS)
 
 
 @pytest.fixture(scope="module")

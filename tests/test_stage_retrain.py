@@ -7,16 +7,12 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
-from lmforge.checkpoint.consolidated import list_checkpoints, save_model_checkpoint
+from lmforge.checkpoint.consolidated import list_checkpoints
 from lmforge.cli import main
-from lmforge.model.config import ModelConfig
-from lmforge.model.transformer import Transformer
 from lmforge.recipe import load_recipe
-from lmforge.tasks.demo import build_demo_tasks
-from lmforge.tokenizer import Tokenizer
+from tiny_runs import save_tiny_pretrain
 
 DEMO = {
     "which_play": 12,
@@ -41,17 +37,7 @@ def pretrained(tmp_path_factory) -> Path:
     """A run directory holding a tiny random 'pretrain' checkpoint with a tokenizer of demo text."""
     d = tmp_path_factory.mktemp("pretrained")
     recipe = load_recipe(None, {"seed": 3, **{f"sft.demo.{k}": v for k, v in DEMO.items()}})
-    tasks = build_demo_tasks(recipe.sft.demo, recipe.seed)
-    text = "\n".join(m["content"] for conv in tasks.sft for m in conv)
-    tok = Tokenizer.train([text], vocab_size=600, progress=False, workers=1)
-    torch.manual_seed(0)
-    model = Transformer(
-        ModelConfig(n_layer=2, d_model=32, n_head=4, vocab_size=tok.vocab_size, max_seq_len=128)
-    )
-    save_model_checkpoint(
-        model, tok, d / "pretrain" / "checkpoints" / "step_000010", stage="pretrain", step=10
-    )
-    return d
+    return save_tiny_pretrain(d, recipe)
 
 
 def sft_recipe(pretrained: Path, tmp_path: Path, stages=("sft",), **sections) -> tuple[Path, Path]:

@@ -5,8 +5,6 @@ checks that the blocks' new value-embedding argument reaches attention through t
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -28,22 +26,9 @@ LAYOUTS = [
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("value_embeds")
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc-per-node=2",
-        str(Path(__file__).parent / "value_embeds_dist_worker.py"),
-        str(out),
-        json.dumps(LAYOUTS),
-    ]
-    proc = subprocess.run(
-        cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=400
+    return dist_common.run_layouts(
+        "value_embeds_dist_worker.py", tmp_path_factory.mktemp("value_embeds"), LAYOUTS
     )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
-    return out
 
 
 @pytest.mark.slow  # one ~30 s fixture of gloo runs
