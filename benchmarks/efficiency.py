@@ -81,6 +81,12 @@ TUNING: dict[str, dict] = {
     "head_lr_0.01": {"train.head_lr": 0.01},
     "batch_512": {"train.batch_tokens": 512, "train.micro_batch": 4},
     "seq_256": {"train.seq_len": 256, "train.micro_batch": 4},  # after depth_2: 4 rows of 256
+    "wd_0": {"train.weight_decay": 0.0},  # no decay of the matrices and the head (nanochat's AdamW)
+    "wd_0.2": {"train.weight_decay": 0.2},
+    "clip_0": {"train.grad_clip": 0.0},  # no gradient clipping
+    "heads_2": {"model.n_head": 2},  # 64-dim heads instead of 32
+    "momentum_0.9": {"train.muon_momentum": 0.9},
+    "beta2_0.99": {"train.beta2": 0.99},
 }
 NANOGPT = {
     "model.arch": "gpt2",

@@ -124,6 +124,39 @@ def test_rollout_loader_groups_and_rewards():
     assert torch.equal(loader.next()["input_ids"], again.next()["input_ids"])  # resumable and seeded
 
 
+def test_held_out_reward_is_the_mean_over_fixed_draws_and_moves_with_the_policy():
+    from lmforge.inference import SamplingParams
+    from lmforge.model.config import ModelConfig
+    from lmforge.model.transformer import Transformer
+    from lmforge.tokenizer import Tokenizer
+
+    tok = Tokenizer.train(["abc abd abe " * 50], vocab_size=270, progress=False, workers=1)
+    torch.manual_seed(0)
+    model = Transformer(
+        ModelConfig(n_layer=1, d_model=16, n_head=2, vocab_size=tok.vocab_size, max_seq_len=64)
+    )
+    prompts = [{"messages": [{"role": "user", "content": f"q{i}"}]} for i in range(4)]
+    lengths = []
+
+    def reward(prompts, completions, prompt_ids, completion_ids):
+        lengths.append([len(c) for c in completion_ids])
+        return [float(len(c)) for c in completion_ids]
+
+    params = SamplingParams(max_new_tokens=6, seed=3)
+    loader = RolloutLoader(model, tok, prompts, reward, 2, 2, params, seed=0)
+    first = loader.held_out_reward(prompts[:3])
+    assert first == pytest.approx(sum(lengths[-1]) / 6) and len(lengths[-1]) == 6  # 3 prompts x G = 2
+    loader.next()  # a training rollout in between draws other seeds: the held-out draws stay the same
+    assert loader.held_out_reward(prompts[:3]) == first
+    head = torch.nn.Linear(16, tok.vocab_size)  # a policy that ends every completion at once
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.zero_()
+        head.bias[tok.special_ids["<|end|>"]] = 50.0
+    model.lm_head = head
+    assert loader.held_out_reward(prompts[:3]) <= 1.0 < first
+
+
 def test_rollouts_are_sharded_by_data_parallel_rank_as_one_rank_samples_them():
     """Rank r's i-th rollout is one rank's rollout i x 2 + r: the same prompts, completions and
     advantages, so two ranks at half the accumulation sample what one rank samples."""

@@ -223,6 +223,10 @@ def test_grpo_under_fsdp_matches_one_process(tmp_path):
         args = [
             "--rl.data",
             f"[{d / 'prompts.jsonl'}]",
+            "--rl.eval_data",
+            f"[{d / 'prompts.jsonl'}]",
+            "--rl.eval_prompts",
+            "3",
             "--rl.reward",
             "grpo_dist_worker:reward",
             "--rl.num_generations",
@@ -242,3 +246,7 @@ def test_grpo_under_fsdp_matches_one_process(tmp_path):
         launch("rl", d, ranks, args)
         runs[ranks] = d
     assert_same_run(runs[1], runs[2], "rl", "reward")
+    # the held-out reward: sampled from the gathered weights, the same on 2 ranks as in 1 process
+    held = [json.loads((runs[n] / "rl" / "demo_eval.json").read_text())["held_out_reward"] for n in (1, 2)]
+    assert held[0]["prompts"] == 3 and held[0]["before"] == held[1]["before"]
+    assert held[0]["after"] == pytest.approx(held[1]["after"], abs=1e-6)

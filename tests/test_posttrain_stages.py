@@ -115,7 +115,11 @@ def test_sft_then_dpo_reward_rl(run_dir, capsys, monkeypatch):
     assert rl["train"]["step"] == 2 and "reward" in rl_metrics[0] and "clip_ratio" in rl_metrics[0]
     rewards = [m["reward"] for m in rl_metrics if "reward" in m]
     assert (rl["reward_first_quarter"], rl["reward_last_quarter"]) == (rewards[0], rewards[-1])
-    assert "rl: mean reward" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "rl: mean reward" in out
+    assert "before rl: mean reward of" in out and "after rl: mean reward of" in out
+    held_out = rl["held_out_reward"]
+    assert held_out["prompts"] > 0 and set(held_out) == {"before", "after", "prompts"}
     assert data_builds == ["inside"] * 5  # sft, dpo, reward twice, rl: each prepares its data rank 0 first
 
 

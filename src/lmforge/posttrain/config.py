@@ -150,8 +150,14 @@ class RLConfig:
     scale_rewards: Literal["group", "none"] = "group"
     # optimizer steps per rollout batch (TRL's num_iterations; 1: the ratio is 1 in value)
     num_iterations: int = 1
+    # held-out prompts whose mean sampled reward (num_generations each, fixed seeds) is measured
+    # before and after the stage: the demo's held-out which-play questions, or eval_data's first ones
+    eval_prompts: int = 64
+    eval_data: list[str] = field(default_factory=list)  # prompt JSONL (the data layout); empty: the demo's
     train: RLTrainConfig = field(default_factory=RLTrainConfig)
 
     def validate(self) -> None:
         if self.num_iterations < 1:
             raise ValueError("num_iterations must be >= 1")
+        if self.eval_prompts < 0:
+            raise ValueError("eval_prompts must be >= 0 (0: no held-out reward)")

@@ -210,24 +210,8 @@ class RolloutLoader:
         self.rollouts += 1
         flat_prompts = [p for p in prompt_ids for _ in range(self.G)]
         completions = self._engine().generate(flat_prompts, params)
-        columns = {k: [it.get(k) for it in items for _ in range(self.G)] for k in items[0] if k != "messages"}
-        texts = [self.tok.decode(p) for p in flat_prompts]
+        rewards = self._score(items, flat_prompts, completions)
         comp_ids = [c.token_ids for c in completions]
-        rewards = torch.tensor(
-            self.reward_fn(
-                texts,
-                [c.text for c in completions],
-                prompt_ids=flat_prompts,
-                completion_ids=comp_ids,
-                **columns,
-            ),
-            dtype=torch.float32,
-        )
-        if rewards.shape != (len(completions),):
-            raise LmforgeError(
-                f"the reward function returned {tuple(rewards.shape)} values "
-                f"for {len(completions)} completions"
-            )
         max_len = self.policy.cfg.max_seq_len
         rows = [completion_row(p, c or [end], max_len) for p, c in zip(flat_prompts, comp_ids)]
         batch = pad_rows(rows, self.tok.special_ids.get("<|eos|>", 0))
@@ -243,6 +227,48 @@ class RolloutLoader:
         mean_length = sum(map(len, comp_ids)) / len(comp_ids)
         batch[STAT_PREFIX + "completion_length"] = torch.tensor(float(mean_length))
         return batch
+
+    def _score(self, items: list[dict], flat_prompts: list[list[int]], completions) -> torch.Tensor:
+        """The reward of each completion (G per item, in order), checked for shape."""
+        columns = {k: [it.get(k) for it in items for _ in range(self.G)] for k in items[0] if k != "messages"}
+        rewards = torch.tensor(
+            self.reward_fn(
+                [self.tok.decode(p) for p in flat_prompts],
+                [c.text for c in completions],
+                prompt_ids=flat_prompts,
+                completion_ids=[c.token_ids for c in completions],
+                **columns,
+            ),
+            dtype=torch.float32,
+        )
+        if rewards.shape != (len(completions),):
+            raise LmforgeError(
+                f"the reward function returned {tuple(rewards.shape)} values "
+                f"for {len(completions)} completions"
+            )
+        return rewards
+
+    def held_out_reward(self, items: list[dict]) -> float:
+        """The current policy's mean reward over G sampled completions of each held-out prompt in
+        `items`, with the rollouts' sampling settings and a seed of its own that does not change
+        between calls: measured before and after training, it compares one policy with another on
+        the same prompts and the same random draws, which the training rollouts' reward (new
+        prompts every step) cannot. Every rank samples all of `items` (under FSDP the weights are
+        gathered, a collective), so each returns the same value."""
+        import dataclasses
+
+        end = self.tok.special_ids["<|end|>"]
+        params = dataclasses.replace(
+            self.sampling,
+            seed=(self.sampling.seed or 0) + 7_919,
+            stop_token_ids=sorted({*self.sampling.stop_token_ids, end}),
+        )
+        prompt_ids = [self.tok.render_chat(it["messages"], add_generation_prompt=True)[0] for it in items]
+        if not self._forwarded:  # see _first_forward
+            self._first_forward(prompt_ids[0])
+        flat_prompts = [p for p in prompt_ids for _ in range(self.G)]
+        completions = self._engine().generate(flat_prompts, params)
+        return float(self._score(items, flat_prompts, completions).mean())
 
     def _engine(self):
         """The engine that samples this rollout. The engine calls the model's parts directly, outside

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -469,6 +470,7 @@ class RewardStage(PostTrainStage):
 
 class RLStage(PostTrainStage):
     name = "rl"
+    held_out: Sequence[dict] = ()  # prompts of the held-out reward (set by data())
 
     def data(self, model, tok, cfg) -> StageData:
         from lmforge.posttrain.grpo import RewardModelScorer, load_reward_function
@@ -490,6 +492,16 @@ class RLStage(PostTrainStage):
             reward_fn = RewardModelScorer(rm, head, self.pad_id(tok))
         else:
             reward_fn = load_reward_function(sec.reward)
+        if sec.eval_data:
+            held_out = load_prompts(sec.eval_data)
+        elif tasks is not None:
+            held_out = [
+                {"messages": m.messages, "answer": m.choices[m.gold], "choices": m.choices}
+                for m in tasks.mc_eval
+            ]
+        else:
+            held_out = []
+        self.held_out = held_out[: sec.eval_prompts]
         return StageData(tasks, prompts, reward_fn)
 
     def build(self, model, tok, cfg, data: StageData, ctx):
@@ -525,7 +537,17 @@ class RLStage(PostTrainStage):
             f"rl: GRPO, {len(prompts)} prompts, {sec.prompts_per_step} x {sec.num_generations} completions "
             f"per rollout, {sec.num_iterations} optimizer step(s) per rollout"
         )
+        self.loader, self.reward_before = loader, None
+        if self.held_out:
+            self.reward_before = loader.held_out_reward(self.held_out)
+            say(f"before rl: {self.held_out_label()} {self.reward_before:.3f}")
         return GRPOObjective(sec.epsilon, sec.beta), loader
+
+    def held_out_label(self) -> str:
+        n, g = len(self.held_out), self.section.num_generations
+        return (
+            f"mean reward of {n} held-out prompts x {g} sampled completions (the same seeds before and after)"
+        )
 
     def finish(self, model, tok, data: StageData, before: dict | None, result: dict) -> dict:
         summary = super().finish(model, tok, data, before, result)
@@ -536,7 +558,15 @@ class RLStage(PostTrainStage):
                 f"rl: mean reward {first:.3f} over the first quarter of the steps -> {last:.3f} over the last"
             )
             summary["reward_first_quarter"], summary["reward_last_quarter"] = first, last
-            atomic_write_json(self.run_dir / self.name / "demo_eval.json", summary)
+        if self.reward_before is not None:
+            after = self.loader.held_out_reward(self.held_out)
+            say(f"after rl: {self.held_out_label()} {after:.3f} (before {self.reward_before:.3f})")
+            summary["held_out_reward"] = {
+                "before": self.reward_before,
+                "after": after,
+                "prompts": len(self.held_out),
+            }
+        atomic_write_json(self.run_dir / self.name / "demo_eval.json", summary)
         return summary
 
 
