@@ -212,21 +212,7 @@ SFT_LAYOUTS = [
 
 @pytest.fixture(scope="module")
 def sft_runs(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("sft-dist")
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc-per-node=2",
-        str(Path(__file__).parent / "sft_parallel_worker.py"),
-        str(out),
-        json.dumps(SFT_LAYOUTS),
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=400)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
-    return out
+    return dist_common.run_layouts("sft_parallel_worker.py", tmp_path_factory.mktemp("sft-dist"), SFT_LAYOUTS)
 
 
 def trainer_losses(run: Path) -> list[float]:
