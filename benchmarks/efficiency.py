@@ -87,6 +87,9 @@ TUNING: dict[str, dict] = {
     "heads_2": {"model.n_head": 2},  # 64-dim heads instead of 32
     "momentum_0.9": {"train.muon_momentum": 0.9},
     "beta2_0.99": {"train.beta2": 0.99},
+    # width at the same budget: a narrower model takes more steps, a wider one fewer
+    "width_96": {"model.d_model": 96, "model.n_head": 3},
+    "width_192": {"model.d_model": 192, "model.n_head": 6},
 }
 NANOGPT = {
     "model.arch": "gpt2",

@@ -233,7 +233,13 @@ def test_plays_answer_checks_the_shape_of_the_other_replies(ckpt, monkeypatch):
     from lmforge.tasks import demo_eval
 
     res = evaluate_checkpoint(ckpt, ["plays_answer"], limit=2, max_gen_toks=4, progress=False)["tasks"]
-    keys = {"who_speaks_format", "who_speaks_acc", "continue_format", "out_of_domain_format"}
+    keys = {
+        "who_speaks_name",
+        "who_speaks_format",
+        "who_speaks_acc",
+        "continue_format",
+        "out_of_domain_format",
+    }
     assert keys <= set(res["plays_answer"]["metrics"])
 
     checks = tasks.load_task("plays_answer").checks
@@ -242,10 +248,23 @@ def test_plays_answer_checks_the_shape_of_the_other_replies(ckpt, monkeypatch):
     cont = next(c for c in checks if c.kind == "continue")
     ood = next(c for c in checks if c.kind == "out_of_domain")
     picked = [who, who, who, cont, cont, ood, ood, ood]
-    replies = [who.answer, other, "Hamlet", "And thus the night", "and the", "", ".", "I am a king."]
+    elsewhere = next(n for n in who.any_names if n not in who.names)  # a character of another play
+    picked = [who, *picked]
+    replies = [
+        elsewhere,
+        who.answer,
+        other,
+        "Hamlet",
+        "And thus the night",
+        "and the",
+        "",
+        ".",
+        "I am a king.",
+    ]
     monkeypatch.setattr(demo_eval, "chat_replies", lambda *a, **k: replies)
     m = demo_eval.reply_checks(None, None, picked)
-    assert m["who_speaks_format"] == pytest.approx(2 / 3) and m["who_speaks_acc"] == pytest.approx(1 / 3)
+    assert m["who_speaks_format"] == pytest.approx(2 / 4) and m["who_speaks_acc"] == pytest.approx(1 / 4)
+    assert m["who_speaks_name"] == pytest.approx(3 / 4)
     assert m["continue_format"] == 0.5 and m["out_of_domain_format"] == pytest.approx(1 / 3)
     assert m["replies"] == replies
 
@@ -253,7 +272,13 @@ def test_plays_answer_checks_the_shape_of_the_other_replies(ckpt, monkeypatch):
 def test_the_eval_stage_prints_the_final_chatbot_figures(capsys):
     from lmforge.stages.eval import print_answer_summary
 
-    metrics = {"format": 0.96, "acc": 0.41, "who_speaks_format": 0.9, "who_speaks_acc": 0.2}
+    metrics = {
+        "format": 0.96,
+        "acc": 0.41,
+        "who_speaks_name": 1.0,
+        "who_speaks_format": 0.9,
+        "who_speaks_acc": 0.2,
+    }
     metrics.update(continue_format=1.0, out_of_domain_format=0.8)
     results = {"checkpoints": [{"stage": "sft"}, {"stage": "rl", "tasks": {"plays_answer": {"n": 100}}}]}
     results["checkpoints"][0]["tasks"] = {}
@@ -261,5 +286,6 @@ def test_the_eval_stage_prints_the_final_chatbot_figures(capsys):
     print_answer_summary(results)
     out = capsys.readouterr().out
     assert "the rl chatbot" in out and "listed title 96%" in out and "the right one 41%" in out
-    assert "speaker of the play to 90%" in out and "(the right one 20%)" in out
+    assert "a character's name to 100% of the who-speaks questions" in out
+    assert "(one of that play's 90%, the right one 20%)" in out
     assert "verse to 100% of the continue-this-speech turns and to 80% of the everyday" in out

@@ -361,3 +361,27 @@ def test_sft_choices_vary_the_listed_titles_of_the_training_questions_only():
     assert tasks.rl_prompts and all(len(p["choices"]) == 4 for p in tasks.rl_prompts)
     with pytest.raises(ValueError, match="sft_choices"):
         DemoConfig(sft_choices=[5]).validate()
+
+
+def test_rl_scene_fraction_gives_grpo_passages_post_training_never_saw():
+    base = dict(which_play=200, who_speaks=20, continue_speech=20, eval_items=40, preference_pairs=60)
+    plain = build_demo_tasks(DemoConfig(**base), 3)
+    cfg = DemoConfig(**base, rl_scene_fraction=0.2, rl_prompts=50)
+    cfg.validate()
+    tasks = build_demo_tasks(cfg, 3)
+    assert len(tasks.rl_prompts) == 50 and all(len(p["choices"]) == 4 for p in tasks.rl_prompts)
+    assert all(p["answer"] in p["choices"] for p in tasks.rl_prompts)
+    trained = "\n".join(m["content"] for conv in tasks.sft for m in conv)
+    trained += "\n".join(p.messages[0]["content"] + p.chosen for p in tasks.preference_train)
+    held_out = "\n".join(m.messages[0]["content"] for m in tasks.mc_eval)
+    for p in tasks.rl_prompts:
+        passage = p["messages"][0]["content"].split("\n\n")[1]
+        assert passage not in trained and passage not in held_out
+    # without it GRPO asks SFT's own 4-choice questions
+    sft_questions = {c[0]["content"] for c in plain.sft}
+    assert all(p["messages"][0]["content"] in sft_questions for p in plain.rl_prompts)
+    # the held-out questions stay the same whatever the training split
+    assert tasks.mc_eval == plain.mc_eval and tasks.chat_eval == plain.chat_eval
+    for bad in ({"rl_scene_fraction": 1.0}, {"rl_scene_fraction": -0.1}, {"rl_prompts": 0}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            DemoConfig(**{**base, **bad}).validate()

@@ -21,7 +21,8 @@ A task spec is `KIND:PATH` (or just PATH, the kind guessed from the file) or a b
                     `lmforge chat` answers at temperature 0: format (the reply is one of the listed
                     titles) and acc (it is the right one); besides, 20 held-out who-speaks and 20
                     continue-speech turns and 10 everyday questions (not limited by --limit):
-                    who_speaks_format / who_speaks_acc (a speaker name of the play / the right one),
+                    who_speaks_name / who_speaks_format / who_speaks_acc (a speaker name of any
+                    play / of the play asked about / the right one),
                     continue_format and out_of_domain_format (the first line has 3+ words: verse)
   val_bpb           bits per byte on the val token shard of the checkpoint's run (RUN/tokens)
   plays_pref        the demo's held-out preference pairs (the recipe's sft.demo.preference_mix of

@@ -113,8 +113,9 @@ def print_answer_summary(results: dict) -> None:
     )
     if "who_speaks_format" in m:
         print(
-            f"[lmforge] eval: and gives a speaker of the play to {100 * m['who_speaks_format']:.0f}% of the "
-            f"who-speaks questions (the right one {100 * m['who_speaks_acc']:.0f}%), verse to "
+            f"[lmforge] eval: and gives a character's name to {100 * m.get('who_speaks_name', 0):.0f}% of "
+            f"the who-speaks questions (one of that play's {100 * m['who_speaks_format']:.0f}%, the right "
+            f"one {100 * m['who_speaks_acc']:.0f}%), verse to "
             f"{100 * m.get('continue_format', 0):.0f}% of the continue-this-speech turns and to "
             f"{100 * m.get('out_of_domain_format', 0):.0f}% of the everyday questions",
             flush=True,

@@ -10,6 +10,10 @@ class DemoConfig:
     """The demo tasks derived from the plays (lmforge.tasks.demo), held out by scene."""
 
     eval_scene_fraction: float = 0.25  # scenes of each play kept for evaluation only
+    # training scenes of each play kept for GRPO's prompts only (0: GRPO asks SFT's own 4-choice
+    # questions, whose answers the model has already been taught)
+    rl_scene_fraction: float = 0.0
+    rl_prompts: int = 1500  # GRPO prompts (4-choice which-play questions) from those scenes
     which_play: int = 3000  # SFT conversations: "which play is this passage from" (4 choices)
     who_speaks: int = 200  # SFT conversations: "who speaks these lines"
     continue_speech: int = 200  # SFT conversations: "continue this speech"
@@ -28,6 +32,10 @@ class DemoConfig:
     def validate(self) -> None:
         if not 0.0 < self.eval_scene_fraction < 1.0:
             raise ValueError("eval_scene_fraction must be in (0, 1)")
+        if not 0.0 <= self.rl_scene_fraction < 1.0:
+            raise ValueError("rl_scene_fraction must be in [0, 1)")
+        if self.rl_prompts < 1:
+            raise ValueError("rl_prompts must be at least 1")
         kinds = (
             "which_play",
             "next_line",

@@ -1,8 +1,10 @@
 """The demo tasks: post-training data and held-out evaluation sets built from the plays.
 
 Every scene of every play goes either to training or to evaluation (`eval_scene_fraction`
-of each play's scenes, drawn from the seed), so nothing evaluated was post-trained on.
-From the training scenes come
+of each play's scenes, drawn from the seed), so nothing evaluated was post-trained on. With
+`rl_scene_fraction`, that share of each play's training scenes is kept for GRPO's prompts alone:
+questions about passages SFT never answered, where the model is as unsure as on the held-out ones.
+From the (other) training scenes come
   - SFT conversations: "which play is this passage from" (the titles offered after the passage,
     one per line, `sft_choices` of them; the answer is the title), "who speaks these lines",
     "continue this speech" and small talk (an everyday question from SMALL_TALK answered with two
@@ -83,6 +85,9 @@ class ChatCheck:
     kind: str  # "who_speaks" | "continue" | "out_of_domain"
     answer: str = ""  # who_speaks: the speaker; continue: the speech's true next line
     names: list[str] = field(default_factory=list)  # who_speaks: the play's upper-case speaker names
+    # who_speaks: every play's upper-case speaker names (one list shared by the checks): a name
+    # from another play is still a character's name, the wrong one
+    any_names: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -124,6 +129,21 @@ def split_scenes(plays: Sequence[Play], fraction: float, seed: int) -> tuple[lis
         held_out += [(play, s) for s in scenes[:n_eval]]
         train += [(play, s) for s in scenes[n_eval:]]
     return train, held_out
+
+
+def carve_scenes(pairs: list[tuple[Play, Scene]], fraction: float, seed: int) -> tuple[list, list]:
+    """(rest, carved): `fraction` of each play's (play, scene) pairs (seeded; at least one of a play
+    with two or more) carved out of `pairs`, the order of the rest kept."""
+    rng = random.Random(f"{seed}:carve")
+    by_play: dict[str, list[int]] = {}
+    for i, (play, _) in enumerate(pairs):
+        by_play.setdefault(play.slug, []).append(i)
+    carved_ids: set[int] = set()
+    for ids in by_play.values():
+        if len(ids) > 1:
+            carved_ids.update(rng.sample(ids, max(1, round(fraction * len(ids)))))
+    rest = [p for i, p in enumerate(pairs) if i not in carved_ids]
+    return rest, [p for i, p in enumerate(pairs) if i in carved_ids]
 
 
 def _speech_lines(speech: Speech) -> list[str]:
@@ -349,6 +369,9 @@ def build_demo_tasks(cfg: DemoConfig, seed: int, plays: Sequence[Play] | None = 
     plays = list(plays or shakespeare_plays())
     titles = sorted({play_title(p) for p in plays})
     train, held_out = split_scenes(plays, cfg.eval_scene_fraction, seed)
+    rl_scenes: list = []
+    if cfg.rl_scene_fraction:
+        train, rl_scenes = carve_scenes(train, cfg.rl_scene_fraction, seed)
     rng = random.Random(f"{seed}:demo")
     n = cfg.passage_lines
 
@@ -369,13 +392,18 @@ def build_demo_tasks(cfg: DemoConfig, seed: int, plays: Sequence[Play] | None = 
     for conv in _draw(cfg.small_talk, train, talk_rng, lambda p, s: _small_talk(s, talk_rng)):
         sft.insert(talk_rng.randrange(len(sft) + 1), conv)
 
-    mc_eval = _draw(cfg.eval_items, held_out, rng, lambda p, s: _which_play(p, s, titles, rng, n))
+    # its own stream: the held-out questions do not change with the training sets' sizes or splits
+    eval_rng = random.Random(f"{seed}:held-out questions")
+    mc_eval = _draw(cfg.eval_items, held_out, eval_rng, lambda p, s: _which_play(p, s, titles, eval_rng, n))
     pref_train = _pairs(cfg.preference_pairs, cfg.preference_mix, train, titles, f"{seed}:pairs", n)
     pref_eval = _pairs(cfg.eval_items, cfg.preference_mix, held_out, titles, f"{seed}:held-out pairs", n)
+    if rl_scenes:
+        rl_rng = random.Random(f"{seed}:rl")
+        rl_items = _draw(cfg.rl_prompts, rl_scenes, rl_rng, lambda p, s: _which_play(p, s, titles, rl_rng, n))
+    else:
+        rl_items = [m for m in which if len(m.choices) == 4]
     rl_prompts = [
-        {"messages": m.messages, "answer": m.choices[m.gold], "choices": m.choices}
-        for m in which
-        if len(m.choices) == 4
+        {"messages": m.messages, "answer": m.choices[m.gold], "choices": m.choices} for m in rl_items
     ]
     chat_eval = _chat_checks(held_out, random.Random(f"{seed}:chat-eval"))
     return DemoTasks(sft, pref_train, pref_eval, mc_eval, rl_prompts, titles, chat_eval)
@@ -385,15 +413,17 @@ def _chat_checks(held_out: list[tuple[Play, Scene]], rng: random.Random) -> list
     """CHAT_CHECKS who-speaks and continue-speech turns from the held-out scenes, and OUT_OF_DOMAIN
     (its own random stream: the other sets do not depend on it)."""
     speakers: dict[str, list[str]] = {}
+    for play, _ in held_out:
+        if play.slug not in speakers:
+            names = {sp.speaker for sc in play.scenes for sp in sc.speeches if sp.speaker.isupper()}
+            speakers[play.slug] = sorted(names)
+    everyone = sorted({name for names in speakers.values() for name in names})
 
     def who(play: Play, scene: Scene) -> ChatCheck | None:
         conv = _who_speaks(play, scene, rng)
         if conv is None:
             return None
-        if play.slug not in speakers:
-            names = {sp.speaker for sc in play.scenes for sp in sc.speeches if sp.speaker.isupper()}
-            speakers[play.slug] = sorted(names)
-        return ChatCheck(conv[:1], "who_speaks", conv[1]["content"], speakers[play.slug])
+        return ChatCheck(conv[:1], "who_speaks", conv[1]["content"], speakers[play.slug], everyone)
 
     def cont(play: Play, scene: Scene) -> ChatCheck | None:
         conv = _continue(play, scene, rng)

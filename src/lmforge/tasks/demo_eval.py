@@ -111,19 +111,23 @@ def is_verse(reply: str) -> bool:
 
 def reply_checks(model, tokenizer, checks: list[ChatCheck], max_new_tokens: int = 32) -> dict:
     """Greedy replies to the held-out chat checks (lmforge.tasks.demo.ChatCheck), per kind the
-    fraction in shape: who_speaks_format (a speaker name of the play) and who_speaks_acc (the right
-    one), continue_format and out_of_domain_format (`is_verse`); plus the replies."""
+    fraction in shape: who_speaks_name (a speaker name of any play), who_speaks_format (of the
+    play asked about) and who_speaks_acc (the right one), continue_format and out_of_domain_format
+    (`is_verse`); plus the replies."""
     replies = chat_replies(model, tokenizer, [c.messages for c in checks], max_new_tokens)
     ok: dict[str, list[bool]] = {}
     right: list[bool] = []
+    named: list[bool] = []
     for check, reply in zip(checks, replies):
         if check.kind == "who_speaks":
             ok.setdefault("who_speaks", []).append(reply.strip() in check.names)
             right.append(reply.strip() == check.answer)
+            named.append(reply.strip() in (check.any_names or check.names))
         else:
             ok.setdefault(check.kind, []).append(is_verse(reply))
     out: dict = {f"{kind}_format": sum(v) / len(v) for kind, v in ok.items()}
     if right:
         out["who_speaks_acc"] = sum(right) / len(right)
+        out["who_speaks_name"] = sum(named) / len(named)
     out["replies"] = replies
     return out
