@@ -74,6 +74,7 @@ TUNING: dict[str, dict] = {
     "muon_lr_0.04": {"train.muon_lr": 0.04},
     "muon_lr_0.01": {"train.muon_lr": 0.01},
     "muon_lr_0.03": {"train.muon_lr": 0.03},
+    "muon_lr_0.015": {"train.muon_lr": 0.015},
     "layers_3": {"model.n_layer": 3},  # after depth_2: its windows and batch with 3 layers
     "min_lr_0": {"train.min_lr_ratio": 0.0},  # the cosine decays to 0 instead of lr / 10
     "embedding_lr_0.05": {"train.embedding_lr": 0.05},  # after untied (its 2e-2 was tuned with AdamW)
@@ -87,6 +88,7 @@ TUNING: dict[str, dict] = {
     "heads_2": {"model.n_head": 2},  # 64-dim heads instead of 32
     "momentum_0.9": {"train.muon_momentum": 0.9},
     "beta2_0.99": {"train.beta2": 0.99},
+    "beta1_0.8": {"train.beta1": 0.8},  # nanochat's AdamW betas are (0.8, 0.95)
     # width at the same budget: a narrower model takes more steps, a wider one fewer
     "width_96": {"model.d_model": 96, "model.n_head": 3},
     "width_192": {"model.d_model": 192, "model.n_head": 6},
