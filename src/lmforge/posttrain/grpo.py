@@ -191,26 +191,14 @@ class RolloutLoader:
         return dict(batch)
 
     def _rollout(self) -> dict[str, torch.Tensor]:
-        import dataclasses
-
         # every rank walks the same prompt order; the ranks' rollouts number k = rollouts x dp + rank,
         # and rollout k takes the k-th P prompts and seeds, as one rank's k-th rollout does
         order = self.prompt_order.take(self.P * self.dp_size)[self.dp_rank * self.P :][: self.P]
         items = [self.prompts[i] for i in order]
-        prompt_ids = [self.tok.render_chat(it["messages"], add_generation_prompt=True)[0] for it in items]
-        end = self.tok.special_ids["<|end|>"]
         k = self.rollouts * self.dp_size + self.dp_rank
-        params = dataclasses.replace(
-            self.sampling,
-            seed=(self.sampling.seed or 0) + 1_000_003 * k,
-            stop_token_ids=sorted({*self.sampling.stop_token_ids, end}),
-        )
-        if not self._forwarded:  # see _first_forward
-            self._first_forward(prompt_ids[0])
         self.rollouts += 1
-        flat_prompts = [p for p in prompt_ids for _ in range(self.G)]
-        completions = self._engine().generate(flat_prompts, params)
-        rewards = self._score(items, flat_prompts, completions)
+        flat_prompts, completions, rewards = self._sample(items, 1_000_003 * k)
+        end = self.tok.special_ids["<|end|>"]
         comp_ids = [c.token_ids for c in completions]
         max_len = self.policy.cfg.max_seq_len
         rows = [completion_row(p, c or [end], max_len) for p, c in zip(flat_prompts, comp_ids)]
@@ -227,6 +215,24 @@ class RolloutLoader:
         mean_length = sum(map(len, comp_ids)) / len(comp_ids)
         batch[STAT_PREFIX + "completion_length"] = torch.tensor(float(mean_length))
         return batch
+
+    def _sample(self, items: list[dict], seed_offset: int) -> tuple[list[list[int]], list, torch.Tensor]:
+        """(prompt ids, completions, rewards): G completions of each item (in order), sampled with
+        the rollouts' settings at seed + `seed_offset` and stopped at <|end|>, and their rewards."""
+        import dataclasses
+
+        end = self.tok.special_ids["<|end|>"]
+        params = dataclasses.replace(
+            self.sampling,
+            seed=(self.sampling.seed or 0) + seed_offset,
+            stop_token_ids=sorted({*self.sampling.stop_token_ids, end}),
+        )
+        prompt_ids = [self.tok.render_chat(it["messages"], add_generation_prompt=True)[0] for it in items]
+        if not self._forwarded:  # see _first_forward
+            self._first_forward(prompt_ids[0])
+        flat_prompts = [p for p in prompt_ids for _ in range(self.G)]
+        completions = self._engine().generate(flat_prompts, params)
+        return flat_prompts, completions, self._score(items, flat_prompts, completions)
 
     def _score(self, items: list[dict], flat_prompts: list[list[int]], completions) -> torch.Tensor:
         """The reward of each completion (G per item, in order), checked for shape."""
@@ -255,20 +261,7 @@ class RolloutLoader:
         the same prompts and the same random draws, which the training rollouts' reward (new
         prompts every step) cannot. Every rank samples all of `items` (under FSDP the weights are
         gathered, a collective), so each returns the same value."""
-        import dataclasses
-
-        end = self.tok.special_ids["<|end|>"]
-        params = dataclasses.replace(
-            self.sampling,
-            seed=(self.sampling.seed or 0) + 7_919,
-            stop_token_ids=sorted({*self.sampling.stop_token_ids, end}),
-        )
-        prompt_ids = [self.tok.render_chat(it["messages"], add_generation_prompt=True)[0] for it in items]
-        if not self._forwarded:  # see _first_forward
-            self._first_forward(prompt_ids[0])
-        flat_prompts = [p for p in prompt_ids for _ in range(self.G)]
-        completions = self._engine().generate(flat_prompts, params)
-        return float(self._score(items, flat_prompts, completions).mean())
+        return float(self._sample(items, 7_919)[2].mean())
 
     def _engine(self):
         """The engine that samples this rollout. The engine calls the model's parts directly, outside

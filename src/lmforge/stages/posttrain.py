@@ -495,10 +495,9 @@ class RLStage(PostTrainStage):
         if sec.eval_data:
             held_out = load_prompts(sec.eval_data)
         elif tasks is not None:
-            held_out = [
-                {"messages": m.messages, "answer": m.choices[m.gold], "choices": m.choices}
-                for m in tasks.mc_eval
-            ]
+            from lmforge.tasks.demo import reward_prompt
+
+            held_out = [reward_prompt(m) for m in tasks.mc_eval]
         else:
             held_out = []
         self.held_out = held_out[: sec.eval_prompts]

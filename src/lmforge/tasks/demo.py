@@ -131,6 +131,11 @@ def split_scenes(plays: Sequence[Play], fraction: float, seed: int) -> tuple[lis
     return train, held_out
 
 
+def reward_prompt(item: MCItem) -> dict:
+    """A which-play question in the prompt layout GRPO and play_title_reward read."""
+    return {"messages": item.messages, "answer": item.choices[item.gold], "choices": item.choices}
+
+
 def carve_scenes(pairs: list[tuple[Play, Scene]], fraction: float, seed: int) -> tuple[list, list]:
     """(rest, carved): `fraction` of each play's (play, scene) pairs (seeded; at least one of a play
     with two or more) carved out of `pairs`, the order of the rest kept."""
@@ -402,9 +407,7 @@ def build_demo_tasks(cfg: DemoConfig, seed: int, plays: Sequence[Play] | None = 
         rl_items = _draw(cfg.rl_prompts, rl_scenes, rl_rng, lambda p, s: _which_play(p, s, titles, rl_rng, n))
     else:
         rl_items = [m for m in which if len(m.choices) == 4]
-    rl_prompts = [
-        {"messages": m.messages, "answer": m.choices[m.gold], "choices": m.choices} for m in rl_items
-    ]
+    rl_prompts = [reward_prompt(m) for m in rl_items]
     chat_eval = _chat_checks(held_out, random.Random(f"{seed}:chat-eval"))
     return DemoTasks(sft, pref_train, pref_eval, mc_eval, rl_prompts, titles, chat_eval)
 
