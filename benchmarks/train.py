@@ -236,7 +236,8 @@ def hf_state_dict(model) -> dict:
 
 OPTIONS = {  # variant: (ModelConfig options, TrainConfig options)
     "baseline": ({}, {}),
-    "muon": ({}, {"optimizer": "muon"}),
+    "muon": ({}, {"optimizer": "muon"}),  # Newton-Schulz in fp32 on the CPU (muon_ns_dtype auto)
+    "muon bf16-ns": ({}, {"optimizer": "muon", "muon_ns_dtype": "bfloat16"}),  # torch's own precision
     "qk_norm": ({"qk_norm": True}, {}),
     "mlp relu2": ({"mlp": "relu2", "d_ff": 0}, {}),  # d_ff 0: the 4·d these MLPs take
     "mlp gelu": ({"mlp": "gelu", "d_ff": 0}, {}),

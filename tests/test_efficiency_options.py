@@ -141,6 +141,42 @@ def test_muon_takes_the_hidden_matrices_and_adamw_the_rest():
     ] == pytest.approx(20)
 
 
+def test_muon_newton_schulz_is_torchs_iteration_at_the_chosen_precision():
+    """In bf16 the iteration is torch's own bit for bit; the CPU default (float32) is torch's Muon
+    step with that iteration in float32, torch's function is back in place after each step, and a
+    bad muon_ns_dtype is refused."""
+    from torch.optim import _muon
+
+    from lmforge.train.optim import MuonAt, newton_schulz
+
+    g = torch.randn(48, 32, generator=torch.Generator().manual_seed(0))
+    coeffs = (_muon.DEFAULT_A, _muon.DEFAULT_B, _muon.DEFAULT_C)
+    torch.testing.assert_close(
+        newton_schulz(g, coeffs, 5, 1e-7, torch.bfloat16),
+        _muon._zeropower_via_newtonschulz(g, coeffs, 5, 1e-7),
+        rtol=0,
+        atol=0,
+    )
+    fp32 = newton_schulz(g, coeffs, 5, 1e-7, torch.float32)
+    assert fp32.dtype == torch.float32
+    torch.testing.assert_close(fp32, newton_schulz(g, coeffs, 5, 1e-7, torch.bfloat16).float(), atol=0.05, rtol=0)
+
+    opt = build_optimizer(build(), TrainConfig(optimizer="muon"))
+    assert isinstance(next(iter(opt)), MuonAt) and next(iter(opt)).ns_dtype == torch.float32
+
+    w = torch.nn.Parameter(torch.randn(48, 32))
+    w.grad = g.clone()
+    before = w.detach().clone()
+    MuonAt([w], ns_dtype=torch.float32, lr=0.1, momentum=0.0, nesterov=False, weight_decay=0.0).step()
+    assert _muon._zeropower_via_newtonschulz.__module__ == "torch.optim._muon"
+    scale = max(1, 48 / 32) ** 0.5
+    torch.testing.assert_close(w.detach(), before - 0.1 * scale * fp32)
+    from lmforge.config import from_dict
+
+    with pytest.raises(LmforgeError, match="muon_ns_dtype must be one of"):
+        from_dict(TrainConfig, {"muon_ns_dtype": "float16"}, "train", "recipe.yaml")
+
+
 def test_each_role_steps_at_its_own_learning_rate():
     """The trainer writes the scheduled lr into every group; the embedding group (embedding_lr
     = 3 x lr) must move exactly as plain AdamW at 3 x the scheduled lr, and the lr is restored."""
