@@ -159,7 +159,9 @@ def test_muon_newton_schulz_is_torchs_iteration_at_the_chosen_precision():
     )
     fp32 = newton_schulz(g, coeffs, 5, 1e-7, torch.float32)
     assert fp32.dtype == torch.float32
-    torch.testing.assert_close(fp32, newton_schulz(g, coeffs, 5, 1e-7, torch.bfloat16).float(), atol=0.05, rtol=0)
+    torch.testing.assert_close(
+        fp32, newton_schulz(g, coeffs, 5, 1e-7, torch.bfloat16).float(), atol=0.05, rtol=0
+    )
 
     opt = build_optimizer(build(), TrainConfig(optimizer="muon"))
     assert isinstance(next(iter(opt)), MuonAt) and next(iter(opt)).ns_dtype == torch.float32

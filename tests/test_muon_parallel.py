@@ -40,7 +40,9 @@ def reference() -> list[float]:
     opt = build_optimizer(model, MUON)
     import torch
 
-    assert [type(o) for o in opt] == [MuonAt, torch.optim.AdamW] and isinstance(opt.optimizers[0], torch.optim.Muon)
+    assert [type(o) for o in opt] == [MuonAt, torch.optim.AdamW] and isinstance(
+        opt.optimizers[0], torch.optim.Muon
+    )
     return dist_common.train(model, opt, DistContext(), range(4))
 
 

@@ -152,7 +152,9 @@ def _newton_schulz_in(dtype: torch.dtype):
             "set train.muon_ns_dtype: bfloat16"
         )
     original = module._zeropower_via_newtonschulz
-    module._zeropower_via_newtonschulz = lambda g, coeffs, steps, eps: newton_schulz(g, coeffs, steps, eps, dtype)
+    module._zeropower_via_newtonschulz = lambda g, coeffs, steps, eps: newton_schulz(
+        g, coeffs, steps, eps, dtype
+    )
     try:
         yield
     finally:
