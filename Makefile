@@ -10,6 +10,8 @@ PYTEST_ARGS ?=
 
 .PHONY: demo test test-slow bench gpu lint clean venv llama-cpp
 
+# --no-compile: byte-compiling every installed module (torch's thousands) took 36 of the demo extra's
+# 79 s of install (2026-12-02); Python compiles the modules a run imports on first use instead
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
@@ -18,8 +20,6 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q --no-compile -c constraints.txt -e '.[dev]'
 	touch $(STAMP) $(DEMO_STAMP)
 
-# --no-compile: byte-compiling every installed module (torch's thousands) took 36 of the demo extra's
-# 79 s of install (2026-12-02); Python compiles the modules a run imports on first use instead
 # the demo and the README's next commands need only the `demo` extra: a fresh clone's `make demo`
 # skips the test stack (Ray, TRL, lm-eval, transformers, ...), which `make test` adds on top
 $(DEMO_STAMP): pyproject.toml constraints.txt

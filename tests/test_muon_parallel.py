@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -38,8 +39,6 @@ def runs(tmp_path_factory) -> Path:
 def reference() -> list[float]:
     model = dist_common.build()
     opt = build_optimizer(model, MUON)
-    import torch
-
     assert [type(o) for o in opt] == [MuonAt, torch.optim.AdamW] and isinstance(
         opt.optimizers[0], torch.optim.Muon
     )

@@ -69,7 +69,7 @@ class TrainConfig:
     muon_lr: float = 0.02  # Muon's learning rate (optimizer: muon)
     muon_momentum: float = 0.95  # Muon's momentum (optimizer: muon)
     # precision of Muon's Newton-Schulz iteration; auto: bfloat16 on CUDA (torch's choice), float32
-    # on the CPU, where bf16 matmuls without bf16 hardware made the demo's steps 5x slower
+    # on the CPU, where bf16 matmuls without bf16 hardware made the demo's steps 3x slower
     muon_ns_dtype: Literal["auto", "bfloat16", "float32"] = "auto"
     embedding_lr: float = 0.0  # learning rate of the token embedding (0: lr)
     head_lr: float = 0.0  # learning rate of the LM head (0: lr)

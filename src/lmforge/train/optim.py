@@ -128,8 +128,9 @@ class MuonAt(torch.optim.Muon):
 
     torch runs it in bfloat16, right on GPUs; a CPU without bf16 matmul hardware emulates them
     (AMD EPYC, AVX2: a 128x512 bf16 matmul 6x slower than fp32; the demo model's step with Muon
-    2.5 s against AdamW's 0.45 s). Everything else (momentum, Nesterov, the lr adjustment, weight
-    decay, the state dict) is torch's: the step only swaps the iteration torch's Muon calls.
+    1.34 s against 0.46 s with the iteration in fp32, and 0.44 s with AdamW). Everything else
+    (momentum, Nesterov, the lr adjustment, weight decay, the state dict) is torch's: the step
+    only swaps the iteration torch's Muon calls.
     """
 
     def __init__(self, params, ns_dtype: torch.dtype = torch.bfloat16, **kwargs):
