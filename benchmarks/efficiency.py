@@ -82,6 +82,7 @@ TUNING: dict[str, dict] = {
     "head_lr_0.01": {"train.head_lr": 0.01},
     "batch_512": {"train.batch_tokens": 512, "train.micro_batch": 4},
     "seq_256": {"train.seq_len": 256, "train.micro_batch": 4},  # after depth_2: 4 rows of 256
+    "seq_64": {"train.seq_len": 64, "train.micro_batch": 16},  # after depth_2: 16 rows of 64
     "wd_0": {"train.weight_decay": 0.0},  # no decay of the matrices and the head (nanochat's AdamW)
     "wd_0.2": {"train.weight_decay": 0.2},
     "clip_0": {"train.grad_clip": 0.0},  # no gradient clipping
