@@ -27,6 +27,7 @@ usage:
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import statistics
 import tempfile
@@ -77,9 +78,11 @@ TUNING: dict[str, dict] = {
     "muon_lr_0.015": {"train.muon_lr": 0.015},
     "layers_3": {"model.n_layer": 3},  # after depth_2: its windows and batch with 3 layers
     "min_lr_0": {"train.min_lr_ratio": 0.0},  # the cosine decays to 0 instead of lr / 10
+    "min_lr_0.3": {"train.min_lr_ratio": 0.3},  # after min_lr_0 scored worse: a shallower decay
     "embedding_lr_0.05": {"train.embedding_lr": 0.05},  # after untied (its 2e-2 was tuned with AdamW)
     "embedding_lr_0.2": {"train.embedding_lr": 0.2},  # nanochat's
     "head_lr_0.01": {"train.head_lr": 0.01},
+    "head_lr_0.0025": {"train.head_lr": 0.0025},
     "batch_512": {"train.batch_tokens": 512, "train.micro_batch": 4},
     "seq_256": {"train.seq_len": 256, "train.micro_batch": 4},  # after depth_2: 4 rows of 256
     "seq_64": {"train.seq_len": 64, "train.micro_batch": 16},  # after depth_2: 16 rows of 64
@@ -113,8 +116,12 @@ def prepare():
     from lmforge.shards import load_tokens
     from lmforge.tokenizer import Tokenizer
 
-    run_recipe(load_recipe(RECIPE, {"run_dir": DATA_DIR}), only=["data", "tokenizer", "tokenize"])
     run = Path(DATA_DIR)
+    run.parent.mkdir(parents=True, exist_ok=True)
+    # several runs of this script may start at once: the first prepares, the others wait for it
+    with open(run.parent / f"{run.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        run_recipe(load_recipe(RECIPE, {"run_dir": DATA_DIR}), only=["data", "tokenizer", "tokenize"])
     return (
         load_tokens(run / "tokens", "train"),
         load_tokens(run / "tokens", "val"),
