@@ -40,8 +40,8 @@ RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "shakespeare.yaml"
 DATA_DIR = "runs/efficiency-data"  # data, tokenizer and tokens, prepared once
 
 # every config starts from the recipe as it was before this benchmark (AdamW, 4 layers, 256-token
-# windows, 2k-token batches, tied embeddings, AdamW betas 0.9/0.95, Muon momentum 0.95), so the table keeps its meaning now that the recipe
-# itself uses the best setting measured here
+# windows, 2k-token batches, tied embeddings, AdamW betas 0.9/0.95, Muon momentum 0.95), so the
+# table keeps its meaning now that the recipe itself uses the best setting measured here
 BASE = {
     "train.optimizer": "adamw",
     "model.n_layer": 4,
