@@ -84,9 +84,7 @@ TUNING: dict[str, dict] = {
     "embedding_lr_0.05": {"train.embedding_lr": 0.05},  # after untied (its 2e-2 was tuned with AdamW)
     "embedding_lr_0.2": {"train.embedding_lr": 0.2},  # nanochat's
     "head_lr_0.01": {"train.head_lr": 0.01},
-    "head_lr_0.0025": {"train.head_lr": 0.0025},
     "batch_512": {"train.batch_tokens": 512, "train.micro_batch": 4},
-    "batch_1536": {"train.batch_tokens": 1536, "train.micro_batch": 12},  # after depth_2: 12 rows of 128
     "seq_256": {"train.seq_len": 256, "train.micro_batch": 4},  # after depth_2: 4 rows of 256
     "seq_64": {"train.seq_len": 64, "train.micro_batch": 16},  # after depth_2: 16 rows of 64
     "wd_0": {"train.weight_decay": 0.0},  # no decay of the matrices and the head (nanochat's AdamW)
