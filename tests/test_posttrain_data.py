@@ -363,6 +363,32 @@ def test_sft_choices_vary_the_listed_titles_of_the_training_questions_only():
         DemoConfig(sft_choices=[5]).validate()
 
 
+def _passage_rows(question: str) -> int:
+    """Rows of a which-play question's passage: its speaker headings ("NAME:") and verse lines."""
+    return len(question.split("\n\n")[1].split("\n"))
+
+
+def test_sft_passage_lines_vary_the_training_passages_only():
+    base = dict(which_play=80, who_speaks=2, continue_speech=2, eval_items=20, passage_lines=4)
+    base.update(rl_scene_fraction=0.2, rl_prompts=20)
+    cfg = DemoConfig(**base, sft_passage_lines=[1, 4])
+    cfg.validate()
+    tasks = build_demo_tasks(cfg, 3)
+    rows = [_passage_rows(c[0]["content"]) for c in tasks.sft if c[0]["content"].startswith("Which play")]
+    # a 1-line passage is its speaker's heading and the line; 4 lines take at least 3 rows
+    assert 2 in rows and max(rows) >= 5
+    # held-out questions and GRPO's own scenes' prompts keep passage_lines: the same as without it
+    plain = build_demo_tasks(DemoConfig(**base), 3)
+    assert tasks.mc_eval == plain.mc_eval
+    assert min(_passage_rows(m.messages[0]["content"]) for m in tasks.mc_eval) >= 3
+    assert min(_passage_rows(p["messages"][0]["content"]) for p in tasks.rl_prompts) >= 3
+    only_one = build_demo_tasks(DemoConfig(**base, sft_passage_lines=[1]), 3)
+    questions = [c[0]["content"] for c in only_one.sft if c[0]["content"].startswith("Which")]
+    assert {_passage_rows(q) for q in questions} == {2}
+    with pytest.raises(ValueError, match="sft_passage_lines"):
+        DemoConfig(sft_passage_lines=[0]).validate()
+
+
 def test_rl_scene_fraction_gives_grpo_passages_post_training_never_saw():
     base = dict(which_play=200, who_speaks=20, continue_speech=20, eval_items=40, preference_pairs=60)
     plain = build_demo_tasks(DemoConfig(**base), 3)

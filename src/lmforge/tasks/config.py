@@ -28,6 +28,10 @@ class DemoConfig:
     # titles listed by each SFT which-play question, drawn per question from this list (held-out
     # questions and RL prompts list 4): with 1 listed the answer is a pure copy of the list
     sft_choices: list[int] = field(default_factory=lambda: [4])
+    # verse lines of each SFT which-play passage, drawn per question from this list (empty:
+    # passage_lines; held-out questions, DPO pairs and the prompts of rl_scene_fraction's scenes
+    # show passage_lines): a short passage tells less of its play, so the answer leans on the list
+    sft_passage_lines: list[int] = field(default_factory=list)
 
     def validate(self) -> None:
         if not 0.0 < self.eval_scene_fraction < 1.0:
@@ -54,3 +58,5 @@ class DemoConfig:
             raise ValueError("sft_choices must list numbers of choices from 1 to 4")
         if self.passage_lines < 1:
             raise ValueError("passage_lines must be at least 1")
+        if not all(k >= 1 for k in self.sft_passage_lines):
+            raise ValueError("sft_passage_lines must list numbers of lines of at least 1")

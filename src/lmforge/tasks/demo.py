@@ -386,7 +386,8 @@ def build_demo_tasks(cfg: DemoConfig, seed: int, plays: Sequence[Play] | None = 
     ks = cfg.sft_choices
 
     def which_item(p: Play, s: Scene) -> MCItem | None:
-        return _which_play(p, s, titles, rng, n, rng.choice(ks) if len(ks) > 1 else ks[0])
+        lines = rng.choice(cfg.sft_passage_lines) if cfg.sft_passage_lines else n
+        return _which_play(p, s, titles, rng, lines, rng.choice(ks) if len(ks) > 1 else ks[0])
 
     which = _draw(cfg.which_play, train, rng, which_item)
     who = _draw(cfg.who_speaks, train, rng, lambda p, s: _who_speaks(p, s, rng))
