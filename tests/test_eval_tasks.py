@@ -224,7 +224,15 @@ def test_plays_answer_scores_the_greedy_chat_replies(ckpt, monkeypatch):
     monkeypatch.setattr(demo_eval, "chat_replies", lambda *a, **k: replies)
     metrics, shown = runner.eval_chat_answer(None, None, docs, 8, 2)
     assert metrics["format"] == 0.5 and metrics["acc"] == 0.25 and len(shown) == 2
-    assert shown[0]["answers"] == [docs[0].choices[docs[0].gold]]
+    assert shown[0]["answers"] == [docs[0].choices[docs[0].gold]] and "title" not in metrics
+    # title: a play title, listed or not; an unlisted one counts there and not in format
+    titles = tasks.load_task("plays_answer").titles
+    unlisted = next(t for t in titles if t not in docs[2].choices)
+    assert len(titles) > 30 and set(docs[0].choices) <= set(titles)
+    replies[2] = unlisted
+    metrics, _ = runner.eval_chat_answer(None, None, docs, 8, 2, titles=titles)
+    assert metrics["format"] == 0.5 and metrics["title"] == 0.75
+    assert "title" in res["plays_answer"]["metrics"]
 
 
 def test_plays_answer_checks_the_shape_of_the_other_replies(ckpt, monkeypatch):
@@ -274,6 +282,7 @@ def test_the_eval_stage_prints_the_final_chatbot_figures(capsys):
 
     metrics = {
         "format": 0.96,
+        "title": 0.99,
         "acc": 0.41,
         "who_speaks_name": 1.0,
         "who_speaks_format": 0.9,
@@ -286,6 +295,7 @@ def test_the_eval_stage_prints_the_final_chatbot_figures(capsys):
     print_answer_summary(results)
     out = capsys.readouterr().out
     assert "the rl chatbot" in out and "listed title 96%" in out and "the right one 41%" in out
+    assert "(with a play title, listed or not, 99%)" in out
     assert "a character's name to 100% of the who-speaks questions" in out
     assert "(one of that play's 90%, the right one 20%)" in out
     assert "verse to 100% of the continue-this-speech turns and to 80% of the everyday" in out

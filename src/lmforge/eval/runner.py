@@ -142,13 +142,20 @@ def eval_gen(
 
 
 def eval_chat_answer(
-    model, tok, docs: list, max_gen_toks: int, samples: int, checks: list | None = None
+    model,
+    tok,
+    docs: list,
+    max_gen_toks: int,
+    samples: int,
+    checks: list | None = None,
+    titles: list[str] | None = None,
 ) -> tuple[dict, list]:
     """Greedy chat replies to 4-choice questions (lmforge.tasks.demo.MCItem): format and acc; with
-    `checks` (lmforge.tasks.demo.ChatCheck) also the shape of those replies (demo_eval.reply_checks)."""
+    `titles` also title (a play title, listed or not); with `checks` (lmforge.tasks.demo.ChatCheck)
+    also the shape of those replies (demo_eval.reply_checks)."""
     from lmforge.tasks.demo_eval import reply_checks, which_play_answers
 
-    out = which_play_answers(model, tok, docs, max_gen_toks)
+    out = which_play_answers(model, tok, docs, max_gen_toks, titles or ())
     listed = [float(r.strip() in d.choices) for r, d in zip(out["replies"], docs)]
     right = [float(r.strip() == d.choices[d.gold]) for r, d in zip(out["replies"], docs)]
     metrics = {
@@ -157,6 +164,8 @@ def eval_chat_answer(
         "acc": out["accuracy"],
         "acc_stderr": mean_stderr(right),
     }
+    if "title" in out:
+        metrics["title"] = out["title"]
     if checks:
         metrics.update({k: v for k, v in reply_checks(model, tok, checks).items() if k != "replies"})
     shown = [
@@ -255,7 +264,7 @@ def evaluate_task(
             result["shots"] = 0
         elif task.kind == "chat_answer":
             result["metrics"], result["samples"] = eval_chat_answer(
-                model, tok, docs, max_gen_toks, samples, task.checks
+                model, tok, docs, max_gen_toks, samples, task.checks, task.titles
             )
             result["shots"] = 0
         else:

@@ -85,6 +85,7 @@ class Task:
     target_delimiter: str = " "
     fewshot_delimiter: str = "\n\n"
     checks: list = field(default_factory=list)  # chat_answer: other chat turns whose reply shape is checked
+    titles: list[str] = field(default_factory=list)  # chat_answer: every play title (the title metric)
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -358,7 +359,8 @@ def load_plays_task(kind: str, tokenizer=None, seed: int = 1337, demo_cfg=None) 
         docs = [MCDoc(f"{m.messages[-1]['content']}\nAnswer:", list(m.choices), m.gold) for m in demo.mc_eval]
         return Task(kind, "mc", docs, chance=0.25)
     if kind == "plays_answer":
-        return Task(kind, "chat_answer", list(demo.mc_eval), chance=0.25, checks=list(demo.chat_eval))
+        docs, checks = list(demo.mc_eval), list(demo.chat_eval)
+        return Task(kind, "chat_answer", docs, chance=0.25, checks=checks, titles=list(demo.titles))
     if tokenizer is None:
         raise ValueError(f"task {kind} needs the tokenizer")
     end = [tokenizer.special_ids["<|end|>"]]

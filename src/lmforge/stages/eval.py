@@ -99,16 +99,18 @@ def eval_stage(recipe: Any, run_dir: Path) -> dict:
 
 
 def print_answer_summary(results: dict) -> None:
-    """One line for the final stage's chatbot: how often its replies are a listed title, and right."""
+    """One line for the final stage's chatbot: how often its replies are a listed title (and any
+    play title), and right."""
     final = results["checkpoints"][-1]
     answer = final["tasks"].get("plays_answer")
     if answer is None:
         return
     m = answer["metrics"]
+    titled = f" (with a play title, listed or not, {100 * m['title']:.0f}%)" if "title" in m else ""
     print(
         f"[lmforge] eval: the {final.get('stage')} chatbot at temperature 0 answers {answer['n']} held-out "
-        f"which-play questions with a listed title {100 * m['format']:.0f}% of the time, the right one "
-        f"{100 * m['acc']:.0f}% (chance 25%)",
+        f"which-play questions with a listed title {100 * m['format']:.0f}% of the time{titled}, the right "
+        f"one {100 * m['acc']:.0f}% (chance 25%)",
         flush=True,
     )
     if "who_speaks_format" in m:

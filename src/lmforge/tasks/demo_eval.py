@@ -9,11 +9,14 @@
 Scoring is lmforge.inference.scoring.token_loglikelihoods (the one scorer) on pre-tokenized requests.
 What a user sees is measured by generation instead (`which_play_answers`): the greedy reply to each
 held-out question, which must be one of the listed titles (format) and the right one (accuracy);
+with the demo's titles also how often it is a play title at all, listed or not (title);
 `reply_checks` checks the shape of the other replies: a who-speaks question gets an upper-case
 speaker name of that play, "continue this speech" and an everyday question get verse (`is_verse`).
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 from lmforge.tasks.chat_data import Preference
 from lmforge.tasks.demo import ChatCheck, MCItem
@@ -92,14 +95,21 @@ def chat_replies(model, tokenizer, conversations: list[list[dict]], max_new_toke
     return [c.text for c in Engine(model, tokenizer).generate(prompts, params)]
 
 
-def which_play_answers(model, tokenizer, items: list[MCItem], max_new_tokens: int = 24) -> dict:
+def which_play_answers(
+    model, tokenizer, items: list[MCItem], max_new_tokens: int = 24, titles: Sequence[str] = ()
+) -> dict:
     """Generated answers to the which-play questions: format = the reply is one of the listed
-    titles (surrounding whitespace ignored), accuracy = it is the right one; plus the replies."""
+    titles (surrounding whitespace ignored), accuracy = it is the right one, and with `titles`
+    (every play's) title = it is a play title, listed or not; plus the replies."""
     replies = chat_replies(model, tokenizer, [i.messages for i in items], max_new_tokens)
     listed = [r.strip() in i.choices for r, i in zip(replies, items)]
     right = [r.strip() == i.choices[i.gold] for r, i in zip(replies, items)]
     n = max(1, len(items))
-    return {"format": sum(listed) / n, "accuracy": sum(right) / n, "replies": replies}
+    out = {"format": sum(listed) / n, "accuracy": sum(right) / n, "replies": replies}
+    if titles:
+        known = set(titles)
+        out["title"] = sum(r.strip() in known for r in replies) / n
+    return out
 
 
 def is_verse(reply: str) -> bool:
