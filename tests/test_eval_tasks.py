@@ -12,7 +12,7 @@ from lmforge.checkpoint.consolidated import save_model_checkpoint
 from lmforge.cli import main as cli
 from lmforge.errors import LmforgeError
 from lmforge.eval import runner, tasks
-from lmforge.eval.api import evaluate_checkpoint
+from lmforge.eval.api import evaluate_checkpoint, result_rows
 from lmforge.model.config import ModelConfig
 from lmforge.model.transformer import Transformer
 from test_eval_helpers import small_tokenizer
@@ -233,6 +233,8 @@ def test_plays_answer_scores_the_greedy_chat_replies(ckpt, monkeypatch):
     metrics, _ = runner.eval_chat_answer(None, None, docs, 8, 2, titles=titles)
     assert metrics["format"] == 0.5 and metrics["title"] == 0.75
     assert "title" in res["plays_answer"]["metrics"]
+    rows = {(task, key) for task, key, *_ in result_rows({"tasks": res})}
+    assert {("plays_answer", "format"), ("plays_answer", "title"), ("plays_answer", "acc")} <= rows
 
 
 def test_plays_answer_checks_the_shape_of_the_other_replies(ckpt, monkeypatch):

@@ -16,7 +16,7 @@ from lmforge.eval.runner import evaluate_task
 from lmforge.eval.tasks import load_task
 from lmforge.fileio import read_json
 
-TABLE_METRICS = ("format", "acc", "acc_norm", "exact_match", "bits_per_byte", "word_perplexity")
+TABLE_METRICS = ("format", "title", "acc", "acc_norm", "exact_match", "bits_per_byte", "word_perplexity")
 
 
 def run_config(ckpt: Path) -> dict:
