@@ -148,14 +148,14 @@ def eval_chat_answer(
     max_gen_toks: int,
     samples: int,
     checks: list | None = None,
-    titles: list[str] | None = None,
+    titles: Sequence[str] = (),
 ) -> tuple[dict, list]:
     """Greedy chat replies to 4-choice questions (lmforge.tasks.demo.MCItem): format and acc; with
     `titles` also title (a play title, listed or not); with `checks` (lmforge.tasks.demo.ChatCheck)
     also the shape of those replies (demo_eval.reply_checks)."""
     from lmforge.tasks.demo_eval import reply_checks, which_play_answers
 
-    out = which_play_answers(model, tok, docs, max_gen_toks, titles or ())
+    out = which_play_answers(model, tok, docs, max_gen_toks, titles)
     listed = [float(r.strip() in d.choices) for r, d in zip(out["replies"], docs)]
     right = [float(r.strip() == d.choices[d.gold]) for r, d in zip(out["replies"], docs)]
     metrics = {
